@@ -1,0 +1,60 @@
+//! Command-line parsing and dispatch; one file per command, each thin.
+
+mod losses;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use crosstrain::plugins::{LossRegistry, PLUGIN_PATH_ENV};
+
+/// Train and serve cross-encoder rerankers.
+#[derive(Debug, Parser)]
+#[command(name = "crosstrain", version, about)]
+struct Cli {
+    /// Load losses from this plugin library (.so/.dylib/.dll); repeatable. Only files named
+    /// here or placed in a CROSSTRAIN_PLUGIN_PATH directory are ever loaded.
+    #[arg(long = "plugin", value_name = "FILE", global = true)]
+    plugins: Vec<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// List, describe, cite and check the available losses.
+    Losses {
+        #[command(subcommand)]
+        command: losses::LossesCommand,
+    },
+}
+
+/// Parses the command line, runs the command, and maps errors to a message and exit code.
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CROSSTRAIN_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let plugin_path = std::env::var_os(PLUGIN_PATH_ENV);
+    let registry = LossRegistry::load(&cli.plugins, plugin_path.as_deref())
+        .context("loading the loss plugins")?;
+    match cli.command {
+        Command::Losses { command } => losses::run(&registry, command),
+    }
+}

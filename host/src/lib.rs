@@ -1,0 +1,9 @@
+//! crosstrain: train and serve cross-encoder rerankers with sentence-transformers' losses.
+//!
+//! The host owns everything but the loss maths: plugins (see [`plugins`]) plan which pairs to
+//! score and turn logits into a loss and its gradient.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+pub mod cite;
+pub mod plugins;

@@ -1,0 +1,52 @@
+//! The stable ABI between the crosstrain host and its loss plugins.
+//!
+//! A loss sees a cross-encoder only through the logits of the pairs it asked for: it *plans*
+//! which `(text_a, text_b)` pairs to score for a batch shape, then *computes* the loss and
+//! dLoss/dlogits from those logits and the labels. Only plain `f32`/`f64` buffers cross the
+//! boundary, so a plugin never depends on the host's tensor library, and gradient caching and
+//! device placement stay host features.
+//!
+//! Plugin authors implement [`LossPlugin`] and call [`export_losses!`]; nobody writes
+//! `extern "C"` by hand. The host checks abi_stable's layout and [`CONTRACT_VERSION`] at load.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+mod abi;
+mod author;
+mod export;
+mod formats;
+pub mod rng;
+mod types;
+
+pub use abi::{
+    LossBox, LossEntry, LossInfo, LossLibrary, LossLibraryRef, LossObject, LossObject_TO,
+    CONTRACT_VERSION,
+};
+pub use author::{build_loss, loss_info, LossError, LossPlugin, LossResult};
+pub use formats::{DataFormat, LabelKind, UNBOUNDED};
+pub use types::{
+    BatchShape, ColumnShape, LabelLayout, Labels, LossOutput, PairPlan, ScoredPair, TextRef,
+};
+
+/// The version of this crate, which plugins and the host compare at load.
+pub const API_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Re-exported so that the host and plugins agree on one abi_stable.
+pub use abi_stable;
+/// Re-exported for plugin configs (`#[derive(JsonSchema)]`).
+pub use schemars;
+/// Re-exported for `effective_config`.
+pub use serde_json;
+
+/// Items the export macro expands to; not part of the public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::abi::ROOT_MODULE_SYMBOL;
+    pub use crate::author::{catch_panic, loss_entry};
+    pub use abi_stable::library::{
+        __call_root_module_loader as call_root_module_loader, CheckTypeLayout, LibHeader,
+        RootModuleResult,
+    };
+    pub use abi_stable::prefix_type::WithMetadata;
+    pub use abi_stable::std_types::{RResult, RStr, RString, RVec};
+}

@@ -1,0 +1,161 @@
+//! ListNetLoss: cross-entropy between the softmax of the labels and the softmax of the scores
+//! (sentence-transformers `cross_encoder/losses/list_net.py`).
+
+use crosstrain_plugin_api::{
+    BatchShape, DataFormat, Labels, LossOutput, LossPlugin, LossResult, PairPlan,
+};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::common::{listwise_plan, log_sum_exp, softmax, Activation};
+use crate::listwise::{listwise_loss, QueryTerm};
+use crate::losses::lambda_loss::default_identity;
+
+/// Config of [`ListNetLoss`].
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ListNetConfig {
+    /// Applied to the logits before the softmax (default identity; null = identity).
+    #[serde(default = "default_identity")]
+    pub activation_fn: Option<Activation>,
+    /// A positive value scores the pairs in chunks of that many with gradient caching.
+    #[serde(default)]
+    pub mini_batch_size: Option<i64>,
+}
+
+impl Default for ListNetConfig {
+    fn default() -> Self {
+        Self {
+            activation_fn: default_identity(),
+            mini_batch_size: None,
+        }
+    }
+}
+
+/// `L = (1/B) Σ_i Σ_j −softmax(y_i)_j · log softmax(act(s_i))_j`. Binary labels [1, 0, 0] give
+/// targets [e/(e+2), 1/(e+2), 1/(e+2)], as in the reference; a −1 label is a low score.
+#[derive(Debug, Clone)]
+pub struct ListNetLoss {
+    activation: Activation,
+    mini_batch_size: Option<i64>,
+}
+
+const CITATION: &str = r#"@inproceedings{cao2007learning,
+    title={Learning to Rank: From Pairwise Approach to Listwise Approach},
+    author={Cao, Zhe and Qin, Tao and Liu, Tie-Yan and Tsai, Ming-Feng and Li, Hang},
+    booktitle={Proceedings of the 24th international conference on Machine learning},
+    pages={129--136},
+    year={2007}
+}"#;
+
+/// One query of ListNet: the cross-entropy and its gradient `softmax(a) − softmax(y)`.
+fn query_term(scores: &[f64], labels: &[f64]) -> QueryTerm {
+    let targets = softmax(labels);
+    let lse = log_sum_exp(scores);
+    let numerator = -targets
+        .iter()
+        .zip(scores)
+        .map(|(p, a)| p * (a - lse))
+        .sum::<f64>();
+    let grad = softmax(scores)
+        .iter()
+        .zip(&targets)
+        .map(|(q, p)| q - p)
+        .collect();
+    QueryTerm {
+        numerator,
+        denominator: 1.0,
+        grad,
+    }
+}
+
+impl LossPlugin for ListNetLoss {
+    type Config = ListNetConfig;
+    const NAME: &'static str = "ListNetLoss";
+    const SUMMARY: &'static str =
+        "Cross-entropy between the top-one distributions of labels and scores (listwise).";
+    const CITATION: Option<&'static str> = Some(CITATION);
+
+    fn formats() -> Vec<DataFormat> {
+        vec![DataFormat::query_documents_scores()]
+    }
+
+    fn from_config(config: Self::Config) -> LossResult<Self> {
+        Ok(Self {
+            activation: config.activation_fn.unwrap_or_default(),
+            mini_batch_size: config.mini_batch_size,
+        })
+    }
+
+    fn effective_config(&self) -> serde_json::Value {
+        serde_json::json!({
+            "activation_fn": self.activation.reference_name(),
+            "mini_batch_size": self.mini_batch_size,
+        })
+    }
+
+    fn plan(&self, shape: &BatchShape, _seed: u64) -> LossResult<PairPlan> {
+        listwise_plan(Self::NAME, shape, self.mini_batch_size)
+    }
+
+    fn compute(
+        &self,
+        plan: &PairPlan,
+        logits: &[f32],
+        num_labels: usize,
+        labels: &Labels,
+    ) -> LossResult<LossOutput> {
+        let (output, _) = listwise_loss(
+            Self::NAME,
+            plan,
+            logits,
+            num_labels,
+            labels,
+            self.activation,
+            query_term,
+        )?;
+        Ok(output)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::common::testing::{assert_gradient_matches, TestRng};
+    use crosstrain_plugin_api::build_loss;
+
+    #[test]
+    fn equal_scores_against_one_hot_labels() {
+        let loss = build_loss::<ListNetLoss>("{}").unwrap();
+        let plan = loss.plan(&BatchShape::query_documents(vec![3]), 0).unwrap();
+        let output = loss
+            .compute(
+                &plan,
+                &[0.0, 0.0, 0.0],
+                1,
+                &Labels::per_row_lists(&[[1.0f32, 0.0, 0.0]]),
+            )
+            .unwrap();
+        // Uniform predictions: the cross-entropy is log 3 whatever the targets.
+        assert!((output.loss - 3f64.ln()).abs() < 1e-12);
+        let e = 1f64.exp();
+        assert!((output.grad[0] - (1.0 / 3.0 - e / (e + 2.0))).abs() < 1e-7);
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() {
+        let mut rng = TestRng::new(8);
+        let labels =
+            Labels::per_row_lists(&[vec![1.0f32, 0.0, 0.0, -1.0], vec![2.0], vec![0.5, 1.5, 3.0]]);
+        for config in [
+            r#"{}"#,
+            r#"{"activation_fn": "sigmoid", "mini_batch_size": 2}"#,
+        ] {
+            let loss = build_loss::<ListNetLoss>(config).unwrap();
+            let plan = loss
+                .plan(&BatchShape::query_documents(vec![4, 1, 3]), 0)
+                .unwrap();
+            assert_gradient_matches(&loss, &plan, &rng.logits(plan.len()), 1, &labels);
+        }
+    }
+}

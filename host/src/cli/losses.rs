@@ -1,5 +1,6 @@
 //! `crosstrain losses list | show | cite | check`.
 
+use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -42,7 +43,12 @@ pub enum LossesCommand {
     },
 }
 
-pub fn run(registry: &LossRegistry, command: LossesCommand) -> anyhow::Result<ExitCode> {
+/// Runs a `losses` subcommand, appending what it prints to `out`.
+pub fn run(
+    registry: &LossRegistry,
+    command: LossesCommand,
+    out: &mut String,
+) -> anyhow::Result<ExitCode> {
     match command {
         LossesCommand::List { json } => {
             if json {
@@ -51,20 +57,21 @@ pub fn run(registry: &LossRegistry, command: LossesCommand) -> anyhow::Result<Ex
                     .iter()
                     .map(|loss| loss_json(registry, loss))
                     .collect();
-                println!("{}", serde_json::to_string_pretty(&losses)?);
+                writeln!(out, "{}", serde_json::to_string_pretty(&losses)?)?;
             } else {
-                print_table(registry);
+                print_table(registry, out)?;
             }
         }
         LossesCommand::Show { name, json } => {
             let loss = registry.find(&name)?;
             if json {
-                println!(
+                writeln!(
+                    out,
                     "{}",
                     serde_json::to_string_pretty(&loss_json(registry, loss))?
-                );
+                )?;
             } else {
-                print_loss(registry, loss)?;
+                print_loss(registry, loss, out)?;
             }
         }
         LossesCommand::Cite { names } => {
@@ -87,10 +94,10 @@ pub fn run(registry: &LossRegistry, command: LossesCommand) -> anyhow::Result<Ex
                 }
             }
             for (owners, citation) in citations {
-                println!("% {}\n{citation}\n", owners.join(" and "));
+                writeln!(out, "% {}\n{citation}\n", owners.join(" and "))?;
             }
-            println!("% crosstrain\n{CROSSTRAIN_CITATION}\n");
-            println!("% Sentence-BERT (sentence-transformers, whose losses these are)\n{SENTENCE_BERT_CITATION}");
+            writeln!(out, "% crosstrain\n{CROSSTRAIN_CITATION}\n")?;
+            writeln!(out, "% Sentence-BERT (sentence-transformers, whose losses these are)\n{SENTENCE_BERT_CITATION}")?;
         }
         LossesCommand::Check { cases, json } => {
             let text = std::fs::read_to_string(&cases)
@@ -108,12 +115,12 @@ pub fn run(registry: &LossRegistry, command: LossesCommand) -> anyhow::Result<Ex
                     "failed": failed,
                     "cases": results,
                 });
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
             } else {
                 for result in &results {
-                    println!("{}", case_line(result));
+                    writeln!(out, "{}", case_line(result))?;
                 }
-                println!("{passed} passed, {failed} failed");
+                writeln!(out, "{passed} passed, {failed} failed")?;
             }
             return Ok(if failed == 0 {
                 ExitCode::SUCCESS
@@ -158,7 +165,7 @@ fn num_labels_text(num_labels: u32) -> String {
     }
 }
 
-fn print_table(registry: &LossRegistry) {
+fn print_table(registry: &LossRegistry, out: &mut String) -> std::fmt::Result {
     let rows: Vec<[String; 5]> = registry
         .losses()
         .iter()
@@ -190,40 +197,49 @@ fn print_table(registry: &LossRegistry) {
             .zip(widths)
             .map(|(cell, width)| format!("{cell:width$}"))
             .collect();
-        println!("{}", line.join("  ").trim_end());
+        writeln!(out, "{}", line.join("  ").trim_end())?;
     }
+    Ok(())
 }
 
-fn print_loss(registry: &LossRegistry, loss: &RegisteredLoss) -> anyhow::Result<()> {
+fn print_loss(
+    registry: &LossRegistry,
+    loss: &RegisteredLoss,
+    out: &mut String,
+) -> anyhow::Result<()> {
     let d = &loss.description;
     let library = registry.library_of(loss);
-    println!("{}", d.name);
-    println!("  {}", d.summary);
-    println!();
-    println!(
+    writeln!(out, "{}", d.name)?;
+    writeln!(out, "  {}", d.summary)?;
+    writeln!(out)?;
+    writeln!(
+        out,
         "library:     {} {} ({})",
         library.name, library.version, library.source
-    );
-    println!("num_labels:  {}", num_labels_text(d.num_labels));
-    println!("formats:");
+    )?;
+    writeln!(out, "num_labels:  {}", num_labels_text(d.num_labels))?;
+    writeln!(out, "formats:")?;
     for format in &d.formats {
-        println!(
+        writeln!(
+            out,
             "  {:<24} {}",
             format.name.as_str(),
             format.description.as_str()
-        );
+        )?;
     }
-    println!(
+    writeln!(
+        out,
         "default config:\n{}",
         indent(&serde_json::to_string_pretty(&d.default_config)?)
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "config schema:\n{}",
         indent(&serde_json::to_string_pretty(&d.config_schema)?)
-    );
+    )?;
     match &d.citation {
-        Some(citation) => println!("citation:\n{}", indent(citation)),
-        None => println!("citation:    none"),
+        Some(citation) => writeln!(out, "citation:\n{}", indent(citation))?,
+        None => writeln!(out, "citation:    none")?,
     }
     Ok(())
 }

@@ -2,6 +2,7 @@
 
 mod losses;
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -41,20 +42,36 @@ pub fn run() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    match dispatch(cli) {
+    let mut out = String::new();
+    let code = match dispatch(cli, &mut out) {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
+    };
+    write_stdout(&out);
+    code
+}
+
+/// Writes the command's output; a reader that went away (`| head`) is not an error.
+fn write_stdout(text: &str) {
+    let mut stdout = std::io::stdout().lock();
+    if let Err(error) = stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        if error.kind() != std::io::ErrorKind::BrokenPipe {
+            eprintln!("error: writing to stdout: {error}");
+        }
     }
 }
 
-fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+fn dispatch(cli: Cli, out: &mut String) -> anyhow::Result<ExitCode> {
     let plugin_path = std::env::var_os(PLUGIN_PATH_ENV);
     let registry = LossRegistry::load(&cli.plugins, plugin_path.as_deref())
         .context("loading the loss plugins")?;
     match cli.command {
-        Command::Losses { command } => losses::run(&registry, command),
+        Command::Losses { command } => losses::run(&registry, command, out),
     }
 }

@@ -72,12 +72,12 @@ pub enum PluginError {
         second: String,
     },
     /// A plugin directory could not be read.
-    #[error("plugin directory {path}: {source}")]
+    #[error("plugin directory {path} (from CROSSTRAIN_PLUGIN_PATH): {reason}")]
     PluginDirectory {
         /// The directory.
         path: PathBuf,
         /// The I/O error.
-        source: std::io::Error,
+        reason: String,
     },
     /// No loss has this name.
     #[error("unknown loss {name:?}{}", suggestion_text(suggestions))]

@@ -276,26 +276,29 @@ impl LossRegistry {
     }
 
     fn closest_names(&self, name: &str) -> Vec<String> {
-        let wanted = name.rsplit('/').next().unwrap_or(name).to_lowercase();
+        // Every name ends in "Loss", which would make them all look alike.
+        let stem = |text: &str| text.to_lowercase().trim_end_matches("loss").to_string();
+        let wanted = stem(name.rsplit('/').next().unwrap_or(name));
         let mut scored: Vec<(f64, String)> = self
             .losses
             .iter()
             .map(|l| {
-                let candidate = l.description.name.to_lowercase();
-                let similarity = strsim::jaro_winkler(&wanted, &candidate).max(
-                    if candidate.contains(&wanted) && wanted.len() >= 3 {
-                        0.9
-                    } else {
-                        0.0
-                    },
-                );
+                let candidate = stem(&l.description.name);
+                let contains = wanted.len() >= 3 && candidate.contains(&wanted);
+                let similarity =
+                    strsim::jaro_winkler(&wanted, &candidate).max(if contains { 0.9 } else { 0.0 });
                 (similarity, l.description.name.clone())
             })
-            .filter(|(similarity, _)| *similarity >= 0.7)
             .collect();
         scored.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
         scored.dedup_by(|a, b| a.1 == b.1);
-        scored.into_iter().take(3).map(|(_, name)| name).collect()
+        let best = scored.first().map_or(0.0, |(similarity, _)| *similarity);
+        scored
+            .into_iter()
+            .filter(|(similarity, _)| *similarity >= 0.8 && *similarity >= best - 0.05)
+            .take(3)
+            .map(|(_, name)| name)
+            .collect()
     }
 
     /// Builds a loss: the config is checked against the loss's schema first (so every plugin
@@ -326,9 +329,9 @@ impl LossRegistry {
 
 /// The shared libraries in a plugin directory, sorted by name.
 fn libraries_in(directory: &Path) -> Result<Vec<PathBuf>, PluginError> {
-    let read = |source| PluginError::PluginDirectory {
+    let read = |error: std::io::Error| PluginError::PluginDirectory {
         path: directory.to_path_buf(),
-        source,
+        reason: error.to_string(),
     };
     let mut files = Vec::new();
     for entry in std::fs::read_dir(directory).map_err(read)? {

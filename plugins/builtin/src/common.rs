@@ -95,6 +95,51 @@ pub fn log_sum_exp(values: &[f64]) -> f64 {
     max + values.iter().map(|v| (v - max).exp()).sum::<f64>().ln()
 }
 
+/// σ(z_i − z_j) and log σ(z_i − z_j) for every pair of a list of `z = scale · score`, with one
+/// exp per document instead of one per pair: σ(z_i − z_j) = e^{z_i} / (e^{z_i} + e^{z_j}).
+/// Shifted by the maximum so nothing overflows; a pair whose exponentials underflow falls back
+/// to the direct formula.
+pub struct PairwiseLogistic {
+    shifted: Vec<f64>,
+    exps: Vec<f64>,
+}
+
+impl PairwiseLogistic {
+    /// Precomputes the exponentials of `scale · scores`.
+    pub fn new(scores: &[f64], scale: f64) -> Self {
+        let max = scores
+            .iter()
+            .map(|s| scale * s)
+            .fold(f64::NEG_INFINITY, f64::max);
+        let shifted: Vec<f64> = scores.iter().map(|s| scale * s - max).collect();
+        let exps = shifted.iter().map(|z| z.exp()).collect();
+        Self { shifted, exps }
+    }
+
+    /// σ(z_i − z_j).
+    #[inline]
+    pub fn sigmoid(&self, i: usize, j: usize) -> f64 {
+        let total = self.exps[i] + self.exps[j];
+        if total > 1e-290 {
+            self.exps[i] / total
+        } else {
+            sigmoid(self.shifted[i] - self.shifted[j])
+        }
+    }
+
+    /// (log σ(z_i − z_j), σ(z_j − z_i)): a pairwise log-likelihood and its derivative factor.
+    #[inline]
+    pub fn log_sigmoid_and_complement(&self, i: usize, j: usize) -> (f64, f64) {
+        let total = self.exps[i] + self.exps[j];
+        if total > 1e-290 {
+            (self.shifted[i] - total.ln(), self.exps[j] / total)
+        } else {
+            let x = self.shifted[i] - self.shifted[j];
+            (-softplus(-x), sigmoid(-x))
+        }
+    }
+}
+
 /// softmax over `values`.
 pub fn softmax(values: &[f64]) -> Vec<f64> {
     let lse = log_sum_exp(values);
@@ -428,6 +473,21 @@ mod tests {
         assert!((softplus(-800.0)).abs() < 1e-300);
         assert_eq!(softplus(800.0), 800.0);
         assert!((log_sum_exp(&[1000.0, 1000.0]) - (1000.0 + 2f64.ln())).abs() < 1e-12);
+    }
+
+    #[test]
+    fn pairwise_logistic_matches_the_direct_formula_even_when_exponentials_underflow() {
+        let scores = [0.5, -2.0, 3.0, -900.0, -905.0];
+        let pairs = PairwiseLogistic::new(&scores, 1.5);
+        for i in 0..scores.len() {
+            for j in 0..scores.len() {
+                let x = 1.5 * (scores[i] - scores[j]);
+                let (log_p, complement) = pairs.log_sigmoid_and_complement(i, j);
+                assert!((log_p - (-softplus(-x))).abs() < 1e-12, "{i} {j}");
+                assert!((complement - sigmoid(-x)).abs() < 1e-15, "{i} {j}");
+                assert!((pairs.sigmoid(i, j) - sigmoid(x)).abs() < 1e-15, "{i} {j}");
+            }
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@ use crosstrain_plugin_api::{
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::common::{listwise_plan, sigmoid, Activation};
+use crate::common::{listwise_plan, Activation, PairwiseLogistic};
 use crate::listwise::{listwise_loss, QueryTerm};
 use crate::losses::lambda_loss::default_identity;
 
@@ -72,25 +72,36 @@ impl ADRMSELoss {
             })
             .collect();
         let weight: Vec<f64> = target.iter().map(|t| 1.0 / (1.0 + t).log2()).collect();
+        // sigmoids[k·n + j] = σ(alpha·(a_j − a_k)); σ(−x) = 1 − σ(x) halves the work.
+        let logistic = PairwiseLogistic::new(scores, alpha);
+        let mut sigmoids = vec![0.0; n * n];
+        for k in 0..n {
+            for j in k + 1..n {
+                let s = logistic.sigmoid(j, k);
+                sigmoids[k * n + j] = s;
+                sigmoids[j * n + k] = 1.0 - s;
+            }
+        }
         let error: Vec<f64> = (0..n)
             .map(|r| {
                 let approx_rank = 1.0
                     + (0..n)
                         .filter(|&j| j != r)
-                        .map(|j| sigmoid(alpha * (scores[j] - scores[r])))
+                        .map(|j| sigmoids[r * n + j])
                         .sum::<f64>();
                 approx_rank - target[r]
             })
             .collect();
         let numerator = (0..n).map(|r| weight[r] * error[r] * error[r]).sum();
+        let weighted_error: Vec<f64> = (0..n).map(|r| weight[r] * error[r]).collect();
         let grad = (0..n)
             .map(|k| {
                 2.0 * alpha
                     * (0..n)
                         .filter(|&j| j != k)
                         .map(|j| {
-                            let s = sigmoid(alpha * (scores[j] - scores[k]));
-                            s * (1.0 - s) * (weight[j] * error[j] - weight[k] * error[k])
+                            let s = sigmoids[k * n + j];
+                            s * (1.0 - s) * (weighted_error[j] - weighted_error[k])
                         })
                         .sum::<f64>()
             })
@@ -195,5 +206,36 @@ mod tests {
                 .unwrap();
             assert_gradient_matches(&loss, &plan, &rng.logits(plan.len()), 1, &labels);
         }
+    }
+
+    #[test]
+    fn all_single_document_lists_give_zero_with_a_zero_gradient() {
+        let loss = build_loss::<ADRMSELoss>(r#"{"activation_fn": null}"#).unwrap();
+        assert_eq!(
+            loss.effective_config()["activation_fn"],
+            "torch.nn.modules.linear.Identity"
+        );
+        let plan = loss
+            .plan(&BatchShape::query_documents(vec![1, 1]), 0)
+            .unwrap();
+        let output = loss
+            .compute(
+                &plan,
+                &[3.0, -1.0],
+                1,
+                &Labels::per_row_lists(&[[1.0f32], [0.0]]),
+            )
+            .unwrap();
+        assert_eq!(output.loss, 0.0);
+        assert_eq!(output.grad.to_vec(), vec![0.0, 0.0]);
+    }
+
+    #[test]
+    fn tied_labels_share_the_mean_of_their_positions() {
+        let loss = build_loss::<ADRMSELoss>("{}").unwrap();
+        let term = loss.query_term(&[0.0, 0.0, 0.0], &[1.0, 1.0, 0.0]);
+        // Targets 1.5, 1.5, 3; equal scores give approximate ranks of 2 each.
+        let expected = 2.0 * 0.25 / 2.5f64.log2() + 1.0 / 4f64.log2();
+        assert!((term.numerator - expected).abs() < 1e-12);
     }
 }

@@ -8,7 +8,7 @@ use crosstrain_plugin_api::{
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::common::{listwise_plan, sigmoid, Activation};
+use crate::common::{listwise_plan, sigmoid, softplus, Activation, PairwiseLogistic};
 use crate::listwise::{descending_order, listwise_loss, QueryTerm};
 
 /// How a pair of predicted ranks (r, t) is weighted.
@@ -115,79 +115,95 @@ impl LambdaParameters {
         let n = scores.len();
         let order = descending_order(scores);
         let ranked_labels: Vec<f64> = order.iter().map(|&i| labels[i]).collect();
-        // D at 0-based rank r: log2(1 + (r + 1)).
-        let discount = |rank: usize| (2.0 + rank as f64).log2();
+        let ranked_scores: Vec<f64> = order.iter().map(|&i| scores[i]).collect();
+        let logistic = PairwiseLogistic::new(&ranked_scores, self.sigma);
+        // 1/D at 0-based rank r, with D(rank) = log2(1 + rank).
+        let inverse_discount: Vec<f64> = (0..n).map(|r| 1.0 / (2.0 + r as f64).log2()).collect();
         let mut ideal: Vec<f64> = labels.iter().map(|y| y.max(0.0)).collect();
-        ideal.sort_by(|a, b| b.total_cmp(a));
+        ideal.sort_unstable_by(|a, b| b.total_cmp(a));
         let cutoff = self.k.map_or(n, |k| (k as usize).min(n));
         let max_dcg = ideal[..cutoff]
             .iter()
-            .enumerate()
-            .map(|(rank, &y)| (y.exp2() - 1.0) / discount(rank))
+            .zip(&inverse_discount)
+            .map(|(&y, inverse)| (y.exp2() - 1.0) * inverse)
             .sum::<f64>()
             .max(self.eps);
         let gains: Vec<f64> = ranked_labels
             .iter()
             .map(|&y| (y.max(0.0).exp2() - 1.0) / max_dcg)
             .collect();
-        let delta = |distance: usize| {
-            if distance == 0 {
-                0.0
-            } else {
-                let d = distance as f64;
-                (1.0 / (1.0 + d).log2() - 1.0 / (2.0 + d).log2()).abs()
-            }
-        };
+        // δ_d = |1/log2(1 + d) − 1/log2(2 + d)| for rank distance d ≥ 1; δ_0 = 0.
+        let delta: Vec<f64> = (0..n)
+            .map(|d| {
+                if d == 0 {
+                    0.0
+                } else {
+                    (inverse_discount[d - 1] - inverse_discount[d]).abs()
+                }
+            })
+            .collect();
         let log_base = match self.reduction_log {
             ReductionLog::Natural => 1.0,
             ReductionLog::Binary => std::f64::consts::LN_2,
         };
-        let mut numerator = 0.0;
+        let log_eps = self.eps.ln();
+        // Divisions are slow next to the rest of the pair loop: hoist them.
+        let gradient_factor = self.sigma / log_base;
+        let mut log_likelihood = 0.0;
         let mut kept = 0usize;
         let mut grad = vec![0.0; n];
+        // Positions sorted by label, ascending: for the schemes that keep y_r > y_t, the t of
+        // a given r are a prefix of this list, so the inner loop has no unpredictable branch.
+        let mut by_label: Vec<usize> = (0..n).collect();
+        by_label.sort_unstable_by(|&a, &b| ranked_labels[a].total_cmp(&ranked_labels[b]));
+        let sorted_labels: Vec<f64> = by_label.iter().map(|&p| ranked_labels[p]).collect();
         for r in 0..n {
-            for t in 0..n {
+            let candidates = match self.scheme {
+                WeightingScheme::NdcgLoss1Scheme => &by_label[..],
+                _ => {
+                    let lower = sorted_labels.partition_point(|&y| ranked_labels[r] - y > 0.0);
+                    &by_label[..lower]
+                }
+            };
+            for &t in candidates {
                 if let Some(k) = self.k {
                     if r >= k as usize && t >= k as usize {
                         continue;
                     }
                 }
-                let is_kept = match self.scheme {
-                    WeightingScheme::NdcgLoss1Scheme => true,
-                    _ => ranked_labels[r] - ranked_labels[t] > 0.0,
-                };
-                if !is_kept {
-                    continue;
-                }
                 kept += 1;
                 let gain_gap = (gains[r] - gains[t]).abs();
-                let lambda_rank = (1.0 / discount(r) - 1.0 / discount(t)).abs() * gain_gap;
+                let lambda_rank = (inverse_discount[r] - inverse_discount[t]).abs() * gain_gap;
                 let weight = match self.scheme {
                     WeightingScheme::NoWeightingScheme => 1.0,
-                    WeightingScheme::NdcgLoss1Scheme => gains[r] / discount(r),
-                    WeightingScheme::NdcgLoss2Scheme => delta(r.abs_diff(t)) * gain_gap,
+                    WeightingScheme::NdcgLoss1Scheme => gains[r] * inverse_discount[r],
+                    WeightingScheme::NdcgLoss2Scheme => delta[r.abs_diff(t)] * gain_gap,
                     WeightingScheme::LambdaRankScheme => lambda_rank,
                     WeightingScheme::NdcgLoss2PpScheme { mu } => {
-                        mu * delta(r.abs_diff(t)) * gain_gap + lambda_rank
+                        mu * delta[r.abs_diff(t)] * gain_gap + lambda_rank
                     }
                 };
-                // allRank: log((sigmoid(sigma·clamp(diff, ±1e8)).clamp(min=eps) ** w).clamp(min=eps)).
-                let diff = scores[order[r]] - scores[order[t]];
-                let probability = sigmoid(self.sigma * diff.clamp(-1e8, 1e8));
-                let floored = probability.max(self.eps);
-                let weighted = floored.powf(weight);
-                numerator -= weighted.max(self.eps).ln() / log_base;
-                let passes_clamps =
-                    probability >= self.eps && weighted >= self.eps && diff.abs() <= 1e8;
-                if passes_clamps {
-                    let d_diff = -weight * (1.0 - probability) * self.sigma / log_base;
+                // allRank computes log((σ(sigma·clamp(diff, ±1e8)).clamp(min=eps) ** w)
+                // .clamp(min=eps)); the same in the log domain.
+                let diff = ranked_scores[r] - ranked_scores[t];
+                let (log_probability, complement) = if diff.abs() <= 1e8 {
+                    logistic.log_sigmoid_and_complement(r, t)
+                } else {
+                    let x = self.sigma * diff.clamp(-1e8, 1e8);
+                    (-softplus(-x), sigmoid(-x))
+                };
+                let weighted = weight * log_probability.max(log_eps);
+                log_likelihood += weighted.max(log_eps);
+                // Gradients stop where a clamp is active, as in torch.
+                if log_probability >= log_eps && weighted >= log_eps && diff.abs() <= 1e8 {
+                    let d_diff = -weight * complement * gradient_factor;
                     grad[order[r]] += d_diff;
                     grad[order[t]] -= d_diff;
                 }
             }
         }
         QueryTerm {
-            numerator,
+            numerator: -log_likelihood / log_base,
             denominator: kept as f64,
             grad,
         }
@@ -409,5 +425,46 @@ mod tests {
         assert!(error.to_string().contains("document 2"), "{error}");
         assert!(build_loss::<LambdaLoss>(r#"{"weighting_scheme": {"name": "Nope"}}"#).is_err());
         assert!(build_loss::<LambdaLoss>(r#"{"sigma": 0}"#).is_err());
+    }
+
+    #[test]
+    fn surprises_of_the_reference_hold() {
+        let shape = BatchShape::query_documents(vec![2, 3]);
+        let labels = Labels::per_row_lists(&[vec![0.0f32, -1.0], vec![2.0, 1.0, 0.0]]);
+        let logits = [0.3f32, 0.9, 1.0, 0.0, -1.0];
+        let ranknet =
+            build_loss::<LambdaLoss>(r#"{"weighting_scheme": null, "reduction_log": "natural"}"#)
+                .unwrap();
+        let plan = ranknet.plan(&shape, 0).unwrap();
+        let output = ranknet.compute(&plan, &logits, 1, &labels).unwrap();
+        // §1.13.5: label −1 is a real document: (0, −1) is a kept pair. §1.13.4: the mean is
+        // over all kept pairs of the batch (1 + 3), not a mean of per-query means.
+        let nll = |d: f64| (1.0 + (-d).exp()).ln();
+        let expected = (nll(0.3 - 0.9) + nll(1.0) + nll(2.0) + nll(1.0)) / 4.0;
+        assert!(
+            (output.loss - expected).abs() < 1e-6,
+            "{} vs {expected}",
+            output.loss
+        );
+        // NDCGLoss1 keeps every pair, i = j and reversed ones included: n² per query.
+        let parameters = LambdaParameters {
+            scheme: WeightingScheme::NdcgLoss1Scheme,
+            k: None,
+            sigma: 1.0,
+            eps: 1e-10,
+            reduction_log: ReductionLog::Binary,
+        };
+        assert_eq!(
+            parameters
+                .query_term(&[0.1, 0.5, 0.2], &[1.0, 0.0, 0.0])
+                .denominator,
+            9.0
+        );
+        // §1.13.8: mu is not reported.
+        let loss = build_loss::<LambdaLoss>(
+            r#"{"weighting_scheme": {"name": "NDCGLoss2PPScheme", "mu": 3}}"#,
+        )
+        .unwrap();
+        assert!(!loss.effective_config().to_string().contains("mu"));
     }
 }

@@ -158,4 +158,21 @@ mod tests {
             assert_gradient_matches(&loss, &plan, &rng.logits(plan.len()), 1, &labels);
         }
     }
+
+    #[test]
+    fn a_minus_one_label_is_a_low_score_not_padding() {
+        let loss = build_loss::<ListNetLoss>("{}").unwrap();
+        let plan = loss.plan(&BatchShape::query_documents(vec![2]), 0).unwrap();
+        let output = loss
+            .compute(
+                &plan,
+                &[0.0, 0.0],
+                1,
+                &Labels::per_row_lists(&[[0.0f32, -1.0]]),
+            )
+            .unwrap();
+        let p = softmax(&[0.0, -1.0]);
+        assert!((output.grad[1] - (0.5 - p[1])).abs() < 1e-12);
+        assert!(output.grad[1] != 0.0);
+    }
 }

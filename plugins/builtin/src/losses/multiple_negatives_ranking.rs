@@ -110,11 +110,8 @@ impl MultipleNegativesRankingConfig {
             pairs.push(ScoredPair::new(anchor(row), TextRef::cell(1, row)));
         }
         for m in 0..sampled {
-            for row in 0..rows {
-                pairs.push(ScoredPair::new(
-                    anchor(row),
-                    flat_candidate(in_batch[row as usize][m]),
-                ));
+            for (row, negatives) in (0..rows).zip(&in_batch) {
+                pairs.push(ScoredPair::new(anchor(row), flat_candidate(negatives[m])));
             }
         }
         for column in 2..=candidate_columns {
@@ -296,5 +293,54 @@ mod tests {
         assert_eq!(plan.len(), 1);
         let output = loss.compute(&plan, &[0.3], 1, &Labels::none()).unwrap();
         assert_eq!(output.loss, 0.0);
+    }
+
+    #[test]
+    fn surprises_of_the_reference_hold() {
+        // LOSSES.md §1.13.2: scale 0 disables scaling (it does not multiply by 0).
+        let logits = [0.4f32, -1.0, 2.0, 0.1, 0.7, -0.3];
+        let shape = BatchShape::texts(2, 2);
+        let compute = |config: &str| {
+            let loss = build_loss::<MultipleNegativesRankingLoss>(config).unwrap();
+            let plan = loss.plan(&shape, 0).unwrap();
+            let n = plan.len();
+            loss.compute(&plan, &logits[..n], 1, &Labels::none())
+                .unwrap()
+                .loss
+        };
+        assert_eq!(compute(r#"{"scale": 0}"#), compute(r#"{"scale": null}"#));
+        assert!(compute(r#"{"scale": 0}"#) != compute(r#"{}"#));
+        // The in-batch pool holds the other rows' hard negatives, not only their positives.
+        let loss =
+            build_loss::<MultipleNegativesRankingLoss>(r#"{"num_negatives": null}"#).unwrap();
+        let plan = loss.plan(&BatchShape::texts(3, 3), 0).unwrap();
+        let row0: Vec<TextRef> = plan
+            .pairs
+            .iter()
+            .filter(|p| p.text_a.row == 0)
+            .map(|p| p.text_b)
+            .collect();
+        assert!(row0.contains(&TextRef::cell(2, 1)) && row0.contains(&TextRef::cell(2, 2)));
+        assert!(
+            row0.contains(&TextRef::cell(2, 0)),
+            "its own hard negative comes last"
+        );
+        assert_eq!(*row0.last().unwrap(), TextRef::cell(2, 0));
+        // Default sigmoid·10 caps score gaps at 10, so the loss cannot reach 0.
+        let loss = build_loss::<MultipleNegativesRankingLoss>("{}").unwrap();
+        let plan = loss.plan(&BatchShape::texts(5, 2), 0).unwrap();
+        let mut logits = vec![-50.0f32; plan.len()];
+        logits[..5].fill(50.0);
+        let output = loss.compute(&plan, &logits, 1, &Labels::none()).unwrap();
+        let floor = -(1.0 / (1.0 + 4.0 * (-10f64).exp())).ln();
+        assert!(
+            (output.loss - floor).abs() < 1e-9,
+            "{} vs {floor}",
+            output.loss
+        );
+        // activation_fn null is reported as the reference's fullname(None).
+        let loss =
+            build_loss::<MultipleNegativesRankingLoss>(r#"{"activation_fn": null}"#).unwrap();
+        assert_eq!(loss.effective_config()["activation_fn"], "NoneType");
     }
 }

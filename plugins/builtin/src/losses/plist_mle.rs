@@ -301,4 +301,31 @@ mod tests {
             assert_gradient_matches(&loss, &plan, &rng.logits(plan.len()), 1, &labels);
         }
     }
+
+    #[test]
+    fn surprises_of_the_reference_hold() {
+        let shape = BatchShape::query_documents(vec![3]);
+        let logits = [0.2f32, 1.0, -0.4];
+        let compute = |config: &str, labels: [f32; 3]| {
+            let loss = build_loss::<PListMLELoss>(config).unwrap();
+            let plan = loss.plan(&shape, 0).unwrap();
+            loss.compute(&plan, &logits, 1, &Labels::per_row_lists(&[labels]))
+                .unwrap()
+                .loss
+        };
+        // §1.13.1: the default turns the position weights on (the docstring says None).
+        assert!(
+            compute("{}", [1.0, 0.0, 0.0])
+                != compute(r#"{"lambda_weight": null}"#, [1.0, 0.0, 0.0])
+        );
+        // §1.13.6: label values are ignored unless respect_input_order is false.
+        assert_eq!(
+            compute("{}", [1.0, 0.0, 0.0]),
+            compute("{}", [0.0, 5.0, -1.0])
+        );
+        assert!(
+            compute(r#"{"respect_input_order": false}"#, [1.0, 0.0, 0.0])
+                != compute(r#"{"respect_input_order": false}"#, [0.0, 5.0, -1.0])
+        );
+    }
 }

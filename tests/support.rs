@@ -1,0 +1,83 @@
+//! Helpers shared by the whole-binary tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// The `crosstrain` binary under test, with no plugin path inherited from the environment.
+pub fn crosstrain() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_crosstrain"));
+    command.env_remove("CROSSTRAIN_PLUGIN_PATH");
+    command
+}
+
+/// Runs `crosstrain` with these arguments.
+pub fn run(args: &[&str]) -> Output {
+    crosstrain().args(args).output().expect("crosstrain runs")
+}
+
+/// stdout as text.
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// stderr as text.
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// A file under `tests/fixtures/`.
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures")
+        .join(name)
+}
+
+/// The plugin crates the tests load, built once per test binary.
+const PLUGIN_PACKAGES: [&str; 4] = [
+    "crosstrain-example-plugin",
+    "wrong-contract-plugin",
+    "panicking-plugin",
+    "not-a-plugin",
+];
+
+/// The shared library of one of the plugin crates, built with the same cargo, target
+/// directory and profile as the test binary (so the dependencies are already compiled).
+pub fn plugin_library(package: &str) -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let profile_dir = BUILT.get_or_init(|| {
+        let binary = PathBuf::from(env!("CARGO_BIN_EXE_crosstrain"));
+        let profile_dir = binary.parent().expect("binary has a folder").to_path_buf();
+        let target_dir = profile_dir.parent().expect("profile folder has a parent");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+        let mut build = Command::new(cargo);
+        build
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .arg("build")
+            .arg("--target-dir")
+            .arg(target_dir);
+        if profile_dir
+            .file_name()
+            .is_some_and(|name| name == "release")
+        {
+            build.arg("--release");
+        }
+        for package in PLUGIN_PACKAGES {
+            build.args(["-p", package]);
+        }
+        let output = build.output().expect("cargo runs");
+        assert!(
+            output.status.success(),
+            "building the plugin fixtures failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        profile_dir
+    });
+    profile_dir.join(format!(
+        "{}{}{}",
+        std::env::consts::DLL_PREFIX,
+        package.replace('-', "_"),
+        std::env::consts::DLL_SUFFIX
+    ))
+}

@@ -6,4 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod cite;
+pub mod data;
+pub mod model;
 pub mod plugins;
+pub mod tokenize;

@@ -1,6 +1,8 @@
 //! Command-line parsing and dispatch; one file per command, each thin.
 
+mod bench;
 mod losses;
+mod predict;
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -29,6 +31,15 @@ enum Command {
     Losses {
         #[command(subcommand)]
         command: losses::LossesCommand,
+    },
+    /// Score (query, document) pairs with a model.
+    Predict(predict::PredictArgs),
+    /// Rank documents for one query, best first.
+    Rank(predict::RankArgs),
+    /// Benchmarks that print one JSON line.
+    Bench {
+        #[command(subcommand)]
+        command: bench::BenchCommand,
     },
 }
 
@@ -68,10 +79,14 @@ fn write_stdout(text: &str) {
 }
 
 fn dispatch(cli: Cli, out: &mut String) -> anyhow::Result<ExitCode> {
-    let plugin_path = std::env::var_os(PLUGIN_PATH_ENV);
-    let registry = LossRegistry::load(&cli.plugins, plugin_path.as_deref())
-        .context("loading the loss plugins")?;
+    let registry = || {
+        let plugin_path = std::env::var_os(PLUGIN_PATH_ENV);
+        LossRegistry::load(&cli.plugins, plugin_path.as_deref()).context("loading the loss plugins")
+    };
     match cli.command {
-        Command::Losses { command } => losses::run(&registry, command, out),
+        Command::Losses { command } => losses::run(&registry()?, command, out),
+        Command::Predict(args) => predict::predict(args, out).map(|()| ExitCode::SUCCESS),
+        Command::Rank(args) => predict::rank(args, out).map(|()| ExitCode::SUCCESS),
+        Command::Bench { command } => bench::run(command, out).map(|()| ExitCode::SUCCESS),
     }
 }

@@ -1,0 +1,157 @@
+//! `crosstrain predict` and `crosstrain rank`.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use crosstrain::data::pairs::{read_documents, read_pairs};
+use crosstrain::model::{CrossEncoder, DefaultActivation, LoadOptions};
+
+/// What to apply to the logits before printing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputActivation {
+    /// Raw logits.
+    None,
+    /// 1 / (1 + e^-x) per logit.
+    Sigmoid,
+    /// Softmax over each pair's logits.
+    Softmax,
+}
+
+/// Options shared by the commands that load a model.
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    /// Model directory, or a Hugging Face model id (downloaded with hf-hub).
+    #[arg(long)]
+    pub model: String,
+    /// Truncation length (default: the model's max length).
+    #[arg(long)]
+    pub max_length: Option<usize>,
+    /// Pairs per forward pass.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+}
+
+impl ModelArgs {
+    /// Loads the model.
+    pub fn load(&self) -> anyhow::Result<CrossEncoder> {
+        let options = LoadOptions {
+            max_length: self.max_length,
+            ..LoadOptions::default()
+        };
+        CrossEncoder::load(&self.model, &options)
+            .with_context(|| format!("loading model {}", self.model))
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct PredictArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// JSONL with {"query", "document"} (or {"text_a", "text_b"}) per line, or a two-column TSV.
+    #[arg(long)]
+    pairs: PathBuf,
+    /// Applied to the logits before printing.
+    #[arg(long, value_enum, default_value_t = OutputActivation::None)]
+    activation: OutputActivation,
+    /// One JSON array of arrays (num_labels values per pair) instead of one line per pair.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RankArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The query.
+    #[arg(long)]
+    query: String,
+    /// Documents: one per line, or JSONL (strings or {"document"}/{"text"}).
+    #[arg(long)]
+    documents: PathBuf,
+    /// Only the best N.
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn activate(row: &[f32], activation: OutputActivation) -> Vec<f32> {
+    match activation {
+        OutputActivation::None => row.to_vec(),
+        OutputActivation::Sigmoid => row.iter().map(|&x| 1.0 / (1.0 + (-x).exp())).collect(),
+        OutputActivation::Softmax => {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let exps: Vec<f32> = row.iter().map(|&x| (x - max).exp()).collect();
+            let total: f32 = exps.iter().sum();
+            exps.iter().map(|e| e / total).collect()
+        }
+    }
+}
+
+pub fn predict(args: PredictArgs, out: &mut String) -> anyhow::Result<()> {
+    let pairs = read_pairs(&args.pairs)?;
+    let model = args.model.load()?;
+    let borrowed: Vec<(&str, &str)> = pairs
+        .iter()
+        .map(|p| (p.query.as_str(), p.document.as_str()))
+        .collect();
+    let scores = model.predict(&borrowed, args.model.batch_size)?;
+    let scores: Vec<Vec<f32>> = scores
+        .iter()
+        .map(|row| activate(row, args.activation))
+        .collect();
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string(&scores)?)?;
+    } else {
+        for row in &scores {
+            let cells: Vec<String> = row.iter().map(f32::to_string).collect();
+            writeln!(out, "{}", cells.join("\t"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Like the reference's `CrossEncoder.rank`: the model's default activation (sigmoid for one
+/// label), documents sorted by score.
+pub fn rank(args: RankArgs, out: &mut String) -> anyhow::Result<()> {
+    let documents = read_documents(&args.documents)?;
+    let model = args.model.load()?;
+    if model.num_labels() != 1 {
+        anyhow::bail!(
+            "rank needs a model with one output, {} has {}",
+            args.model.model,
+            model.num_labels()
+        );
+    }
+    let pairs: Vec<(&str, &str)> = documents
+        .iter()
+        .map(|d| (args.query.as_str(), d.as_str()))
+        .collect();
+    let activation = match model.default_activation() {
+        DefaultActivation::Sigmoid => OutputActivation::Sigmoid,
+        DefaultActivation::Identity => OutputActivation::None,
+    };
+    let scores = model.predict(&pairs, args.model.batch_size)?;
+    let mut ranked: Vec<(usize, f32)> = scores
+        .iter()
+        .enumerate()
+        .map(|(index, row)| (index, activate(row, activation)[0]))
+        .collect();
+    ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    ranked.truncate(args.top_k.unwrap_or(ranked.len()));
+    if args.json {
+        let entries: Vec<serde_json::Value> = ranked
+            .iter()
+            .map(|&(id, score)| serde_json::json!({"corpus_id": id, "score": score, "text": documents[id]}))
+            .collect();
+        writeln!(out, "{}", serde_json::to_string_pretty(&entries)?)?;
+    } else {
+        for (position, &(id, score)) in ranked.iter().enumerate() {
+            writeln!(out, "{}\t{score:.6}\t{id}\t{}", position + 1, documents[id])?;
+        }
+    }
+    Ok(())
+}

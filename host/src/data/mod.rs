@@ -1,0 +1,3 @@
+//! Reading data files. Every error names the file, the line and the field.
+
+pub mod pairs;

@@ -1,0 +1,91 @@
+//! Multi-head self-attention with the padding mask, and its output projection.
+
+use candle_core::{Module, Result, Tensor, D};
+use candle_nn::{Linear, VarBuilder};
+
+use super::config::BertConfig;
+use super::dropout::{Dropout, DropoutRng};
+use super::layer_norm::LayerNorm;
+
+/// `BertSelfAttention`: softmax(QKᵀ/√d + mask)·V per head.
+#[derive(Debug, Clone)]
+pub struct BertSelfAttention {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    num_heads: usize,
+    head_size: usize,
+    dropout: Dropout,
+}
+
+impl BertSelfAttention {
+    /// Loads `attention.self.*`.
+    pub fn load(vb: VarBuilder, config: &BertConfig, rng: &DropoutRng) -> Result<Self> {
+        let hidden = config.hidden_size;
+        Ok(Self {
+            query: candle_nn::linear(hidden, hidden, vb.pp("query"))?,
+            key: candle_nn::linear(hidden, hidden, vb.pp("key"))?,
+            value: candle_nn::linear(hidden, hidden, vb.pp("value"))?,
+            num_heads: config.num_attention_heads,
+            head_size: config.head_size(),
+            dropout: Dropout::new(config.attention_probs_dropout_prob, rng.clone()),
+        })
+    }
+
+    /// `[b, s, hidden]` to `[b, heads, s, head_size]`.
+    fn split_heads(&self, xs: &Tensor) -> Result<Tensor> {
+        let (batch, seq_len, _) = xs.dims3()?;
+        xs.reshape((batch, seq_len, self.num_heads, self.head_size))?
+            .transpose(1, 2)?
+            .contiguous()
+    }
+
+    /// `mask_bias` is `[b, 1, 1, s]`: 0 for real tokens, a large negative for padding.
+    pub fn forward(&self, hidden: &Tensor, mask_bias: &Tensor) -> Result<Tensor> {
+        let _span = tracing::trace_span!("self_attention").entered();
+        let (batch, seq_len, hidden_size) = hidden.dims3()?;
+        let query = self.split_heads(&self.query.forward(hidden)?)?;
+        let key = self.split_heads(&self.key.forward(hidden)?)?;
+        let value = self.split_heads(&self.value.forward(hidden)?)?;
+        let scale = 1.0 / (self.head_size as f64).sqrt();
+        let scores = (query.matmul(&key.t()?.contiguous()?)? * scale)?.broadcast_add(mask_bias)?;
+        let probabilities = self
+            .dropout
+            .forward(&candle_nn::ops::softmax(&scores, D::Minus1)?)?;
+        probabilities
+            .matmul(&value)?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((batch, seq_len, hidden_size))
+    }
+}
+
+/// `BertAttention`: self-attention, then dense + dropout + residual + LayerNorm.
+#[derive(Debug, Clone)]
+pub struct BertAttention {
+    self_attention: BertSelfAttention,
+    dense: Linear,
+    layer_norm: LayerNorm,
+    dropout: Dropout,
+}
+
+impl BertAttention {
+    /// Loads `attention.*`.
+    pub fn load(vb: VarBuilder, config: &BertConfig, rng: &DropoutRng) -> Result<Self> {
+        let hidden = config.hidden_size;
+        let output = vb.pp("output");
+        Ok(Self {
+            self_attention: BertSelfAttention::load(vb.pp("self"), config, rng)?,
+            dense: candle_nn::linear(hidden, hidden, output.pp("dense"))?,
+            layer_norm: LayerNorm::load(output.pp("LayerNorm"), hidden, config.layer_norm_eps)?,
+            dropout: Dropout::new(config.hidden_dropout_prob, rng.clone()),
+        })
+    }
+
+    /// One attention block.
+    pub fn forward(&self, hidden: &Tensor, mask_bias: &Tensor) -> Result<Tensor> {
+        let attended = self.self_attention.forward(hidden, mask_bias)?;
+        let projected = self.dropout.forward(&self.dense.forward(&attended)?)?;
+        self.layer_norm.forward(&(projected + hidden)?)
+    }
+}

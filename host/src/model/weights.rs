@@ -1,0 +1,250 @@
+//! Reading and writing model weights with Hugging Face tensor names. Every parameter becomes a
+//! trainable `Var` registered in a `VarMap` (for the optimiser and for saving); a missing
+//! pooler or classifier is initialised as transformers does.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+use candle_core::{DType, Device, Result, Shape, Tensor, Var};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::{Init, VarMap};
+use crosstrain_plugin_api::rng::SeededRng;
+
+/// The canonical (transformers) name of a checkpoint tensor: encoder weights under `bert.`,
+/// and TF-era `gamma`/`beta` as `weight`/`bias`.
+pub fn canonical_name(name: &str) -> String {
+    let name = if ["embeddings.", "encoder.", "pooler."]
+        .iter()
+        .any(|prefix| name.starts_with(prefix))
+    {
+        format!("bert.{name}")
+    } else {
+        name.to_string()
+    };
+    if let Some(stem) = name.strip_suffix(".gamma") {
+        format!("{stem}.weight")
+    } else if let Some(stem) = name.strip_suffix(".beta") {
+        format!("{stem}.bias")
+    } else {
+        name
+    }
+}
+
+/// Whether transformers initialises this parameter when a checkpoint lacks it (a base model
+/// without pooler, or any checkpoint without our classification head).
+fn may_be_initialised(name: &str) -> bool {
+    name.starts_with("bert.pooler.") || name.starts_with("classifier.")
+}
+
+/// A VarBuilder backend over a loaded checkpoint.
+pub struct CheckpointBackend {
+    tensors: HashMap<String, Tensor>,
+    varmap: VarMap,
+    rng: Mutex<SeededRng>,
+    initializer_range: f64,
+}
+
+impl CheckpointBackend {
+    /// Wraps checkpoint tensors (any names; they are canonicalised).
+    pub fn new(
+        tensors: HashMap<String, Tensor>,
+        varmap: VarMap,
+        seed: u64,
+        initializer_range: f64,
+    ) -> Self {
+        Self {
+            tensors: tensors
+                .into_iter()
+                .map(|(name, tensor)| (canonical_name(&name), tensor))
+                .collect(),
+            varmap,
+            rng: Mutex::new(SeededRng::new(seed)),
+            initializer_range,
+        }
+    }
+
+    /// Normal(0, range) weights and zero biases from the seeded stream, as transformers'
+    /// `_init_weights` does for Linear layers.
+    fn initialise(
+        &self,
+        name: &str,
+        shape: &Shape,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor> {
+        if name.ends_with(".bias") {
+            return Tensor::zeros(shape, dtype, device);
+        }
+        let mut rng = self
+            .rng
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("initialiser lock poisoned".into()))?;
+        let count = shape.elem_count();
+        let mut values = Vec::with_capacity(count);
+        while values.len() < count {
+            // Box-Muller from two uniforms in (0, 1].
+            let u1 = ((rng.next_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
+            let u2 = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+            let radius = (-2.0 * u1.ln()).sqrt() * self.initializer_range;
+            let angle = 2.0 * std::f64::consts::PI * u2;
+            values.push(radius * angle.cos());
+            values.push(radius * angle.sin());
+        }
+        values.truncate(count);
+        Tensor::from_vec(values, shape, device)?.to_dtype(dtype)
+    }
+}
+
+impl SimpleBackend for CheckpointBackend {
+    fn get(
+        &self,
+        shape: Shape,
+        name: &str,
+        _hint: Init,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor> {
+        let tensor = match self.tensors.get(name) {
+            Some(tensor) => {
+                if tensor.shape() != &shape {
+                    return Err(candle_core::Error::Msg(format!(
+                        "tensor {name} has shape {:?} in the checkpoint, the config implies {:?}",
+                        tensor.dims(),
+                        shape.dims()
+                    )));
+                }
+                tensor.to_dtype(dtype)?.to_device(device)?
+            }
+            None if may_be_initialised(name) => self.initialise(name, &shape, dtype, device)?,
+            None => {
+                return Err(candle_core::Error::Msg(format!(
+                    "the checkpoint has no tensor {name} (also looked for it without the \"bert.\" prefix)"
+                )))
+            }
+        };
+        let var = Var::from_tensor(&tensor)?;
+        let mut vars = self
+            .varmap
+            .data()
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("varmap lock poisoned".into()))?;
+        vars.insert(name.to_string(), var.clone());
+        Ok(var.as_tensor().clone())
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, device: &Device) -> Result<Tensor> {
+        match self.tensors.get(name) {
+            Some(tensor) => tensor.to_dtype(dtype)?.to_device(device),
+            None => Err(candle_core::Error::Msg(format!(
+                "the checkpoint has no tensor {name}"
+            ))),
+        }
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+}
+
+/// Writes every parameter of `varmap` as f32 safetensors under its transformers name.
+pub fn save_safetensors(varmap: &VarMap, path: &Path) -> Result<()> {
+    let vars = varmap
+        .data()
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("varmap lock poisoned".into()))?;
+    let tensors: HashMap<String, Tensor> = vars
+        .iter()
+        .map(|(name, var)| {
+            Ok((
+                name.clone(),
+                var.as_tensor()
+                    .to_dtype(DType::F32)?
+                    .to_device(&Device::Cpu)?,
+            ))
+        })
+        .collect::<Result<_>>()?;
+    candle_core::safetensors::save(&tensors, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoint_names_are_canonicalised() {
+        assert_eq!(
+            canonical_name("embeddings.word_embeddings.weight"),
+            "bert.embeddings.word_embeddings.weight"
+        );
+        assert_eq!(
+            canonical_name("bert.pooler.dense.bias"),
+            "bert.pooler.dense.bias"
+        );
+        assert_eq!(canonical_name("classifier.weight"), "classifier.weight");
+        assert_eq!(
+            canonical_name("encoder.layer.0.attention.output.LayerNorm.gamma"),
+            "bert.encoder.layer.0.attention.output.LayerNorm.weight"
+        );
+    }
+
+    #[test]
+    fn missing_heads_are_initialised_like_transformers_from_the_seed() {
+        let backend = |seed| CheckpointBackend::new(HashMap::new(), VarMap::new(), seed, 0.02);
+        let first = backend(3);
+        let weight = first
+            .get(
+                Shape::from((64, 128)),
+                "classifier.weight",
+                Init::Const(0.0),
+                DType::F32,
+                &Device::Cpu,
+            )
+            .unwrap();
+        let values: Vec<f32> = weight.flatten_all().unwrap().to_vec1().unwrap();
+        let mean = values.iter().map(|&v| f64::from(v)).sum::<f64>() / values.len() as f64;
+        let std = (values
+            .iter()
+            .map(|&v| (f64::from(v) - mean).powi(2))
+            .sum::<f64>()
+            / values.len() as f64)
+            .sqrt();
+        assert!(
+            mean.abs() < 0.002 && (std - 0.02).abs() < 0.002,
+            "mean {mean} std {std}"
+        );
+        let bias = first
+            .get(
+                Shape::from(64),
+                "classifier.bias",
+                Init::Const(1.0),
+                DType::F32,
+                &Device::Cpu,
+            )
+            .unwrap();
+        assert_eq!(bias.sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+        let again = backend(3)
+            .get(
+                Shape::from((64, 128)),
+                "classifier.weight",
+                Init::Const(0.0),
+                DType::F32,
+                &Device::Cpu,
+            )
+            .unwrap();
+        assert_eq!(
+            values,
+            again.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        );
+        // Anything else missing is an error, never a silent random init.
+        assert!(backend(3)
+            .get(
+                Shape::from(4),
+                "bert.embeddings.LayerNorm.weight",
+                Init::Const(1.0),
+                DType::F32,
+                &Device::Cpu
+            )
+            .is_err());
+    }
+}

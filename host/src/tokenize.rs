@@ -1,0 +1,129 @@
+//! Pair tokenization as sentence-transformers does it: `truncation="longest_first"` up to the
+//! model's max length and padding to the longest pair of the call. Whatever fixed padding or
+//! truncation a saved `tokenizer.json` carries (often `Fixed(128)`) is overridden.
+
+use std::path::Path;
+
+use tokenizers::{
+    EncodeInput, PaddingDirection, PaddingParams, PaddingStrategy, Tokenizer, TruncationDirection,
+    TruncationParams, TruncationStrategy,
+};
+
+/// Token ids of a batch of pairs, row-major `[batch, seq_len]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedPairs {
+    /// Number of pairs.
+    pub batch: usize,
+    /// Padded length.
+    pub seq_len: usize,
+    /// Token ids.
+    pub input_ids: Vec<u32>,
+    /// 0 for the query segment, 1 for the document.
+    pub token_type_ids: Vec<u32>,
+    /// 1 for real tokens, 0 for padding.
+    pub attention_mask: Vec<u32>,
+}
+
+impl EncodedPairs {
+    /// The unpadded token ids of one pair.
+    pub fn row_ids(&self, row: usize) -> Vec<u32> {
+        let start = row * self.seq_len;
+        (start..start + self.seq_len)
+            .filter(|&i| self.attention_mask[i] == 1)
+            .map(|i| self.input_ids[i])
+            .collect()
+    }
+}
+
+/// A tokenizer that encodes (query, document) pairs.
+#[derive(Clone)]
+pub struct PairTokenizer {
+    tokenizer: Tokenizer,
+    max_length: usize,
+}
+
+impl std::fmt::Debug for PairTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PairTokenizer")
+            .field("max_length", &self.max_length)
+            .finish()
+    }
+}
+
+impl PairTokenizer {
+    /// Reads `tokenizer.json` and sets the reference's padding and truncation.
+    pub fn from_file(path: &Path, max_length: usize) -> Result<Self, String> {
+        let tokenizer = Tokenizer::from_file(path).map_err(|e| e.to_string())?;
+        Self::new(tokenizer, max_length)
+    }
+
+    /// Wraps a tokenizer, setting the reference's padding and truncation.
+    pub fn new(mut tokenizer: Tokenizer, max_length: usize) -> Result<Self, String> {
+        let pad_token = ["[PAD]", "<pad>"]
+            .into_iter()
+            .find(|token| tokenizer.token_to_id(token).is_some())
+            .unwrap_or("[PAD]")
+            .to_string();
+        let pad_id = tokenizer.token_to_id(&pad_token).unwrap_or(0);
+        tokenizer.with_padding(Some(PaddingParams {
+            strategy: PaddingStrategy::BatchLongest,
+            direction: PaddingDirection::Right,
+            pad_to_multiple_of: None,
+            pad_id,
+            pad_type_id: 0,
+            pad_token,
+        }));
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                direction: TruncationDirection::Right,
+                max_length,
+                strategy: TruncationStrategy::LongestFirst,
+                stride: 0,
+            }))
+            .map_err(|e| e.to_string())?;
+        Ok(Self {
+            tokenizer,
+            max_length,
+        })
+    }
+
+    /// The truncation length.
+    pub fn max_length(&self) -> usize {
+        self.max_length
+    }
+
+    /// The underlying tokenizer (with our padding and truncation), e.g. to save it.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// Encodes pairs, padded to the longest of them.
+    pub fn encode_pairs(&self, pairs: &[(&str, &str)]) -> Result<EncodedPairs, String> {
+        let inputs: Vec<EncodeInput> = pairs
+            .iter()
+            .map(|&(query, document)| (query, document).into())
+            .collect();
+        let encodings = self
+            .tokenizer
+            .encode_batch(inputs, true)
+            .map_err(|e| e.to_string())?;
+        let seq_len = encodings.first().map_or(0, |e| e.get_ids().len());
+        let mut encoded = EncodedPairs {
+            batch: encodings.len(),
+            seq_len,
+            input_ids: Vec::with_capacity(encodings.len() * seq_len),
+            token_type_ids: Vec::with_capacity(encodings.len() * seq_len),
+            attention_mask: Vec::with_capacity(encodings.len() * seq_len),
+        };
+        for encoding in &encodings {
+            encoded.input_ids.extend_from_slice(encoding.get_ids());
+            encoded
+                .token_type_ids
+                .extend_from_slice(encoding.get_type_ids());
+            encoded
+                .attention_mask
+                .extend_from_slice(encoding.get_attention_mask());
+        }
+        Ok(encoded)
+    }
+}

@@ -1,0 +1,596 @@
+//! The candle cross-encoder against sentence-transformers' own numbers
+//! (`tests/fixtures/model_parity.json`, from `CrossEncoder(path)` in fp32), plus gradients,
+//! dropout and the save/load round trip.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Tensor};
+use crosstrain::model::{CrossEncoder, LoadOptions, ModelError};
+use serde_json::Value;
+use support::*;
+
+fn parity() -> Value {
+    let text = std::fs::read_to_string(fixture("model_parity.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn tiny(name: &str) -> PathBuf {
+    fixture("models").join(name)
+}
+
+fn pairs(parity: &Value) -> Vec<(String, String)> {
+    parity["pairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["query"].as_str().unwrap().to_string(),
+                p["document"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn ids(value: &Value) -> Vec<u32> {
+    value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect()
+}
+
+/// Checks tokens and logits of one model at one max-length setting; returns the largest
+/// logit difference.
+fn check_model(dir: &Path, model_name: &str, setting: &str) -> f64 {
+    let parity = parity();
+    let reference = &parity["models"][model_name]["settings"][setting];
+    let max_length = reference["max_length"].as_u64().unwrap() as usize;
+    // "128"/"512" is the constructor default; "32" was given explicitly.
+    let options = LoadOptions {
+        max_length: (setting == "32").then_some(32),
+        ..LoadOptions::default()
+    };
+    let model = CrossEncoder::load_dir(dir, &options).unwrap();
+    assert_eq!(
+        model.max_length(),
+        max_length,
+        "{model_name}/{setting}: default max length"
+    );
+    let pairs = pairs(&parity);
+    let borrowed: Vec<(&str, &str)> = pairs
+        .iter()
+        .map(|(q, d)| (q.as_str(), d.as_str()))
+        .collect();
+
+    let mut max_diff: f64 = 0.0;
+    for (index, pair) in borrowed.iter().enumerate() {
+        let encoded = model.encode(&[*pair]).unwrap();
+        let expected = &reference["tokens"][index];
+        assert_eq!(
+            encoded.input_ids,
+            ids(&expected["input_ids"]),
+            "{model_name}/{setting} pair {index} ids"
+        );
+        assert_eq!(
+            encoded.token_type_ids,
+            ids(&expected["token_type_ids"]),
+            "pair {index} types"
+        );
+        assert_eq!(
+            encoded.attention_mask,
+            ids(&expected["attention_mask"]),
+            "pair {index} mask"
+        );
+        let logits = model
+            .forward(&model.token_tensors(&encoded).unwrap())
+            .unwrap();
+        let logits: Vec<f32> = logits.flatten_all().unwrap().to_vec1().unwrap();
+        for (ours, theirs) in logits
+            .iter()
+            .zip(reference["logits_f32"][index].as_array().unwrap())
+        {
+            max_diff = max_diff.max((f64::from(*ours) - theirs.as_f64().unwrap()).abs());
+        }
+    }
+    // All pairs in one right-padded batch.
+    let encoded = model.encode(&borrowed).unwrap();
+    assert_eq!(
+        encoded.seq_len as u64,
+        reference["batch_padded_length"].as_u64().unwrap()
+    );
+    let batched = model
+        .forward(&model.token_tensors(&encoded).unwrap())
+        .unwrap();
+    let batched: Vec<Vec<f32>> = batched.to_vec2().unwrap();
+    for (row, theirs) in batched
+        .iter()
+        .zip(reference["logits_f32_batched"].as_array().unwrap())
+    {
+        for (ours, theirs) in row.iter().zip(theirs.as_array().unwrap()) {
+            max_diff = max_diff.max((f64::from(*ours) - theirs.as_f64().unwrap()).abs());
+        }
+    }
+    max_diff
+}
+
+#[test]
+fn tiny_model_tokens_and_logits_match_the_reference() {
+    for setting in ["128", "32"] {
+        let diff = check_model(&tiny("tiny-bert-ce"), "tiny-bert-ce", setting);
+        eprintln!("tiny-bert-ce/{setting}: max |logit diff| {diff:e}");
+        assert!(
+            diff < 1e-5,
+            "tiny-bert-ce/{setting}: max |logit diff| {diff}"
+        );
+    }
+}
+
+#[test]
+fn three_label_model_logits_match_the_reference() {
+    for setting in ["128", "32"] {
+        let diff = check_model(
+            &tiny("tiny-bert-ce-3labels"),
+            "tiny-bert-ce-3labels",
+            setting,
+        );
+        eprintln!("tiny-bert-ce-3labels/{setting}: max |logit diff| {diff:e}");
+        assert!(
+            diff < 1e-5,
+            "tiny-bert-ce-3labels/{setting}: max |logit diff| {diff}"
+        );
+    }
+}
+
+/// The real MiniLM: runs when CROSSTRAIN_SHARED points at the shared reference folder
+/// (the one holding `reference/models/minilm-l6-ce`).
+#[test]
+fn minilm_matches_the_reference_when_the_shared_folder_is_given() {
+    let Some(shared) = std::env::var_os("CROSSTRAIN_SHARED") else {
+        eprintln!("CROSSTRAIN_SHARED not set: skipping the MiniLM parity check");
+        return;
+    };
+    let dir = Path::new(&shared).join("reference/models/minilm-l6-ce");
+    for setting in ["512", "32"] {
+        let diff = check_model(&dir, "minilm-l6-ce", setting);
+        eprintln!("minilm-l6-ce/{setting}: max |logit diff| {diff:e}");
+        assert!(
+            diff < 1e-5,
+            "minilm-l6-ce/{setting}: max |logit diff| {diff}"
+        );
+    }
+}
+
+#[test]
+fn predict_matches_the_reference_predict_with_its_activation() {
+    let parity = parity();
+    let model = CrossEncoder::load_dir(&tiny("tiny-bert-ce"), &LoadOptions::default()).unwrap();
+    let pairs = pairs(&parity);
+    let borrowed: Vec<(&str, &str)> = pairs
+        .iter()
+        .map(|(q, d)| (q.as_str(), d.as_str()))
+        .collect();
+    let scores = model.predict(&borrowed, 5).unwrap();
+    let expected = parity["models"]["tiny-bert-ce"]["settings"]["128"]["predict_f32"]
+        .as_array()
+        .unwrap();
+    for (row, expected) in scores.iter().zip(expected) {
+        let sigmoid = 1.0 / (1.0 + (-f64::from(row[0])).exp());
+        assert!((sigmoid - expected.as_f64().unwrap()).abs() < 1e-5);
+    }
+}
+
+fn some_pairs() -> Vec<(&'static str, &'static str)> {
+    vec![
+        (
+            "how many moons does mars have",
+            "Mars has two small moons, Phobos and Deimos.",
+        ),
+        (
+            "boiling point of water",
+            "Water boils at 100 degrees Celsius at sea level.",
+        ),
+        ("a", ""),
+    ]
+}
+
+#[test]
+fn every_parameter_gets_a_nonzero_gradient_in_training_mode() {
+    let model =
+        CrossEncoder::load_dir(&tiny("tiny-bert-ce-3labels"), &LoadOptions::default()).unwrap();
+    model.dropout().train(1);
+    let logits = model.logits(&some_pairs()).unwrap();
+    // A loss that touches every logit with a different weight.
+    let weights = Tensor::arange(1f32, 10f32, logits.device())
+        .unwrap()
+        .reshape((3, 3))
+        .unwrap();
+    let loss = (logits * weights).unwrap().sum_all().unwrap();
+    let grads = loss.backward().unwrap();
+    let parameters = model.named_parameters();
+    assert_eq!(
+        parameters.len(),
+        5 + 16 * 2 + 2 + 2,
+        "embeddings, 2 layers, pooler, classifier"
+    );
+    for (name, var) in parameters {
+        let grad = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("{name} got no gradient"));
+        let norm = grad
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(
+            norm > 0.0 && norm.is_finite(),
+            "{name}: gradient norm {norm}"
+        );
+    }
+}
+
+#[test]
+fn gradients_match_finite_differences_in_f64() {
+    let options = LoadOptions {
+        dtype: DType::F64,
+        ..LoadOptions::default()
+    };
+    let model = CrossEncoder::load_dir(&tiny("tiny-bert-ce"), &options).unwrap();
+    let pairs = some_pairs();
+    let objective = |model: &CrossEncoder| -> f64 {
+        // A non-trivial scalar of the logits: Σ_i (i + 1)·logit_i.
+        let logits = model.logits(&pairs).unwrap();
+        let weights = Tensor::new(&[1f64, 2.0, 3.0], logits.device())
+            .unwrap()
+            .reshape((3, 1))
+            .unwrap();
+        (logits * weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    };
+    let logits = model.logits(&pairs).unwrap();
+    let weights = Tensor::new(&[1f64, 2.0, 3.0], logits.device())
+        .unwrap()
+        .reshape((3, 1))
+        .unwrap();
+    let grads = (logits * weights)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let parameters = model.named_parameters();
+    let checked = [
+        ("classifier.weight", 5),
+        ("bert.pooler.dense.weight", 17),
+        ("bert.encoder.layer.1.output.LayerNorm.weight", 3),
+        ("bert.encoder.layer.0.attention.self.query.weight", 40),
+        ("bert.encoder.layer.0.intermediate.dense.bias", 9),
+        ("bert.embeddings.LayerNorm.bias", 0),
+        ("bert.embeddings.position_embeddings.weight", 2 * 32 + 7),
+        ("bert.embeddings.token_type_embeddings.weight", 32 + 4),
+    ];
+    for (name, index) in checked {
+        let var = &parameters.iter().find(|(n, _)| n == name).unwrap().1;
+        let analytic: Vec<f64> = grads
+            .get(var.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let original = var.as_tensor().copy().unwrap();
+        let shape = original.shape().clone();
+        let flat: Vec<f64> = original.flatten_all().unwrap().to_vec1().unwrap();
+        let step = 1e-5;
+        let at = |delta: f64| {
+            let mut values = flat.clone();
+            values[index] += delta;
+            var.set(&Tensor::from_vec(values, &shape, original.device()).unwrap())
+                .unwrap();
+            objective(&model)
+        };
+        let numeric = (at(step) - at(-step)) / (2.0 * step);
+        var.set(&original).unwrap();
+        assert!(
+            (numeric - analytic[index]).abs() < 1e-6 * (1.0 + numeric.abs()),
+            "{name}[{index}]: analytic {} vs numeric {numeric}",
+            analytic[index]
+        );
+    }
+}
+
+#[test]
+fn dropout_changes_outputs_in_training_mode_only() {
+    let model = CrossEncoder::load_dir(&tiny("tiny-bert-ce"), &LoadOptions::default()).unwrap();
+    let eval_a: Vec<Vec<f32>> = model.logits(&some_pairs()).unwrap().to_vec2().unwrap();
+    let eval_b: Vec<Vec<f32>> = model.logits(&some_pairs()).unwrap().to_vec2().unwrap();
+    assert_eq!(eval_a, eval_b);
+    model.dropout().train(5);
+    let train_a: Vec<Vec<f32>> = model.logits(&some_pairs()).unwrap().to_vec2().unwrap();
+    let train_b: Vec<Vec<f32>> = model.logits(&some_pairs()).unwrap().to_vec2().unwrap();
+    assert_ne!(train_a, eval_a);
+    assert_ne!(train_a, train_b);
+    model.dropout().train(5);
+    let replay: Vec<Vec<f32>> = model.logits(&some_pairs()).unwrap().to_vec2().unwrap();
+    assert_eq!(replay, train_a, "same seed, same masks");
+    model.dropout().eval();
+    assert_eq!(
+        model
+            .logits(&some_pairs())
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap(),
+        eval_a
+    );
+}
+
+#[test]
+fn load_save_load_gives_identical_logits_and_a_transformers_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let saved = dir.path().join("saved");
+    for name in ["tiny-bert-ce", "tiny-bert-ce-3labels"] {
+        let model = CrossEncoder::load_dir(&tiny(name), &LoadOptions::default()).unwrap();
+        let target = saved.join(name);
+        model.save(&target).unwrap();
+        let reloaded = CrossEncoder::load_dir(&target, &LoadOptions::default()).unwrap();
+        assert_eq!(
+            model
+                .logits(&some_pairs())
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap(),
+            reloaded
+                .logits(&some_pairs())
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap()
+        );
+        assert_eq!(reloaded.max_length(), 128);
+        for file in [
+            "config.json",
+            "model.safetensors",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "config_sentence_transformers.json",
+            "modules.json",
+            "sentence_bert_config.json",
+        ] {
+            assert!(target.join(file).is_file(), "{name}: {file} missing");
+        }
+        let config: Value =
+            serde_json::from_str(&std::fs::read_to_string(target.join("config.json")).unwrap())
+                .unwrap();
+        assert_eq!(config["architectures"][0], "BertForSequenceClassification");
+        assert_eq!(
+            config["id2label"].as_object().unwrap().len(),
+            model.num_labels()
+        );
+        // Same tensor names as the original checkpoint.
+        let names = |path: &Path| {
+            let mut names: Vec<String> =
+                candle_core::safetensors::load(path, &candle_core::Device::Cpu)
+                    .unwrap()
+                    .into_keys()
+                    .collect();
+            names.sort();
+            names
+        };
+        assert_eq!(
+            names(&target.join("model.safetensors")),
+            names(&tiny(name).join("model.safetensors"))
+        );
+        // The tokenizer no longer pads to a fixed 128.
+        let tokenizer: Value =
+            serde_json::from_str(&std::fs::read_to_string(target.join("tokenizer.json")).unwrap())
+                .unwrap();
+        assert_eq!(tokenizer["padding"]["strategy"], "BatchLongest");
+    }
+    // An existing non-empty directory is never overwritten.
+    let model = CrossEncoder::load_dir(&tiny("tiny-bert-ce"), &LoadOptions::default()).unwrap();
+    match model.save(&saved.join("tiny-bert-ce")) {
+        Err(ModelError::AlreadyExists { .. }) => {}
+        other => panic!("expected AlreadyExists, got {other:?}"),
+    }
+    assert!(
+        std::fs::read_dir(&saved).unwrap().all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .contains("partial")),
+        "no staging directory is left behind"
+    );
+}
+
+#[test]
+fn a_missing_classifier_is_initialised_from_the_seed_and_pytorch_files_get_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base");
+    std::fs::create_dir(&base).unwrap();
+    for file in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(tiny("tiny-bert-ce").join(file), base.join(file)).unwrap();
+    }
+    // A base encoder checkpoint: no classifier, names without the "bert." prefix.
+    let tensors = candle_core::safetensors::load(
+        tiny("tiny-bert-ce").join("model.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let base_tensors: std::collections::HashMap<String, Tensor> = tensors
+        .into_iter()
+        .filter(|(name, _)| !name.starts_with("classifier."))
+        .map(|(name, tensor)| (name.trim_start_matches("bert.").to_string(), tensor))
+        .collect();
+    candle_core::safetensors::save(&base_tensors, base.join("model.safetensors")).unwrap();
+    let options = LoadOptions {
+        seed: 11,
+        ..LoadOptions::default()
+    };
+    let first = CrossEncoder::load_dir(&base, &options).unwrap();
+    assert_eq!(
+        first.initialised_parameters(),
+        ["classifier.bias", "classifier.weight"]
+    );
+    let second = CrossEncoder::load_dir(&base, &options).unwrap();
+    assert_eq!(
+        first
+            .logits(&some_pairs())
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap(),
+        second
+            .logits(&some_pairs())
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap()
+    );
+
+    std::fs::rename(
+        base.join("model.safetensors"),
+        base.join("pytorch_model.bin"),
+    )
+    .unwrap();
+    let error = CrossEncoder::load_dir(&base, &options)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        error.contains("pytorch_model.bin") && error.contains("safetensors"),
+        "{error}"
+    );
+    let error = CrossEncoder::load("no/such-model-dir-here/x", &options)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(error.contains("no such directory"), "{error}");
+}
+
+#[test]
+fn predict_and_rank_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let pairs = dir.path().join("pairs.tsv");
+    std::fs::write(
+        &pairs,
+        "how many moons does mars have\tMars has two moons.\nwhat is rust\tA language.\n",
+    )
+    .unwrap();
+    let model = tiny("tiny-bert-ce-3labels");
+    let output = run(&[
+        "predict",
+        "--model",
+        model.to_str().unwrap(),
+        "--pairs",
+        pairs.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let scores: Vec<Vec<f64>> = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(scores.len(), 2);
+    assert_eq!(scores[0].len(), 3);
+    let output = run(&[
+        "predict",
+        "--model",
+        model.to_str().unwrap(),
+        "--pairs",
+        pairs.to_str().unwrap(),
+        "--activation",
+        "softmax",
+    ]);
+    let first: Vec<f64> = stdout(&output)
+        .lines()
+        .next()
+        .unwrap()
+        .split('\t')
+        .map(|v| v.parse().unwrap())
+        .collect();
+    assert!((first.iter().sum::<f64>() - 1.0).abs() < 1e-5);
+
+    let documents = dir.path().join("documents.txt");
+    std::fs::write(
+        &documents,
+        "Mars has two moons.\nBananas are yellow.\nPhobos and Deimos orbit Mars.\n",
+    )
+    .unwrap();
+    let model = tiny("tiny-bert-ce");
+    let output = run(&[
+        "rank",
+        "--model",
+        model.to_str().unwrap(),
+        "--query",
+        "moons of mars",
+        "--documents",
+        documents.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let ranked: Vec<Value> = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(ranked.len(), 3);
+    let scores: Vec<f64> = ranked
+        .iter()
+        .map(|r| r["score"].as_f64().unwrap())
+        .collect();
+    assert!(
+        scores.windows(2).all(|w| w[0] >= w[1]),
+        "sorted: {scores:?}"
+    );
+    assert!(
+        scores.iter().all(|s| (0.0..=1.0).contains(s)),
+        "sigmoid scores: {scores:?}"
+    );
+
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(
+        &bad,
+        "{\"query\": \"q\", \"document\": \"d\"}\n{\"query\": \"q\"}\n",
+    )
+    .unwrap();
+    let output = run(&[
+        "predict",
+        "--model",
+        model.to_str().unwrap(),
+        "--pairs",
+        bad.to_str().unwrap(),
+    ]);
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("bad.jsonl:2: missing field \"document\""),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn bench_predict_prints_one_json_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let pairs = dir.path().join("pairs.jsonl");
+    let lines: String = (0..8)
+        .map(|i| format!("{{\"query\": \"q {i}\", \"document\": \"a document {i}\"}}\n"))
+        .collect();
+    std::fs::write(&pairs, lines).unwrap();
+    let model = tiny("tiny-bert-ce");
+    let output = run(&[
+        "bench",
+        "predict",
+        "--model",
+        model.to_str().unwrap(),
+        "--pairs",
+        pairs.to_str().unwrap(),
+        "--batch-size",
+        "4",
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = stdout(&output);
+    assert_eq!(text.lines().count(), 1);
+    let line: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(line["pairs"], 8);
+    assert!(line["pairs_per_second"].as_f64().unwrap() > 0.0);
+    assert!(line["peak_rss_mb"].as_f64().unwrap() > 0.0);
+}

@@ -3,7 +3,7 @@
 
 use crosstrain_plugin_api::{Labels, LossOutput, LossResult, PairPlan};
 
-use crate::common::{check_finite, check_logits, listwise_queries, Activation};
+use crate::common::{check_finite, check_logits, listwise_queries, Activation, ListwiseQuery};
 
 /// One query's contribution: `loss = Σ numerator / Σ denominator` over the batch.
 pub struct QueryTerm {
@@ -25,23 +25,19 @@ pub fn listwise_loss(
     num_labels: usize,
     labels: &Labels,
     activation: Activation,
-    mut per_query: impl FnMut(&[f64], &[f64]) -> QueryTerm,
+    per_query: impl Fn(&[f64], &[f64]) -> QueryTerm,
 ) -> LossResult<(LossOutput, bool)> {
     check_logits(loss, plan, logits, num_labels, Some(1))?;
     check_finite(loss, logits)?;
     let queries = listwise_queries(loss, plan, logits, labels)?;
-    let mut numerator = 0.0;
-    let mut denominator = 0.0;
-    let mut all_zero = true;
-    let mut terms = Vec::with_capacity(queries.len());
-    for query in &queries {
+    let term = |query: &ListwiseQuery| {
         let activated: Vec<f64> = query.logits.iter().map(|&s| activation.apply(s)).collect();
-        let term = per_query(&activated, &query.labels);
-        numerator += term.numerator;
-        denominator += term.denominator;
-        all_zero &= term.numerator == 0.0;
-        terms.push(term);
-    }
+        per_query(&activated, &query.labels)
+    };
+    let terms: Vec<QueryTerm> = queries.iter().map(term).collect();
+    let numerator: f64 = terms.iter().map(|t| t.numerator).sum();
+    let denominator: f64 = terms.iter().map(|t| t.denominator).sum();
+    let all_zero = terms.iter().all(|t| t.numerator == 0.0);
     // The reference divides by 1 when nothing was kept (e.g. LambdaLoss with all-equal labels).
     let norm = if denominator > 0.0 { denominator } else { 1.0 };
     let mut grad = vec![0.0; logits.len()];

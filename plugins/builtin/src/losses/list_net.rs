@@ -175,4 +175,43 @@ mod tests {
         assert!((output.grad[1] - (0.5 - p[1])).abs() < 1e-12);
         assert!(output.grad[1] != 0.0);
     }
+
+    #[test]
+    fn a_batch_equals_the_mean_of_its_queries_one_by_one() {
+        let loss = build_loss::<ListNetLoss>("{}").unwrap();
+        let mut rng = TestRng::new(12);
+        let queries = 40;
+        let lengths: Vec<u32> = (0..queries).map(|i| 2 + (i % 5)).collect();
+        let labels: Vec<Vec<f32>> = lengths
+            .iter()
+            .map(|&n| (0..n).map(|_| rng.range(0.0, 3.0).floor() as f32).collect())
+            .collect();
+        let plan = loss
+            .plan(&BatchShape::query_documents(lengths.clone()), 0)
+            .unwrap();
+        let logits = rng.logits(plan.len());
+        let whole = loss
+            .compute(&plan, &logits, 1, &Labels::per_row_lists(&labels))
+            .unwrap();
+        let mut offset = 0;
+        let mut mean = 0.0;
+        for (row, &n) in lengths.iter().enumerate() {
+            let single = loss.plan(&BatchShape::query_documents(vec![n]), 0).unwrap();
+            let part = &logits[offset..offset + n as usize];
+            let output = loss
+                .compute(
+                    &single,
+                    part,
+                    1,
+                    &Labels::per_row_lists(&labels[row..row + 1]),
+                )
+                .unwrap();
+            mean += output.loss / queries as f64;
+            for (i, g) in output.grad.iter().enumerate() {
+                assert!((whole.grad[offset + i] - g / queries as f64).abs() < 1e-15);
+            }
+            offset += n as usize;
+        }
+        assert!((whole.loss - mean).abs() < 1e-12);
+    }
 }

@@ -7,6 +7,7 @@
 
 pub mod cite;
 pub mod data;
+pub mod eval;
 pub mod model;
 pub mod plugins;
 pub mod tokenize;

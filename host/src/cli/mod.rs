@@ -1,6 +1,7 @@
 //! Command-line parsing and dispatch; one file per command, each thin.
 
 mod bench;
+mod eval;
 mod losses;
 mod predict;
 
@@ -36,6 +37,8 @@ enum Command {
     Predict(predict::PredictArgs),
     /// Rank documents for one query, best first.
     Rank(predict::RankArgs),
+    /// Evaluate a model with the reference's reranking, classification or correlation metrics.
+    Eval(eval::EvalArgs),
     /// Benchmarks that print one JSON line.
     Bench {
         #[command(subcommand)]
@@ -87,6 +90,7 @@ fn dispatch(cli: Cli, out: &mut String) -> anyhow::Result<ExitCode> {
         Command::Losses { command } => losses::run(&registry()?, command, out),
         Command::Predict(args) => predict::predict(args, out).map(|()| ExitCode::SUCCESS),
         Command::Rank(args) => predict::rank(args, out).map(|()| ExitCode::SUCCESS),
+        Command::Eval(args) => eval::run(args, out).map(|()| ExitCode::SUCCESS),
         Command::Bench { command } => bench::run(command, out).map(|()| ExitCode::SUCCESS),
     }
 }

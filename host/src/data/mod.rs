@@ -1,3 +1,4 @@
 //! Reading data files. Every error names the file, the line and the field.
 
+pub mod eval_sets;
 pub mod pairs;

@@ -1,0 +1,140 @@
+//! Evaluation sets: reranking samples and labeled pairs, from JSONL.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use super::pairs::{DataError, TextPair};
+use crate::eval::reranking::RerankingSample;
+
+fn lines(path: &Path) -> Result<Vec<(usize, Value)>, DataError> {
+    let text = std::fs::read_to_string(path).map_err(|source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(index, line)| {
+            serde_json::from_str(line)
+                .map(|value| (index + 1, value))
+                .map_err(|e| DataError::Malformed {
+                    path: path.to_path_buf(),
+                    line: index + 1,
+                    message: format!("not valid JSON: {e}"),
+                })
+        })
+        .collect()
+}
+
+fn strings(value: &Value) -> Option<Vec<String>> {
+    value
+        .as_array()?
+        .iter()
+        .map(|v| v.as_str().map(str::to_string))
+        .collect()
+}
+
+/// Reranking samples in any of the shapes `{query, positive, negative}`,
+/// `{query, positive, documents}` (the reference's two) and `{query, documents, labels}` (the
+/// trainer's listwise format: documents with a label > 0 are the positives, and the given order
+/// is the retriever's, so `base_*` metrics are reported).
+pub fn read_reranking_samples(path: &Path) -> Result<Vec<RerankingSample>, DataError> {
+    lines(path)?
+        .into_iter()
+        .map(|(line, value)| {
+            let malformed = |message: String| DataError::Malformed {
+                path: path.to_path_buf(),
+                line,
+                message,
+            };
+            if value.get("labels").is_some() && value.get("positive").is_none() {
+                let query = value["query"]
+                    .as_str()
+                    .ok_or_else(|| malformed("field \"query\" must be a string".into()))?;
+                let documents = strings(&value["documents"]).ok_or_else(|| {
+                    malformed("field \"documents\" must be a list of strings".into())
+                })?;
+                let labels: Vec<f64> = value["labels"]
+                    .as_array()
+                    .and_then(|l| l.iter().map(Value::as_f64).collect())
+                    .ok_or_else(|| {
+                        malformed("field \"labels\" must be a list of numbers".into())
+                    })?;
+                if labels.len() != documents.len() {
+                    return Err(malformed(format!(
+                        "{} labels for {} documents",
+                        labels.len(),
+                        documents.len()
+                    )));
+                }
+                let positive = documents
+                    .iter()
+                    .zip(&labels)
+                    .filter(|(_, &label)| label > 0.0)
+                    .map(|(d, _)| d.clone())
+                    .collect();
+                return Ok(RerankingSample {
+                    query: query.to_string(),
+                    positive,
+                    negative: None,
+                    documents: Some(documents),
+                });
+            }
+            serde_json::from_value(value).map_err(|e| {
+                malformed(format!(
+                    "{e}; expected {{query, positive, negative}}, {{query, positive, documents}} \
+                     or {{query, documents, labels}}"
+                ))
+            })
+        })
+        .collect()
+}
+
+/// Pairs with a numeric label: `{query|text_a, document|text_b, <label field>}`, where the
+/// label field is the first present of `label_fields`.
+pub fn read_labeled_pairs(
+    path: &Path,
+    label_fields: &[&str],
+) -> Result<Vec<(TextPair, f64)>, DataError> {
+    lines(path)?
+        .into_iter()
+        .map(|(line, value)| {
+            let malformed = |message: String| DataError::Malformed {
+                path: path.to_path_buf(),
+                line,
+                message,
+            };
+            let text = |names: [&str; 2]| {
+                names
+                    .iter()
+                    .find_map(|name| value.get(*name))
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+                    .ok_or_else(|| {
+                        malformed(format!(
+                            "missing string field \"{}\" (or \"{}\")",
+                            names[0], names[1]
+                        ))
+                    })
+            };
+            let label = label_fields
+                .iter()
+                .find_map(|name| value.get(*name))
+                .and_then(Value::as_f64)
+                .ok_or_else(|| {
+                    malformed(format!(
+                        "missing numeric field \"{}\"",
+                        label_fields.join("\" or \"")
+                    ))
+                })?;
+            Ok((
+                TextPair {
+                    query: text(["query", "text_a"])?,
+                    document: text(["document", "text_b"])?,
+                },
+                label,
+            ))
+        })
+        .collect()
+}

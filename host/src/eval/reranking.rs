@@ -1,0 +1,241 @@
+//! CrossEncoderRerankingEvaluator: MAP, MRR@k and NDCG@k per query, averaged; and the
+//! `base_*` metrics of a retriever's given order.
+
+use serde::Deserialize;
+
+use super::{average_precision, descending_tie_groups, Metrics};
+
+/// One evaluation query: its positives, and either negatives or a retrieved document list.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RerankingSample {
+    /// The query.
+    pub query: String,
+    /// Relevant documents (a bare string is one).
+    #[serde(deserialize_with = "one_or_many")]
+    pub positive: Vec<String>,
+    /// Non-relevant documents (the reference's first format).
+    #[serde(default)]
+    pub negative: Option<Vec<String>>,
+    /// A first-stage ranking to rerank (the reference's second format).
+    #[serde(default)]
+    pub documents: Option<Vec<String>>,
+}
+
+fn one_or_many<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(deserializer)? {
+        OneOrMany::One(text) => vec![text],
+        OneOrMany::Many(texts) => texts,
+    })
+}
+
+/// A query the reference cannot evaluate.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RerankingError {
+    /// Neither or both of `negative` and `documents`.
+    #[error(
+        "sample {index} (query {query:?}) must have exactly one of \"negative\" or \"documents\""
+    )]
+    Format {
+        /// 0-based sample index.
+        index: usize,
+        /// The query.
+        query: String,
+    },
+    /// sklearn's NDCG needs at least two documents.
+    #[error(
+        "sample {index} (query {query:?}): computing NDCG is only meaningful when there is more \
+         than 1 document, got 1 (as in the reference, which raises here)"
+    )]
+    SingleDocument {
+        /// 0-based sample index.
+        index: usize,
+        /// The query.
+        query: String,
+    },
+}
+
+/// The per-query metrics.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QueryMetrics {
+    /// Average precision over the whole list.
+    pub average_precision: f64,
+    /// Reciprocal rank of the first relevant document in the top k.
+    pub reciprocal_rank: f64,
+    /// Tie-averaged NDCG@k with linear gains.
+    pub ndcg: f64,
+}
+
+/// MRR@k, NDCG@k and AP of one scored list. Ties in MRR (undefined in the reference, whose
+/// numpy sort is unstable) put relevant documents last; NDCG and AP are tie-aware as sklearn.
+pub fn query_metrics(relevant: &[bool], scores: &[f32], at_k: usize) -> Option<QueryMetrics> {
+    let n = relevant.len();
+    if n < 2 {
+        return None;
+    }
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&a, &b| {
+        scores[b]
+            .total_cmp(&scores[a])
+            .then(relevant[a].cmp(&relevant[b]))
+    });
+    let reciprocal_rank = order
+        .iter()
+        .take(at_k)
+        .position(|&i| relevant[i])
+        .map_or(0.0, |position| 1.0 / (position as f64 + 1.0));
+    let discount = |position: usize| {
+        if position < at_k {
+            1.0 / (position as f64 + 2.0).log2()
+        } else {
+            0.0
+        }
+    };
+    let mut dcg = 0.0;
+    let mut start = 0;
+    for (_, members) in descending_tie_groups(scores) {
+        let gain = members.iter().filter(|&&i| relevant[i]).count() as f64 / members.len() as f64;
+        let discounts: f64 = (start..start + members.len()).map(discount).sum();
+        dcg += gain * discounts;
+        start += members.len();
+    }
+    let positives = relevant.iter().filter(|&&r| r).count();
+    let ideal: f64 = (0..positives).map(discount).sum();
+    Some(QueryMetrics {
+        average_precision: average_precision(relevant, scores),
+        reciprocal_rank,
+        ndcg: if ideal > 0.0 { dcg / ideal } else { 0.0 },
+    })
+}
+
+/// The reranking evaluator's settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RerankingEvaluator {
+    /// Cut-off of MRR and NDCG.
+    pub at_k: usize,
+    /// With `documents`: score the positives even when the retriever missed them.
+    pub always_rerank_positives: bool,
+    /// Key prefix.
+    pub name: String,
+}
+
+impl Default for RerankingEvaluator {
+    fn default() -> Self {
+        Self {
+            at_k: 10,
+            always_rerank_positives: true,
+            name: String::new(),
+        }
+    }
+}
+
+/// The documents the evaluator scores for a sample, with their relevance.
+pub fn scored_documents(
+    sample: &RerankingSample,
+    always_rerank_positives: bool,
+    index: usize,
+) -> Result<Vec<(String, bool)>, RerankingError> {
+    // An empty `documents` list is falsy in the reference: it counts as absent.
+    let documents = sample.documents.as_ref().filter(|d| !d.is_empty());
+    match (&sample.negative, documents) {
+        (Some(negative), None) => Ok(sample
+            .positive
+            .iter()
+            .map(|p| (p.clone(), true))
+            .chain(negative.iter().map(|n| (n.clone(), false)))
+            .collect()),
+        (None, Some(documents)) if always_rerank_positives => Ok(sample
+            .positive
+            .iter()
+            .map(|p| (p.clone(), true))
+            .chain(
+                documents
+                    .iter()
+                    .filter(|d| !sample.positive.contains(d))
+                    .map(|d| (d.clone(), false)),
+            )
+            .collect()),
+        (None, Some(documents)) => Ok(documents
+            .iter()
+            .map(|d| (d.clone(), sample.positive.contains(d)))
+            .collect()),
+        _ => Err(RerankingError::Format {
+            index,
+            query: sample.query.clone(),
+        }),
+    }
+}
+
+impl RerankingEvaluator {
+    /// Evaluates samples whose documents `score(sample index, document)` scores (float32,
+    /// after the model's activation).
+    pub fn evaluate(
+        &self,
+        samples: &[RerankingSample],
+        mut score: impl FnMut(usize, &str) -> f32,
+    ) -> Result<Metrics, RerankingError> {
+        let k = self.at_k;
+        let mut sums = [0.0f64; 3];
+        let mut base_sums = [0.0f64; 3];
+        let mut base_count = 0usize;
+        for (index, sample) in samples.iter().enumerate() {
+            let scored = scored_documents(sample, self.always_rerank_positives, index)?;
+            if scored.iter().any(|(_, relevant)| *relevant) {
+                let relevant: Vec<bool> = scored.iter().map(|(_, r)| *r).collect();
+                let scores: Vec<f32> = scored.iter().map(|(d, _)| score(index, d)).collect();
+                let metrics = query_metrics(&relevant, &scores, k).ok_or_else(|| {
+                    RerankingError::SingleDocument {
+                        index,
+                        query: sample.query.clone(),
+                    }
+                })?;
+                sums[0] += metrics.average_precision;
+                sums[1] += metrics.reciprocal_rank;
+                sums[2] += metrics.ndcg;
+            }
+            if let Some(documents) = sample.documents.as_ref().filter(|d| !d.is_empty()) {
+                base_count += 1;
+                let mut relevant: Vec<bool> = documents
+                    .iter()
+                    .map(|d| sample.positive.contains(d))
+                    .collect();
+                let found = relevant.iter().filter(|&&r| r).count();
+                if found > 0 {
+                    relevant.extend(std::iter::repeat_n(
+                        true,
+                        sample.positive.len().saturating_sub(found),
+                    ));
+                    let n = relevant.len();
+                    let scores: Vec<f32> = (0..n).map(|i| (n - i) as f32).collect();
+                    let metrics = query_metrics(&relevant, &scores, k).ok_or_else(|| {
+                        RerankingError::SingleDocument {
+                            index,
+                            query: sample.query.clone(),
+                        }
+                    })?;
+                    base_sums[0] += metrics.average_precision;
+                    base_sums[1] += metrics.reciprocal_rank;
+                    base_sums[2] += metrics.ndcg;
+                }
+            }
+        }
+        let count = samples.len().max(1) as f64;
+        let mut values = vec![
+            ("map".to_string(), sums[0] / count),
+            (format!("mrr@{k}"), sums[1] / count),
+            (format!("ndcg@{k}"), sums[2] / count),
+        ];
+        if base_count > 0 {
+            let base = base_count as f64;
+            values.push(("base_map".to_string(), base_sums[0] / base));
+            values.push((format!("base_mrr@{k}"), base_sums[1] / base));
+            values.push((format!("base_ndcg@{k}"), base_sums[2] / base));
+        }
+        Ok(Metrics::new(&self.name, values, &format!("ndcg@{k}")))
+    }
+}

@@ -86,17 +86,19 @@ pub trait LossPlugin: Sized + Send + Sync + 'static {
     ) -> LossResult<LossOutput>;
 }
 
-/// Runs `body`, turning a panic into an error that names what was being done.
+/// Runs `body`, turning a panic into an error that names what was being done (`loss::call`;
+/// formatted only when it panicked, since this wraps every loss call).
 pub fn catch_panic<T>(
-    what: &str,
+    loss: &str,
+    call: &str,
     body: impl FnOnce() -> Result<T, LossError>,
 ) -> RResult<T, RString> {
     match catch_unwind(AssertUnwindSafe(body)) {
         Ok(Ok(value)) => RResult::ROk(value),
         Ok(Err(error)) => RResult::RErr(error.to_string().into()),
-        Err(payload) => {
-            RResult::RErr(format!("panicked in {what}: {}", panic_message(&*payload)).into())
-        }
+        Err(payload) => RResult::RErr(
+            format!("panicked in {loss}::{call}: {}", panic_message(&*payload)).into(),
+        ),
     }
 }
 
@@ -115,7 +117,7 @@ struct PluginAdapter<L>(L);
 
 impl<L: LossPlugin> LossObject for PluginAdapter<L> {
     fn plan(&self, shape: &BatchShape, seed: u64) -> RResult<PairPlan, RString> {
-        catch_panic(&format!("{}::plan", L::NAME), || self.0.plan(shape, seed))
+        catch_panic(L::NAME, "plan", || self.0.plan(shape, seed))
     }
 
     fn compute(
@@ -125,7 +127,7 @@ impl<L: LossPlugin> LossObject for PluginAdapter<L> {
         num_labels: u32,
         labels: &Labels,
     ) -> RResult<LossOutput, RString> {
-        catch_panic(&format!("{}::compute", L::NAME), || {
+        catch_panic(L::NAME, "compute", || {
             let output = self
                 .0
                 .compute(plan, logits.as_slice(), num_labels as usize, labels)?;
@@ -143,7 +145,7 @@ impl<L: LossPlugin> LossObject for PluginAdapter<L> {
     }
 
     fn effective_config(&self) -> RString {
-        match catch_panic(&format!("{}::effective_config", L::NAME), || {
+        match catch_panic(L::NAME, "effective_config", || {
             Ok(self.0.effective_config())
         }) {
             RResult::ROk(value) => value.to_string().into(),
@@ -185,7 +187,7 @@ pub fn build_loss<L: LossPlugin>(config_json: &str) -> LossResult<L> {
 }
 
 extern "C" fn create_loss<L: LossPlugin>(config_json: RStr<'_>) -> RResult<LossBox, RString> {
-    catch_panic(&format!("{}::from_config", L::NAME), || {
+    catch_panic(L::NAME, "from_config", || {
         let loss = build_loss::<L>(config_json.as_str())?;
         Ok(LossObject_TO::from_value(PluginAdapter(loss), TD_Opaque))
     })

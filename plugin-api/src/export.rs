@@ -31,7 +31,7 @@ macro_rules! export_losses {
                 $crate::__private::RVec<$crate::LossEntry>,
                 $crate::__private::RString,
             > {
-                $crate::__private::catch_panic("listing the losses", || {
+                $crate::__private::catch_panic($library, "losses", || {
                     ::std::result::Result::Ok(
                         ::std::vec![$($crate::__private::loss_entry::<$loss>()?),*].into(),
                     )

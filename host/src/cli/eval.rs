@@ -11,7 +11,7 @@ use crosstrain::eval::reranking::{scored_documents, RerankingEvaluator};
 use crosstrain::eval::Metrics;
 use crosstrain::model::{CrossEncoder, DefaultActivation};
 
-use super::predict::ModelArgs;
+use super::predict::{activate, ModelArgs, OutputActivation};
 
 /// Which evaluator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -55,14 +55,12 @@ fn activated_scores(
     pairs: &[(&str, &str)],
     batch_size: usize,
 ) -> anyhow::Result<Vec<Vec<f32>>> {
+    let activation = match model.default_activation() {
+        DefaultActivation::Sigmoid => OutputActivation::Sigmoid,
+        DefaultActivation::Identity => OutputActivation::None,
+    };
     let logits = model.predict(pairs, batch_size)?;
-    Ok(match model.default_activation() {
-        DefaultActivation::Sigmoid => logits
-            .into_iter()
-            .map(|row| row.into_iter().map(|x| 1.0 / (1.0 + (-x).exp())).collect())
-            .collect(),
-        DefaultActivation::Identity => logits,
-    })
+    Ok(logits.iter().map(|row| activate(row, activation)).collect())
 }
 
 pub fn run(args: EvalArgs, out: &mut String) -> anyhow::Result<()> {

@@ -78,7 +78,8 @@ pub struct RankArgs {
     json: bool,
 }
 
-fn activate(row: &[f32], activation: OutputActivation) -> Vec<f32> {
+/// The logits of one pair after `activation`.
+pub fn activate(row: &[f32], activation: OutputActivation) -> Vec<f32> {
     match activation {
         OutputActivation::None => row.to_vec(),
         OutputActivation::Sigmoid => row.iter().map(|&x| 1.0 / (1.0 + (-x).exp())).collect(),

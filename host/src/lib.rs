@@ -9,5 +9,6 @@ pub mod cite;
 pub mod data;
 pub mod eval;
 pub mod model;
+pub mod onnx;
 pub mod plugins;
 pub mod tokenize;

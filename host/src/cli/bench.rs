@@ -61,7 +61,7 @@ fn bench_predict(args: BenchPredictArgs, out: &mut String) -> anyhow::Result<()>
             })
             .collect::<anyhow::Result<_>>()?,
     };
-    let model = args.model.load()?;
+    let mut model = args.model.scorer()?;
     let borrowed: Vec<(&str, &str)> = pairs
         .iter()
         .map(|p| (p.query.as_str(), p.document.as_str()))
@@ -76,7 +76,10 @@ fn bench_predict(args: BenchPredictArgs, out: &mut String) -> anyhow::Result<()>
     let scored = borrowed.len() * args.repeat.max(1);
     let line = serde_json::json!({
         "bench": "predict",
-        "backend": "candle",
+        "backend": match args.model.backend {
+            super::predict::Backend::Candle => "candle",
+            super::predict::Backend::Onnx => "onnx",
+        },
         "device": "cpu",
         "model": args.model.model,
         "pairs": scored,
@@ -85,7 +88,7 @@ fn bench_predict(args: BenchPredictArgs, out: &mut String) -> anyhow::Result<()>
         "seconds": seconds,
         "pairs_per_second": scored as f64 / seconds,
         "peak_rss_mb": peak_rss_mb(),
-        "threads": candle_core::utils::get_num_threads(),
+        "threads": std::thread::available_parallelism().map_or(1, |n| n.get()),
     });
     writeln!(out, "{line}")?;
     Ok(())

@@ -9,9 +9,9 @@ use crosstrain::eval::classification::{binary_metrics, multiclass_metrics};
 use crosstrain::eval::correlation::correlation_metrics;
 use crosstrain::eval::reranking::{scored_documents, RerankingEvaluator};
 use crosstrain::eval::Metrics;
-use crosstrain::model::{CrossEncoder, DefaultActivation};
+use crosstrain::model::DefaultActivation;
 
-use super::predict::{activate, ModelArgs, OutputActivation};
+use super::predict::{activate, ModelArgs, OutputActivation, Scorer};
 
 /// Which evaluator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -51,7 +51,7 @@ pub struct EvalArgs {
 
 /// float32 scores after the model's own activation, as the reference's `predict` gives them.
 fn activated_scores(
-    model: &CrossEncoder,
+    model: &mut Scorer,
     pairs: &[(&str, &str)],
     batch_size: usize,
 ) -> anyhow::Result<Vec<Vec<f32>>> {
@@ -64,7 +64,7 @@ fn activated_scores(
 }
 
 pub fn run(args: EvalArgs, out: &mut String) -> anyhow::Result<()> {
-    let model = args.model.load()?;
+    let mut model = args.model.scorer()?;
     let batch_size = args.model.batch_size;
     let metrics: Metrics = match args.evaluator {
         EvaluatorKind::Reranking => {
@@ -88,7 +88,7 @@ pub fn run(args: EvalArgs, out: &mut String) -> anyhow::Result<()> {
                         .map(|d| (sample.query.as_str(), d.as_str())),
                 );
             }
-            let scores = activated_scores(&model, &pairs, batch_size)?;
+            let scores = activated_scores(&mut model, &pairs, batch_size)?;
             let mut lookup = std::collections::HashMap::new();
             let mut cursor = 0;
             for (index, documents) in documents_per_sample.iter().enumerate() {
@@ -105,7 +105,7 @@ pub fn run(args: EvalArgs, out: &mut String) -> anyhow::Result<()> {
                 .iter()
                 .map(|(p, _)| (p.query.as_str(), p.document.as_str()))
                 .collect();
-            let scores = activated_scores(&model, &pairs, batch_size)?;
+            let scores = activated_scores(&mut model, &pairs, batch_size)?;
             if model.num_labels() == 1 {
                 let labels = rows
                     .iter()
@@ -147,7 +147,7 @@ pub fn run(args: EvalArgs, out: &mut String) -> anyhow::Result<()> {
                 .iter()
                 .map(|(p, _)| (p.query.as_str(), p.document.as_str()))
                 .collect();
-            let scores = activated_scores(&model, &pairs, batch_size)?;
+            let scores = activated_scores(&mut model, &pairs, batch_size)?;
             let gold: Vec<f64> = rows.iter().map(|(_, s)| *s).collect();
             let predicted: Vec<f32> = scores.iter().map(|r| r[0]).collect();
             correlation_metrics(&args.name, &gold, &predicted)

@@ -2,6 +2,7 @@
 
 mod bench;
 mod eval;
+mod export;
 mod losses;
 mod predict;
 
@@ -37,6 +38,8 @@ enum Command {
     Predict(predict::PredictArgs),
     /// Rank documents for one query, best first.
     Rank(predict::RankArgs),
+    /// Export a model to ONNX (MODEL/onnx/model.onnx) and optionally check it in ONNX Runtime.
+    ExportOnnx(export::ExportArgs),
     /// Evaluate a model with the reference's reranking, classification or correlation metrics.
     Eval(eval::EvalArgs),
     /// Benchmarks that print one JSON line.
@@ -90,6 +93,13 @@ fn dispatch(cli: Cli, out: &mut String) -> anyhow::Result<ExitCode> {
         Command::Losses { command } => losses::run(&registry()?, command, out),
         Command::Predict(args) => predict::predict(args, out).map(|()| ExitCode::SUCCESS),
         Command::Rank(args) => predict::rank(args, out).map(|()| ExitCode::SUCCESS),
+        Command::ExportOnnx(args) => export::run(args, out).map(|passed| {
+            if passed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }),
         Command::Eval(args) => eval::run(args, out).map(|()| ExitCode::SUCCESS),
         Command::Bench { command } => bench::run(command, out).map(|()| ExitCode::SUCCESS),
     }

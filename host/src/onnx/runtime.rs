@@ -1,0 +1,169 @@
+//! Inference with ONNX Runtime through `ort` (`load-dynamic`): the shared library comes from
+//! `ORT_DYLIB_PATH`, else the project cache that `scripts/fetch-onnxruntime.sh` fills from the
+//! PyPI `onnxruntime` wheel.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use ort::environment::Environment;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::Session;
+use ort::value::Tensor;
+
+use crate::tokenize::{EncodedPairs, PairTokenizer};
+
+/// An ONNX Runtime failure.
+#[derive(Debug, thiserror::Error)]
+pub enum OnnxError {
+    /// No library to load.
+    #[error(
+        "the ONNX Runtime library was not found (looked at ORT_DYLIB_PATH and {cache}); \
+         fetch it with `bash scripts/fetch-onnxruntime.sh` or set ORT_DYLIB_PATH"
+    )]
+    LibraryMissing {
+        /// The cache directory searched.
+        cache: String,
+    },
+    /// ONNX Runtime reported an error.
+    #[error("ONNX Runtime: {0}")]
+    Runtime(String),
+    /// Tokenization failed.
+    #[error("tokenizing: {0}")]
+    Tokenize(String),
+}
+
+fn runtime_error(error: impl std::fmt::Display) -> OnnxError {
+    OnnxError::Runtime(error.to_string())
+}
+
+/// Where `scripts/fetch-onnxruntime.sh` puts the library.
+pub fn cache_dir() -> PathBuf {
+    let root = std::env::var_os("CROSSTRAIN_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|p| PathBuf::from(p).join("crosstrain")))
+        .or_else(|| std::env::var_os("HOME").map(|p| PathBuf::from(p).join(".cache/crosstrain")))
+        .unwrap_or_else(|| PathBuf::from(".cache/crosstrain"));
+    root.join("onnxruntime")
+}
+
+/// The ONNX Runtime library to load.
+pub fn library_path() -> Result<PathBuf, OnnxError> {
+    if let Some(path) = std::env::var_os("ORT_DYLIB_PATH") {
+        return Ok(PathBuf::from(path));
+    }
+    let cache = cache_dir();
+    let mut candidates: Vec<PathBuf> = std::fs::read_dir(&cache)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                        n.starts_with("libonnxruntime.so")
+                            || n == "onnxruntime.dll"
+                            || n.starts_with("libonnxruntime") && n.ends_with(".dylib")
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    candidates.sort();
+    candidates.pop().ok_or_else(|| OnnxError::LibraryMissing {
+        cache: cache.display().to_string(),
+    })
+}
+
+/// The process-wide ONNX Runtime environment (the library is loaded once, never unloaded).
+fn environment() -> Result<&'static Environment, OnnxError> {
+    static ENVIRONMENT: OnceLock<Result<Environment, String>> = OnceLock::new();
+    ENVIRONMENT
+        .get_or_init(|| {
+            let path = library_path().map_err(|e| e.to_string())?;
+            let builder =
+                ort::init_from(&path).map_err(|e| format!("loading {}: {e}", path.display()))?;
+            builder.build().map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|message| {
+            if message.contains("ONNX Runtime library was not found") {
+                OnnxError::LibraryMissing {
+                    cache: cache_dir().display().to_string(),
+                }
+            } else {
+                OnnxError::Runtime(message.clone())
+            }
+        })
+}
+
+/// The ONNX Runtime version that was loaded.
+pub fn runtime_version() -> Option<String> {
+    environment().ok().map(|_| ort::info().to_string())
+}
+
+/// A cross-encoder running in ONNX Runtime, tokenizing exactly as the candle model does.
+pub struct OnnxScorer {
+    session: Session,
+    tokenizer: PairTokenizer,
+}
+
+impl OnnxScorer {
+    /// Loads an exported model with all graph optimisations on.
+    pub fn load(model: &Path, tokenizer: PairTokenizer) -> Result<Self, OnnxError> {
+        let environment = environment()?;
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let session = Session::builder(environment)
+            .map_err(runtime_error)?
+            .with_optimization_level(GraphOptimizationLevel::Level3)
+            .map_err(runtime_error)?
+            .with_intra_threads(threads)
+            .map_err(runtime_error)?
+            .commit_from_file(model)
+            .map_err(runtime_error)?;
+        Ok(Self { session, tokenizer })
+    }
+
+    /// `[batch][num_labels]` logits for tokenized pairs.
+    pub fn logits(&mut self, encoded: &EncodedPairs) -> Result<Vec<Vec<f32>>, OnnxError> {
+        let shape = vec![encoded.batch as i64, encoded.seq_len as i64];
+        let tensor = |values: &[u32]| {
+            Tensor::from_array((
+                shape.clone(),
+                values.iter().map(|&v| i64::from(v)).collect::<Vec<i64>>(),
+            ))
+            .map_err(runtime_error)
+        };
+        let inputs = ort::inputs![
+            "input_ids" => tensor(&encoded.input_ids)?,
+            "attention_mask" => tensor(&encoded.attention_mask)?,
+            "token_type_ids" => tensor(&encoded.token_type_ids)?,
+        ];
+        let outputs = self.session.run(inputs).map_err(runtime_error)?;
+        let (shape, values) = outputs["logits"]
+            .try_extract_tensor::<f32>()
+            .map_err(runtime_error)?;
+        let labels = shape.last().copied().unwrap_or(1).max(1) as usize;
+        Ok(values.chunks(labels).map(<[f32]>::to_vec).collect())
+    }
+
+    /// Raw logits for many pairs, longest first in batches, returned in input order.
+    pub fn predict(
+        &mut self,
+        pairs: &[(&str, &str)],
+        batch_size: usize,
+    ) -> Result<Vec<Vec<f32>>, OnnxError> {
+        let mut order: Vec<usize> = (0..pairs.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(pairs[i].0.len() + pairs[i].1.len()));
+        let mut scores = vec![Vec::new(); pairs.len()];
+        for chunk in order.chunks(batch_size.max(1)) {
+            let batch: Vec<(&str, &str)> = chunk.iter().map(|&i| pairs[i]).collect();
+            let encoded = self
+                .tokenizer
+                .encode_pairs(&batch)
+                .map_err(OnnxError::Tokenize)?;
+            for (&index, row) in chunk.iter().zip(self.logits(&encoded)?) {
+                scores[index] = row;
+            }
+        }
+        Ok(scores)
+    }
+}

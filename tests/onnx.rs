@@ -1,0 +1,331 @@
+//! ONNX export and ONNX Runtime inference: parity with sentence-transformers' logits, dynamic
+//! axes, and the CLI. The runtime library comes from `scripts/fetch-onnxruntime.sh` (run here if
+//! it is missing; `.ci/run` runs it first).
+
+mod support;
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use candle_core::{Device, Tensor};
+use crosstrain::model::{CrossEncoder, LoadOptions};
+use crosstrain::onnx::{export_onnx, OnnxScorer, MIN_OPSET};
+use crosstrain::tokenize::EncodedPairs;
+use serde_json::Value;
+use support::*;
+
+/// Makes sure the ONNX Runtime library is available, fetching it with the project's script.
+fn ensure_onnxruntime() {
+    static READY: OnceLock<()> = OnceLock::new();
+    READY.get_or_init(|| {
+        if crosstrain::onnx::library_path().is_err() {
+            let script =
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/fetch-onnxruntime.sh");
+            let status = std::process::Command::new("bash")
+                .arg(script)
+                .status()
+                .expect("bash runs");
+            assert!(status.success(), "scripts/fetch-onnxruntime.sh failed");
+        }
+        crosstrain::onnx::library_path().expect("ONNX Runtime library available");
+    });
+}
+
+/// Copies a model directory and adds its ONNX export.
+fn exported_copy(source: &Path, target: &Path) -> CrossEncoder {
+    std::fs::create_dir_all(target.join("onnx")).unwrap();
+    for entry in std::fs::read_dir(source).unwrap() {
+        let entry = entry.unwrap();
+        if entry.path().is_file() {
+            std::fs::copy(entry.path(), target.join(entry.file_name())).unwrap();
+        }
+    }
+    let model = CrossEncoder::load_dir(target, &LoadOptions::default()).unwrap();
+    std::fs::write(
+        target.join("onnx/model.onnx"),
+        export_onnx(&model, MIN_OPSET).unwrap(),
+    )
+    .unwrap();
+    model
+}
+
+/// ONNX Runtime logits (each pair alone, and all in one padded batch) against the reference's
+/// fp32 logits at the model's default max length; returns the largest difference.
+fn onnx_reference_difference(source: &Path, name: &str, setting: &str) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join(name);
+    let model = exported_copy(source, &target);
+    let parity: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("model_parity.json")).unwrap())
+            .unwrap();
+    let pairs: Vec<(String, String)> = parity["pairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["query"].as_str().unwrap().into(),
+                p["document"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let borrowed: Vec<(&str, &str)> = pairs
+        .iter()
+        .map(|(q, d)| (q.as_str(), d.as_str()))
+        .collect();
+    let mut scorer =
+        OnnxScorer::load(&target.join("onnx/model.onnx"), model.tokenizer().clone()).unwrap();
+    let reference = &parity["models"][name]["settings"][setting];
+    let mut max_diff: f64 = 0.0;
+    for (index, pair) in borrowed.iter().enumerate() {
+        let logits = scorer.logits(&model.encode(&[*pair]).unwrap()).unwrap();
+        for (ours, theirs) in logits[0]
+            .iter()
+            .zip(reference["logits_f32"][index].as_array().unwrap())
+        {
+            max_diff = max_diff.max((f64::from(*ours) - theirs.as_f64().unwrap()).abs());
+        }
+    }
+    let batched = scorer.logits(&model.encode(&borrowed).unwrap()).unwrap();
+    for (row, theirs) in batched
+        .iter()
+        .zip(reference["logits_f32_batched"].as_array().unwrap())
+    {
+        for (ours, theirs) in row.iter().zip(theirs.as_array().unwrap()) {
+            max_diff = max_diff.max((f64::from(*ours) - theirs.as_f64().unwrap()).abs());
+        }
+    }
+    eprintln!("{name}: ONNX Runtime vs reference, max |logit diff| {max_diff:e}");
+    max_diff
+}
+
+#[test]
+fn onnx_logits_match_the_reference_for_the_tiny_models() {
+    ensure_onnxruntime();
+    for name in ["tiny-bert-ce", "tiny-bert-ce-3labels"] {
+        let diff = onnx_reference_difference(&fixture("models").join(name), name, "128");
+        assert!(diff < 1e-5, "{name}: {diff}");
+    }
+}
+
+/// The real MiniLM, when CROSSTRAIN_SHARED points at the shared reference folder.
+#[test]
+fn onnx_matches_the_reference_for_minilm_when_the_shared_folder_is_given() {
+    let Some(shared) = std::env::var_os("CROSSTRAIN_SHARED") else {
+        eprintln!("CROSSTRAIN_SHARED not set: skipping the MiniLM ONNX parity check");
+        return;
+    };
+    ensure_onnxruntime();
+    let source = Path::new(&shared).join("reference/models/minilm-l6-ce");
+    let diff = onnx_reference_difference(&source, "minilm-l6-ce", "512");
+    assert!(diff < 1e-5, "minilm-l6-ce: {diff}");
+}
+
+#[test]
+fn the_export_has_dynamic_batch_and_sequence_axes() {
+    ensure_onnxruntime();
+    // The tiny fixture has 128 positions; widen them to 512 so a 300-token input fits.
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("wide");
+    std::fs::create_dir_all(target.join("onnx")).unwrap();
+    for file in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(fixture("models/tiny-bert-ce").join(file), target.join(file)).unwrap();
+    }
+    let mut config: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("models/tiny-bert-ce/config.json")).unwrap(),
+    )
+    .unwrap();
+    config["max_position_embeddings"] = 512.into();
+    std::fs::write(target.join("config.json"), config.to_string()).unwrap();
+    let mut tensors = candle_core::safetensors::load(
+        fixture("models/tiny-bert-ce/model.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let positions = tensors["bert.embeddings.position_embeddings.weight"].clone();
+    let extra = (Tensor::randn(0f32, 0.2, (384, 32), &Device::Cpu).unwrap())
+        .to_dtype(positions.dtype())
+        .unwrap();
+    tensors.insert(
+        "bert.embeddings.position_embeddings.weight".into(),
+        Tensor::cat(&[&positions, &extra], 0).unwrap(),
+    );
+    candle_core::safetensors::save(&tensors, target.join("model.safetensors")).unwrap();
+    let options = LoadOptions {
+        max_length: Some(512),
+        ..LoadOptions::default()
+    };
+    let model = CrossEncoder::load_dir(&target, &options).unwrap();
+    let onnx = target.join("onnx/model.onnx");
+    std::fs::write(&onnx, export_onnx(&model, MIN_OPSET).unwrap()).unwrap();
+    let mut scorer = OnnxScorer::load(&onnx, model.tokenizer().clone()).unwrap();
+    for (batch, seq_len) in [(1usize, 5usize), (7, 300), (7, 5), (1, 300)] {
+        // Token ids, two segments, and padding at the end of every other row.
+        let mut encoded = EncodedPairs {
+            batch,
+            seq_len,
+            input_ids: Vec::new(),
+            token_type_ids: Vec::new(),
+            attention_mask: Vec::new(),
+        };
+        for row in 0..batch {
+            let real = if row % 2 == 1 {
+                seq_len - seq_len / 3
+            } else {
+                seq_len
+            };
+            for position in 0..seq_len {
+                let is_real = position < real;
+                encoded.input_ids.push(if is_real {
+                    1000 + ((row * 31 + position * 7) % 20000) as u32
+                } else {
+                    0
+                });
+                encoded
+                    .token_type_ids
+                    .push(u32::from(is_real && position >= real / 2));
+                encoded.attention_mask.push(u32::from(is_real));
+            }
+        }
+        let candle: Vec<Vec<f32>> = model
+            .forward(&model.token_tensors(&encoded).unwrap())
+            .unwrap()
+            .to_vec2()
+            .unwrap();
+        let runtime = scorer.logits(&encoded).unwrap();
+        assert_eq!(runtime.len(), batch);
+        let diff = candle
+            .iter()
+            .flatten()
+            .zip(runtime.iter().flatten())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(diff < 1e-5, "batch {batch} × {seq_len}: max diff {diff}");
+    }
+}
+
+#[test]
+fn export_check_predict_and_bench_on_the_onnx_backend() {
+    ensure_onnxruntime();
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("model");
+    std::fs::create_dir_all(&target).unwrap();
+    for entry in std::fs::read_dir(fixture("models/tiny-bert-ce")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), target.join(entry.file_name())).unwrap();
+    }
+    let model_arg = target.to_str().unwrap();
+    let output = run(&["export-onnx", "--model", model_arg, "--check"]);
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        stdout(&output),
+        stderr(&output)
+    );
+    assert!(target.join("onnx/model.onnx").is_file());
+    assert!(
+        stdout(&output).contains("on 24 pairs"),
+        "{}",
+        stdout(&output)
+    );
+    // An impossible tolerance fails the check.
+    let output = run(&[
+        "export-onnx",
+        "--model",
+        model_arg,
+        "--check",
+        "--tolerance",
+        "0",
+    ]);
+    assert!(!output.status.success());
+    assert!(stdout(&output).contains("FAILED"));
+
+    let pairs = dir.path().join("pairs.tsv");
+    std::fs::write(
+        &pairs,
+        "how many moons does mars have\tMars has two moons.\nwhat is rust\tA language.\n",
+    )
+    .unwrap();
+    let scores = |backend: &str| -> Vec<Vec<f64>> {
+        let output = run(&[
+            "predict",
+            "--model",
+            model_arg,
+            "--pairs",
+            pairs.to_str().unwrap(),
+            "--json",
+            "--backend",
+            backend,
+        ]);
+        assert!(output.status.success(), "{}", stderr(&output));
+        serde_json::from_str(&stdout(&output)).unwrap()
+    };
+    let (candle, onnx) = (scores("candle"), scores("onnx"));
+    for (a, b) in candle.iter().flatten().zip(onnx.iter().flatten()) {
+        assert!((a - b).abs() < 1e-5);
+    }
+    let output = run(&[
+        "bench",
+        "predict",
+        "--model",
+        model_arg,
+        "--backend",
+        "onnx",
+        "--pairs",
+        pairs.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let line: Value = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(line["backend"], "onnx");
+    assert!(line["pairs_per_second"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn a_missing_runtime_library_says_how_to_fetch_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("model");
+    std::fs::create_dir_all(target.join("onnx")).unwrap();
+    for entry in std::fs::read_dir(fixture("models/tiny-bert-ce")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), target.join(entry.file_name())).unwrap();
+    }
+    std::fs::write(target.join("onnx/model.onnx"), b"not used").unwrap();
+    let pairs = dir.path().join("pairs.tsv");
+    std::fs::write(&pairs, "q\td\n").unwrap();
+    let output = crosstrain()
+        .env_remove("ORT_DYLIB_PATH")
+        .env("CROSSTRAIN_CACHE", dir.path().join("empty-cache"))
+        .args([
+            "predict",
+            "--model",
+            target.to_str().unwrap(),
+            "--pairs",
+            pairs.to_str().unwrap(),
+            "--backend",
+            "onnx",
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("scripts/fetch-onnxruntime.sh"),
+        "{}",
+        stderr(&output)
+    );
+    // Without an export, the error says how to make one.
+    std::fs::remove_file(target.join("onnx/model.onnx")).unwrap();
+    let output = run(&[
+        "predict",
+        "--model",
+        target.to_str().unwrap(),
+        "--pairs",
+        pairs.to_str().unwrap(),
+        "--backend",
+        "onnx",
+    ]);
+    assert!(
+        stderr(&output).contains("crosstrain export-onnx"),
+        "{}",
+        stderr(&output)
+    );
+}

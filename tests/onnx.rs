@@ -31,8 +31,8 @@ fn ensure_onnxruntime() {
     });
 }
 
-/// Copies a model directory and adds its ONNX export.
-fn exported_copy(source: &Path, target: &Path) -> CrossEncoder {
+/// Copies the files of a model directory (plus an empty `onnx/`).
+fn copy_model(source: &Path, target: &Path) {
     std::fs::create_dir_all(target.join("onnx")).unwrap();
     for entry in std::fs::read_dir(source).unwrap() {
         let entry = entry.unwrap();
@@ -40,6 +40,11 @@ fn exported_copy(source: &Path, target: &Path) -> CrossEncoder {
             std::fs::copy(entry.path(), target.join(entry.file_name())).unwrap();
         }
     }
+}
+
+/// Copies a model directory and adds its ONNX export.
+fn exported_copy(source: &Path, target: &Path) -> CrossEncoder {
+    copy_model(source, target);
     let model = CrossEncoder::load_dir(target, &LoadOptions::default()).unwrap();
     std::fs::write(
         target.join("onnx/model.onnx"),
@@ -209,11 +214,7 @@ fn export_check_predict_and_bench_on_the_onnx_backend() {
     ensure_onnxruntime();
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("model");
-    std::fs::create_dir_all(&target).unwrap();
-    for entry in std::fs::read_dir(fixture("models/tiny-bert-ce")).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), target.join(entry.file_name())).unwrap();
-    }
+    copy_model(&fixture("models/tiny-bert-ce"), &target);
     let model_arg = target.to_str().unwrap();
     let output = run(&["export-onnx", "--model", model_arg, "--check"]);
     assert!(
@@ -284,11 +285,7 @@ fn export_check_predict_and_bench_on_the_onnx_backend() {
 fn a_missing_runtime_library_says_how_to_fetch_it() {
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("model");
-    std::fs::create_dir_all(target.join("onnx")).unwrap();
-    for entry in std::fs::read_dir(fixture("models/tiny-bert-ce")).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), target.join(entry.file_name())).unwrap();
-    }
+    copy_model(&fixture("models/tiny-bert-ce"), &target);
     std::fs::write(target.join("onnx/model.onnx"), b"not used").unwrap();
     let pairs = dir.path().join("pairs.tsv");
     std::fs::write(&pairs, "q\td\n").unwrap();

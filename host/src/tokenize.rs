@@ -35,6 +35,25 @@ impl EncodedPairs {
     }
 }
 
+/// Scores pairs `batch_size` at a time in order of length (longest first, as the reference's
+/// `predict` does, so batches pad little) and returns the rows in input order.
+pub fn score_longest_first<E>(
+    pairs: &[(&str, &str)],
+    batch_size: usize,
+    mut score: impl FnMut(&[(&str, &str)]) -> Result<Vec<Vec<f32>>, E>,
+) -> Result<Vec<Vec<f32>>, E> {
+    let mut order: Vec<usize> = (0..pairs.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(pairs[i].0.len() + pairs[i].1.len()));
+    let mut scores = vec![Vec::new(); pairs.len()];
+    for chunk in order.chunks(batch_size.max(1)) {
+        let batch: Vec<(&str, &str)> = chunk.iter().map(|&i| pairs[i]).collect();
+        for (&index, row) in chunk.iter().zip(score(&batch)?) {
+            scores[index] = row;
+        }
+    }
+    Ok(scores)
+}
+
 /// A tokenizer that encodes (query, document) pairs.
 #[derive(Clone)]
 pub struct PairTokenizer {

@@ -1,11 +1,11 @@
 //! `crosstrain bench predict`: one JSON line with pairs/second and peak memory.
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::{Args, Subcommand};
-use crosstrain::data::pairs::{read_pairs, TextPair};
+use crosstrain::data::pairs::{parse_pairs, read_pairs, TextPair};
 
 use super::predict::ModelArgs;
 
@@ -49,17 +49,7 @@ pub fn run(command: BenchCommand, out: &mut String) -> anyhow::Result<()> {
 fn bench_predict(args: BenchPredictArgs, out: &mut String) -> anyhow::Result<()> {
     let pairs: Vec<TextPair> = match &args.pairs {
         Some(path) => read_pairs(path)?,
-        None => BENCH_PAIRS
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|line| {
-                let value: serde_json::Value = serde_json::from_str(line)?;
-                Ok(TextPair {
-                    query: value["query"].as_str().unwrap_or_default().to_string(),
-                    document: value["document"].as_str().unwrap_or_default().to_string(),
-                })
-            })
-            .collect::<anyhow::Result<_>>()?,
+        None => parse_pairs(BENCH_PAIRS, Path::new("<built-in bench_pairs.jsonl>"))?,
     };
     let mut model = args.model.scorer()?;
     let borrowed: Vec<(&str, &str)> = pairs

@@ -1,11 +1,11 @@
 //! `crosstrain export-onnx`.
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Args;
-use crosstrain::data::pairs::{read_pairs, TextPair};
+use crosstrain::data::pairs::{parse_pairs, read_pairs};
 use crosstrain::model::{resolve_model_dir, CrossEncoder, LoadOptions};
 use crosstrain::onnx::{export_onnx, OnnxScorer, MIN_OPSET};
 
@@ -32,21 +32,6 @@ pub struct ExportArgs {
     /// Largest allowed |logit difference| for --check.
     #[arg(long, default_value_t = 1e-5)]
     tolerance: f64,
-}
-
-/// The pairs `--check` uses by default.
-pub fn parity_pairs() -> anyhow::Result<Vec<TextPair>> {
-    PARITY_PAIRS
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|line| {
-            let value: serde_json::Value = serde_json::from_str(line)?;
-            Ok(TextPair {
-                query: value["query"].as_str().unwrap_or_default().to_string(),
-                document: value["document"].as_str().unwrap_or_default().to_string(),
-            })
-        })
-        .collect()
 }
 
 pub fn run(args: ExportArgs, out: &mut String) -> anyhow::Result<bool> {
@@ -87,7 +72,7 @@ pub fn run(args: ExportArgs, out: &mut String) -> anyhow::Result<bool> {
     }
     let pairs = match &args.pairs {
         Some(path) => read_pairs(path)?,
-        None => parity_pairs()?,
+        None => parse_pairs(PARITY_PAIRS, Path::new("<built-in parity_pairs.jsonl>"))?,
     };
     let borrowed: Vec<(&str, &str)> = pairs
         .iter()

@@ -53,7 +53,12 @@ fn is_tsv(path: &Path) -> bool {
 /// Reads pairs from JSONL (`{"query", "document"}` or `{"text_a", "text_b"}`) or, for a
 /// `.tsv` file, two tab-separated columns. Blank lines are skipped.
 pub fn read_pairs(path: &Path) -> Result<Vec<TextPair>, DataError> {
-    let text = read(path)?;
+    parse_pairs(&read(path)?, path)
+}
+
+/// Parses pairs from text in the layout `read_pairs` reads; `path` names the origin in errors
+/// and selects TSV by its extension.
+pub fn parse_pairs(text: &str, path: &Path) -> Result<Vec<TextPair>, DataError> {
     let malformed = |line: usize, message: String| DataError::Malformed {
         path: path.to_path_buf(),
         line,

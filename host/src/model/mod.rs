@@ -24,7 +24,7 @@ pub use bert::{BertForSequenceClassification, TokenTensors};
 pub use config::BertConfig;
 pub use dropout::DropoutRng;
 
-use crate::tokenize::{EncodedPairs, PairTokenizer};
+use crate::tokenize::{score_longest_first, EncodedPairs, PairTokenizer};
 use weights::CheckpointBackend;
 
 /// What can go wrong loading, running or saving a model.
@@ -423,23 +423,13 @@ impl CrossEncoder {
     ) -> Result<Vec<Vec<f32>>, ModelError> {
         let was = self.dropout.snapshot();
         self.dropout.eval();
-        let result = (|| {
-            let mut order: Vec<usize> = (0..pairs.len()).collect();
-            order.sort_by_key(|&i| std::cmp::Reverse(pairs[i].0.len() + pairs[i].1.len()));
-            let mut scores = vec![Vec::new(); pairs.len()];
-            for chunk in order.chunks(batch_size.max(1)) {
-                let batch: Vec<(&str, &str)> = chunk.iter().map(|&i| pairs[i]).collect();
-                let logits = self
-                    .logits(&batch)?
-                    .detach()
-                    .to_dtype(DType::F32)?
-                    .to_vec2::<f32>()?;
-                for (&index, row) in chunk.iter().zip(logits) {
-                    scores[index] = row;
-                }
-            }
-            Ok(scores)
-        })();
+        let result = score_longest_first(pairs, batch_size, |batch| {
+            Ok(self
+                .logits(batch)?
+                .detach()
+                .to_dtype(DType::F32)?
+                .to_vec2::<f32>()?)
+        });
         self.dropout.restore(was);
         result
     }

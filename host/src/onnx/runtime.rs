@@ -10,7 +10,7 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
 use ort::value::Tensor;
 
-use crate::tokenize::{EncodedPairs, PairTokenizer};
+use crate::tokenize::{score_longest_first, EncodedPairs, PairTokenizer};
 
 /// An ONNX Runtime failure.
 #[derive(Debug, thiserror::Error)]
@@ -76,28 +76,21 @@ pub fn library_path() -> Result<PathBuf, OnnxError> {
 /// The process-wide ONNX Runtime environment (the library is loaded once, never unloaded).
 fn environment() -> Result<&'static Environment, OnnxError> {
     static ENVIRONMENT: OnceLock<Result<Environment, String>> = OnceLock::new();
+    if let Some(environment) = ENVIRONMENT.get() {
+        return environment
+            .as_ref()
+            .map_err(|message| OnnxError::Runtime(message.clone()));
+    }
+    // Looked up first, so a missing library is its own error and nothing is cached for it.
+    let path = library_path()?;
     ENVIRONMENT
         .get_or_init(|| {
-            let path = library_path().map_err(|e| e.to_string())?;
             let builder =
                 ort::init_from(&path).map_err(|e| format!("loading {}: {e}", path.display()))?;
             builder.build().map_err(|e| e.to_string())
         })
         .as_ref()
-        .map_err(|message| {
-            if message.contains("ONNX Runtime library was not found") {
-                OnnxError::LibraryMissing {
-                    cache: cache_dir().display().to_string(),
-                }
-            } else {
-                OnnxError::Runtime(message.clone())
-            }
-        })
-}
-
-/// The ONNX Runtime version that was loaded.
-pub fn runtime_version() -> Option<String> {
-    environment().ok().map(|_| ort::info().to_string())
+        .map_err(|message| OnnxError::Runtime(message.clone()))
 }
 
 /// A cross-encoder running in ONNX Runtime, tokenizing exactly as the candle model does.
@@ -151,19 +144,12 @@ impl OnnxScorer {
         pairs: &[(&str, &str)],
         batch_size: usize,
     ) -> Result<Vec<Vec<f32>>, OnnxError> {
-        let mut order: Vec<usize> = (0..pairs.len()).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(pairs[i].0.len() + pairs[i].1.len()));
-        let mut scores = vec![Vec::new(); pairs.len()];
-        for chunk in order.chunks(batch_size.max(1)) {
-            let batch: Vec<(&str, &str)> = chunk.iter().map(|&i| pairs[i]).collect();
+        score_longest_first(pairs, batch_size, |batch| {
             let encoded = self
                 .tokenizer
-                .encode_pairs(&batch)
+                .encode_pairs(batch)
                 .map_err(OnnxError::Tokenize)?;
-            for (&index, row) in chunk.iter().zip(self.logits(&encoded)?) {
-                scores[index] = row;
-            }
-        }
-        Ok(scores)
+            self.logits(&encoded)
+        })
     }
 }

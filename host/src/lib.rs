@@ -8,7 +8,9 @@
 pub mod cite;
 pub mod data;
 pub mod eval;
+pub mod fsutil;
 pub mod model;
 pub mod onnx;
 pub mod plugins;
 pub mod tokenize;
+pub mod train;

@@ -1,16 +1,13 @@
 //! `crosstrain export-onnx`.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use crosstrain::data::pairs::{parse_pairs, read_pairs};
+use crosstrain::data::pairs::read_pairs;
 use crosstrain::model::{resolve_model_dir, CrossEncoder, LoadOptions};
-use crosstrain::onnx::{export_onnx, OnnxScorer, MIN_OPSET};
-
-/// The parity pairs of the reference (accents, CJK, emoji, empty and very long documents).
-const PARITY_PAIRS: &str = include_str!("../../assets/parity_pairs.jsonl");
+use crosstrain::onnx::{export_onnx, parity, parity_pairs, MIN_OPSET};
 
 #[derive(Debug, Args)]
 pub struct ExportArgs {
@@ -72,21 +69,9 @@ pub fn run(args: ExportArgs, out: &mut String) -> anyhow::Result<bool> {
     }
     let pairs = match &args.pairs {
         Some(path) => read_pairs(path)?,
-        None => parse_pairs(PARITY_PAIRS, Path::new("<built-in parity_pairs.jsonl>"))?,
+        None => parity_pairs()?,
     };
-    let borrowed: Vec<(&str, &str)> = pairs
-        .iter()
-        .map(|p| (p.query.as_str(), p.document.as_str()))
-        .collect();
-    let candle = model.predict(&borrowed, 32)?;
-    let mut onnx = OnnxScorer::load(&output, model.tokenizer().clone())?;
-    let runtime = onnx.predict(&borrowed, 32)?;
-    let max_diff = candle
-        .iter()
-        .flatten()
-        .zip(runtime.iter().flatten())
-        .map(|(a, b)| f64::from((a - b).abs()))
-        .fold(0.0f64, f64::max);
+    let max_diff = parity(&model, &output, &pairs)?;
     let passed = max_diff <= args.tolerance;
     writeln!(
         out,

@@ -5,6 +5,7 @@ mod eval;
 mod export;
 mod losses;
 mod predict;
+mod train;
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -29,6 +30,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Fine-tune a cross-encoder with a loss from the registry.
+    Train(Box<train::TrainArgs>),
     /// List, describe, cite and check the available losses.
     Losses {
         #[command(subcommand)]
@@ -91,6 +94,7 @@ fn dispatch(cli: Cli, out: &mut String) -> anyhow::Result<ExitCode> {
     };
     match cli.command {
         Command::Losses { command } => losses::run(&registry()?, command, out),
+        Command::Train(args) => train::run(*args, &registry()?, out).map(|()| ExitCode::SUCCESS),
         Command::Predict(args) => predict::predict(args, out).map(|()| ExitCode::SUCCESS),
         Command::Rank(args) => predict::rank(args, out).map(|()| ExitCode::SUCCESS),
         Command::ExportOnnx(args) => export::run(args, out).map(|passed| {

@@ -6,6 +6,7 @@
 pub mod classification;
 pub mod correlation;
 pub mod reranking;
+pub mod run;
 
 use std::collections::BTreeMap;
 

@@ -107,6 +107,9 @@ pub struct LoadOptions {
     pub dtype: DType,
     /// Seed for freshly initialised heads.
     pub seed: u64,
+    /// Ignore `model.safetensors` and initialise every parameter from the seed (training
+    /// from scratch; the directory needs only `config.json` and `tokenizer.json`).
+    pub from_scratch: bool,
 }
 
 impl Default for LoadOptions {
@@ -117,6 +120,7 @@ impl Default for LoadOptions {
             device: Device::Cpu,
             dtype: DType::F32,
             seed: 42,
+            from_scratch: false,
         }
     }
 }
@@ -234,7 +238,7 @@ impl CrossEncoder {
             message,
         })?;
         let weights_path = dir.join("model.safetensors");
-        if !weights_path.is_file() {
+        if !options.from_scratch && !weights_path.is_file() {
             if dir.join("pytorch_model.bin").is_file() {
                 return Err(ModelError::PytorchBin {
                     dir: dir.to_path_buf(),
@@ -265,25 +269,32 @@ impl CrossEncoder {
             })?;
         let num_labels = options.num_labels.unwrap_or_else(|| config.num_labels());
 
-        let checkpoint =
+        let checkpoint = if options.from_scratch {
+            std::collections::HashMap::new()
+        } else {
             candle_core::safetensors::load(&weights_path, &Device::Cpu).map_err(|e| {
                 ModelError::BadFile {
                     path: weights_path.clone(),
                     message: e.to_string(),
                 }
-            })?;
+            })?
+        };
         // Names the checkpoint has; whatever else the model needs was initialised.
         let checkpoint_names: std::collections::HashSet<String> = checkpoint
             .keys()
             .map(|name| weights::canonical_name(name))
             .collect();
         let varmap = VarMap::new();
-        let backend = CheckpointBackend::new(
-            checkpoint,
-            varmap.clone(),
-            options.seed,
-            config.initializer_range,
-        );
+        let backend = if options.from_scratch {
+            CheckpointBackend::from_scratch(varmap.clone(), options.seed, config.initializer_range)
+        } else {
+            CheckpointBackend::new(
+                checkpoint,
+                varmap.clone(),
+                options.seed,
+                config.initializer_range,
+            )
+        };
         let backend_box: Box<dyn candle_nn::var_builder::SimpleBackend> = Box::new(backend);
         let vb = VarBuilder::from_backend(backend_box, options.dtype, options.device.clone());
         let dropout = DropoutRng::default();
@@ -303,7 +314,7 @@ impl CrossEncoder {
             })
             .unwrap_or_default();
         initialised.sort();
-        if !initialised.is_empty() {
+        if !initialised.is_empty() && !options.from_scratch {
             tracing::warn!(
                 model = %dir.display(),
                 "not in the checkpoint, initialised as transformers does (normal(0, {}) weights, zero biases, seed {}): {}",
@@ -446,31 +457,20 @@ impl CrossEncoder {
                 path: dir.to_path_buf(),
             });
         }
-        let parent = match dir.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        std::fs::create_dir_all(&parent).map_err(io(&parent))?;
-        let name = dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "model".into());
-        let staging = parent.join(format!(".{name}.partial-{}", std::process::id()));
-        if staging.exists() {
-            std::fs::remove_dir_all(&staging).map_err(io(&staging))?;
-        }
-        std::fs::create_dir_all(&staging).map_err(io(&staging))?;
-        let written = self.write_files(&staging);
-        if let Err(error) = written {
-            let _ = std::fs::remove_dir_all(&staging);
-            return Err(error);
-        }
-        if dir.exists() {
-            // An empty directory: replace it.
-            std::fs::remove_dir(dir).map_err(io(dir))?;
-        }
-        std::fs::rename(&staging, dir).map_err(io(dir))?;
-        Ok(())
+        crate::fsutil::write_dir_atomically(
+            dir,
+            |path, source| ModelError::Io {
+                path: path.to_path_buf(),
+                source,
+            },
+            |staging| self.write_to(staging),
+        )
+    }
+
+    /// Writes the model files into an existing directory (not atomically; [`Self::save`] and
+    /// the trainer's checkpoints wrap this in a staging directory).
+    pub fn write_to(&self, dir: &Path) -> Result<(), ModelError> {
+        self.write_files(dir)
     }
 
     fn write_files(&self, dir: &Path) -> Result<(), ModelError> {

@@ -43,6 +43,7 @@ pub struct CheckpointBackend {
     varmap: VarMap,
     rng: Mutex<SeededRng>,
     initializer_range: f64,
+    from_scratch: bool,
 }
 
 impl CheckpointBackend {
@@ -61,6 +62,16 @@ impl CheckpointBackend {
             varmap,
             rng: Mutex::new(SeededRng::new(seed)),
             initializer_range,
+            from_scratch: false,
+        }
+    }
+
+    /// A backend without checkpoint that initialises every parameter as transformers'
+    /// `_init_weights` does, for training a model from its config alone.
+    pub fn from_scratch(varmap: VarMap, seed: u64, initializer_range: f64) -> Self {
+        Self {
+            from_scratch: true,
+            ..Self::new(HashMap::new(), varmap, seed, initializer_range)
         }
     }
 
@@ -75,6 +86,9 @@ impl CheckpointBackend {
     ) -> Result<Tensor> {
         if name.ends_with(".bias") {
             return Tensor::zeros(shape, dtype, device);
+        }
+        if name.contains("LayerNorm.") {
+            return Tensor::ones(shape, dtype, device);
         }
         let mut rng = self
             .rng
@@ -92,6 +106,11 @@ impl CheckpointBackend {
             values.push(radius * angle.sin());
         }
         values.truncate(count);
+        if name.ends_with("word_embeddings.weight") {
+            // transformers zeroes the padding row ([PAD] is id 0 in BERT vocabularies).
+            let width = shape.dims().last().copied().unwrap_or(0);
+            values[..width.min(count)].fill(0.0);
+        }
         Tensor::from_vec(values, shape, device)?.to_dtype(dtype)
     }
 }
@@ -116,7 +135,7 @@ impl SimpleBackend for CheckpointBackend {
                 }
                 tensor.to_dtype(dtype)?.to_device(device)?
             }
-            None if may_be_initialised(name) => self.initialise(name, &shape, dtype, device)?,
+            None if self.from_scratch || may_be_initialised(name) => self.initialise(name, &shape, dtype, device)?,
             None => {
                 return Err(candle_core::Error::Msg(format!(
                     "the checkpoint has no tensor {name} (also looked for it without the \"bert.\" prefix)"

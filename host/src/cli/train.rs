@@ -1,0 +1,269 @@
+//! `crosstrain train`: a TOML recipe plus command-line overrides in, a model directory out.
+
+use std::fmt::Write as _;
+use std::io::IsTerminal as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::Args;
+use crosstrain::plugins::LossRegistry;
+use crosstrain::train::config::{set_key, set_value, TrainConfig};
+use crosstrain::train::{train, RunOptions};
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// The recipe (TOML); every key can also be given below or with --set.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Start model: directory or Hugging Face id (`model`).
+    #[arg(long)]
+    model: Option<String>,
+    /// Initialise every weight instead of reading model.safetensors (`from_scratch`).
+    #[arg(long)]
+    from_scratch: bool,
+    /// Output directory (`output`).
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Loss name (`loss`).
+    #[arg(long)]
+    loss: Option<String>,
+    /// Loss config as JSON, e.g. '{"scale": 20}' (`loss_config`).
+    #[arg(long)]
+    loss_config: Option<String>,
+    /// Training data file; repeat for several (`train.files`).
+    #[arg(long = "train")]
+    train_files: Vec<PathBuf>,
+    /// Evaluation-loss data file (`eval.files`).
+    #[arg(long = "eval")]
+    eval_files: Vec<PathBuf>,
+    /// `epochs`.
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// `max_steps`.
+    #[arg(long)]
+    max_steps: Option<usize>,
+    /// `batch_size`.
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// `lr`.
+    #[arg(long)]
+    lr: Option<f64>,
+    /// `warmup_ratio`.
+    #[arg(long)]
+    warmup_ratio: Option<f64>,
+    /// `max_length`.
+    #[arg(long)]
+    max_length: Option<usize>,
+    /// `seed`.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// `gradient_accumulation_steps`.
+    #[arg(long)]
+    gradient_accumulation_steps: Option<usize>,
+    /// `mini_batch_size` (gradient caching chunk, pairs).
+    #[arg(long)]
+    mini_batch_size: Option<usize>,
+    /// `logging_steps`.
+    #[arg(long)]
+    logging_steps: Option<usize>,
+    /// `eval_steps`.
+    #[arg(long)]
+    eval_steps: Option<usize>,
+    /// `save_steps` (0: no checkpoints).
+    #[arg(long)]
+    save_steps: Option<usize>,
+    /// `stop_at_step`: stop after this step's checkpoint, as an interruption would.
+    #[arg(long)]
+    stop_at_step: Option<usize>,
+    /// Skip the ONNX export (`export_onnx = false`).
+    #[arg(long)]
+    no_export_onnx: bool,
+    /// Any key: KEY=VALUE with a TOML value, dotted for tables (e.g. train.limit=100).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Replace a non-empty output directory.
+    #[arg(long)]
+    overwrite: bool,
+    /// Continue from a checkpoint (default: the latest under the output directory).
+    #[arg(long, num_args = 0..=1, value_name = "CHECKPOINT")]
+    resume: Option<Option<PathBuf>>,
+    /// Print the config's JSON schema and exit.
+    #[arg(long)]
+    print_schema: bool,
+    /// Print the summary as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The recipe: the file's table with the flags merged over it.
+fn build_config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
+    let (mut table, origin, base) = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let table: toml::Table =
+                toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            let base = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+            (table, path.display().to_string(), base)
+        }
+        None => (
+            toml::Table::new(),
+            "command line".to_string(),
+            PathBuf::from("."),
+        ),
+    };
+    // Flags give paths relative to the working directory, not to the config file.
+    let cwd = std::env::current_dir().context("reading the working directory")?;
+    let absolute = |path: &Path| -> String { cwd.join(path).display().to_string() };
+    let mut put = |key: &str, value: toml::Value| set_value(&mut table, key, value);
+    if let Some(model) = &args.model {
+        let path = Path::new(model);
+        let value = if path.exists() {
+            absolute(path)
+        } else {
+            model.clone()
+        };
+        put("model", value.into())?;
+    }
+    if args.from_scratch {
+        put("from_scratch", true.into())?;
+    }
+    if let Some(output) = &args.output {
+        put("output", absolute(output).into())?;
+    }
+    if let Some(loss) = &args.loss {
+        put("loss", loss.clone().into())?;
+    }
+    if let Some(text) = &args.loss_config {
+        let json: serde_json::Value = serde_json::from_str(text)
+            .with_context(|| format!("--loss-config is not valid JSON: {text}"))?;
+        let value: toml::Value = serde_json::from_value(json)
+            .with_context(|| "--loss-config must be a JSON object without nulls".to_string())?;
+        put("loss_config", value)?;
+    }
+    if !args.train_files.is_empty() {
+        let files: Vec<toml::Value> = args
+            .train_files
+            .iter()
+            .map(|f| absolute(f).into())
+            .collect();
+        put("train.files", toml::Value::Array(files))?;
+    }
+    if !args.eval_files.is_empty() {
+        let files: Vec<toml::Value> = args.eval_files.iter().map(|f| absolute(f).into()).collect();
+        put("eval.files", toml::Value::Array(files))?;
+    }
+    let integers: [(&str, Option<usize>); 11] = [
+        ("epochs", args.epochs),
+        ("max_steps", args.max_steps),
+        ("batch_size", args.batch_size),
+        ("max_length", args.max_length),
+        (
+            "gradient_accumulation_steps",
+            args.gradient_accumulation_steps,
+        ),
+        ("mini_batch_size", args.mini_batch_size),
+        ("logging_steps", args.logging_steps),
+        ("eval_steps", args.eval_steps),
+        ("save_steps", args.save_steps),
+        ("stop_at_step", args.stop_at_step),
+        ("seed", args.seed.map(|s| s as usize)),
+    ];
+    for (key, value) in integers {
+        if let Some(value) = value {
+            put(key, toml::Value::Integer(value as i64))?;
+        }
+    }
+    for (key, value) in [("lr", args.lr), ("warmup_ratio", args.warmup_ratio)] {
+        if let Some(value) = value {
+            put(key, toml::Value::Float(value))?;
+        }
+    }
+    if args.no_export_onnx {
+        put("export_onnx", false.into())?;
+    }
+    for assignment in &args.set {
+        let (key, value) = assignment
+            .split_once('=')
+            .with_context(|| format!("--set {assignment}: expected KEY=VALUE"))?;
+        set_key(&mut table, key.trim(), value.trim())?;
+    }
+    for required in ["model", "output", "loss", "train"] {
+        if !table.contains_key(required) {
+            anyhow::bail!(
+                "{origin}: missing `{required}` (set it in --config or with --{})",
+                required.replace('_', "-")
+            );
+        }
+    }
+    Ok(TrainConfig::from_table(table, &origin, &base)?)
+}
+
+pub fn run(args: TrainArgs, registry: &LossRegistry, out: &mut String) -> anyhow::Result<()> {
+    if args.print_schema {
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&TrainConfig::schema())?
+        )?;
+        return Ok(());
+    }
+    let config = build_config(&args)?;
+    let options = RunOptions {
+        overwrite: args.overwrite,
+        resume: args.resume.clone(),
+        progress: std::io::stderr().is_terminal() && !args.json,
+    };
+    let report = train(&config, registry, &options)?;
+    let state = &report.state;
+    let seconds = state.train_seconds;
+    let pairs_per_second = state.pairs_seen as f64 / seconds.max(1e-9);
+    let train_loss = state.total.means().map(|(loss, _)| loss);
+    if args.json {
+        let summary = serde_json::json!({
+            "output": report.output.display().to_string(),
+            "global_step": state.global_step,
+            "stopped_early": report.stopped_early,
+            "train_loss": train_loss,
+            "train_seconds": seconds,
+            "pairs_per_second": pairs_per_second,
+            "metrics": report.final_metrics,
+            "onnx": state.onnx,
+        });
+        writeln!(out, "{summary}")?;
+        return Ok(());
+    }
+    if report.stopped_early {
+        writeln!(
+            out,
+            "stopped at step {} of {} (stop_at_step); continue with --resume",
+            state.global_step, state.max_steps
+        )?;
+    } else {
+        writeln!(
+            out,
+            "trained {} steps in {seconds:.1} s ({pairs_per_second:.1} pairs/s); mean training loss {}",
+            state.global_step,
+            train_loss.map_or("-".into(), |l| format!("{l:.4}"))
+        )?;
+    }
+    for (key, value) in &report.final_metrics {
+        writeln!(out, "{key:<32} {value:.6}")?;
+    }
+    if let Some(onnx) = &state.onnx {
+        match (onnx.max_abs_logit_diff, &onnx.not_checked) {
+            (Some(diff), _) => writeln!(
+                out,
+                "ONNX export {}: max |logit difference| vs candle {diff:.2e} on {} pairs",
+                onnx.file, onnx.pairs
+            )?,
+            (None, Some(why)) => writeln!(out, "ONNX export {} (not checked: {why})", onnx.file)?,
+            _ => {}
+        }
+    }
+    writeln!(out, "model: {}", report.output.display())?;
+    Ok(())
+}

@@ -1,0 +1,521 @@
+//! The training recipe: one config struct with the reference trainer's defaults, read from
+//! TOML (every key can also be set on the command line), checked against its own schema and
+//! rules before anything runs.
+
+use std::path::{Path, PathBuf};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::data::dataset::DatasetSpec;
+
+/// What can be wrong with a config.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The TOML does not parse or has unknown or mistyped keys.
+    #[error("{origin}: {message}")]
+    Parse {
+        /// The file or flag.
+        origin: String,
+        /// What is wrong (toml names the key and line).
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("invalid training config: {field}: {message}")]
+    Invalid {
+        /// The key.
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Which evaluator runs during training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum EvaluatorKind {
+    /// MAP, MRR@k, NDCG@k over reranking samples (JSONL).
+    Reranking,
+    /// Accuracy, F1, precision, recall, AP (one output) or F1 averages (several).
+    Classification,
+    /// Pearson and Spearman against gold scores.
+    Correlation,
+}
+
+/// One evaluator run every `eval_steps` and at the end.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluatorConfig {
+    /// The evaluator.
+    pub kind: EvaluatorKind,
+    /// Its data. Reranking: a JSONL file of `{query, positive, negative|documents}` or
+    /// `{query, documents, labels}` samples. Classification/correlation: a dataset whose
+    /// first two text columns are the pair and whose label column is the gold value.
+    pub data: DatasetSpec,
+    /// Metric key prefix, as the reference's `name` (e.g. `sts-dev`).
+    #[serde(default)]
+    pub name: String,
+    /// Cut-off for MRR and NDCG (reranking).
+    #[serde(default = "default_at_k")]
+    pub at_k: usize,
+    /// Reranking with `documents`: also score positives the retriever missed.
+    #[serde(default = "default_true")]
+    pub always_rerank_positives: bool,
+}
+
+fn default_at_k() -> usize {
+    10
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// The learning-rate schedule after warm-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LrScheduler {
+    /// Linear decay to 0 at the last step (the reference's default).
+    Linear,
+    /// Constant after warm-up.
+    Constant,
+}
+
+/// A training run. Defaults are those of the reference (`CrossEncoderTrainingArguments`,
+/// i.e. transformers' `TrainingArguments`) unless noted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Start model: a model directory or a Hugging Face model id.
+    pub model: String,
+    /// Initialise every weight from `seed` instead of reading `model.safetensors` (the model
+    /// directory then needs only `config.json` and `tokenizer.json`).
+    #[serde(default)]
+    pub from_scratch: bool,
+    /// Outputs per pair; default: the model's.
+    #[serde(default)]
+    pub num_labels: Option<usize>,
+    /// Truncation length; default: the model's (`model_max_length`, capped at 512 positions).
+    #[serde(default)]
+    pub max_length: Option<usize>,
+    /// The output directory: the trained model directory, its logs and checkpoints.
+    pub output: PathBuf,
+    /// The loss: a name from `crosstrain losses list` (or `library/name`).
+    pub loss: String,
+    /// The loss's config (see `crosstrain losses show NAME`); default: the loss's defaults.
+    #[serde(default = "empty_object")]
+    #[schemars(with = "serde_json::Map<String, Value>")]
+    pub loss_config: Value,
+    /// The training data.
+    pub train: DatasetSpec,
+    /// Data for the evaluation loss (`eval_loss`), in the training data's format.
+    #[serde(default)]
+    pub eval: Option<DatasetSpec>,
+    /// Evaluators run every `eval_steps` and after training.
+    #[serde(default)]
+    pub evaluators: Vec<EvaluatorConfig>,
+    /// Passes over the training data (`num_train_epochs`, 3).
+    #[serde(default = "default_epochs")]
+    pub epochs: usize,
+    /// Stop after this many optimiser steps, overriding `epochs` (`max_steps`).
+    #[serde(default)]
+    pub max_steps: Option<usize>,
+    /// Rows per batch (`per_device_train_batch_size`, 8).
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Pairs per forward pass when scoring for evaluation (`per_device_eval_batch_size` is 8;
+    /// the evaluators' own default is 32, which we use for both).
+    #[serde(default = "default_eval_batch_size")]
+    pub eval_batch_size: usize,
+    /// Peak learning rate (`learning_rate`, 5e-5).
+    #[serde(default = "default_lr")]
+    pub lr: f64,
+    /// Decoupled weight decay of AdamW, not applied to biases and LayerNorm weights (0).
+    #[serde(default)]
+    pub weight_decay: f64,
+    /// AdamW β1 (0.9).
+    #[serde(default = "default_beta1")]
+    pub adam_beta1: f64,
+    /// AdamW β2 (0.999).
+    #[serde(default = "default_beta2")]
+    pub adam_beta2: f64,
+    /// AdamW ε (1e-8).
+    #[serde(default = "default_eps")]
+    pub adam_epsilon: f64,
+    /// Warm-up as a fraction of all optimiser steps, rounded up (0).
+    #[serde(default)]
+    pub warmup_ratio: f64,
+    /// Warm-up in optimiser steps; overrides `warmup_ratio`.
+    #[serde(default)]
+    pub warmup_steps: Option<usize>,
+    /// Schedule after warm-up (linear).
+    #[serde(default = "default_scheduler")]
+    pub lr_scheduler: LrScheduler,
+    /// Clip the global gradient norm to this (1.0; 0 turns clipping off).
+    #[serde(default = "default_max_grad_norm")]
+    pub max_grad_norm: f64,
+    /// Batches whose gradients are summed into one optimiser step (1).
+    #[serde(default = "default_one")]
+    pub gradient_accumulation_steps: usize,
+    /// Score a batch's pairs in chunks of this many with gradient caching, for any loss;
+    /// the loss's own `mini_batch_size` is used when this is unset.
+    #[serde(default)]
+    pub mini_batch_size: Option<usize>,
+    /// Seed of shuffling, dropout, in-batch negatives and new weights (42).
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// Log the mean training loss every this many steps (500, as the reference).
+    #[serde(default = "default_steps")]
+    pub logging_steps: usize,
+    /// Evaluate every this many steps; unset: only after training.
+    #[serde(default)]
+    pub eval_steps: Option<usize>,
+    /// Write a checkpoint every this many steps (500); 0 turns checkpoints off.
+    #[serde(default = "default_steps")]
+    pub save_steps: usize,
+    /// Keep at most this many checkpoints (oldest deleted first; the best is kept).
+    #[serde(default)]
+    pub save_total_limit: Option<usize>,
+    /// After training, load the checkpoint with the best `metric_for_best_model`.
+    #[serde(default)]
+    pub load_best_model_at_end: bool,
+    /// The metric that picks the best checkpoint; default: the first evaluator's primary
+    /// metric, else `eval_loss`.
+    #[serde(default)]
+    pub metric_for_best_model: Option<String>,
+    /// Whether a larger metric is better; default: false for names ending in `loss`.
+    #[serde(default)]
+    pub greater_is_better: Option<bool>,
+    /// Export `onnx/model.onnx` after training and check it in ONNX Runtime when available.
+    #[serde(default = "default_true")]
+    pub export_onnx: bool,
+    /// ONNX opset of the export (17).
+    #[serde(default = "default_opset")]
+    pub onnx_opset: i64,
+    /// Stop right after the checkpoint of this step, as an interruption would (resume with
+    /// `--resume`); for time-boxed runs and for testing resumption.
+    #[serde(default)]
+    pub stop_at_step: Option<usize>,
+}
+
+fn empty_object() -> Value {
+    Value::Object(serde_json::Map::new())
+}
+fn default_epochs() -> usize {
+    3
+}
+fn default_batch_size() -> usize {
+    8
+}
+fn default_eval_batch_size() -> usize {
+    32
+}
+fn default_lr() -> f64 {
+    5e-5
+}
+fn default_beta1() -> f64 {
+    0.9
+}
+fn default_beta2() -> f64 {
+    0.999
+}
+fn default_eps() -> f64 {
+    1e-8
+}
+fn default_scheduler() -> LrScheduler {
+    LrScheduler::Linear
+}
+fn default_max_grad_norm() -> f64 {
+    1.0
+}
+fn default_one() -> usize {
+    1
+}
+fn default_seed() -> u64 {
+    42
+}
+fn default_steps() -> usize {
+    500
+}
+fn default_opset() -> i64 {
+    17
+}
+
+impl TrainConfig {
+    /// Parses TOML text (`origin` names it in errors); relative paths are resolved against
+    /// `base`.
+    pub fn from_toml(text: &str, origin: &str, base: &Path) -> Result<Self, ConfigError> {
+        let table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_string(),
+            message: e.to_string(),
+        })?;
+        Self::from_table(table, origin, base)
+    }
+
+    /// Builds the config from a TOML table after command-line overrides were merged in.
+    pub fn from_table(table: toml::Table, origin: &str, base: &Path) -> Result<Self, ConfigError> {
+        let mut config: TrainConfig =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    origin: origin.to_string(),
+                    message: e.to_string(),
+                })?;
+        config.resolve_paths(base);
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        self.train.resolve_paths(base);
+        if let Some(eval) = &mut self.eval {
+            eval.resolve_paths(base);
+        }
+        for evaluator in &mut self.evaluators {
+            evaluator.data.resolve_paths(base);
+        }
+        if self.output.is_relative() {
+            self.output = base.join(&self.output);
+        }
+        let model = Path::new(&self.model);
+        if model.is_relative() && base.join(model).is_dir() {
+            self.model = base.join(model).display().to_string();
+        }
+    }
+
+    /// Checks ranges and combinations the types cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid =
+            |field: &'static str, message: String| Err(ConfigError::Invalid { field, message });
+        if self.batch_size == 0 {
+            return invalid("batch_size", "must be at least 1".into());
+        }
+        if self.eval_batch_size == 0 {
+            return invalid("eval_batch_size", "must be at least 1".into());
+        }
+        if self.epochs == 0 && self.max_steps.is_none() {
+            return invalid("epochs", "must be at least 1 (or set max_steps)".into());
+        }
+        if self.max_steps == Some(0) {
+            return invalid("max_steps", "must be at least 1".into());
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return invalid("lr", format!("{} is not a positive number", self.lr));
+        }
+        if !(0.0..1.0).contains(&self.warmup_ratio) {
+            return invalid(
+                "warmup_ratio",
+                format!("{} is not in [0, 1)", self.warmup_ratio),
+            );
+        }
+        if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
+            return invalid("weight_decay", format!("{} is negative", self.weight_decay));
+        }
+        for (field, beta) in [
+            ("adam_beta1", self.adam_beta1),
+            ("adam_beta2", self.adam_beta2),
+        ] {
+            if !(0.0..1.0).contains(&beta) {
+                return invalid(field, format!("{beta} is not in [0, 1)"));
+            }
+        }
+        if !(self.adam_epsilon > 0.0) {
+            return invalid("adam_epsilon", "must be positive".into());
+        }
+        if !(self.max_grad_norm >= 0.0) {
+            return invalid("max_grad_norm", "must be 0 (off) or positive".into());
+        }
+        if self.gradient_accumulation_steps == 0 {
+            return invalid("gradient_accumulation_steps", "must be at least 1".into());
+        }
+        if self.mini_batch_size == Some(0) {
+            return invalid("mini_batch_size", "must be at least 1".into());
+        }
+        if self.logging_steps == 0 {
+            return invalid("logging_steps", "must be at least 1".into());
+        }
+        if self.eval_steps == Some(0) {
+            return invalid("eval_steps", "must be at least 1".into());
+        }
+        if self.save_total_limit == Some(0) {
+            return invalid("save_total_limit", "must be at least 1".into());
+        }
+        if self.onnx_opset < 17 {
+            return invalid("onnx_opset", "the export needs opset 17 or newer".into());
+        }
+        if self.num_labels == Some(0) {
+            return invalid("num_labels", "must be at least 1".into());
+        }
+        if !self.loss_config.is_object() {
+            return invalid("loss_config", "must be a table".into());
+        }
+        if self.load_best_model_at_end && self.save_steps == 0 {
+            return invalid(
+                "load_best_model_at_end",
+                "needs checkpoints (save_steps > 0)".into(),
+            );
+        }
+        if self.load_best_model_at_end && self.eval_steps.is_none() {
+            return invalid(
+                "load_best_model_at_end",
+                "needs evaluations during training (eval_steps)".into(),
+            );
+        }
+        if self.load_best_model_at_end && self.eval.is_none() && self.evaluators.is_empty() {
+            return invalid(
+                "load_best_model_at_end",
+                "needs `eval` data or an evaluator".into(),
+            );
+        }
+        if let (Some(eval_steps), true) = (self.eval_steps, self.load_best_model_at_end) {
+            if self.save_steps % eval_steps != 0 {
+                return invalid(
+                    "save_steps",
+                    format!(
+                        "with load_best_model_at_end, must be a multiple of eval_steps \
+                         ({eval_steps}), so every checkpoint has metrics"
+                    ),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The JSON schema of the config file.
+    pub fn schema() -> Value {
+        serde_json::to_value(schemars::schema_for!(TrainConfig)).unwrap_or(Value::Null)
+    }
+}
+
+/// The key a metric has in the evaluation log: `eval_` + its name.
+pub fn eval_metric_key(name: &str) -> String {
+    if name.starts_with("eval_") {
+        name.to_string()
+    } else {
+        format!("eval_{name}")
+    }
+}
+
+/// Sets `key = value` in a TOML table, where `key` may be dotted (`train.limit`) and `value`
+/// is TOML (a bare word is taken as a string).
+pub fn set_key(table: &mut toml::Table, key: &str, value: &str) -> Result<(), ConfigError> {
+    let parsed: toml::Value = match toml::from_str::<toml::Table>(&format!("v = {value}")) {
+        Ok(mut t) => t.remove("v").unwrap_or(toml::Value::String(value.into())),
+        Err(_) => toml::Value::String(value.to_string()),
+    };
+    set_value(table, key, parsed)
+}
+
+/// Sets an already-typed value at a dotted key.
+pub fn set_value(
+    table: &mut toml::Table,
+    key: &str,
+    value: toml::Value,
+) -> Result<(), ConfigError> {
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let last = parts
+        .pop()
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| ConfigError::Parse {
+            origin: "--set".into(),
+            message: format!("empty key in {key:?}"),
+        })?;
+    let mut current = table;
+    for part in parts {
+        let entry = current
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        current = match entry {
+            toml::Value::Table(t) => t,
+            _ => {
+                return Err(ConfigError::Parse {
+                    origin: "--set".into(),
+                    message: format!("{key}: {part} is not a table"),
+                })
+            }
+        };
+    }
+    current.insert(last.to_string(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        model = "m"
+        output = "out"
+        loss = "BinaryCrossEntropyLoss"
+        train = { files = "train.jsonl" }
+    "#;
+
+    #[test]
+    fn defaults_are_the_reference_trainers() {
+        let config = TrainConfig::from_toml(MINIMAL, "t.toml", Path::new("/base")).unwrap();
+        assert_eq!(config.epochs, 3);
+        assert_eq!(config.batch_size, 8);
+        assert_eq!(config.lr, 5e-5);
+        assert_eq!(config.max_grad_norm, 1.0);
+        assert_eq!(config.seed, 42);
+        assert_eq!(config.adam_epsilon, 1e-8);
+        assert_eq!(config.train.files, vec![PathBuf::from("/base/train.jsonl")]);
+        assert_eq!(config.output, PathBuf::from("/base/out"));
+        assert!(config.export_onnx);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let text = format!("{MINIMAL}\nlearning_rate = 1e-5\n");
+        let error = TrainConfig::from_toml(&text, "t.toml", Path::new("."))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("t.toml"), "{error}");
+        assert!(error.contains("learning_rate"), "{error}");
+    }
+
+    #[test]
+    fn out_of_range_value_is_named() {
+        let text = format!("{MINIMAL}\nwarmup_ratio = 1.5\n");
+        let error = TrainConfig::from_toml(&text, "t.toml", Path::new("."))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("warmup_ratio"), "{error}");
+    }
+
+    #[test]
+    fn dotted_overrides() {
+        let mut table: toml::Table = toml::from_str(MINIMAL).unwrap();
+        set_key(&mut table, "train.limit", "10").unwrap();
+        set_key(&mut table, "lr", "2e-5").unwrap();
+        set_key(&mut table, "loss", "MSELoss").unwrap();
+        let config = TrainConfig::from_table(table, "t", Path::new(".")).unwrap();
+        assert_eq!(config.train.limit, Some(10));
+        assert_eq!(config.lr, 2e-5);
+        assert_eq!(config.loss, "MSELoss");
+    }
+
+    #[test]
+    fn schema_lists_every_key() {
+        let schema = TrainConfig::schema();
+        let properties = schema["properties"].as_object().unwrap();
+        for key in [
+            "model",
+            "loss",
+            "loss_config",
+            "warmup_ratio",
+            "mini_batch_size",
+        ] {
+            assert!(properties.contains_key(key), "{key}");
+        }
+    }
+}

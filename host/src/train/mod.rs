@@ -1,0 +1,956 @@
+//! The trainer: a dataset and a loss plugin in, a fine-tuned model directory out. It owns
+//! batching, seeded shuffling, the optimiser and schedule, gradient caching, evaluation,
+//! checkpoints with exact resumption, the metrics log and the final ONNX export.
+
+pub mod config;
+pub mod optim;
+pub mod state;
+pub mod step;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{Tensor, Var};
+use crosstrain_plugin_api::rng::SeededRng;
+use serde_json::{json, Value};
+
+use crate::data::dataset::{read_dataset, Dataset, DatasetError, LabelValues};
+use crate::data::eval_sets::read_reranking_samples;
+use crate::eval::reranking::{RerankingEvaluator, RerankingSample};
+use crate::eval::run as eval_run;
+use crate::fsutil::{is_non_empty_dir, write_dir_atomically};
+use crate::model::{CrossEncoder, DefaultActivation, LoadOptions, ModelError};
+use crate::plugins::{Loss, LossRegistry, PluginError};
+
+use config::{EvaluatorConfig, EvaluatorKind, TrainConfig};
+use optim::{clip_grad_norm, learning_rate, AdamW};
+use state::{checkpoints, derive_seed, LogEntry, LossSums, OnnxReport, TrainerState};
+use step::{accumulate_batch, batch_loss, GradAccumulator, PhaseTimes, StepError};
+
+/// Seed purposes.
+const SHUFFLE: u64 = 1;
+const DROPOUT: u64 = 2;
+const PLAN: u64 = 3;
+const EVAL_PLAN: u64 = 4;
+
+/// What can stop a training run.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// The config is invalid.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// A dataset is unreadable or does not fit the loss.
+    #[error(transparent)]
+    Dataset(#[from] DatasetError),
+    /// The loss plugin failed.
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
+    /// The model failed.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// A step failed.
+    #[error("step {step}: {source}")]
+    Step {
+        /// The optimiser step being computed (1-based).
+        step: usize,
+        /// The failure.
+        source: StepError,
+    },
+    /// A tensor operation failed.
+    #[error(transparent)]
+    Tensor(#[from] candle_core::Error),
+    /// The loss is NaN or infinite.
+    #[error(
+        "step {step} (epoch {epoch}, batch {batch}): the loss is {value}, or the logits it was computed from are; training stopped. {kept}"
+    )]
+    NonFinite {
+        /// The optimiser step being computed (1-based).
+        step: usize,
+        /// Epoch (1-based).
+        epoch: usize,
+        /// Batch within the epoch (1-based).
+        batch: usize,
+        /// The value.
+        value: f64,
+        /// Which checkpoint is the last good one.
+        kept: String,
+    },
+    /// The output directory is in the way.
+    #[error(
+        "{path} exists and is not empty; pass --overwrite to replace it or --resume to continue it"
+    )]
+    OutputExists {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// A checkpoint directory is in the way.
+    #[error(
+        "checkpoint {path} already exists; a resumed run must start from the latest checkpoint"
+    )]
+    CheckpointExists {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// A checkpoint cannot be used.
+    #[error("checkpoint {path}: {message}")]
+    Checkpoint {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// An evaluator failed.
+    #[error("evaluator {name}: {message}")]
+    Evaluator {
+        /// Its name or kind.
+        name: String,
+        /// What failed.
+        message: String,
+    },
+    /// A file could not be written.
+    #[error("{path}: {message}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        message: String,
+    },
+}
+
+fn io_error(path: &Path, error: impl std::fmt::Display) -> TrainError {
+    TrainError::Io {
+        path: path.to_path_buf(),
+        message: error.to_string(),
+    }
+}
+
+/// How to start a run.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Replace a non-empty output directory.
+    pub overwrite: bool,
+    /// Continue from a checkpoint: `Some(None)` takes the latest under the output directory.
+    pub resume: Option<Option<PathBuf>>,
+    /// Draw a progress bar on stderr.
+    pub progress: bool,
+}
+
+/// What a finished (or deliberately stopped) run reports.
+#[derive(Debug, Clone)]
+pub struct TrainReport {
+    /// The output directory.
+    pub output: PathBuf,
+    /// The final state.
+    pub state: TrainerState,
+    /// Whether the run stopped at `stop_at_step` before the end.
+    pub stopped_early: bool,
+    /// Metrics of the last evaluation.
+    pub final_metrics: BTreeMap<String, f64>,
+    /// Where training time went (tokenize/forward/loss/backward), summed.
+    pub times: PhaseTimes,
+    /// Optimiser time, summed (seconds).
+    pub optimizer_seconds: f64,
+}
+
+/// An evaluator with its data loaded.
+enum LoadedEvaluator {
+    Reranking {
+        evaluator: RerankingEvaluator,
+        samples: Vec<RerankingSample>,
+    },
+    Pairs {
+        kind: EvaluatorKind,
+        name: String,
+        dataset: Dataset,
+        gold: Vec<f64>,
+    },
+}
+
+fn load_evaluator(config: &EvaluatorConfig) -> Result<LoadedEvaluator, TrainError> {
+    let label = match config.kind {
+        EvaluatorKind::Reranking => "reranking",
+        EvaluatorKind::Classification => "classification",
+        EvaluatorKind::Correlation => "correlation",
+    };
+    let evaluator_error = |message: String| TrainError::Evaluator {
+        name: if config.name.is_empty() {
+            label.to_string()
+        } else {
+            config.name.clone()
+        },
+        message,
+    };
+    match config.kind {
+        EvaluatorKind::Reranking => {
+            let mut samples = Vec::new();
+            for file in &config.data.files {
+                samples.extend(
+                    read_reranking_samples(file).map_err(|e| evaluator_error(e.to_string()))?,
+                );
+            }
+            if let Some(limit) = config.data.limit {
+                samples.truncate(limit);
+            }
+            Ok(LoadedEvaluator::Reranking {
+                evaluator: RerankingEvaluator {
+                    at_k: config.at_k,
+                    always_rerank_positives: config.always_rerank_positives,
+                    name: config.name.clone(),
+                },
+                samples,
+            })
+        }
+        kind => {
+            let dataset = read_dataset(&config.data)?;
+            if dataset.columns.len() < 2 || dataset.columns.iter().any(|c| c.is_list()) {
+                return Err(evaluator_error(format!(
+                    "{}: needs two text columns and a label, has {}",
+                    dataset.origin(),
+                    dataset.describe()
+                )));
+            }
+            let gold = match dataset.label.as_ref().map(|l| &l.values) {
+                Some(LabelValues::Scalars(values)) => {
+                    values.iter().map(|&v| f64::from(v)).collect()
+                }
+                _ => {
+                    return Err(evaluator_error(format!(
+                        "{}: needs a label column with one number per row, has {}",
+                        dataset.origin(),
+                        dataset.describe()
+                    )))
+                }
+            };
+            Ok(LoadedEvaluator::Pairs {
+                kind,
+                name: config.name.clone(),
+                dataset,
+                gold,
+            })
+        }
+    }
+}
+
+/// The order of the rows in an epoch: a seeded Fisher-Yates shuffle.
+pub fn epoch_order(rows: usize, seed: u64, epoch: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..rows).collect();
+    let mut rng = SeededRng::new(derive_seed(seed, SHUFFLE, epoch as u64));
+    for i in (1..rows).rev() {
+        let j = rng.below(i as u64 + 1) as usize;
+        order.swap(i, j);
+    }
+    order
+}
+
+/// A training run in progress.
+struct Run<'a> {
+    config: &'a TrainConfig,
+    model: CrossEncoder,
+    loss: Loss,
+    vars: Vec<Var>,
+    optimizer: AdamW,
+    train: Dataset,
+    eval: Option<Dataset>,
+    evaluators: Vec<LoadedEvaluator>,
+    state: TrainerState,
+    metrics_log: PathBuf,
+    last_checkpoint: Option<PathBuf>,
+    last_metrics: BTreeMap<String, f64>,
+    times: PhaseTimes,
+    optimizer_seconds: f64,
+}
+
+/// Trains as `config` says. See [`RunOptions`] for resuming and overwriting.
+pub fn train(
+    config: &TrainConfig,
+    registry: &LossRegistry,
+    options: &RunOptions,
+) -> Result<TrainReport, TrainError> {
+    let output = config.output.clone();
+    let resume_from = match &options.resume {
+        None => {
+            if is_non_empty_dir(&output) {
+                if !options.overwrite {
+                    return Err(TrainError::OutputExists { path: output });
+                }
+                std::fs::remove_dir_all(&output).map_err(|e| io_error(&output, e))?;
+            }
+            None
+        }
+        Some(Some(path)) => Some(path.clone()),
+        Some(None) => Some(
+            checkpoints(&output)
+                .pop()
+                .map(|(_, path)| path)
+                .ok_or_else(|| TrainError::Checkpoint {
+                    path: output.clone(),
+                    message: "no checkpoint-N directory to resume from".into(),
+                })?,
+        ),
+    };
+
+    let loss = registry.build(&config.loss, &config.loss_config)?;
+    let load_options = LoadOptions {
+        max_length: config.max_length,
+        num_labels: config.num_labels,
+        seed: config.seed,
+        from_scratch: config.from_scratch && resume_from.is_none(),
+        ..LoadOptions::default()
+    };
+    let model = match &resume_from {
+        Some(checkpoint) => CrossEncoder::load_dir(checkpoint, &load_options)?,
+        None => CrossEncoder::load(&config.model, &load_options)?,
+    };
+
+    let train = read_dataset(&config.train)?;
+    let description = loss.description().clone();
+    let format = train.check_format(
+        loss.qualified_name(),
+        &description.formats,
+        description.num_labels,
+        model.num_labels(),
+    )?;
+    tracing::info!(
+        rows = train.len(),
+        format = %format.name,
+        "training data {}: {}",
+        train.origin(),
+        train.describe()
+    );
+    let eval = match &config.eval {
+        Some(spec) => {
+            let eval = read_dataset(spec)?;
+            eval.check_format(
+                loss.qualified_name(),
+                &description.formats,
+                description.num_labels,
+                model.num_labels(),
+            )
+            .map_err(|e| DatasetError::Format(format!("evaluation data: {e}")))?;
+            Some(eval)
+        }
+        None => None,
+    };
+    let evaluators = config
+        .evaluators
+        .iter()
+        .map(load_evaluator)
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let batches_per_epoch = train.len().div_ceil(config.batch_size);
+    let updates_per_epoch = batches_per_epoch
+        .div_ceil(config.gradient_accumulation_steps)
+        .max(1);
+    let max_steps = config
+        .max_steps
+        .unwrap_or(updates_per_epoch * config.epochs);
+    let warmup_steps = config
+        .warmup_steps
+        .unwrap_or_else(|| (config.warmup_ratio * max_steps as f64).ceil() as usize);
+    // Without an explicit metric, the first evaluation picks it (the first evaluator's
+    // primary metric, else the eval loss).
+    let best_metric_name = config
+        .metric_for_best_model
+        .as_deref()
+        .map(config::eval_metric_key)
+        .unwrap_or_default();
+
+    let named = model.named_parameters();
+    let vars: Vec<Var> = named.iter().map(|(_, v)| v.clone()).collect();
+    let mut optimizer = AdamW::new(
+        named,
+        config.adam_beta1,
+        config.adam_beta2,
+        config.adam_epsilon,
+        config.weight_decay,
+    )?;
+
+    let state =
+        match &resume_from {
+            Some(checkpoint) => {
+                let state = TrainerState::read(&checkpoint.join("trainer_state.json")).map_err(
+                    |message| TrainError::Checkpoint {
+                        path: checkpoint.clone(),
+                        message,
+                    },
+                )?;
+                if state.batches_per_epoch != batches_per_epoch || state.max_steps != max_steps {
+                    return Err(TrainError::Checkpoint {
+                        path: checkpoint.clone(),
+                        message: format!(
+                        "it was written for {} batches per epoch and {} steps, this config gives \
+                         {batches_per_epoch} and {max_steps}; resume with the same data and \
+                         settings",
+                        state.batches_per_epoch, state.max_steps
+                    ),
+                    });
+                }
+                let optimizer_file = checkpoint.join("optimizer.safetensors");
+                let tensors = candle_core::safetensors::load(&optimizer_file, model.device())
+                    .map_err(|e| TrainError::Checkpoint {
+                        path: checkpoint.clone(),
+                        message: e.to_string(),
+                    })?;
+                optimizer
+                    .load_state(&tensors, state.global_step as u64)
+                    .map_err(|message| TrainError::Checkpoint {
+                        path: checkpoint.clone(),
+                        message,
+                    })?;
+                model.dropout().restore(state.dropout_state);
+                tracing::info!(
+                    step = state.global_step,
+                    "resuming from {}",
+                    checkpoint.display()
+                );
+                state
+            }
+            None => {
+                model.dropout().train(derive_seed(config.seed, DROPOUT, 0));
+                TrainerState {
+                    global_step: 0,
+                    max_steps,
+                    warmup_steps,
+                    batches_per_epoch,
+                    epoch: 0,
+                    batch_in_epoch: 0,
+                    dropout_state: None,
+                    since_log: LossSums::default(),
+                    total: LossSums::default(),
+                    pairs_seen: 0,
+                    train_seconds: 0.0,
+                    log_history: Vec::new(),
+                    best_metric_name,
+                    best_metric: None,
+                    best_checkpoint: None,
+                    onnx: None,
+                    crosstrain_version: env!("CARGO_PKG_VERSION").to_string(),
+                }
+            }
+        };
+
+    std::fs::create_dir_all(&output).map_err(|e| io_error(&output, e))?;
+    let metrics_log = output.join("metrics.jsonl");
+    // The log mirrors the state's history, so a resumed run's log has no lines from after
+    // its checkpoint.
+    let mut lines = String::new();
+    for entry in &state.log_history {
+        lines.push_str(&serde_json::to_string(entry).unwrap_or_default());
+        lines.push('\n');
+    }
+    std::fs::write(&metrics_log, lines).map_err(|e| io_error(&metrics_log, e))?;
+
+    let mut run = Run {
+        config,
+        model,
+        loss,
+        vars,
+        optimizer,
+        train,
+        eval,
+        evaluators,
+        state,
+        metrics_log,
+        last_checkpoint: resume_from,
+        last_metrics: BTreeMap::new(),
+        times: PhaseTimes::default(),
+        optimizer_seconds: 0.0,
+    };
+    let stopped_early = run.train_loop(options.progress)?;
+    if !stopped_early {
+        run.finish()?;
+    }
+    Ok(TrainReport {
+        output,
+        state: run.state,
+        stopped_early,
+        final_metrics: run.last_metrics,
+        times: run.times,
+        optimizer_seconds: run.optimizer_seconds,
+    })
+}
+
+impl Run<'_> {
+    /// The loop; returns whether it stopped at `stop_at_step`.
+    fn train_loop(&mut self, progress: bool) -> Result<bool, TrainError> {
+        let config = self.config;
+        let bar = if progress {
+            let bar = indicatif::ProgressBar::new(self.state.max_steps as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:30} {pos}/{len} steps [{elapsed_precise}<{eta_precise}] {msg}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            bar.set_position(self.state.global_step as u64);
+            Some(bar)
+        } else {
+            None
+        };
+        let mut grads = GradAccumulator::new(self.vars.len());
+        let accumulation = config.gradient_accumulation_steps;
+        let scale = 1.0 / accumulation as f64;
+        let started = Instant::now();
+        let seconds_before = self.state.train_seconds;
+        let pairs_before = self.state.pairs_seen;
+        let mut micro = 0usize;
+        while self.state.global_step < self.state.max_steps {
+            let order = epoch_order(self.train.len(), config.seed, self.state.epoch);
+            let batches: Vec<&[usize]> = order.chunks(config.batch_size).collect();
+            if batches.is_empty() {
+                break;
+            }
+            let epoch = self.state.epoch;
+            while self.state.epoch == epoch
+                && self.state.batch_in_epoch < batches.len()
+                && self.state.global_step < self.state.max_steps
+            {
+                let batch_index = self.state.batch_in_epoch;
+                let rows = batches[batch_index];
+                let step = self.state.global_step + 1;
+                let plan_seed = derive_seed(
+                    config.seed,
+                    PLAN,
+                    (self.state.epoch * self.state.batches_per_epoch + batch_index) as u64,
+                );
+                let outcome = accumulate_batch(
+                    &self.model,
+                    &self.vars,
+                    &self.loss,
+                    &self.train,
+                    rows,
+                    plan_seed,
+                    config.mini_batch_size,
+                    scale,
+                    &mut grads,
+                );
+                let outcome = match outcome {
+                    Ok(outcome) => outcome,
+                    Err(StepError::NonFiniteLogit { value }) => {
+                        return Err(self.non_finite(step, batch_index, f64::from(value)))
+                    }
+                    Err(source) => return Err(TrainError::Step { step, source }),
+                };
+                if !outcome.loss.is_finite() {
+                    return Err(self.non_finite(step, batch_index, outcome.loss));
+                }
+                self.times += outcome.times;
+                self.state.since_log.add(outcome.loss, &outcome.components);
+                self.state.total.add(outcome.loss, &outcome.components);
+                self.state.pairs_seen += outcome.pairs;
+                self.state.batch_in_epoch += 1;
+                micro += 1;
+                let epoch_done = self.state.batch_in_epoch == batches.len();
+                if micro < accumulation && !epoch_done {
+                    continue;
+                }
+                micro = 0;
+
+                let optimizer_started = Instant::now();
+                let lr = learning_rate(
+                    config.lr_scheduler,
+                    config.lr,
+                    self.state.global_step,
+                    self.state.warmup_steps,
+                    self.state.max_steps,
+                );
+                let mut step_grads = grads.take();
+                let grad_norm = clip_grad_norm(&mut step_grads, config.max_grad_norm)?;
+                self.optimizer.step(&step_grads, lr)?;
+                self.optimizer_seconds += optimizer_started.elapsed().as_secs_f64();
+                self.state.global_step += 1;
+                if epoch_done {
+                    self.state.epoch += 1;
+                    self.state.batch_in_epoch = 0;
+                }
+                self.state.train_seconds = seconds_before + started.elapsed().as_secs_f64();
+                if let Some(bar) = &bar {
+                    let rate = (self.state.pairs_seen - pairs_before) as f64
+                        / started.elapsed().as_secs_f64().max(1e-9);
+                    bar.set_position(self.state.global_step as u64);
+                    bar.set_message(format!(
+                        "loss {:.4} lr {lr:.2e} {rate:.1} pairs/s",
+                        outcome.loss
+                    ));
+                }
+                let global_step = self.state.global_step;
+                let last = global_step == self.state.max_steps;
+                if global_step % config.logging_steps == 0 || last {
+                    if let Some((loss, components)) = self.state.since_log.means() {
+                        self.log(LogEntry {
+                            step: global_step,
+                            epoch: self.state.epoch_fraction(),
+                            loss: Some(loss),
+                            loss_components: components,
+                            learning_rate: Some(lr),
+                            grad_norm: Some(grad_norm),
+                            metrics: BTreeMap::new(),
+                        })?;
+                        self.state.since_log = LossSums::default();
+                    }
+                }
+                let evaluated = match config.eval_steps {
+                    Some(every) if global_step % every == 0 && !last => {
+                        self.evaluate_and_log()?;
+                        true
+                    }
+                    _ => false,
+                };
+                let stop_here = config.stop_at_step == Some(global_step) && !last;
+                if (config.save_steps > 0 && global_step % config.save_steps == 0 && !last)
+                    || stop_here
+                {
+                    self.save_checkpoint(evaluated)?;
+                }
+                if stop_here {
+                    if let Some(bar) = &bar {
+                        bar.abandon_with_message(format!("stopped at step {global_step}"));
+                    }
+                    return Ok(true);
+                }
+            }
+        }
+        if let Some(bar) = &bar {
+            bar.finish_and_clear();
+        }
+        Ok(false)
+    }
+
+    /// The error for a NaN or infinite value at `step`, naming the last good checkpoint.
+    fn non_finite(&self, step: usize, batch_index: usize, value: f64) -> TrainError {
+        TrainError::NonFinite {
+            step,
+            epoch: self.state.epoch + 1,
+            batch: batch_index + 1,
+            value,
+            kept: match &self.last_checkpoint {
+                Some(path) => format!(
+                    "The last good checkpoint is {}; lower the learning rate or check the \
+                     data, then --resume.",
+                    path.display()
+                ),
+                None => "No checkpoint was written before it.".into(),
+            },
+        }
+    }
+
+    fn log(&mut self, entry: LogEntry) -> Result<(), TrainError> {
+        let line = serde_json::to_string(&entry).map_err(|e| io_error(&self.metrics_log, e))?;
+        tracing::info!(target: "crosstrain::train", "{line}");
+        use std::io::Write as _;
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&self.metrics_log)
+            .map_err(|e| io_error(&self.metrics_log, e))?;
+        writeln!(file, "{line}").map_err(|e| io_error(&self.metrics_log, e))?;
+        self.state.log_history.push(entry);
+        Ok(())
+    }
+
+    /// Runs the eval loss and every evaluator in eval mode; also returns the first
+    /// evaluator's primary metric key.
+    fn evaluate(&self) -> Result<(BTreeMap<String, f64>, Option<String>), TrainError> {
+        let mut metrics = BTreeMap::new();
+        let mut first_primary = None;
+        let dropout = self.model.dropout();
+        let saved = dropout.snapshot();
+        dropout.eval();
+        let result = (|| {
+            if let Some(eval) = &self.eval {
+                let order: Vec<usize> = (0..eval.len()).collect();
+                let mut weighted = 0.0;
+                for (index, rows) in order.chunks(self.config.batch_size).enumerate() {
+                    let seed = derive_seed(self.config.seed, EVAL_PLAN, index as u64);
+                    let value = batch_loss(
+                        &self.model,
+                        &self.loss,
+                        eval,
+                        rows,
+                        seed,
+                        self.config.eval_batch_size,
+                    )
+                    .map_err(|source| TrainError::Step {
+                        step: self.state.global_step,
+                        source,
+                    })?;
+                    weighted += value * rows.len() as f64;
+                }
+                metrics.insert("eval_loss".to_string(), weighted / eval.len().max(1) as f64);
+            }
+            let activation = self.model.default_activation();
+            let batch_size = self.config.eval_batch_size;
+            let mut score = |pairs: &[(&str, &str)]| -> Result<Vec<Vec<f32>>, String> {
+                let logits = self
+                    .model
+                    .predict(pairs, batch_size)
+                    .map_err(|e| e.to_string())?;
+                Ok(match activation {
+                    DefaultActivation::Sigmoid => eval_run::sigmoid_rows(logits),
+                    DefaultActivation::Identity => logits,
+                })
+            };
+            for evaluator in &self.evaluators {
+                let (name, result) = match evaluator {
+                    LoadedEvaluator::Reranking { evaluator, samples } => (
+                        evaluator.name.clone(),
+                        eval_run::reranking(evaluator, samples, &mut score),
+                    ),
+                    LoadedEvaluator::Pairs {
+                        kind,
+                        name,
+                        dataset,
+                        gold,
+                    } => {
+                        let pairs: Vec<(&str, &str)> = (0..dataset.len())
+                            .map(|row| {
+                                (
+                                    dataset.columns[0].text(row, 0).unwrap_or_default(),
+                                    dataset.columns[1].text(row, 0).unwrap_or_default(),
+                                )
+                            })
+                            .collect();
+                        let result = if *kind == EvaluatorKind::Classification {
+                            eval_run::classification(
+                                name,
+                                &pairs,
+                                gold,
+                                self.model.num_labels(),
+                                &dataset.origin(),
+                                &mut score,
+                            )
+                        } else {
+                            eval_run::correlation(name, &pairs, gold, &mut score)
+                        };
+                        (name.clone(), result)
+                    }
+                };
+                let values = result.map_err(|message| TrainError::Evaluator { name, message })?;
+                if first_primary.is_none() {
+                    first_primary = Some(format!("eval_{}", values.primary_metric));
+                }
+                for (key, value) in values.values {
+                    metrics.insert(format!("eval_{key}"), value);
+                }
+            }
+            Ok((metrics, first_primary))
+        })();
+        dropout.restore(saved);
+        result
+    }
+
+    fn evaluate_and_log(&mut self) -> Result<(), TrainError> {
+        if self.eval.is_none() && self.evaluators.is_empty() {
+            return Ok(());
+        }
+        let (metrics, first_primary) = self.evaluate()?;
+        if self.state.best_metric_name.is_empty() {
+            self.state.best_metric_name = first_primary.unwrap_or_else(|| "eval_loss".into());
+        }
+        self.last_metrics = metrics.clone();
+        self.log(LogEntry {
+            step: self.state.global_step,
+            epoch: self.state.epoch_fraction(),
+            loss: None,
+            loss_components: BTreeMap::new(),
+            learning_rate: None,
+            grad_norm: None,
+            metrics,
+        })
+    }
+
+    fn save_checkpoint(&mut self, evaluated: bool) -> Result<(), TrainError> {
+        let step = self.state.global_step;
+        let name = format!("checkpoint-{step}");
+        let target = self.config.output.join(&name);
+        if target.exists() {
+            return Err(TrainError::CheckpointExists { path: target });
+        }
+        if evaluated {
+            let metric = &self.state.best_metric_name;
+            let greater = self
+                .config
+                .greater_is_better
+                .unwrap_or(!metric.ends_with("loss"));
+            if let Some(&value) = self.last_metrics.get(metric) {
+                let better = match self.state.best_metric {
+                    None => true,
+                    Some(best) if greater => value > best,
+                    Some(best) => value < best,
+                };
+                if better {
+                    self.state.best_metric = Some(value);
+                    self.state.best_checkpoint = Some(name.clone());
+                }
+            }
+        }
+        self.state.dropout_state = self.model.dropout().snapshot();
+        let state_json =
+            serde_json::to_string_pretty(&self.state).map_err(|e| io_error(&target, e))?;
+        let optimizer_tensors: std::collections::HashMap<String, Tensor> =
+            self.optimizer.state_tensors().into_iter().collect();
+        write_dir_atomically(
+            &target,
+            |path, e| io_error(path, e),
+            |staging| {
+                self.model.write_to(staging)?;
+                let optimizer_file = staging.join("optimizer.safetensors");
+                candle_core::safetensors::save(&optimizer_tensors, &optimizer_file)
+                    .map_err(|e| io_error(&optimizer_file, e))?;
+                let state_file = staging.join("trainer_state.json");
+                std::fs::write(&state_file, state_json + "\n")
+                    .map_err(|e| io_error(&state_file, e))?;
+                write_training_args(self.config, staging)
+            },
+        )?;
+        tracing::info!(step, "wrote {}", target.display());
+        self.last_checkpoint = Some(target);
+        if let Some(limit) = self.config.save_total_limit {
+            let mut existing = checkpoints(&self.config.output);
+            let best = self.state.best_checkpoint.clone();
+            while existing.len() > limit {
+                let position = existing
+                    .iter()
+                    .position(|(_, path)| {
+                        best.as_deref() != path.file_name().map(|n| n.to_string_lossy()).as_deref()
+                    })
+                    .unwrap_or(0);
+                let (_, path) = existing.remove(position);
+                std::fs::remove_dir_all(&path).map_err(|e| io_error(&path, e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Final evaluation, best-model reload, and the output directory.
+    fn finish(&mut self) -> Result<(), TrainError> {
+        let config = self.config;
+        if self.eval.is_some() || !self.evaluators.is_empty() {
+            self.evaluate_and_log()?;
+        }
+        if config.load_best_model_at_end {
+            if let Some(best) = self.state.best_checkpoint.clone() {
+                let path = config.output.join(&best);
+                self.load_weights(&path)?;
+                tracing::info!("loaded the best checkpoint {best}");
+                if self.eval.is_some() || !self.evaluators.is_empty() {
+                    self.last_metrics = self.evaluate()?.0;
+                }
+            }
+        }
+        let output = config.output.clone();
+        let staging = output.join(format!(".final.partial-{}", std::process::id()));
+        if staging.exists() {
+            std::fs::remove_dir_all(&staging).map_err(|e| io_error(&staging, e))?;
+        }
+        std::fs::create_dir_all(&staging).map_err(|e| io_error(&staging, e))?;
+        let written = self.write_final(&staging);
+        if let Err(error) = written {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(error);
+        }
+        // Move each finished file into place (each rename is atomic); checkpoints and the
+        // metrics log stay.
+        for entry in std::fs::read_dir(&staging).map_err(|e| io_error(&staging, e))? {
+            let entry = entry.map_err(|e| io_error(&staging, e))?;
+            let target = output.join(entry.file_name());
+            if target.is_dir() {
+                std::fs::remove_dir_all(&target).map_err(|e| io_error(&target, e))?;
+            }
+            std::fs::rename(entry.path(), &target).map_err(|e| io_error(&target, e))?;
+        }
+        std::fs::remove_dir(&staging).map_err(|e| io_error(&staging, e))?;
+        Ok(())
+    }
+
+    fn write_final(&mut self, staging: &Path) -> Result<(), TrainError> {
+        let config = self.config;
+        self.model.write_to(staging)?;
+        write_training_args(config, staging)?;
+        if config.export_onnx {
+            let onnx_dir = staging.join("onnx");
+            std::fs::create_dir_all(&onnx_dir).map_err(|e| io_error(&onnx_dir, e))?;
+            let onnx_file = onnx_dir.join("model.onnx");
+            let bytes = crate::onnx::export_onnx(&self.model, config.onnx_opset)
+                .map_err(|e| io_error(&onnx_file, e))?;
+            std::fs::write(&onnx_file, bytes).map_err(|e| io_error(&onnx_file, e))?;
+            let pairs = crate::onnx::parity_pairs().map_err(|e| io_error(&onnx_file, e))?;
+            let (figure, not_checked) = match crate::onnx::library_path() {
+                Err(missing) => (None, Some(missing.to_string())),
+                Ok(_) => match crate::onnx::parity(&self.model, &onnx_file, &pairs) {
+                    Ok(diff) => (Some(diff), None),
+                    Err(error) => (None, Some(error.to_string())),
+                },
+            };
+            match (figure, &not_checked) {
+                (Some(diff), _) => tracing::info!(
+                    "ONNX export: max |logit difference| vs candle {diff:.3e} on {} pairs",
+                    pairs.len()
+                ),
+                (None, Some(why)) => tracing::warn!("ONNX export not checked: {why}"),
+                _ => {}
+            }
+            self.state.onnx = Some(OnnxReport {
+                file: "onnx/model.onnx".into(),
+                opset: config.onnx_opset,
+                max_abs_logit_diff: figure,
+                pairs: pairs.len(),
+                not_checked,
+            });
+        }
+        let state_file = staging.join("trainer_state.json");
+        let text =
+            serde_json::to_string_pretty(&self.state).map_err(|e| io_error(&state_file, e))?;
+        std::fs::write(&state_file, text + "\n").map_err(|e| io_error(&state_file, e))?;
+        Ok(())
+    }
+
+    fn load_weights(&self, checkpoint: &Path) -> Result<(), TrainError> {
+        let file = checkpoint.join("model.safetensors");
+        let tensors = candle_core::safetensors::load(&file, self.model.device()).map_err(|e| {
+            TrainError::Checkpoint {
+                path: checkpoint.to_path_buf(),
+                message: e.to_string(),
+            }
+        })?;
+        for (name, var) in self.model.named_parameters() {
+            let tensor = tensors.get(&name).ok_or_else(|| TrainError::Checkpoint {
+                path: checkpoint.to_path_buf(),
+                message: format!("model.safetensors has no {name}"),
+            })?;
+            var.set(&tensor.to_dtype(var.dtype())?)?;
+        }
+        Ok(())
+    }
+}
+
+/// `training_args.json`: the resolved config, as the run used it.
+fn write_training_args(config: &TrainConfig, dir: &Path) -> Result<(), TrainError> {
+    let path = dir.join("training_args.json");
+    let mut value = serde_json::to_value(config).map_err(|e| io_error(&path, e))?;
+    if let Value::Object(map) = &mut value {
+        map.insert(
+            "crosstrain_version".into(),
+            json!(env!("CARGO_PKG_VERSION")),
+        );
+    }
+    let text = serde_json::to_string_pretty(&value).map_err(|e| io_error(&path, e))?;
+    std::fs::write(&path, text + "\n").map_err(|e| io_error(&path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epoch_order_is_a_seeded_permutation() {
+        let a = epoch_order(50, 12, 0);
+        let mut sorted = a.clone();
+        sorted.sort();
+        assert_eq!(sorted, (0..50).collect::<Vec<_>>());
+        assert_eq!(a, epoch_order(50, 12, 0));
+        assert_ne!(a, epoch_order(50, 12, 1));
+        assert_ne!(a, epoch_order(50, 13, 0));
+    }
+}

@@ -38,6 +38,29 @@ pub fn write_dir_atomically<E>(
     std::fs::rename(&staging, target).map_err(|e| io_error(target, e))
 }
 
+/// `path` with `.` and `dir/..` removed without touching the file system, so messages show
+/// `target/out` rather than `examples/x/../../target/out`.
+pub fn tidy_path(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut tidy = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir
+                if matches!(tidy.components().next_back(), Some(Component::Normal(_))) =>
+            {
+                tidy.pop();
+            }
+            other => tidy.push(other),
+        }
+    }
+    if tidy.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        tidy
+    }
+}
+
 /// Whether `dir` exists and holds anything.
 pub fn is_non_empty_dir(dir: &Path) -> bool {
     std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some())
@@ -62,6 +85,14 @@ mod tests {
         assert_eq!(result.unwrap_err(), "boom");
         assert!(!target.exists());
         assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn tidy_paths() {
+        assert_eq!(tidy_path(Path::new("a/./b/../../c")), PathBuf::from("c"));
+        assert_eq!(tidy_path(Path::new("../x/..")), PathBuf::from(".."));
+        assert_eq!(tidy_path(Path::new("/a/b/..")), PathBuf::from("/a"));
+        assert_eq!(tidy_path(Path::new("./")), PathBuf::from("."));
     }
 
     #[test]

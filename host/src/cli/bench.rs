@@ -1,4 +1,5 @@
-//! `crosstrain bench predict`: one JSON line with pairs/second and peak memory.
+//! `crosstrain bench predict|train`: one JSON line with pairs/second, the time split and peak
+//! memory.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -8,6 +9,12 @@ use clap::{Args, Subcommand};
 use crosstrain::data::pairs::{parse_pairs, read_pairs, TextPair};
 
 use super::predict::ModelArgs;
+use anyhow::Context;
+use crosstrain::data::dataset::{parse_jsonl_dataset, read_dataset, DatasetSpec};
+use crosstrain::model::{CrossEncoder, LoadOptions};
+use crosstrain::plugins::LossRegistry;
+use crosstrain::train::optim::AdamW;
+use crosstrain::train::step::{accumulate_batch, GradAccumulator, PhaseTimes};
 
 /// The default predict workload: the 512 synthetic English pairs (~10-word questions, ~60-word
 /// passages, 67–93 tokens) that the reference measured sentence-transformers on, so the
@@ -18,6 +25,43 @@ const BENCH_PAIRS: &str = include_str!("../../assets/bench_pairs.jsonl");
 pub enum BenchCommand {
     /// Inference throughput: tokenization + forward over a fixed workload.
     Predict(BenchPredictArgs),
+    /// Training-step throughput: tokenize, forward, loss, backward and AdamW.
+    Train(BenchTrainArgs),
+}
+
+/// The default training workload: the reference's 368 (query, document, 0/1) pairs, trained
+/// in batches of 16 in file order.
+const BENCH_TRAIN_PAIRS: &str = include_str!("../../assets/bench_train_pairs.jsonl");
+
+#[derive(Debug, Args)]
+pub struct BenchTrainArgs {
+    /// Model directory or Hugging Face id.
+    #[arg(long)]
+    model: String,
+    /// Truncation length (the reference used 128).
+    #[arg(long, default_value_t = 128)]
+    max_length: usize,
+    /// Training rows (JSONL in the loss's format; default: the built-in 368 labeled pairs).
+    #[arg(long)]
+    pairs: Option<PathBuf>,
+    /// The loss.
+    #[arg(long, default_value = "BinaryCrossEntropyLoss")]
+    loss: String,
+    /// The loss config as JSON.
+    #[arg(long, default_value = "{}")]
+    loss_config: String,
+    /// Rows per step.
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    /// Gradient-caching chunk (pairs); default: the loss's.
+    #[arg(long)]
+    mini_batch_size: Option<usize>,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 3)]
+    warmup_steps: usize,
+    /// Timed steps.
+    #[arg(long, default_value_t = 20)]
+    steps: usize,
 }
 
 #[derive(Debug, Args)]
@@ -40,9 +84,14 @@ pub fn peak_rss_mb() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-pub fn run(command: BenchCommand, out: &mut String) -> anyhow::Result<()> {
+pub fn run(
+    command: BenchCommand,
+    registry: impl FnOnce() -> anyhow::Result<LossRegistry>,
+    out: &mut String,
+) -> anyhow::Result<()> {
     match command {
         BenchCommand::Predict(args) => bench_predict(args, out),
+        BenchCommand::Train(args) => bench_train(args, registry()?, out),
     }
 }
 
@@ -77,6 +126,102 @@ fn bench_predict(args: BenchPredictArgs, out: &mut String) -> anyhow::Result<()>
         "max_length": model.max_length(),
         "seconds": seconds,
         "pairs_per_second": scored as f64 / seconds,
+        "peak_rss_mb": peak_rss_mb(),
+        "threads": std::thread::available_parallelism().map_or(1, |n| n.get()),
+    });
+    writeln!(out, "{line}")?;
+    Ok(())
+}
+
+fn bench_train(
+    args: BenchTrainArgs,
+    registry: LossRegistry,
+    out: &mut String,
+) -> anyhow::Result<()> {
+    let dataset = match &args.pairs {
+        Some(path) => read_dataset(&DatasetSpec::from_files(vec![path.clone()]))?,
+        None => parse_jsonl_dataset(
+            BENCH_TRAIN_PAIRS,
+            Path::new("<built-in bench_train_pairs.jsonl>"),
+        )?,
+    };
+    let loss_config: serde_json::Value = serde_json::from_str(&args.loss_config)
+        .with_context(|| format!("--loss-config is not valid JSON: {}", args.loss_config))?;
+    let loss = registry.build(&args.loss, &loss_config)?;
+    let options = LoadOptions {
+        max_length: Some(args.max_length),
+        ..LoadOptions::default()
+    };
+    let model = CrossEncoder::load(&args.model, &options)
+        .with_context(|| format!("loading model {}", args.model))?;
+    let description = loss.description().clone();
+    dataset.check_format(
+        loss.qualified_name(),
+        &description.formats,
+        description.num_labels,
+        model.num_labels(),
+    )?;
+    model.dropout().train(0);
+    let named = model.named_parameters();
+    let vars: Vec<_> = named.iter().map(|(_, v)| v.clone()).collect();
+    let mut optimizer = AdamW::new(named, 0.9, 0.999, 1e-8, 0.0)?;
+    let mut grads = GradAccumulator::new(vars.len());
+    let batches: Vec<Vec<usize>> = (0..dataset.len())
+        .collect::<Vec<_>>()
+        .chunks(args.batch_size.max(1))
+        .map(<[usize]>::to_vec)
+        .collect();
+    let mut times = PhaseTimes::default();
+    let mut optimizer_seconds = 0.0;
+    let mut pairs = 0usize;
+    let mut started = Instant::now();
+    for step in 0..args.warmup_steps + args.steps {
+        if step == args.warmup_steps {
+            times = PhaseTimes::default();
+            optimizer_seconds = 0.0;
+            pairs = 0;
+            started = Instant::now();
+        }
+        let rows = &batches[step % batches.len()];
+        let outcome = accumulate_batch(
+            &model,
+            &vars,
+            &loss,
+            &dataset,
+            rows,
+            step as u64,
+            args.mini_batch_size,
+            1.0,
+            &mut grads,
+        )?;
+        times += outcome.times;
+        pairs += outcome.pairs;
+        let optimizer_started = Instant::now();
+        optimizer.step(&grads.take(), 2e-5)?;
+        optimizer_seconds += optimizer_started.elapsed().as_secs_f64();
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let per_step = |d: std::time::Duration| d.as_secs_f64() / args.steps.max(1) as f64;
+    let line = serde_json::json!({
+        "bench": "train",
+        "device": "cpu",
+        "model": args.model,
+        "loss": loss.qualified_name(),
+        "batch_size": args.batch_size,
+        "mini_batch_size": args.mini_batch_size,
+        "max_length": model.max_length(),
+        "steps": args.steps,
+        "pairs": pairs,
+        "seconds": seconds,
+        "pairs_per_second": pairs as f64 / seconds,
+        "seconds_per_step": {
+            "total": seconds / args.steps.max(1) as f64,
+            "tokenize": per_step(times.tokenize),
+            "forward": per_step(times.forward),
+            "loss": per_step(times.loss),
+            "backward": per_step(times.backward),
+            "optimizer": optimizer_seconds / args.steps.max(1) as f64,
+        },
         "peak_rss_mb": peak_rss_mb(),
         "threads": std::thread::available_parallelism().map_or(1, |n| n.get()),
     });

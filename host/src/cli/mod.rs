@@ -105,6 +105,6 @@ fn dispatch(cli: Cli, out: &mut String) -> anyhow::Result<ExitCode> {
             }
         }),
         Command::Eval(args) => eval::run(args, out).map(|()| ExitCode::SUCCESS),
-        Command::Bench { command } => bench::run(command, out).map(|()| ExitCode::SUCCESS),
+        Command::Bench { command } => bench::run(command, registry, out).map(|()| ExitCode::SUCCESS),
     }
 }

@@ -231,6 +231,13 @@ pub fn run(args: TrainArgs, registry: &LossRegistry, out: &mut String) -> anyhow
             "train_seconds": seconds,
             "pairs_per_second": pairs_per_second,
             "metrics": report.final_metrics,
+            "seconds_in": {
+                "tokenize": report.times.tokenize.as_secs_f64(),
+                "forward": report.times.forward.as_secs_f64(),
+                "loss": report.times.loss.as_secs_f64(),
+                "backward": report.times.backward.as_secs_f64(),
+                "optimizer": report.optimizer_seconds,
+            },
             "onnx": state.onnx,
         });
         writeln!(out, "{summary}")?;

@@ -103,7 +103,7 @@ impl DatasetSpec {
     pub fn resolve_paths(&mut self, base: &Path) {
         for file in &mut self.files {
             if file.is_relative() {
-                *file = base.join(&*file);
+                *file = crate::fsutil::tidy_path(&base.join(&*file));
             }
         }
     }
@@ -401,7 +401,11 @@ type RowResult = Result<RawRow, DatasetError>;
 
 fn read_jsonl(path: &Path, _spec: &DatasetSpec) -> Result<Vec<RowResult>, DatasetError> {
     let text = std::fs::read_to_string(path).map_err(|e| io_error(path, e))?;
-    Ok(text
+    Ok(parse_jsonl(&text, path))
+}
+
+fn parse_jsonl(text: &str, path: &Path) -> Vec<RowResult> {
+    text
         .lines()
         .enumerate()
         .filter(|(_, line)| !line.trim().is_empty())
@@ -429,7 +433,26 @@ fn read_jsonl(path: &Path, _spec: &DatasetSpec) -> Result<Vec<RowResult>, Datase
                 }),
             }
         })
-        .collect())
+        .collect()
+}
+
+/// A dataset from JSONL text (built-in workloads); `origin` names it in errors.
+pub fn parse_jsonl_dataset(text: &str, origin: &Path) -> Result<Dataset, DatasetError> {
+    let mut builder: Option<Builder> = None;
+    for row in parse_jsonl(text, origin) {
+        let row = row?;
+        let builder = match &mut builder {
+            Some(builder) => builder,
+            None => builder.insert(Builder::new(&row.cells, origin, &row.location)?),
+        };
+        builder.push(row.cells, 1.0, origin, &row.location)?;
+    }
+    builder
+        .map(|b| b.finish(vec![origin.to_path_buf()], 0))
+        .ok_or_else(|| DatasetError::Columns {
+            path: origin.to_path_buf(),
+            message: "no rows".into(),
+        })
 }
 
 fn read_delimited(

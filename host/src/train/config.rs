@@ -179,6 +179,9 @@ pub struct TrainConfig {
     /// Evaluate every this many steps; unset: only after training.
     #[serde(default)]
     pub eval_steps: Option<usize>,
+    /// Also evaluate before the first step, to log the untrained model's metrics.
+    #[serde(default)]
+    pub eval_on_start: bool,
     /// Write a checkpoint every this many steps (500); 0 turns checkpoints off.
     #[serde(default = "default_steps")]
     pub save_steps: usize,
@@ -286,6 +289,7 @@ impl TrainConfig {
         if self.output.is_relative() {
             self.output = base.join(&self.output);
         }
+        self.output = crate::fsutil::tidy_path(&self.output);
         let model = Path::new(&self.model);
         if model.is_relative() && base.join(model).is_dir() {
             self.model = base.join(model).display().to_string();

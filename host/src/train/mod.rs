@@ -495,6 +495,9 @@ impl Run<'_> {
         let seconds_before = self.state.train_seconds;
         let pairs_before = self.state.pairs_seen;
         let mut micro = 0usize;
+        if config.eval_on_start && self.state.global_step == 0 {
+            self.evaluate_and_log()?;
+        }
         while self.state.global_step < self.state.max_steps {
             let order = epoch_order(self.train.len(), config.seed, self.state.epoch);
             let batches: Vec<&[usize]> = order.chunks(config.batch_size).collect();
@@ -789,7 +792,7 @@ impl Run<'_> {
         let state_json =
             serde_json::to_string_pretty(&self.state).map_err(|e| io_error(&target, e))?;
         let optimizer_tensors: std::collections::HashMap<String, Tensor> =
-            self.optimizer.state_tensors().into_iter().collect();
+            self.optimizer.state_tensors()?.into_iter().collect();
         write_dir_atomically(
             &target,
             |path, e| io_error(path, e),

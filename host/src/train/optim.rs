@@ -5,13 +5,103 @@ use candle_core::{DType, Result, Tensor, Var};
 
 use super::config::LrScheduler;
 
+/// Adam's moments of one parameter: plain vectors updated in one fused loop for f32
+/// parameters on the CPU (a handful of tensor ops would each allocate and sweep memory), and
+/// candle tensors everywhere else, so the optimiser runs on any device.
+enum Moments {
+    Cpu { exp_avg: Vec<f32>, exp_avg_sq: Vec<f32> },
+    Tensors { exp_avg: Tensor, exp_avg_sq: Tensor },
+}
+
 /// One parameter and its Adam moments.
 struct ParamState {
     name: String,
     var: Var,
     decays: bool,
-    exp_avg: Tensor,
-    exp_avg_sq: Tensor,
+    moments: Moments,
+}
+
+/// The hyperparameters of one update.
+#[derive(Clone, Copy)]
+struct Update {
+    lr: f64,
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+    weight_decay: f64,
+    step_size: f64,
+    sqrt_bc2: f64,
+}
+
+impl ParamState {
+    fn step(&mut self, grad: &Tensor, update: Update) -> Result<()> {
+        let decay = if self.decays && update.weight_decay > 0.0 {
+            1.0 - update.lr * update.weight_decay
+        } else {
+            1.0
+        };
+        match &mut self.moments {
+            Moments::Cpu {
+                exp_avg,
+                exp_avg_sq,
+            } => {
+                let grad = grad.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                let mut theta = self.var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+                let (beta1, beta2) = (update.beta1 as f32, update.beta2 as f32);
+                let (decay, step_size) = (decay as f32, update.step_size as f32);
+                let (sqrt_bc2, eps) = (update.sqrt_bc2 as f32, update.eps as f32);
+                for (((p, m), v), g) in theta
+                    .iter_mut()
+                    .zip(exp_avg.iter_mut())
+                    .zip(exp_avg_sq.iter_mut())
+                    .zip(&grad)
+                {
+                    *p *= decay;
+                    *m = *m * beta1 + g * (1.0 - beta1);
+                    *v = *v * beta2 + g * g * (1.0 - beta2);
+                    *p -= step_size * *m / (v.sqrt() / sqrt_bc2 + eps);
+                }
+                let shape = self.var.shape().clone();
+                self.var
+                    .set(&Tensor::from_vec(theta, shape, self.var.device())?)
+            }
+            Moments::Tensors {
+                exp_avg,
+                exp_avg_sq,
+            } => {
+                let grad = grad.to_dtype(self.var.dtype())?;
+                let mut theta = self.var.as_tensor().clone();
+                if decay != 1.0 {
+                    theta = (theta * decay)?;
+                }
+                *exp_avg = ((&*exp_avg * update.beta1)? + (&grad * (1.0 - update.beta1))?)?;
+                *exp_avg_sq =
+                    ((&*exp_avg_sq * update.beta2)? + (grad.sqr()? * (1.0 - update.beta2))?)?;
+                let denom = ((exp_avg_sq.sqrt()? / update.sqrt_bc2)? + update.eps)?;
+                let change = (exp_avg.div(&denom)? * update.step_size)?;
+                self.var.set(&(theta - change)?)
+            }
+        }
+    }
+
+    fn moment_tensors(&self) -> Result<(Tensor, Tensor)> {
+        match &self.moments {
+            Moments::Cpu {
+                exp_avg,
+                exp_avg_sq,
+            } => {
+                let shape = self.var.shape().clone();
+                Ok((
+                    Tensor::from_slice(exp_avg, shape.clone(), self.var.device())?,
+                    Tensor::from_slice(exp_avg_sq, shape, self.var.device())?,
+                ))
+            }
+            Moments::Tensors {
+                exp_avg,
+                exp_avg_sq,
+            } => Ok((exp_avg.clone(), exp_avg_sq.clone())),
+        }
+    }
 }
 
 /// torch's AdamW (decoupled weight decay, bias-corrected moments).
@@ -42,12 +132,23 @@ impl AdamW {
         let params = params
             .into_iter()
             .map(|(name, var)| {
-                let zeros = var.as_tensor().zeros_like()?;
+                let moments = if var.device().is_cpu() && var.dtype() == DType::F32 {
+                    let n = var.elem_count();
+                    Moments::Cpu {
+                        exp_avg: vec![0.0; n],
+                        exp_avg_sq: vec![0.0; n],
+                    }
+                } else {
+                    let zeros = var.as_tensor().zeros_like()?;
+                    Moments::Tensors {
+                        exp_avg: zeros.clone(),
+                        exp_avg_sq: zeros,
+                    }
+                };
                 Ok(ParamState {
                     decays: decays(&name),
                     name,
-                    exp_avg: zeros.clone(),
-                    exp_avg_sq: zeros,
+                    moments,
                     var,
                 })
             })
@@ -79,36 +180,32 @@ impl AdamW {
         let t = self.step as i32;
         let bias_correction1 = 1.0 - self.beta1.powi(t);
         let bias_correction2 = 1.0 - self.beta2.powi(t);
-        let step_size = lr / bias_correction1;
-        let sqrt_bc2 = bias_correction2.sqrt();
+        let update = Update {
+            lr,
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+            weight_decay: self.weight_decay,
+            step_size: lr / bias_correction1,
+            sqrt_bc2: bias_correction2.sqrt(),
+        };
         for (state, grad) in self.params.iter_mut().zip(grads) {
-            let Some(grad) = grad else { continue };
-            let grad = grad.to_dtype(state.var.dtype())?;
-            let mut theta = state.var.as_tensor().clone();
-            if state.decays && self.weight_decay > 0.0 {
-                theta = (theta * (1.0 - lr * self.weight_decay))?;
+            if let Some(grad) = grad {
+                state.step(grad, update)?;
             }
-            state.exp_avg = ((&state.exp_avg * self.beta1)? + (&grad * (1.0 - self.beta1))?)?;
-            state.exp_avg_sq =
-                ((&state.exp_avg_sq * self.beta2)? + (grad.sqr()? * (1.0 - self.beta2))?)?;
-            let denom = ((state.exp_avg_sq.sqrt()? / sqrt_bc2)? + self.eps)?;
-            let update = (state.exp_avg.div(&denom)? * step_size)?;
-            state.var.set(&(theta - update)?)?;
         }
         Ok(())
     }
 
     /// The moments as named tensors, for a checkpoint (`exp_avg.NAME`, `exp_avg_sq.NAME`).
-    pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
-        self.params
-            .iter()
-            .flat_map(|p| {
-                [
-                    (format!("exp_avg.{}", p.name), p.exp_avg.clone()),
-                    (format!("exp_avg_sq.{}", p.name), p.exp_avg_sq.clone()),
-                ]
-            })
-            .collect()
+    pub fn state_tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        let mut tensors = Vec::with_capacity(2 * self.params.len());
+        for param in &self.params {
+            let (exp_avg, exp_avg_sq) = param.moment_tensors()?;
+            tensors.push((format!("exp_avg.{}", param.name), exp_avg));
+            tensors.push((format!("exp_avg_sq.{}", param.name), exp_avg_sq));
+        }
+        Ok(tensors)
     }
 
     /// Restores moments and the step count from a checkpoint.
@@ -118,26 +215,42 @@ impl AdamW {
         step: u64,
     ) -> std::result::Result<(), String> {
         for param in &mut self.params {
-            for (prefix, slot) in [
-                ("exp_avg", &mut param.exp_avg),
-                ("exp_avg_sq", &mut param.exp_avg_sq),
-            ] {
+            let load = |prefix: &str| -> std::result::Result<Tensor, String> {
                 let key = format!("{prefix}.{}", param.name);
                 let tensor = tensors
                     .get(&key)
                     .ok_or_else(|| format!("optimizer state has no {key}"))?;
-                if tensor.dims() != slot.dims() {
+                if tensor.dims() != param.var.dims() {
                     return Err(format!(
                         "optimizer state {key} has shape {:?}, the parameter {:?}",
                         tensor.dims(),
-                        slot.dims()
+                        param.var.dims()
                     ));
                 }
-                *slot = tensor
-                    .to_dtype(slot.dtype())
-                    .and_then(|t| t.to_device(slot.device()))
-                    .map_err(|e| e.to_string())?;
-            }
+                Ok(tensor.clone())
+            };
+            let (exp_avg, exp_avg_sq) = (load("exp_avg")?, load("exp_avg_sq")?);
+            let as_vec = |t: &Tensor| -> std::result::Result<Vec<f32>, String> {
+                t.to_dtype(DType::F32)
+                    .and_then(|t| t.flatten_all())
+                    .and_then(|t| t.to_vec1::<f32>())
+                    .map_err(|e| e.to_string())
+            };
+            let on_device = |t: &Tensor| -> std::result::Result<Tensor, String> {
+                t.to_dtype(param.var.dtype())
+                    .and_then(|t| t.to_device(param.var.device()))
+                    .map_err(|e| e.to_string())
+            };
+            param.moments = match param.moments {
+                Moments::Cpu { .. } => Moments::Cpu {
+                    exp_avg: as_vec(&exp_avg)?,
+                    exp_avg_sq: as_vec(&exp_avg_sq)?,
+                },
+                Moments::Tensors { .. } => Moments::Tensors {
+                    exp_avg: on_device(&exp_avg)?,
+                    exp_avg_sq: on_device(&exp_avg_sq)?,
+                },
+            };
         }
         self.step = step;
         Ok(())
@@ -247,6 +360,40 @@ mod tests {
         for (a, e) in after2.iter().zip(&expected2) {
             assert!((a - e).abs() < 1e-12, "{a} vs {e}");
         }
+    }
+
+    #[test]
+    fn fused_cpu_update_equals_the_tensor_update() {
+        // An f32 parameter takes the fused loop, an f64 one the tensor ops.
+        let values = [0.5f32, -1.5, 2.0, 0.0];
+        let fast = Var::new(&values, &Device::Cpu).unwrap();
+        let slow = Var::new(&values.map(f64::from), &Device::Cpu).unwrap();
+        let mut a = AdamW::new(vec![("w".into(), fast.clone())], 0.9, 0.999, 1e-8, 0.1).unwrap();
+        let mut b = AdamW::new(vec![("w".into(), slow.clone())], 0.9, 0.999, 1e-8, 0.1).unwrap();
+        assert!(matches!(a.params[0].moments, Moments::Cpu { .. }));
+        assert!(matches!(b.params[0].moments, Moments::Tensors { .. }));
+        for step in 0..5 {
+            let g = [0.3f32, -0.2, 0.05 * step as f32, 1.0];
+            a.step(&[Some(Tensor::new(&g, &Device::Cpu).unwrap())], 1e-2).unwrap();
+            b.step(&[Some(Tensor::new(&g.map(f64::from), &Device::Cpu).unwrap())], 1e-2)
+                .unwrap();
+        }
+        let x = fast.as_tensor().to_vec1::<f32>().unwrap();
+        let y = slow.as_tensor().to_vec1::<f64>().unwrap();
+        for (x, y) in x.iter().zip(&y) {
+            assert!((f64::from(*x) - y).abs() < 1e-6, "{x} vs {y}");
+        }
+        // Moments survive a save/load round trip.
+        let saved: std::collections::HashMap<String, Tensor> =
+            a.state_tensors().unwrap().into_iter().collect();
+        let mut c = AdamW::new(vec![("w".into(), fast.clone())], 0.9, 0.999, 1e-8, 0.1).unwrap();
+        c.load_state(&saved, 5).unwrap();
+        let again: std::collections::HashMap<String, Tensor> =
+            c.state_tensors().unwrap().into_iter().collect();
+        assert_eq!(
+            saved["exp_avg_sq.w"].to_vec1::<f32>().unwrap(),
+            again["exp_avg_sq.w"].to_vec1::<f32>().unwrap()
+        );
     }
 
     #[test]

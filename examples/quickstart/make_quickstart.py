@@ -101,6 +101,20 @@ def make_data():
             dev.append({"query": q, "positive": [document(topic, rng, asked)], "negative": negatives})
     write_jsonl(HERE / "dev.jsonl", dev)
 
+    # Listwise rows for LambdaLoss and friends: graded labels, 2 for a document that answers
+    # the query, 1 for one on the same topic, 0 for other topics.
+    listwise = []
+    for topic in TOPICS:
+        for _ in range(15):
+            q, asked = query(topic, rng)
+            documents = [(document(topic, rng, asked), 2.0), (document(topic, rng), 1.0)]
+            documents += [(document(t, rng), 0.0) for t in rng.sample([t for t in TOPICS if t != topic], 6)]
+            rng.shuffle(documents)
+            listwise.append({"query": q, "documents": [d for d, _ in documents],
+                             "labels": [label for _, label in documents]})
+    rng.shuffle(listwise)
+    write_jsonl(HERE / "train_listwise.jsonl", listwise)
+
 
 def make_model():
     model = HERE / "model"

@@ -5,6 +5,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+pub mod card;
 pub mod cite;
 pub mod data;
 pub mod eval;

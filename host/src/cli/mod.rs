@@ -1,6 +1,7 @@
 //! Command-line parsing and dispatch; one file per command, each thin.
 
 mod bench;
+mod card;
 mod eval;
 mod export;
 mod losses;
@@ -37,6 +38,8 @@ enum Command {
         #[command(subcommand)]
         command: losses::LossesCommand,
     },
+    /// Rebuild a trained model's card (README.md) from its files, with new metadata.
+    Card(card::CardArgs),
     /// Score (query, document) pairs with a model.
     Predict(predict::PredictArgs),
     /// Rank documents for one query, best first.
@@ -95,6 +98,7 @@ fn dispatch(cli: Cli, out: &mut String) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Losses { command } => losses::run(&registry()?, command, out),
         Command::Train(args) => train::run(*args, &registry()?, out).map(|()| ExitCode::SUCCESS),
+        Command::Card(args) => card::run(args, out).map(|()| ExitCode::SUCCESS),
         Command::Predict(args) => predict::predict(args, out).map(|()| ExitCode::SUCCESS),
         Command::Rank(args) => predict::rank(args, out).map(|()| ExitCode::SUCCESS),
         Command::ExportOnnx(args) => export::run(args, out).map(|passed| {
@@ -105,6 +109,8 @@ fn dispatch(cli: Cli, out: &mut String) -> anyhow::Result<ExitCode> {
             }
         }),
         Command::Eval(args) => eval::run(args, out).map(|()| ExitCode::SUCCESS),
-        Command::Bench { command } => bench::run(command, registry, out).map(|()| ExitCode::SUCCESS),
+        Command::Bench { command } => {
+            bench::run(command, registry, out).map(|()| ExitCode::SUCCESS)
+        }
     }
 }

@@ -405,8 +405,7 @@ fn read_jsonl(path: &Path, _spec: &DatasetSpec) -> Result<Vec<RowResult>, Datase
 }
 
 fn parse_jsonl(text: &str, path: &Path) -> Vec<RowResult> {
-    text
-        .lines()
+    text.lines()
         .enumerate()
         .filter(|(_, line)| !line.trim().is_empty())
         .map(|(index, line)| {

@@ -204,6 +204,9 @@ pub struct TrainConfig {
     /// ONNX opset of the export (17).
     #[serde(default = "default_opset")]
     pub onnx_opset: i64,
+    /// Model-card metadata: `language` (list), `license`, `dataset_name`, `model_name`.
+    #[serde(default)]
+    pub card: crate::card::CardMetadata,
     /// Stop right after the checkpoint of this step, as an interruption would (resume with
     /// `--resume`); for time-boxed runs and for testing resumption.
     #[serde(default)]
@@ -332,10 +335,10 @@ impl TrainConfig {
                 return invalid(field, format!("{beta} is not in [0, 1)"));
             }
         }
-        if !(self.adam_epsilon > 0.0) {
+        if self.adam_epsilon.is_nan() || self.adam_epsilon <= 0.0 {
             return invalid("adam_epsilon", "must be positive".into());
         }
-        if !(self.max_grad_norm >= 0.0) {
+        if self.max_grad_norm.is_nan() || self.max_grad_norm < 0.0 {
             return invalid("max_grad_norm", "must be 0 (off) or positive".into());
         }
         if self.gradient_accumulation_steps == 0 {
@@ -398,6 +401,19 @@ impl TrainConfig {
     pub fn schema() -> Value {
         serde_json::to_value(schemars::schema_for!(TrainConfig)).unwrap_or(Value::Null)
     }
+}
+
+/// Every key's default value, for the model card's "non-default hyperparameters".
+pub fn default_values() -> serde_json::Map<String, Value> {
+    let minimal = "model = \"\"\noutput = \"\"\nloss = \"\"\ntrain = { files = [] }\n";
+    toml::from_str::<TrainConfig>(minimal)
+        .ok()
+        .and_then(|config| serde_json::to_value(config).ok())
+        .and_then(|value| match value {
+            Value::Object(map) => Some(map),
+            _ => None,
+        })
+        .unwrap_or_default()
 }
 
 /// The key a metric has in the evaluation log: `eval_` + its name.

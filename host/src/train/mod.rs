@@ -6,6 +6,7 @@ pub mod config;
 pub mod optim;
 pub mod state;
 pub mod step;
+pub mod summary;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -255,6 +256,10 @@ struct Run<'a> {
     evaluators: Vec<LoadedEvaluator>,
     state: TrainerState,
     metrics_log: PathBuf,
+    loss_library: crate::plugins::LibraryInfo,
+    plugin_versions: Vec<(String, String)>,
+    format_name: String,
+    primaries: Vec<String>,
     last_checkpoint: Option<PathBuf>,
     last_metrics: BTreeMap<String, f64>,
     times: PhaseTimes,
@@ -291,6 +296,12 @@ pub fn train(
     };
 
     let loss = registry.build(&config.loss, &config.loss_config)?;
+    let loss_library = registry.library_of(registry.find(&config.loss)?).clone();
+    let plugin_versions: Vec<(String, String)> = registry
+        .libraries()
+        .iter()
+        .map(|l| (l.name.clone(), l.version.clone()))
+        .collect();
     let load_options = LoadOptions {
         max_length: config.max_length,
         num_labels: config.num_labels,
@@ -305,12 +316,14 @@ pub fn train(
 
     let train = read_dataset(&config.train)?;
     let description = loss.description().clone();
-    let format = train.check_format(
-        loss.qualified_name(),
-        &description.formats,
-        description.num_labels,
-        model.num_labels(),
-    )?;
+    let format = train
+        .check_format(
+            loss.qualified_name(),
+            &description.formats,
+            description.num_labels,
+            model.num_labels(),
+        )?
+        .clone();
     tracing::info!(
         rows = train.len(),
         format = %format.name,
@@ -452,6 +465,10 @@ pub fn train(
         evaluators,
         state,
         metrics_log,
+        loss_library,
+        plugin_versions,
+        format_name: format.name.to_string(),
+        primaries: Vec::new(),
         last_checkpoint: resume_from,
         last_metrics: BTreeMap::new(),
         times: PhaseTimes::default(),
@@ -652,11 +669,11 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Runs the eval loss and every evaluator in eval mode; also returns the first
-    /// evaluator's primary metric key.
-    fn evaluate(&self) -> Result<(BTreeMap<String, f64>, Option<String>), TrainError> {
+    /// Runs the eval loss and every evaluator in eval mode; also returns each evaluator's
+    /// primary metric key.
+    fn evaluate(&self) -> Result<(BTreeMap<String, f64>, Vec<String>), TrainError> {
         let mut metrics = BTreeMap::new();
-        let mut first_primary = None;
+        let mut primaries = Vec::new();
         let dropout = self.model.dropout();
         let saved = dropout.snapshot();
         dropout.eval();
@@ -730,14 +747,12 @@ impl Run<'_> {
                     }
                 };
                 let values = result.map_err(|message| TrainError::Evaluator { name, message })?;
-                if first_primary.is_none() {
-                    first_primary = Some(format!("eval_{}", values.primary_metric));
-                }
+                primaries.push(values.primary_metric.clone());
                 for (key, value) in values.values {
                     metrics.insert(format!("eval_{key}"), value);
                 }
             }
-            Ok((metrics, first_primary))
+            Ok((metrics, primaries))
         })();
         dropout.restore(saved);
         result
@@ -747,10 +762,13 @@ impl Run<'_> {
         if self.eval.is_none() && self.evaluators.is_empty() {
             return Ok(());
         }
-        let (metrics, first_primary) = self.evaluate()?;
+        let (metrics, primaries) = self.evaluate()?;
         if self.state.best_metric_name.is_empty() {
-            self.state.best_metric_name = first_primary.unwrap_or_else(|| "eval_loss".into());
+            self.state.best_metric_name = primaries
+                .first()
+                .map_or_else(|| "eval_loss".into(), |p| format!("eval_{p}"));
         }
+        self.primaries = primaries;
         self.last_metrics = metrics.clone();
         self.log(LogEntry {
             step: self.state.global_step,
@@ -793,20 +811,15 @@ impl Run<'_> {
             serde_json::to_string_pretty(&self.state).map_err(|e| io_error(&target, e))?;
         let optimizer_tensors: std::collections::HashMap<String, Tensor> =
             self.optimizer.state_tensors()?.into_iter().collect();
-        write_dir_atomically(
-            &target,
-            |path, e| io_error(path, e),
-            |staging| {
-                self.model.write_to(staging)?;
-                let optimizer_file = staging.join("optimizer.safetensors");
-                candle_core::safetensors::save(&optimizer_tensors, &optimizer_file)
-                    .map_err(|e| io_error(&optimizer_file, e))?;
-                let state_file = staging.join("trainer_state.json");
-                std::fs::write(&state_file, state_json + "\n")
-                    .map_err(|e| io_error(&state_file, e))?;
-                write_training_args(self.config, staging)
-            },
-        )?;
+        write_dir_atomically(&target, io_error, |staging| {
+            self.model.write_to(staging)?;
+            let optimizer_file = staging.join("optimizer.safetensors");
+            candle_core::safetensors::save(&optimizer_tensors, &optimizer_file)
+                .map_err(|e| io_error(&optimizer_file, e))?;
+            let state_file = staging.join("trainer_state.json");
+            std::fs::write(&state_file, state_json + "\n").map_err(|e| io_error(&state_file, e))?;
+            write_training_args(self.config, staging)
+        })?;
         tracing::info!(step, "wrote {}", target.display());
         self.last_checkpoint = Some(target);
         if let Some(limit) = self.config.save_total_limit {
@@ -906,7 +919,127 @@ impl Run<'_> {
         let text =
             serde_json::to_string_pretty(&self.state).map_err(|e| io_error(&state_file, e))?;
         std::fs::write(&state_file, text + "\n").map_err(|e| io_error(&state_file, e))?;
-        Ok(())
+
+        let summary = self.training_summary()?;
+        let summary_file = staging.join("training_summary.json");
+        let text =
+            serde_json::to_string_pretty(&summary).map_err(|e| io_error(&summary_file, e))?;
+        std::fs::write(&summary_file, text + "\n").map_err(|e| io_error(&summary_file, e))?;
+        let args = serde_json::to_value(config).map_err(|e| io_error(&summary_file, e))?;
+        crate::card::write_files(staging, &args, &self.state, &summary).map_err(|e| {
+            TrainError::Io {
+                path: e.path,
+                message: e.message,
+            }
+        })
+    }
+
+    /// What the model card needs beyond the recipe and the state.
+    fn training_summary(&self) -> Result<crate::card::TrainingSummary, TrainError> {
+        use crate::card::{EvaluatorSummary, LossSummary, TrainingSummary};
+        let config = self.config;
+        let description = self.loss.description();
+        let tokenizer = self.model.tokenizer();
+        let mut datasets = vec![summary::summarize_dataset("train", &self.train, tokenizer)];
+        if let Some(eval) = &self.eval {
+            datasets.push(summary::summarize_dataset("eval", eval, tokenizer));
+        }
+        let mut evaluators = Vec::new();
+        for (index, loaded) in self.evaluators.iter().enumerate() {
+            let (kind, name, settings) = match loaded {
+                LoadedEvaluator::Reranking { evaluator, .. } => (
+                    "reranking",
+                    evaluator.name.clone(),
+                    json!({
+                        "at_k": evaluator.at_k,
+                        "always_rerank_positives": evaluator.always_rerank_positives,
+                    }),
+                ),
+                LoadedEvaluator::Pairs {
+                    kind,
+                    name,
+                    dataset,
+                    ..
+                } => {
+                    let split = if name.is_empty() { "evaluator" } else { name };
+                    datasets.push(summary::summarize_dataset(split, dataset, tokenizer));
+                    let kind = if *kind == EvaluatorKind::Classification {
+                        "classification"
+                    } else {
+                        "correlation"
+                    };
+                    (kind, name.clone(), json!({}))
+                }
+            };
+            // Keys of this evaluator: `eval_<name>_<metric>` (or `eval_<metric>` unnamed).
+            let prefix = if name.is_empty() {
+                "eval_".to_string()
+            } else {
+                format!("eval_{name}_")
+            };
+            let metrics: BTreeMap<String, f64> = self
+                .last_metrics
+                .iter()
+                .filter(|(key, _)| key.starts_with(&prefix) && key.as_str() != "eval_loss")
+                .map(|(key, value)| (key["eval_".len()..].to_string(), *value))
+                .collect();
+            evaluators.push(EvaluatorSummary {
+                kind: kind.to_string(),
+                name,
+                config: settings,
+                metrics,
+                primary_metric: self.primaries.get(index).cloned().unwrap_or_default(),
+            });
+        }
+        let pairs = summary::example_pairs(self.eval.as_ref().unwrap_or(&self.train), 5);
+        let borrowed: Vec<(&str, &str)> = pairs
+            .iter()
+            .map(|(a, b)| (a.as_str(), b.as_str()))
+            .collect();
+        let logits = self.model.predict(&borrowed, config.eval_batch_size)?;
+        let scores = match self.model.default_activation() {
+            DefaultActivation::Sigmoid => eval_run::sigmoid_rows(logits),
+            DefaultActivation::Identity => logits,
+        };
+        let example_scores = pairs
+            .into_iter()
+            .zip(scores)
+            .map(|((a, b), score)| (a, b, score.first().copied().unwrap_or(f32::NAN)))
+            .collect();
+        let model_config = self.model.config();
+        Ok(TrainingSummary {
+            base_model: config.model.clone(),
+            from_scratch: config.from_scratch,
+            base_model_is_local: Path::new(&config.model).exists(),
+            architecture: "BertForSequenceClassification".to_string(),
+            architecture_details: format!(
+                "{} layers, hidden size {}, {} attention heads, intermediate size {}, \
+                 vocabulary {}",
+                model_config.num_hidden_layers,
+                model_config.hidden_size,
+                model_config.num_attention_heads,
+                model_config.intermediate_size,
+                model_config.vocab_size
+            ),
+            parameters: self.vars.iter().map(|v| v.elem_count()).sum(),
+            max_length: self.model.max_length(),
+            num_labels: self.model.num_labels(),
+            loss: LossSummary {
+                name: description.name.clone(),
+                qualified_name: self.loss.qualified_name().to_string(),
+                library: self.loss_library.name.clone(),
+                library_version: self.loss_library.version.clone(),
+                summary: description.summary.clone(),
+                config: self.loss.effective_config(),
+                citation: description.citation.clone(),
+                format: self.format_name.clone(),
+            },
+            datasets,
+            evaluators,
+            versions: summary::framework_versions(&self.plugin_versions),
+            example_scores,
+            metadata: config.card.clone(),
+        })
     }
 
     fn load_weights(&self, checkpoint: &Path) -> Result<(), TrainError> {

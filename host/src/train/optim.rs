@@ -9,8 +9,14 @@ use super::config::LrScheduler;
 /// parameters on the CPU (a handful of tensor ops would each allocate and sweep memory), and
 /// candle tensors everywhere else, so the optimiser runs on any device.
 enum Moments {
-    Cpu { exp_avg: Vec<f32>, exp_avg_sq: Vec<f32> },
-    Tensors { exp_avg: Tensor, exp_avg_sq: Tensor },
+    Cpu {
+        exp_avg: Vec<f32>,
+        exp_avg_sq: Vec<f32>,
+    },
+    Tensors {
+        exp_avg: Tensor,
+        exp_avg_sq: Tensor,
+    },
 }
 
 /// One parameter and its Adam moments.
@@ -350,10 +356,10 @@ mod tests {
             .zip(&expected1)
             .map(|(&(g1, g2), &p1)| {
                 let m = 0.9 * (0.1 * g1) + 0.1 * g2;
-                let v = 0.999 * (0.001 * g1 * g1) + 0.001 * g2 * g2;
+                let v: f64 = 0.999 * (0.001 * g1 * g1) + 0.001 * g2 * g2;
                 let bc1 = 1.0 - 0.9f64.powi(2);
                 let bc2 = 1.0 - 0.999f64.powi(2);
-                let denom = (v as f64).sqrt() / bc2.sqrt() + 1e-8;
+                let denom = v.sqrt() / bc2.sqrt() + 1e-8;
                 p1 * (1.0 - 0.001) - 0.1 / bc1 * m / denom
             })
             .collect();
@@ -374,9 +380,13 @@ mod tests {
         assert!(matches!(b.params[0].moments, Moments::Tensors { .. }));
         for step in 0..5 {
             let g = [0.3f32, -0.2, 0.05 * step as f32, 1.0];
-            a.step(&[Some(Tensor::new(&g, &Device::Cpu).unwrap())], 1e-2).unwrap();
-            b.step(&[Some(Tensor::new(&g.map(f64::from), &Device::Cpu).unwrap())], 1e-2)
+            a.step(&[Some(Tensor::new(&g, &Device::Cpu).unwrap())], 1e-2)
                 .unwrap();
+            b.step(
+                &[Some(Tensor::new(&g.map(f64::from), &Device::Cpu).unwrap())],
+                1e-2,
+            )
+            .unwrap();
         }
         let x = fast.as_tensor().to_vec1::<f32>().unwrap();
         let y = slow.as_tensor().to_vec1::<f64>().unwrap();

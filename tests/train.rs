@@ -519,3 +519,51 @@ fn output_directory_is_a_model_directory_with_training_args() {
     assert!(!again.status.success());
     assert!(stderr(&again).contains("--overwrite"), "{}", stderr(&again));
 }
+
+#[test]
+fn best_checkpoint_is_loaded_at_the_end_and_kept_by_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    // 9 steps, eval and save every 3; the eval loss picks the best checkpoint.
+    let config = cli_setup(
+        dir.path(),
+        "eval = { files = \"train.jsonl\" }\neval_steps = 3\nsave_steps = 3\n\
+         save_total_limit = 1\nload_best_model_at_end = true\n",
+    );
+    let output = dir.path().join("out");
+    let result = run(&[
+        "train",
+        "--config",
+        config.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ]);
+    assert!(result.status.success(), "{}", stderr(&result));
+    let state: Value =
+        serde_json::from_str(&std::fs::read_to_string(output.join("trainer_state.json")).unwrap())
+            .unwrap();
+    assert_eq!(state["best_metric_name"], "eval_loss");
+    let best = state["best_checkpoint"].as_str().unwrap().to_string();
+    // The best has the lowest eval loss among the checkpointed steps (3 and 6).
+    let losses: Vec<(u64, f64)> = state["log_history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| Some((e["step"].as_u64()?, e["metrics"]["eval_loss"].as_f64()?)))
+        .filter(|(step, _)| *step < 9)
+        .collect();
+    let (best_step, best_loss) = losses
+        .iter()
+        .copied()
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .unwrap();
+    assert_eq!(best, format!("checkpoint-{best_step}"));
+    assert_eq!(state["best_metric"].as_f64().unwrap(), best_loss);
+    // save_total_limit = 1 keeps only the best checkpoint; the output holds its weights.
+    let kept: Vec<String> = std::fs::read_dir(&output)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("checkpoint-"))
+        .collect();
+    assert_eq!(kept, vec![best.clone()]);
+    assert_eq!(load_weights(&output), load_weights(&output.join(&best)));
+}

@@ -1221,6 +1221,85 @@ mod tests {
         assert!(error.contains("docs (list of documents)"), "{error}");
     }
 
+    /// A Parquet file as Hugging Face datasets write them: a string column, a list of
+    /// strings and a list of doubles.
+    fn write_parquet(path: &Path) {
+        use parquet::data_type::{ByteArray, ByteArrayType, DoubleType};
+        use parquet::file::properties::WriterProperties;
+        use parquet::file::writer::SerializedFileWriter;
+        use std::sync::Arc;
+        let schema = Arc::new(
+            parquet::schema::parser::parse_message_type(
+                "message schema {
+                    REQUIRED BYTE_ARRAY query (UTF8);
+                    REQUIRED group documents (LIST) {
+                        REPEATED group list { REQUIRED BYTE_ARRAY element (UTF8); }
+                    }
+                    REQUIRED group labels (LIST) {
+                        REPEATED group list { REQUIRED DOUBLE element; }
+                    }
+                }",
+            )
+            .unwrap(),
+        );
+        let file = std::fs::File::create(path).unwrap();
+        let properties = Arc::new(WriterProperties::builder().build());
+        let mut writer = SerializedFileWriter::new(file, schema, properties).unwrap();
+        let mut group = writer.next_row_group().unwrap();
+        let texts = |values: &[&str]| -> Vec<ByteArray> {
+            values.iter().map(|v| ByteArray::from(*v)).collect()
+        };
+        let mut index = 0;
+        while let Some(mut column) = group.next_column().unwrap() {
+            match index {
+                0 => {
+                    column
+                        .typed::<ByteArrayType>()
+                        .write_batch(&texts(&["q1", "q2"]), None, None)
+                        .unwrap();
+                }
+                1 => {
+                    // Rows [a, b] and [c]: definition 1 per item, repetition 0 at a row start.
+                    column
+                        .typed::<ByteArrayType>()
+                        .write_batch(&texts(&["a", "b", "c"]), Some(&[1, 1, 1]), Some(&[0, 1, 0]))
+                        .unwrap();
+                }
+                _ => {
+                    column
+                        .typed::<DoubleType>()
+                        .write_batch(&[1.0, 0.0, 0.5], Some(&[1, 1, 1]), Some(&[0, 1, 0]))
+                        .unwrap();
+                }
+            }
+            column.close().unwrap();
+            index += 1;
+        }
+        group.close().unwrap();
+        writer.close().unwrap();
+    }
+
+    #[test]
+    fn parquet_lists_become_document_lists() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("train.parquet");
+        write_parquet(&path);
+        let dataset = read_dataset(&DatasetSpec::from_files(vec![path])).unwrap();
+        assert_eq!(dataset.len(), 2);
+        assert_eq!(dataset.columns[0].name, "query");
+        assert_eq!(
+            dataset.columns[1].values,
+            TextValues::Lists(vec![vec!["a".into(), "b".into()], vec!["c".into()]])
+        );
+        assert_eq!(
+            dataset.label.as_ref().unwrap().values,
+            LabelValues::Lists(vec![vec![1.0, 0.0], vec![0.5]])
+        );
+        assert!(dataset
+            .check_format("ListNetLoss", &[DataFormat::query_documents_scores()], 1, 1)
+            .is_ok());
+    }
+
     #[test]
     fn binary_label_out_of_range_names_the_row() {
         let dir = tempfile::tempdir().unwrap();

@@ -6,12 +6,8 @@ mod support;
 use std::path::Path;
 
 use serde_json::Value;
-use support::{fixture, plugin_library, run, stderr};
+use support::{fixture, plugin_library, read_json, run, stderr};
 use yaml_rust2::{Yaml, YamlLoader};
-
-fn read_json(path: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
 
 /// Splits `---\nYAML---\nMarkdown`.
 fn split_card(card: &str) -> (Yaml, String) {

@@ -355,15 +355,7 @@ fn load_save_load_gives_identical_logits_and_a_transformers_layout() {
                 .unwrap()
         );
         assert_eq!(reloaded.max_length(), 128);
-        for file in [
-            "config.json",
-            "model.safetensors",
-            "tokenizer.json",
-            "tokenizer_config.json",
-            "config_sentence_transformers.json",
-            "modules.json",
-            "sentence_bert_config.json",
-        ] {
+        for file in MODEL_FILES {
             assert!(target.join(file).is_file(), "{name}: {file} missing");
         }
         let config: Value =

@@ -326,3 +326,57 @@ fn a_missing_runtime_library_says_how_to_fetch_it() {
         stderr(&output)
     );
 }
+
+#[test]
+fn training_exports_onnx_and_the_card_reports_parity() {
+    ensure_onnxruntime();
+    let dir = tempfile::tempdir().unwrap();
+    let train = dir.path().join("train.jsonl");
+    std::fs::write(
+        &train,
+        "{\"query\": \"bake bread\", \"document\": \"knead the dough\", \"label\": 1}\n\
+         {\"query\": \"bake bread\", \"document\": \"oil the bike chain\", \"label\": 0}\n\
+         {\"query\": \"fix a bike\", \"document\": \"oil the bike chain\", \"label\": 1}\n\
+         {\"query\": \"fix a bike\", \"document\": \"knead the dough\", \"label\": 0}\n",
+    )
+    .unwrap();
+    let output = dir.path().join("out");
+    let model = fixture("models/tiny-bert-ce");
+    let result = run(&[
+        "train",
+        "--model",
+        model.to_str().unwrap(),
+        "--loss",
+        "BinaryCrossEntropyLoss",
+        "--train",
+        train.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+        "--batch-size",
+        "2",
+        "--epochs",
+        "1",
+        "--json",
+    ]);
+    assert!(result.status.success(), "{}", stderr(&result));
+    assert!(output.join("onnx/model.onnx").is_file());
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(output.join("trainer_state.json")).unwrap())
+            .unwrap();
+    let diff = state["onnx"]["max_abs_logit_diff"].as_f64().unwrap();
+    assert!(diff < 1e-5, "ONNX vs candle after training: {diff}");
+    assert_eq!(state["onnx"]["pairs"], 24);
+    let card = std::fs::read_to_string(output.join("README.md")).unwrap();
+    assert!(
+        card.contains(&format!("**{diff:.2e}**")),
+        "the card reports the parity figure"
+    );
+    // The exported file scores like the trained candle model.
+    let trained = CrossEncoder::load_dir(&output, &LoadOptions::default()).unwrap();
+    let mut scorer =
+        OnnxScorer::load(&output.join("onnx/model.onnx"), trained.tokenizer().clone()).unwrap();
+    let pairs = [("bake bread", "knead the dough")];
+    let a = trained.predict(&pairs, 1).unwrap()[0][0];
+    let b = scorer.predict(&pairs, 1).unwrap()[0][0];
+    assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+}

@@ -81,3 +81,34 @@ pub fn plugin_library(package: &str) -> PathBuf {
         std::env::consts::DLL_SUFFIX
     ))
 }
+
+/// The files of a model directory that transformers and sentence-transformers read.
+pub const MODEL_FILES: [&str; 7] = [
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "config_sentence_transformers.json",
+    "modules.json",
+    "sentence_bert_config.json",
+];
+
+/// A JSON file, parsed.
+pub fn read_json(path: &Path) -> serde_json::Value {
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// `crosstrain train --config CONFIG --output OUTPUT` plus more arguments.
+pub fn train_cli(config: &Path, output: &Path, more: &[&str]) -> Output {
+    let mut args = vec![
+        "train",
+        "--config",
+        config.to_str().expect("UTF-8 path"),
+        "--output",
+        output.to_str().expect("UTF-8 path"),
+    ];
+    args.extend_from_slice(more);
+    run(&args)
+}

@@ -13,7 +13,7 @@ use crosstrain::train::config::TrainConfig;
 use crosstrain::train::step::{accumulate_batch, GradAccumulator};
 use crosstrain::train::{train, RunOptions};
 use serde_json::{json, Value};
-use support::{fixture, run, stderr, stdout};
+use support::{fixture, read_json, run, stderr, stdout, train_cli, MODEL_FILES};
 
 fn tiny_model() -> String {
     fixture("models/tiny-bert-ce").display().to_string()
@@ -362,15 +362,7 @@ fn mismatched_format_names_the_loss_and_the_data() {
     let dir = tempfile::tempdir().unwrap();
     let config = cli_setup(dir.path(), "");
     let output = dir.path().join("out");
-    let result = run(&[
-        "train",
-        "--config",
-        config.to_str().unwrap(),
-        "--output",
-        output.to_str().unwrap(),
-        "--loss",
-        "ListNetLoss",
-    ]);
+    let result = train_cli(&config, &output, &["--loss", "ListNetLoss"]);
     assert!(!result.status.success());
     let message = stderr(&result);
     assert!(
@@ -450,15 +442,7 @@ fn nan_loss_stops_with_the_step_and_keeps_the_checkpoint() {
     // A huge learning rate without clipping drives the logits to infinity.
     let config = cli_setup(dir.path(), "save_steps = 1\nmax_grad_norm = 0.0\n");
     let output = dir.path().join("out");
-    let result = run(&[
-        "train",
-        "--config",
-        config.to_str().unwrap(),
-        "--output",
-        output.to_str().unwrap(),
-        "--lr",
-        "1e30",
-    ]);
+    let result = train_cli(&config, &output, &["--lr", "1e30"]);
     assert!(!result.status.success(), "{}", stdout(&result));
     let message = stderr(&result);
     assert!(
@@ -475,47 +459,22 @@ fn output_directory_is_a_model_directory_with_training_args() {
     let dir = tempfile::tempdir().unwrap();
     let config = cli_setup(dir.path(), "save_steps = 0\n");
     let output = dir.path().join("out");
-    let result = run(&[
-        "train",
-        "--config",
-        config.to_str().unwrap(),
-        "--output",
-        output.to_str().unwrap(),
-        "--json",
-    ]);
+    let result = train_cli(&config, &output, &["--json"]);
     assert!(result.status.success(), "{}", stderr(&result));
     let summary: Value = serde_json::from_str(stdout(&result).trim()).unwrap();
     assert_eq!(summary["global_step"], 9);
-    for file in [
-        "config.json",
-        "model.safetensors",
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "config_sentence_transformers.json",
-        "modules.json",
-        "sentence_bert_config.json",
-        "training_args.json",
-        "trainer_state.json",
-        "metrics.jsonl",
-    ] {
+    let run_files = ["training_args.json", "trainer_state.json", "metrics.jsonl"];
+    for file in MODEL_FILES.iter().chain(&run_files) {
         assert!(output.join(file).is_file(), "missing {file}");
     }
-    let args: Value =
-        serde_json::from_str(&std::fs::read_to_string(output.join("training_args.json")).unwrap())
-            .unwrap();
+    let args = read_json(&output.join("training_args.json"));
     assert_eq!(args["batch_size"], 3);
     assert_eq!(args["loss"], "BinaryCrossEntropyLoss");
     // The trained directory loads again and scores pairs.
     let model = CrossEncoder::load_dir(&output, &LoadOptions::default()).unwrap();
     assert_eq!(model.predict(&[("a", "b")], 1).unwrap().len(), 1);
     // A second run into the same directory is refused; --overwrite replaces it.
-    let again = run(&[
-        "train",
-        "--config",
-        config.to_str().unwrap(),
-        "--output",
-        output.to_str().unwrap(),
-    ]);
+    let again = train_cli(&config, &output, &[]);
     assert!(!again.status.success());
     assert!(stderr(&again).contains("--overwrite"), "{}", stderr(&again));
 }
@@ -530,17 +489,9 @@ fn best_checkpoint_is_loaded_at_the_end_and_kept_by_the_limit() {
          save_total_limit = 1\nload_best_model_at_end = true\n",
     );
     let output = dir.path().join("out");
-    let result = run(&[
-        "train",
-        "--config",
-        config.to_str().unwrap(),
-        "--output",
-        output.to_str().unwrap(),
-    ]);
+    let result = train_cli(&config, &output, &[]);
     assert!(result.status.success(), "{}", stderr(&result));
-    let state: Value =
-        serde_json::from_str(&std::fs::read_to_string(output.join("trainer_state.json")).unwrap())
-            .unwrap();
+    let state = read_json(&output.join("trainer_state.json"));
     assert_eq!(state["best_metric_name"], "eval_loss");
     let best = state["best_checkpoint"].as_str().unwrap().to_string();
     // The best has the lowest eval loss among the checkpointed steps (3 and 6).

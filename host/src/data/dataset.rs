@@ -22,7 +22,7 @@ const DROPPED_COLUMNS: [&str; 1] = ["dataset_name"];
 pub struct DatasetSpec {
     /// One or more files, read in order and concatenated. The format follows the extension
     /// (`.jsonl`/`.json`, `.csv`, `.tsv`, `.parquet`) unless `format` is set.
-    #[serde(deserialize_with = "one_or_many_paths")]
+    #[serde(deserialize_with = "super::one_or_many")]
     #[schemars(with = "Vec<PathBuf>")]
     pub files: Vec<PathBuf>,
     /// `jsonl`, `csv`, `tsv` or `parquet`; default: from each file's extension.
@@ -64,21 +64,6 @@ fn default_true() -> bool {
 
 fn default_one() -> f64 {
     1.0
-}
-
-fn one_or_many_paths<'de, D: serde::Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Vec<PathBuf>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum OneOrMany {
-        One(PathBuf),
-        Many(Vec<PathBuf>),
-    }
-    Ok(match OneOrMany::deserialize(deserializer)? {
-        OneOrMany::One(path) => vec![path],
-        OneOrMany::Many(paths) => paths,
-    })
 }
 
 impl DatasetSpec {
@@ -1083,6 +1068,15 @@ mod tests {
         path
     }
 
+    /// The error of reading `text` as the file `name` with default settings.
+    fn read_error(name: &str, text: &str) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), name, text);
+        read_dataset(&DatasetSpec::from_files(vec![path]))
+            .unwrap_err()
+            .to_string()
+    }
+
     #[test]
     fn jsonl_columns_in_order_with_label_anywhere() {
         let dir = tempfile::tempdir().unwrap();
@@ -1128,15 +1122,10 @@ mod tests {
 
     #[test]
     fn unknown_column_is_named() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = write(
-            dir.path(),
+        let error = read_error(
             "train.jsonl",
             "{\"query\": \"q1\", \"document\": \"d1\"}\n{\"query\": \"q2\", \"doc\": \"d2\"}\n",
         );
-        let error = read_dataset(&DatasetSpec::from_files(vec![path]))
-            .unwrap_err()
-            .to_string();
         assert!(error.contains("line 2"), "{error}");
         assert!(error.contains("\"document\""), "{error}");
     }
@@ -1179,15 +1168,7 @@ mod tests {
 
     #[test]
     fn csv_bad_label_is_reported() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = write(
-            dir.path(),
-            "train.csv",
-            "query,document,label\nq,d,1\nq,d,yes\n",
-        );
-        let error = read_dataset(&DatasetSpec::from_files(vec![path]))
-            .unwrap_err()
-            .to_string();
+        let error = read_error("train.csv", "query,document,label\nq,d,1\nq,d,yes\n");
         assert!(error.contains("train.csv:line 3"), "{error}");
         assert!(error.contains("column \"label\""), "{error}");
     }

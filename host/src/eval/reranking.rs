@@ -11,7 +11,7 @@ pub struct RerankingSample {
     /// The query.
     pub query: String,
     /// Relevant documents (a bare string is one).
-    #[serde(deserialize_with = "one_or_many")]
+    #[serde(deserialize_with = "crate::data::one_or_many")]
     pub positive: Vec<String>,
     /// Non-relevant documents (the reference's first format).
     #[serde(default)]
@@ -19,19 +19,6 @@ pub struct RerankingSample {
     /// A first-stage ranking to rerank (the reference's second format).
     #[serde(default)]
     pub documents: Option<Vec<String>>,
-}
-
-fn one_or_many<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum OneOrMany {
-        One(String),
-        Many(Vec<String>),
-    }
-    Ok(match OneOrMany::deserialize(deserializer)? {
-        OneOrMany::One(text) => vec![text],
-        OneOrMany::Many(texts) => texts,
-    })
 }
 
 /// A query the reference cannot evaluate.

@@ -17,8 +17,10 @@ where
         One(T),
         Many(Vec<T>),
     }
-    Ok(match <OneOrMany<T> as serde::Deserialize>::deserialize(deserializer)? {
-        OneOrMany::One(value) => vec![value],
-        OneOrMany::Many(values) => values,
-    })
+    Ok(
+        match <OneOrMany<T> as serde::Deserialize>::deserialize(deserializer)? {
+            OneOrMany::One(value) => vec![value],
+            OneOrMany::Many(values) => values,
+        },
+    )
 }

@@ -1,6 +1,6 @@
 //! Multi-head self-attention with the padding mask, and its output projection.
 
-use candle_core::{Module, Result, Tensor, D};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
 use super::config::BertConfig;
@@ -48,10 +48,10 @@ impl BertSelfAttention {
         let key = self.split_heads(&self.key.forward(hidden)?)?;
         let value = self.split_heads(&self.value.forward(hidden)?)?;
         let scale = 1.0 / (self.head_size as f64).sqrt();
-        let scores = (query.matmul(&key.t()?.contiguous()?)? * scale)?.broadcast_add(mask_bias)?;
+        let scores = query.matmul(&key.t()?.contiguous()?)?;
         let probabilities = self
             .dropout
-            .forward(&candle_nn::ops::softmax(&scores, D::Minus1)?)?;
+            .forward(&super::fused::masked_softmax(&scores, mask_bias, scale)?)?;
         probabilities
             .matmul(&value)?
             .transpose(1, 2)?

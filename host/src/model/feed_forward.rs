@@ -41,7 +41,7 @@ impl Module for BertFeedForward {
         let _span = tracing::trace_span!("feed_forward").entered();
         let inner = self.intermediate.forward(hidden)?;
         let activated = match self.activation {
-            HiddenAct::Gelu => inner.gelu_erf()?,
+            HiddenAct::Gelu => super::fused::gelu_erf(&inner)?,
             HiddenAct::GeluNew => inner.gelu()?,
             HiddenAct::Relu => inner.relu()?,
         };

@@ -1,7 +1,8 @@
-//! LayerNorm built from differentiable ops. candle 0.11's fused `candle_nn::LayerNorm` has no
-//! backward, so gradients would silently stop at every layer norm.
+//! LayerNorm with a backward pass. candle 0.11's fused `candle_nn::LayerNorm` has no backward,
+//! so gradients would silently stop at every layer norm; ours is a fused CPU kernel with a
+//! hand-written backward (`fused::layer_norm`), and candle primitives on other devices.
 
-use candle_core::{Module, Result, Tensor, D};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 /// `(x − mean) / sqrt(var + eps) · weight + bias` over the last dimension (biased variance,
@@ -28,12 +29,6 @@ impl LayerNorm {
 impl Module for LayerNorm {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let _span = tracing::trace_span!("layer_norm").entered();
-        let mean = xs.mean_keepdim(D::Minus1)?;
-        let centered = xs.broadcast_sub(&mean)?;
-        let variance = centered.sqr()?.mean_keepdim(D::Minus1)?;
-        let normed = centered.broadcast_div(&(variance + self.eps)?.sqrt()?)?;
-        normed
-            .broadcast_mul(&self.weight)?
-            .broadcast_add(&self.bias)
+        super::fused::layer_norm(xs, &self.weight, &self.bias, self.eps)
     }
 }

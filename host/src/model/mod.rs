@@ -10,6 +10,7 @@ pub mod dropout;
 mod embeddings;
 mod encoder_layer;
 mod feed_forward;
+pub mod fused;
 pub mod layer_norm;
 mod pooler;
 pub mod weights;

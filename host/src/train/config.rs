@@ -295,7 +295,9 @@ impl TrainConfig {
         self.output = crate::fsutil::tidy_path(&self.output);
         let model = Path::new(&self.model);
         if model.is_relative() && base.join(model).is_dir() {
-            self.model = base.join(model).display().to_string();
+            self.model = crate::fsutil::tidy_path(&base.join(model))
+                .display()
+                .to_string();
         }
     }
 

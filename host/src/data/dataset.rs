@@ -866,6 +866,20 @@ impl Dataset {
         self.len() == 0
     }
 
+    /// Characters of text per row (all columns, all documents): a cheap proxy of its token
+    /// count, for length-grouped batching.
+    pub fn row_lengths(&self) -> Vec<usize> {
+        (0..self.len())
+            .map(|row| {
+                self.columns
+                    .iter()
+                    .flat_map(|column| column.row_texts(row))
+                    .map(|text| text.chars().count())
+                    .sum()
+            })
+            .collect()
+    }
+
     /// The first file, for messages.
     pub fn origin(&self) -> String {
         match self.files.as_slice() {

@@ -170,6 +170,11 @@ pub struct TrainConfig {
     /// the loss's own `mini_batch_size` is used when this is unset.
     #[serde(default)]
     pub mini_batch_size: Option<usize>,
+    /// Group rows of similar length into batches (within shuffled windows of 50 batches) so
+    /// that batches pad less: faster, but batches are less random (transformers'
+    /// `group_by_length`, default false).
+    #[serde(default)]
+    pub group_by_length: bool,
     /// Seed of shuffling, dropout, in-batch negatives and new weights (42).
     #[serde(default = "default_seed")]
     pub seed: u64,

@@ -233,6 +233,27 @@ fn load_evaluator(config: &EvaluatorConfig) -> Result<LoadedEvaluator, TrainErro
     }
 }
 
+/// Rows per "megabatch" in `group_by_length`, in batches (transformers' LengthGroupedSampler
+/// uses 50).
+const LENGTH_GROUP_BATCHES: usize = 50;
+
+/// The order of the rows in an epoch with `group_by_length`: the shuffled order cut into
+/// megabatches of 50 batches, each sorted by length, longest first, so that a batch holds rows
+/// of similar length and pads little. The shuffle still decides which rows meet.
+pub fn length_grouped_order(
+    lengths: &[usize],
+    seed: u64,
+    epoch: usize,
+    batch_size: usize,
+) -> Vec<usize> {
+    let mut order = epoch_order(lengths.len(), seed, epoch);
+    for group in order.chunks_mut(batch_size.max(1) * LENGTH_GROUP_BATCHES) {
+        // Stable: equal lengths keep their shuffled order.
+        group.sort_by(|&a, &b| lengths[b].cmp(&lengths[a]));
+    }
+    order
+}
+
 /// The order of the rows in an epoch: a seeded Fisher-Yates shuffle.
 pub fn epoch_order(rows: usize, seed: u64, epoch: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..rows).collect();
@@ -256,6 +277,8 @@ struct Run<'a> {
     evaluators: Vec<LoadedEvaluator>,
     state: TrainerState,
     metrics_log: PathBuf,
+    /// Characters per row, for `group_by_length`.
+    row_lengths: Option<Vec<usize>>,
     loss_library: crate::plugins::LibraryInfo,
     plugin_versions: Vec<(String, String)>,
     format_name: String,
@@ -454,6 +477,7 @@ pub fn train(
     }
     std::fs::write(&metrics_log, lines).map_err(|e| io_error(&metrics_log, e))?;
 
+    let row_lengths = config.group_by_length.then(|| train.row_lengths());
     let mut run = Run {
         config,
         model,
@@ -465,6 +489,7 @@ pub fn train(
         evaluators,
         state,
         metrics_log,
+        row_lengths,
         loss_library,
         plugin_versions,
         format_name: format.name.to_string(),
@@ -516,7 +541,12 @@ impl Run<'_> {
             self.evaluate_and_log()?;
         }
         while self.state.global_step < self.state.max_steps {
-            let order = epoch_order(self.train.len(), config.seed, self.state.epoch);
+            let order = match &self.row_lengths {
+                Some(lengths) => {
+                    length_grouped_order(lengths, config.seed, self.state.epoch, config.batch_size)
+                }
+                None => epoch_order(self.train.len(), config.seed, self.state.epoch),
+            };
             let batches: Vec<&[usize]> = order.chunks(config.batch_size).collect();
             if batches.is_empty() {
                 break;
@@ -1078,6 +1108,29 @@ fn write_training_args(config: &TrainConfig, dir: &Path) -> Result<(), TrainErro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn length_grouped_batches_pad_little() {
+        let lengths: Vec<usize> = (0..1000).map(|i| (i * 7919) % 97 + 3).collect();
+        let order = length_grouped_order(&lengths, 5, 0, 4);
+        let mut sorted = order.clone();
+        sorted.sort();
+        assert_eq!(sorted, (0..1000).collect::<Vec<_>>());
+        // Within each megabatch of 200 rows, lengths never increase.
+        for group in order.chunks(200) {
+            assert!(group.windows(2).all(|w| lengths[w[0]] >= lengths[w[1]]));
+        }
+        // Padding (Σ over batches of max length × rows) drops against the plain shuffle.
+        let padded = |order: &[usize]| -> usize {
+            order
+                .chunks(4)
+                .map(|b| b.iter().map(|&i| lengths[i]).max().unwrap() * b.len())
+                .sum()
+        };
+        assert!(padded(&order) * 10 < padded(&epoch_order(1000, 5, 0)) * 8);
+        assert_eq!(order, length_grouped_order(&lengths, 5, 0, 4));
+        assert_ne!(order, length_grouped_order(&lengths, 5, 1, 4));
+    }
 
     #[test]
     fn epoch_order_is_a_seeded_permutation() {

@@ -382,6 +382,16 @@ mod tests {
             .unwrap()
     }
 
+    /// Gradients of Σ output · upstream.
+    fn backward(output: &Tensor, upstream: &Tensor) -> candle_core::backprop::GradStore {
+        (output * upstream)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap()
+    }
+
     /// Values and gradients (through a random upstream gradient) of fused vs composite.
     fn compare(
         inputs: &[Tensor],
@@ -403,18 +413,7 @@ mod tests {
             max_diff(&a, &b)
         );
         let upstream = random(a.dims(), upstream_seed, 1.0);
-        let ga = (&a * &upstream)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let gb = (&b * &upstream)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let (ga, gb) = (backward(&a, &upstream), backward(&b, &upstream));
         for (index, tensor) in tensors.iter().enumerate() {
             match (ga.get(tensor), gb.get(tensor)) {
                 (Some(x), Some(y)) => {
@@ -468,18 +467,7 @@ mod tests {
         let b = masked_softmax_composite(&scores, &mask, 0.125).unwrap();
         assert!(max_diff(&a, &b) < 1e-6);
         let upstream = random(a.dims(), 6, 1.0);
-        let ga = (&a * &upstream)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let gb = (&b * &upstream)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let (ga, gb) = (backward(&a, &upstream), backward(&b, &upstream));
         assert!(max_diff(ga.get(&scores).unwrap(), gb.get(&scores).unwrap()) < 1e-6);
     }
 

@@ -87,7 +87,7 @@ impl Module for Dropout {
             return Ok(xs.clone());
         }
         match self.rng.scaled_mask(xs, self.p)? {
-            Some(mask) => xs.mul(&mask),
+            Some(mask) => super::fused::mul_by_constant(xs, &mask),
             None => Ok(xs.clone()),
         }
     }

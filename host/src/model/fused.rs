@@ -355,6 +355,59 @@ pub fn gelu_erf(xs: &Tensor) -> Result<Tensor> {
     xs.gelu_erf()
 }
 
+// ---------------------------------------------------------------------------------------------
+// Product with a constant (dropout masks)
+
+struct ConstantProductOp;
+
+impl CustomOp2 for ConstantProductOp {
+    fn name(&self) -> &'static str {
+        "crosstrain-constant-product"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let xs = contiguous_f32(s1, l1, "input")?;
+        let factors = contiguous_f32(s2, l2, "constant factor")?;
+        let mut out = vec![0f32; xs.len()];
+        out.par_chunks_mut(4096)
+            .zip(xs.par_chunks(4096).zip(factors.par_chunks(4096)))
+            .for_each(|(out, (xs, factors))| {
+                for ((o, &x), &f) in out.iter_mut().zip(xs).zip(factors) {
+                    *o = x * f;
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _xs: &Tensor,
+        factors: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(grad.mul(factors)?), None))
+    }
+}
+
+/// `xs · factors` where `factors` is a constant of the same shape (a dropout mask). candle's
+/// own product also computes a gradient for the constant (a full extra product, zero-fill
+/// and add per call); this one does not.
+pub fn mul_by_constant(xs: &Tensor, factors: &Tensor) -> Result<Tensor> {
+    if xs.dims() == factors.dims() && is_fast_path(&[xs, factors]) {
+        let xs = xs.contiguous()?;
+        let factors = factors.contiguous()?.detach();
+        return xs.apply_op2(&factors, ConstantProductOp);
+    }
+    xs.mul(&factors.detach())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -480,6 +533,25 @@ mod tests {
             8,
             1e-5,
         );
+    }
+
+    #[test]
+    fn constant_product_equals_the_plain_product_and_skips_the_constant() {
+        let xs = Var::from_tensor(&random(&[3, 17, 40], 10, 2.0)).unwrap();
+        let factors = random(&[3, 17, 40], 11, 2.0);
+        let a = mul_by_constant(xs.as_tensor(), &factors).unwrap();
+        let b = xs.as_tensor().mul(&factors).unwrap();
+        assert_eq!(max_diff(&a, &b), 0.0);
+        let upstream = random(a.dims(), 12, 1.0);
+        let (ga, gb) = (backward(&a, &upstream), backward(&b, &upstream));
+        assert_eq!(
+            max_diff(
+                ga.get(xs.as_tensor()).unwrap(),
+                gb.get(xs.as_tensor()).unwrap()
+            ),
+            0.0
+        );
+        assert!(ga.get(&factors).is_none());
     }
 
     #[test]

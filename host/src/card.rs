@@ -268,7 +268,7 @@ fn task_type(kind: &str) -> (&'static str, &'static str) {
     }
 }
 
-fn front_matter(summary: &TrainingSummary, state: &TrainerState) -> String {
+fn front_matter(summary: &TrainingSummary) -> String {
     let meta = &summary.metadata;
     let mut yaml = String::from("---\n");
     if !meta.language.is_empty() {
@@ -360,7 +360,6 @@ fn front_matter(summary: &TrainingSummary, state: &TrainerState) -> String {
             }
         }
     }
-    let _ = state;
     yaml.push_str("---\n");
     yaml
 }
@@ -439,7 +438,7 @@ pub fn render(
     has_loss_curve: bool,
 ) -> String {
     let meta = &summary.metadata;
-    let mut md = front_matter(summary, state);
+    let mut md = front_matter(summary);
     let title = meta
         .model_name
         .clone()

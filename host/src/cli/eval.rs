@@ -7,9 +7,8 @@ use clap::{Args, ValueEnum};
 use crosstrain::data::eval_sets::{read_labeled_pairs, read_reranking_samples};
 use crosstrain::eval::reranking::RerankingEvaluator;
 use crosstrain::eval::{run, Metrics};
-use crosstrain::model::DefaultActivation;
 
-use super::predict::{activate, ModelArgs, OutputActivation, Scorer};
+use super::predict::{ModelArgs, Scorer};
 
 /// Which evaluator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -53,14 +52,10 @@ fn activated_scores(
     pairs: &[(&str, &str)],
     batch_size: usize,
 ) -> Result<Vec<Vec<f32>>, String> {
-    let activation = match model.default_activation() {
-        DefaultActivation::Sigmoid => OutputActivation::Sigmoid,
-        DefaultActivation::Identity => OutputActivation::None,
-    };
     let logits = model
         .predict(pairs, batch_size)
         .map_err(|e| format!("{e:#}"))?;
-    Ok(logits.iter().map(|row| activate(row, activation)).collect())
+    Ok(model.default_activation().apply(logits))
 }
 
 pub fn run(args: EvalArgs, out: &mut String) -> anyhow::Result<()> {

@@ -229,15 +229,13 @@ pub fn rank(args: RankArgs, out: &mut String) -> anyhow::Result<()> {
         .iter()
         .map(|d| (args.query.as_str(), d.as_str()))
         .collect();
-    let activation = match model.default_activation() {
-        DefaultActivation::Sigmoid => OutputActivation::Sigmoid,
-        DefaultActivation::Identity => OutputActivation::None,
-    };
-    let scores = model.predict(&pairs, args.model.batch_size)?;
+    let scores = model
+        .default_activation()
+        .apply(model.predict(&pairs, args.model.batch_size)?);
     let mut ranked: Vec<(usize, f32)> = scores
         .iter()
         .enumerate()
-        .map(|(index, row)| (index, activate(row, activation)[0]))
+        .map(|(index, row)| (index, row[0]))
         .collect();
     ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     ranked.truncate(args.top_k.unwrap_or(ranked.len()));

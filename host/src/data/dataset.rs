@@ -263,6 +263,33 @@ struct RawRow {
 
 /// Reads a dataset.
 pub fn read_dataset(spec: &DatasetSpec) -> Result<Dataset, DatasetError> {
+    build_dataset(spec, |path| {
+        let format = match spec.format.or_else(|| FileFormat::from_path(path)) {
+            Some(format) => format,
+            None => {
+                return Err(DatasetError::Columns {
+                    path: path.to_path_buf(),
+                    message: "unknown file type; use .jsonl, .csv, .tsv or .parquet, or set \
+                              `format`"
+                        .into(),
+                })
+            }
+        };
+        match format {
+            FileFormat::Jsonl => read_jsonl(path, spec),
+            FileFormat::Csv => read_delimited(path, spec, b','),
+            FileFormat::Tsv => read_delimited(path, spec, b'\t'),
+            FileFormat::Parquet => read_parquet(path),
+        }
+    })
+}
+
+/// Builds a dataset from the raw rows `rows_of` gives for each of `spec.files`, applying the
+/// spec's selection, renames, label scale, row skipping and limit.
+fn build_dataset(
+    spec: &DatasetSpec,
+    mut rows_of: impl FnMut(&Path) -> Result<Vec<RowResult>, DatasetError>,
+) -> Result<Dataset, DatasetError> {
     let first_file = spec
         .files
         .first()
@@ -275,24 +302,7 @@ pub fn read_dataset(spec: &DatasetSpec) -> Result<Dataset, DatasetError> {
     let mut skipped = 0usize;
     let mut rows_read = 0usize;
     'files: for path in &spec.files {
-        let format = match spec.format.or_else(|| FileFormat::from_path(path)) {
-            Some(format) => format,
-            None => {
-                return Err(DatasetError::Columns {
-                    path: path.clone(),
-                    message: "unknown file type; use .jsonl, .csv, .tsv or .parquet, or set \
-                              `format`"
-                        .into(),
-                })
-            }
-        };
-        let rows = match format {
-            FileFormat::Jsonl => read_jsonl(path, spec)?,
-            FileFormat::Csv => read_delimited(path, spec, b',')?,
-            FileFormat::Tsv => read_delimited(path, spec, b'\t')?,
-            FileFormat::Parquet => read_parquet(path)?,
-        };
-        for row in rows {
+        for row in rows_of(path)? {
             let row = match row {
                 Ok(row) => row,
                 Err(error) if spec.skip_invalid_rows => {
@@ -422,21 +432,10 @@ fn parse_jsonl(text: &str, path: &Path) -> Vec<RowResult> {
 
 /// A dataset from JSONL text (built-in workloads); `origin` names it in errors.
 pub fn parse_jsonl_dataset(text: &str, origin: &Path) -> Result<Dataset, DatasetError> {
-    let mut builder: Option<Builder> = None;
-    for row in parse_jsonl(text, origin) {
-        let row = row?;
-        let builder = match &mut builder {
-            Some(builder) => builder,
-            None => builder.insert(Builder::new(&row.cells, origin, &row.location)?),
-        };
-        builder.push(row.cells, 1.0, origin, &row.location)?;
-    }
-    builder
-        .map(|b| b.finish(vec![origin.to_path_buf()], 0))
-        .ok_or_else(|| DatasetError::Columns {
-            path: origin.to_path_buf(),
-            message: "no rows".into(),
-        })
+    build_dataset(
+        &DatasetSpec::from_files(vec![origin.to_path_buf()]),
+        |path| Ok(parse_jsonl(text, path)),
+    )
 }
 
 fn read_delimited(

@@ -99,10 +99,3 @@ pub fn correlation(
     let predicted: Vec<f32> = scores.iter().map(|r| r[0]).collect();
     Ok(correlation_metrics(name, gold, &predicted))
 }
-
-/// Sigmoid of each value (the reference's default activation for one output).
-pub fn sigmoid_rows(rows: Vec<Vec<f32>>) -> Vec<Vec<f32>> {
-    rows.into_iter()
-        .map(|row| row.iter().map(|&x| 1.0 / (1.0 + (-x).exp())).collect())
-        .collect()
-}

@@ -135,6 +135,20 @@ pub enum DefaultActivation {
     Identity,
 }
 
+impl DefaultActivation {
+    /// Applies the activation to rows of logits, as the reference's `predict` does before
+    /// handing scores to its evaluators.
+    pub fn apply(self, logits: Vec<Vec<f32>>) -> Vec<Vec<f32>> {
+        match self {
+            DefaultActivation::Identity => logits,
+            DefaultActivation::Sigmoid => logits
+                .into_iter()
+                .map(|row| row.iter().map(|&x| 1.0 / (1.0 + (-x).exp())).collect())
+                .collect(),
+        }
+    }
+}
+
 /// A loaded cross-encoder: network, tokenizer, config, and trainable parameters.
 pub struct CrossEncoder {
     network: BertForSequenceClassification,

@@ -21,7 +21,7 @@ use crate::data::eval_sets::read_reranking_samples;
 use crate::eval::reranking::{RerankingEvaluator, RerankingSample};
 use crate::eval::run as eval_run;
 use crate::fsutil::{is_non_empty_dir, write_dir_atomically};
-use crate::model::{CrossEncoder, DefaultActivation, LoadOptions, ModelError};
+use crate::model::{CrossEncoder, LoadOptions, ModelError};
 use crate::plugins::{Loss, LossRegistry, PluginError};
 
 use config::{EvaluatorConfig, EvaluatorKind, TrainConfig};
@@ -736,10 +736,7 @@ impl Run<'_> {
                     .model
                     .predict(pairs, batch_size)
                     .map_err(|e| e.to_string())?;
-                Ok(match activation {
-                    DefaultActivation::Sigmoid => eval_run::sigmoid_rows(logits),
-                    DefaultActivation::Identity => logits,
-                })
+                Ok(activation.apply(logits))
             };
             for evaluator in &self.evaluators {
                 let (name, result) = match evaluator {
@@ -1027,10 +1024,7 @@ impl Run<'_> {
             .map(|(a, b)| (a.as_str(), b.as_str()))
             .collect();
         let logits = self.model.predict(&borrowed, config.eval_batch_size)?;
-        let scores = match self.model.default_activation() {
-            DefaultActivation::Sigmoid => eval_run::sigmoid_rows(logits),
-            DefaultActivation::Identity => logits,
-        };
+        let scores = self.model.default_activation().apply(logits);
         let example_scores = pairs
             .into_iter()
             .zip(scores)

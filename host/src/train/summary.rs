@@ -125,6 +125,13 @@ pub fn example_pairs(dataset: &Dataset, count: usize) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Engine crates as pinned in host/Cargo.toml (a test keeps the two in step).
+const PINNED_VERSIONS: [(&str, &str); 3] = [
+    ("candle-core", "0.11.1"),
+    ("tokenizers", "0.23.2"),
+    ("ort", "2.0.0-rc.15"),
+];
+
 /// The versions the card lists.
 pub fn framework_versions(plugins: &[(String, String)]) -> BTreeMap<String, String> {
     let mut versions = BTreeMap::new();
@@ -132,10 +139,9 @@ pub fn framework_versions(plugins: &[(String, String)]) -> BTreeMap<String, Stri
         "crosstrain".to_string(),
         env!("CARGO_PKG_VERSION").to_string(),
     );
-    // Pinned in host/Cargo.toml.
-    versions.insert("candle-core".to_string(), "0.11.1".to_string());
-    versions.insert("tokenizers".to_string(), "0.23.2".to_string());
-    versions.insert("ort".to_string(), "2.0.0-rc.15".to_string());
+    for (name, version) in PINNED_VERSIONS {
+        versions.insert(name.to_string(), version.to_string());
+    }
     if let Some(version) = crate::onnx::library_path().ok().and_then(|path| {
         let name = path.file_name()?.to_string_lossy().into_owned();
         let version = name.split(".so.").nth(1)?.to_string();
@@ -147,4 +153,25 @@ pub fn framework_versions(plugins: &[(String, String)]) -> BTreeMap<String, Stri
         versions.insert(format!("loss plugin {library}"), version.clone());
     }
     versions
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pinned_versions_match_the_manifest() {
+        let manifest = include_str!("../../Cargo.toml");
+        for (name, version) in PINNED_VERSIONS {
+            let line = manifest
+                .lines()
+                .find(|line| line.starts_with(&format!("{name} =")))
+                .unwrap_or_else(|| panic!("{name} not in host/Cargo.toml"));
+            assert!(
+                line.contains(&format!("\"{version}\""))
+                    || line.contains(&format!("\"={version}\"")),
+                "{line}"
+            );
+        }
+    }
 }

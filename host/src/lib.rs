@@ -10,6 +10,7 @@ pub mod cite;
 pub mod data;
 pub mod eval;
 pub mod fsutil;
+pub mod mine;
 pub mod model;
 pub mod onnx;
 pub mod plugins;

@@ -122,6 +122,17 @@ impl PairTokenizer {
             .iter()
             .map(|&(query, document)| (query, document).into())
             .collect();
+        self.encode_inputs(inputs)
+    }
+
+    /// Encodes single texts (one segment each, as a sentence embedder reads them), padded
+    /// to the longest of them.
+    pub fn encode_texts(&self, texts: &[&str]) -> Result<EncodedPairs, String> {
+        let inputs: Vec<EncodeInput> = texts.iter().map(|&text| text.into()).collect();
+        self.encode_inputs(inputs)
+    }
+
+    fn encode_inputs(&self, inputs: Vec<EncodeInput>) -> Result<EncodedPairs, String> {
         let encodings = self
             .tokenizer
             .encode_batch(inputs, true)

@@ -5,6 +5,7 @@ mod card;
 mod eval;
 mod export;
 mod losses;
+mod mine;
 mod predict;
 mod train;
 
@@ -48,6 +49,12 @@ enum Command {
     ExportOnnx(export::ExportArgs),
     /// Evaluate a model with the reference's reranking, classification or correlation metrics.
     Eval(eval::EvalArgs),
+    /// Mine hard negatives for (anchor, positive) pairs with BM25 or a dense retriever, as
+    /// sentence-transformers' mine_hard_negatives; writes triplet, n-tuple, labeled-pair or
+    /// labeled-list JSONL.
+    MineHardNegatives(Box<mine::MineArgs>),
+    /// Turn class-labelled data into (anchor, positive, negative) triplets.
+    Convert(mine::ConvertArgs),
     /// Benchmarks that print one JSON line.
     Bench {
         #[command(subcommand)]
@@ -109,6 +116,8 @@ fn dispatch(cli: Cli, out: &mut String) -> anyhow::Result<ExitCode> {
             }
         }),
         Command::Eval(args) => eval::run(args, out).map(|()| ExitCode::SUCCESS),
+        Command::MineHardNegatives(args) => mine::run_mine(*args, out).map(|()| ExitCode::SUCCESS),
+        Command::Convert(args) => mine::run_convert(args, out).map(|()| ExitCode::SUCCESS),
         Command::Bench { command } => {
             bench::run(command, registry, out).map(|()| ExitCode::SUCCESS)
         }

@@ -109,7 +109,8 @@ pub enum FileFormat {
 }
 
 impl FileFormat {
-    fn from_path(path: &Path) -> Option<Self> {
+    /// The format an extension implies.
+    pub fn from_path(path: &Path) -> Option<Self> {
         let extension = path.extension()?.to_str()?.to_ascii_lowercase();
         match extension.as_str() {
             "jsonl" | "json" | "ndjson" => Some(Self::Jsonl),

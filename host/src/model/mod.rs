@@ -7,7 +7,9 @@ mod attention;
 mod bert;
 pub mod config;
 pub mod dropout;
+mod embedder;
 mod embeddings;
+mod encoder;
 mod encoder_layer;
 mod feed_forward;
 pub mod fused;
@@ -24,6 +26,8 @@ use serde_json::{Map, Value};
 pub use bert::{BertForSequenceClassification, TokenTensors};
 pub use config::BertConfig;
 pub use dropout::DropoutRng;
+pub use embedder::{Pooling, SentenceEmbedder};
+pub use encoder::BertEncoder;
 
 use crate::tokenize::{score_longest_first, EncodedPairs, PairTokenizer};
 use weights::CheckpointBackend;
@@ -163,7 +167,7 @@ pub struct CrossEncoder {
     default_activation: DefaultActivation,
 }
 
-fn read_json(path: &Path) -> Result<Value, ModelError> {
+pub(crate) fn read_json(path: &Path) -> Result<Value, ModelError> {
     let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
         path: path.to_path_buf(),
         source,
@@ -578,7 +582,7 @@ fn default_tokenizer_config() -> Map<String, Value> {
 
 /// `model_max_length` of `tokenizer_config.json` capped at `max_position_embeddings`, as
 /// sentence-transformers does (its `max_length` key is a leftover and ignored).
-fn default_max_length(dir: &Path, config: &BertConfig) -> Result<usize, ModelError> {
+pub(crate) fn default_max_length(dir: &Path, config: &BertConfig) -> Result<usize, ModelError> {
     let path = dir.join("tokenizer_config.json");
     let from_tokenizer = if path.is_file() {
         read_json(&path)?

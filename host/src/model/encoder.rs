@@ -1,0 +1,65 @@
+//! `BertModel` without its pooler: embeddings and the stack of encoder layers, giving one
+//! hidden state per token. The cross-encoder puts a pooler and classifier on top; the
+//! sentence embedder used for hard-negative mining mean-pools it.
+
+use candle_core::{DType, Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use super::bert::TokenTensors;
+use super::config::BertConfig;
+use super::dropout::DropoutRng;
+use super::embeddings::BertEmbeddings;
+use super::encoder_layer::BertLayer;
+
+/// Embeddings plus encoder layers (transformers' `bert.embeddings` and `bert.encoder`).
+#[derive(Debug, Clone)]
+pub struct BertEncoder {
+    embeddings: BertEmbeddings,
+    layers: Vec<BertLayer>,
+}
+
+impl BertEncoder {
+    /// Loads `embeddings.*` and `encoder.layer.N.*` under `vb` (the caller passes `bert`).
+    pub fn load(vb: VarBuilder, config: &BertConfig, rng: &DropoutRng) -> Result<Self> {
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| BertLayer::load(vb.pp("encoder").pp("layer").pp(i), config, rng))
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            embeddings: BertEmbeddings::load(vb.pp("embeddings"), config, rng)?,
+            layers,
+        })
+    }
+
+    /// `[batch, seq, hidden]` hidden states of the last layer.
+    pub fn forward(&self, tokens: &TokenTensors) -> Result<Tensor> {
+        let mut hidden = self
+            .embeddings
+            .forward(&tokens.input_ids, &tokens.token_type_ids)?;
+        let (batch, seq_len) = tokens.attention_mask.dims2()?;
+        // 0 where attended, the dtype's lowest value where padded (transformers' convention;
+        // any large negative gives the same zero probability).
+        let dtype = hidden.dtype();
+        let lowest = match dtype {
+            DType::F64 => f64::MIN,
+            _ => f64::from(f32::MIN),
+        };
+        let mask_bias = ((tokens.attention_mask.to_dtype(dtype)? - 1.0)? * (-lowest))?
+            .reshape((batch, 1, 1, seq_len))?;
+        for layer in &self.layers {
+            hidden = layer.forward(&hidden, &mask_bias)?;
+        }
+        Ok(hidden)
+    }
+}
+
+impl Module for BertEncoder {
+    /// Runs on token ids alone (one segment, nothing padded).
+    fn forward(&self, input_ids: &Tensor) -> Result<Tensor> {
+        let tokens = TokenTensors {
+            input_ids: input_ids.clone(),
+            token_type_ids: input_ids.zeros_like()?,
+            attention_mask: input_ids.ones_like()?,
+        };
+        BertEncoder::forward(self, &tokens)
+    }
+}

@@ -586,3 +586,42 @@ fn bench_predict_prints_one_json_line() {
     assert!(line["pairs_per_second"].as_f64().unwrap() > 0.0);
     assert!(line["peak_rss_mb"].as_f64().unwrap() > 0.0);
 }
+
+/// The default build is CPU-only: asking for CUDA says how to get it, before any work.
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn cuda_device_without_the_feature_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let pairs = dir.path().join("pairs.tsv");
+    std::fs::write(&pairs, "q\td\n").unwrap();
+    let model = tiny("tiny-bert-ce");
+    let output = run(&[
+        "predict",
+        "--model",
+        model.to_str().unwrap(),
+        "--pairs",
+        pairs.to_str().unwrap(),
+        "--device",
+        "cuda",
+    ]);
+    assert!(!output.status.success());
+    let message = stderr(&output);
+    assert!(message.contains("--features cuda"), "{message}");
+    let output = run(&[
+        "train",
+        "--model",
+        model.to_str().unwrap(),
+        "--loss",
+        "BinaryCrossEntropyLoss",
+        "--train",
+        pairs.to_str().unwrap(),
+        "--output",
+        dir.path().join("out").to_str().unwrap(),
+        "--device",
+        "cuda:0",
+    ]);
+    assert!(!output.status.success());
+    let message = stderr(&output);
+    assert!(message.contains("--features cuda"), "{message}");
+    assert!(!dir.path().join("out").exists());
+}

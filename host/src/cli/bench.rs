@@ -19,7 +19,7 @@ use crosstrain::train::step::{accumulate_batch, GradAccumulator, PhaseTimes};
 /// The default predict workload: the 512 synthetic English pairs (~10-word questions, ~60-word
 /// passages, 67–93 tokens) that the reference measured sentence-transformers on, so the
 /// figures compare one to one.
-const BENCH_PAIRS: &str = include_str!("../../assets/bench_pairs.jsonl");
+pub const BENCH_PAIRS: &str = include_str!("../../assets/bench_pairs.jsonl");
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
@@ -27,6 +27,8 @@ pub enum BenchCommand {
     Predict(BenchPredictArgs),
     /// Training-step throughput: tokenize, forward, loss, backward and AdamW.
     Train(BenchTrainArgs),
+    /// Hard-negative mining on a synthetic corpus: time and peak memory.
+    Mine(super::mine::BenchMineArgs),
 }
 
 /// The default training workload: the reference's 368 (query, document, 0/1) pairs, trained
@@ -62,6 +64,9 @@ pub struct BenchTrainArgs {
     /// Timed steps.
     #[arg(long, default_value_t = 20)]
     steps: usize,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 #[derive(Debug, Args)]
@@ -92,6 +97,7 @@ pub fn run(
     match command {
         BenchCommand::Predict(args) => bench_predict(args, out),
         BenchCommand::Train(args) => bench_train(args, registry()?, out),
+        BenchCommand::Mine(args) => super::mine::run_bench_mine(args, out),
     }
 }
 
@@ -150,6 +156,7 @@ fn bench_train(
     let loss = registry.build(&args.loss, &loss_config)?;
     let options = LoadOptions {
         max_length: Some(args.max_length),
+        device: crosstrain::model::parse_device(&args.device)?,
         ..LoadOptions::default()
     };
     let model = CrossEncoder::load(&args.model, &options)

@@ -101,6 +101,9 @@ pub struct ModelArgs {
     /// The engine: candle, or ONNX Runtime on MODEL/onnx/model.onnx.
     #[arg(long, value_enum, default_value_t = Backend::Candle)]
     pub backend: Backend,
+    /// candle's device: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 impl ModelArgs {
@@ -108,6 +111,7 @@ impl ModelArgs {
     pub fn load(&self) -> anyhow::Result<CrossEncoder> {
         let options = LoadOptions {
             max_length: self.max_length,
+            device: crosstrain::model::parse_device(&self.device)?,
             ..LoadOptions::default()
         };
         CrossEncoder::load(&self.model, &options)

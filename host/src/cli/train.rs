@@ -24,6 +24,9 @@ pub struct TrainArgs {
     /// Output directory (`output`).
     #[arg(long)]
     output: Option<PathBuf>,
+    /// cpu, cuda or cuda:N (`device`).
+    #[arg(long)]
+    device: Option<String>,
     /// Loss name (`loss`).
     #[arg(long)]
     loss: Option<String>,
@@ -133,6 +136,9 @@ fn build_config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
     }
     if let Some(output) = &args.output {
         put("output", absolute(output).into())?;
+    }
+    if let Some(device) = &args.device {
+        put("device", device.clone().into())?;
     }
     if let Some(loss) = &args.loss {
         put("loss", loss.clone().into())?;

@@ -17,7 +17,7 @@ use crate::model::{ModelError, SentenceEmbedder};
 
 /// Queries scored against one chunk at a time in blocks of this many, so the score block
 /// stays at `QUERY_BLOCK × chunk_size` floats.
-const QUERY_BLOCK: usize = 2048;
+const QUERY_BLOCK: usize = 512;
 
 /// The result of a dense search.
 #[derive(Debug)]

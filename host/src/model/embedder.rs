@@ -7,13 +7,12 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, IndexOp, Tensor};
-use candle_nn::{VarBuilder, VarMap};
+use candle_nn::VarBuilder;
 use serde_json::Value;
 
 use super::bert::TokenTensors;
 use super::dropout::DropoutRng;
 use super::encoder::BertEncoder;
-use super::weights::CheckpointBackend;
 use super::{default_max_length, read_json, BertConfig, ModelError};
 use crate::tokenize::{EncodedPairs, PairTokenizer};
 
@@ -92,10 +91,13 @@ impl SentenceEmbedder {
                     message: e.to_string(),
                 }
             })?;
-        let backend: Box<dyn candle_nn::var_builder::SimpleBackend> = Box::new(
-            CheckpointBackend::new(checkpoint, VarMap::new(), 0, config.initializer_range),
-        );
-        let vb = VarBuilder::from_backend(backend, DType::F32, device.clone());
+        // Plain tensors, not `Var`s: inference records no backward graph, so each layer's
+        // intermediates are freed as soon as the next layer has used them.
+        let tensors: std::collections::HashMap<String, Tensor> = checkpoint
+            .into_iter()
+            .map(|(name, tensor)| (super::weights::canonical_name(&name), tensor))
+            .collect();
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
         // Default DropoutRng is in eval mode: embedding never drops anything.
         let encoder =
             BertEncoder::load(vb.pp("bert"), &config, &DropoutRng::default()).map_err(|e| {

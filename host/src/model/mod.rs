@@ -96,6 +96,9 @@ pub enum ModelError {
     /// Tokenization failed.
     #[error("tokenizing: {0}")]
     Tokenize(String),
+    /// A device that does not exist or that this build cannot use.
+    #[error("{0}")]
+    Device(String),
 }
 
 /// How to load a model.
@@ -151,6 +154,50 @@ impl DefaultActivation {
                 .collect(),
         }
     }
+}
+
+/// Whether `spec` names a device crosstrain knows: `cpu`, `cuda` or `cuda:N` (checked
+/// without touching a GPU, for config validation).
+pub fn is_device_spec(spec: &str) -> bool {
+    device_ordinal(spec).is_ok()
+}
+
+/// `None` for the CPU, `Some(N)` for CUDA device N.
+fn device_ordinal(spec: &str) -> Result<Option<usize>, ModelError> {
+    let lower = spec.trim().to_ascii_lowercase();
+    match lower.as_str() {
+        "cpu" => Ok(None),
+        "cuda" | "gpu" => Ok(Some(0)),
+        other => other
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse::<usize>().ok())
+            .map(Some)
+            .ok_or_else(|| {
+                ModelError::Device(format!("unknown device {spec:?}; use cpu, cuda or cuda:N"))
+            }),
+    }
+}
+
+/// The device `cpu`, `cuda` or `cuda:N` names. CUDA needs a build with the `cuda` feature
+/// (`scripts/build-cuda.sh`); without it the error says so instead of failing later.
+pub fn parse_device(spec: &str) -> Result<Device, ModelError> {
+    match device_ordinal(spec)? {
+        None => Ok(Device::Cpu),
+        Some(ordinal) => cuda_device(ordinal),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_device(ordinal: usize) -> Result<Device, ModelError> {
+    Device::new_cuda(ordinal).map_err(|e| ModelError::Device(format!("cuda:{ordinal}: {e}")))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_device(ordinal: usize) -> Result<Device, ModelError> {
+    Err(ModelError::Device(format!(
+        "cuda:{ordinal} was asked for, but this crosstrain was built without CUDA; build it \
+         with `cargo build --release -p crosstrain --features cuda` (see scripts/build-cuda.sh)"
+    )))
 }
 
 /// A loaded cross-encoder: network, tokenizer, config, and trainable parameters.
@@ -451,17 +498,39 @@ impl CrossEncoder {
         pairs: &[(&str, &str)],
         batch_size: usize,
     ) -> Result<Vec<Vec<f32>>, ModelError> {
-        let was = self.dropout.snapshot();
-        self.dropout.eval();
-        let result = score_longest_first(pairs, batch_size, |batch| {
-            Ok(self
-                .logits(batch)?
-                .detach()
+        let network = self.inference_network()?;
+        score_longest_first(pairs, batch_size, |batch| {
+            let encoded = self.encode(batch)?;
+            Ok(network
+                .forward(&self.token_tensors(&encoded)?)?
                 .to_dtype(DType::F32)?
                 .to_vec2::<f32>()?)
-        });
-        self.dropout.restore(was);
-        result
+        })
+    }
+
+    /// The network over detached views of the parameters (the same storage, without the
+    /// `Var` flag) and with dropout off. A forward pass through it records no backward graph,
+    /// so each layer's intermediates are freed as soon as the next layer has read them
+    /// instead of living until the logits are dropped: less memory and fresher caches for
+    /// `predict` and evaluation. Built per call (it only clones handles), so it always sees
+    /// the current weights.
+    fn inference_network(&self) -> Result<BertForSequenceClassification, ModelError> {
+        let tensors: std::collections::HashMap<String, Tensor> = self
+            .named_parameters()
+            .into_iter()
+            .map(|(name, var)| (name, var.as_tensor().detach()))
+            .collect();
+        let dtype = tensors
+            .values()
+            .next()
+            .map_or(DType::F32, |tensor| tensor.dtype());
+        let vb = VarBuilder::from_tensors(tensors, dtype, &self.device);
+        Ok(BertForSequenceClassification::load(
+            vb,
+            &self.config,
+            self.num_labels(),
+            &DropoutRng::default(),
+        )?)
     }
 
     /// Writes the model directory atomically: everything goes to a temporary directory beside
@@ -612,5 +681,34 @@ fn default_activation(dir: &Path, num_labels: usize) -> DefaultActivation {
         Some(name) if name.ends_with("Identity") => DefaultActivation::Identity,
         _ if num_labels == 1 => DefaultActivation::Sigmoid,
         _ => DefaultActivation::Identity,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_specs() {
+        assert!(parse_device("cpu").unwrap().is_cpu());
+        assert!(parse_device(" CPU ").unwrap().is_cpu());
+        for good in ["cuda", "cuda:0", "cuda:3", "gpu"] {
+            assert!(is_device_spec(good), "{good}");
+        }
+        for bad in ["tpu", "cuda:", "cuda:x", "cuda0", ""] {
+            assert!(!is_device_spec(bad), "{bad}");
+            let error = parse_device(bad).unwrap_err().to_string();
+            assert!(error.contains("use cpu, cuda or cuda:N"), "{error}");
+        }
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn cuda_without_the_feature_says_how_to_build_it() {
+        let error = parse_device("cuda:1").unwrap_err().to_string();
+        assert!(
+            error.contains("cuda:1") && error.contains("--features cuda"),
+            "{error}"
+        );
     }
 }

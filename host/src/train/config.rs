@@ -101,6 +101,11 @@ pub struct TrainConfig {
     /// directory then needs only `config.json` and `tokenizer.json`).
     #[serde(default)]
     pub from_scratch: bool,
+    /// Where the model, its backward pass and the optimiser run: `cpu`, `cuda` or `cuda:N`
+    /// (CUDA needs a build with `--features cuda`). Only the logits and their gradient
+    /// (`pairs × num_labels` floats) cross to the CPU for the loss plugin.
+    #[serde(default = "default_device")]
+    pub device: String,
     /// Outputs per pair; default: the model's.
     #[serde(default)]
     pub num_labels: Option<usize>,
@@ -221,6 +226,10 @@ pub struct TrainConfig {
 fn empty_object() -> Value {
     Value::Object(serde_json::Map::new())
 }
+fn default_device() -> String {
+    "cpu".into()
+}
+
 fn default_epochs() -> usize {
     3
 }
@@ -310,6 +319,12 @@ impl TrainConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid =
             |field: &'static str, message: String| Err(ConfigError::Invalid { field, message });
+        if !crate::model::is_device_spec(&self.device) {
+            return invalid(
+                "device",
+                format!("unknown device {:?}; use cpu, cuda or cuda:N", self.device),
+            );
+        }
         if self.batch_size == 0 {
             return invalid("batch_size", "must be at least 1".into());
         }
@@ -498,6 +513,21 @@ mod tests {
         assert_eq!(config.train.files, vec![PathBuf::from("/base/train.jsonl")]);
         assert_eq!(config.output, PathBuf::from("/base/out"));
         assert!(config.export_onnx);
+        assert_eq!(config.device, "cpu");
+    }
+
+    #[test]
+    fn unknown_device_is_named() {
+        let text = format!("{MINIMAL}\ndevice = \"tpu:0\"\n");
+        let error = TrainConfig::from_toml(&text, "t.toml", Path::new("/base"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("device") && error.contains("tpu:0"),
+            "{error}"
+        );
+        let text = format!("{MINIMAL}\ndevice = \"cuda:1\"\n");
+        assert!(TrainConfig::from_toml(&text, "t.toml", Path::new("/base")).is_ok());
     }
 
     #[test]

@@ -330,6 +330,7 @@ pub fn train(
         num_labels: config.num_labels,
         seed: config.seed,
         from_scratch: config.from_scratch && resume_from.is_none(),
+        device: crate::model::parse_device(&config.device)?,
         ..LoadOptions::default()
     };
     let model = match &resume_from {

@@ -66,13 +66,18 @@ fn setup() -> Setup {
 
 /// Runs the miner into `name` with extra options; returns the rows and the JSON summary.
 fn mine(setup: &Setup, name: &str, options: &[&str]) -> (Vec<Value>, Value) {
+    mine_corpus(setup, &setup.corpus, name, options)
+}
+
+/// [`mine`] over another corpus file.
+fn mine_corpus(setup: &Setup, corpus: &Path, name: &str, options: &[&str]) -> (Vec<Value>, Value) {
     let output = setup.dir.join(name);
     let mut args = vec![
         "mine-hard-negatives",
         "--data",
         setup.data.to_str().unwrap(),
         "--corpus",
-        setup.corpus.to_str().unwrap(),
+        corpus.to_str().unwrap(),
         "--output",
         output.to_str().unwrap(),
         "--overwrite",
@@ -437,13 +442,7 @@ fn dense_retrieval_streams_the_corpus_in_chunks() {
     )
     .unwrap();
     let mine_dense = |name: &str, chunk: &str| {
-        let output = setup.dir.join(name);
-        let result = run(&[
-            "mine-hard-negatives",
-            "--data",
-            setup.data.to_str().unwrap(),
-            "--corpus",
-            corpus.to_str().unwrap(),
+        let options = [
             "--model",
             model,
             "--chunk-size",
@@ -451,14 +450,10 @@ fn dense_retrieval_streams_the_corpus_in_chunks() {
             "--output-format",
             "n-tuple",
             "--output-scores",
-            "--output",
-            output.to_str().unwrap(),
-            "--json",
-        ]);
-        assert!(result.status.success(), "{}", stderr(&result));
-        let summary: Value = serde_json::from_str(stdout(&result).trim()).unwrap();
+        ];
+        let (rows, summary) = mine_corpus(&setup, &corpus, name, &options);
         assert_eq!(summary["retriever"], "dense");
-        read_rows(&output)
+        rows
     };
     let chunked = mine_dense("chunked.jsonl", "2");
     let whole = mine_dense("whole.jsonl", "1000");

@@ -157,13 +157,6 @@ pub fn select_negatives(
 mod tests {
     use super::*;
 
-    fn candidates(scores: &[(u32, f32)]) -> Vec<Candidate> {
-        scores
-            .iter()
-            .map(|&(document, score)| Candidate { score, document })
-            .collect()
-    }
-
     fn selection(num_negatives: usize, range_max: usize) -> Selection {
         Selection {
             include_positives: false,
@@ -178,11 +171,32 @@ mod tests {
         }
     }
 
-    fn documents(chosen: &[Candidate]) -> Vec<Option<u32>> {
-        chosen
+    /// Selects among `found` (document, score) with document 0 as the only positive; returns
+    /// the chosen documents (None where missing), their scores, and the skip counts.
+    fn run(
+        found: &[(u32, f32)],
+        positive_scores: &[f32],
+        selection: &Selection,
+        seed: u64,
+    ) -> (Vec<Option<u32>>, Vec<f32>, Skipped) {
+        let candidates: Vec<Candidate> = found
+            .iter()
+            .map(|&(document, score)| Candidate { score, document })
+            .collect();
+        let mut skipped = Skipped::default();
+        let chosen = select_negatives(
+            &candidates,
+            &[0],
+            positive_scores,
+            selection,
+            &mut SeededRng::new(seed),
+            &mut skipped,
+        );
+        let documents = chosen
             .iter()
             .map(|c| is_found(c).then_some(c.document))
-            .collect()
+            .collect();
+        (documents, chosen.iter().map(|c| c.score).collect(), skipped)
     }
 
     fn pick(
@@ -190,15 +204,7 @@ mod tests {
         positive_scores: &[f32],
         selection: &Selection,
     ) -> Vec<Option<u32>> {
-        let mut skipped = Skipped::default();
-        documents(&select_negatives(
-            &candidates(found),
-            &[0],
-            positive_scores,
-            selection,
-            &mut SeededRng::new(1),
-            &mut skipped,
-        ))
+        run(found, positive_scores, selection, 1).0
     }
 
     // Document 0 is the positive (score 0.9); the others are ranked by score.
@@ -237,16 +243,8 @@ mod tests {
         s.absolute_margin = Some(0.15);
         // min positive 0.8 (of 0.9 and 0.8): drop 0.85 (1.0 > 0.8) and 0.7 (0.85 > 0.8);
         // keep 0.6 (0.75).
-        let mut skipped = Skipped::default();
-        let chosen = select_negatives(
-            &candidates(&FOUND),
-            &[0],
-            &[0.9, 0.8],
-            &s,
-            &mut SeededRng::new(1),
-            &mut skipped,
-        );
-        assert_eq!(documents(&chosen), [Some(3), Some(4)]);
+        let (documents, _, skipped) = run(&FOUND, &[0.9, 0.8], &s, 1);
+        assert_eq!(documents, [Some(3), Some(4)]);
         assert_eq!(skipped.absolute_margin, 2);
     }
 
@@ -267,16 +265,8 @@ mod tests {
         let mut s = selection(3, 6);
         s.max_score = Some(0.65);
         s.min_score = Some(0.3);
-        let mut skipped = Skipped::default();
-        let chosen = select_negatives(
-            &candidates(&FOUND),
-            &[0],
-            &[0.9],
-            &s,
-            &mut SeededRng::new(1),
-            &mut skipped,
-        );
-        assert_eq!(documents(&chosen), [Some(3), Some(4), None]);
+        let (documents, _, skipped) = run(&FOUND, &[0.9], &s, 1);
+        assert_eq!(documents, [Some(3), Some(4), None]);
         assert_eq!((skipped.max_score, skipped.min_score), (2, 1));
     }
 
@@ -286,37 +276,17 @@ mod tests {
         s.sampling = SamplingStrategy::Random;
         let mut seen = std::collections::BTreeSet::new();
         for seed in 0..200 {
-            let mut skipped = Skipped::default();
-            let chosen = select_negatives(
-                &candidates(&FOUND),
-                &[0],
-                &[0.9],
-                &s,
-                &mut SeededRng::new(seed),
-                &mut skipped,
-            );
-            assert!(chosen[0].score > chosen[1].score, "sorted by score");
-            for c in &chosen {
-                assert!(is_found(c) && c.document != 0);
-                seen.insert(c.document);
+            let (documents, scores, _) = run(&FOUND, &[0.9], &s, seed);
+            assert!(scores[0] > scores[1], "sorted by score");
+            for document in documents {
+                let document = document.expect("enough valid candidates");
+                assert_ne!(document, 0);
+                seen.insert(document);
             }
         }
         assert_eq!(seen.into_iter().collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
         // The same seed gives the same draw.
-        let draw = |seed| pick_random(&s, seed);
-        assert_eq!(draw(7), draw(7));
-    }
-
-    fn pick_random(s: &Selection, seed: u64) -> Vec<Option<u32>> {
-        let mut skipped = Skipped::default();
-        documents(&select_negatives(
-            &candidates(&FOUND),
-            &[0],
-            &[0.9],
-            s,
-            &mut SeededRng::new(seed),
-            &mut skipped,
-        ))
+        assert_eq!(run(&FOUND, &[0.9], &s, 7).0, run(&FOUND, &[0.9], &s, 7).0);
     }
 
     #[test]
@@ -325,19 +295,6 @@ mod tests {
         s.sampling = SamplingStrategy::Random;
         // Two valid candidates: the draw is from the first three slots, one of them missing.
         let found = [(0, 0.9), (1, 0.5), (2, 0.4)];
-        let chosen = pick_random_from(&found, &s);
-        assert_eq!(chosen, [Some(1), Some(2), None]);
-    }
-
-    fn pick_random_from(found: &[(u32, f32)], s: &Selection) -> Vec<Option<u32>> {
-        let mut skipped = Skipped::default();
-        documents(&select_negatives(
-            &candidates(found),
-            &[0],
-            &[0.9],
-            s,
-            &mut SeededRng::new(3),
-            &mut skipped,
-        ))
+        assert_eq!(run(&found, &[0.9], &s, 3).0, [Some(1), Some(2), None]);
     }
 }

@@ -13,7 +13,7 @@ use serde_json::Value;
 use super::bert::TokenTensors;
 use super::dropout::DropoutRng;
 use super::encoder::BertEncoder;
-use super::{default_max_length, read_json, BertConfig, ModelError};
+use super::{default_max_length, read_bert_config, read_json, ModelError};
 use crate::tokenize::{EncodedPairs, PairTokenizer};
 
 /// How token states become one sentence vector (sentence-transformers' `Pooling` module).
@@ -44,22 +44,7 @@ impl SentenceEmbedder {
         device: &Device,
         max_length: Option<usize>,
     ) -> Result<Self, ModelError> {
-        let config_path = dir.join("config.json");
-        if !config_path.is_file() {
-            return Err(ModelError::MissingFile {
-                dir: dir.to_path_buf(),
-                file: "config.json",
-            });
-        }
-        let config: BertConfig =
-            serde_json::from_value(read_json(&config_path)?).map_err(|e| ModelError::BadFile {
-                path: config_path.clone(),
-                message: e.to_string(),
-            })?;
-        config.validate().map_err(|message| ModelError::BadFile {
-            path: config_path.clone(),
-            message,
-        })?;
+        let (config, _) = read_bert_config(dir)?;
         for file in ["model.safetensors", "tokenizer.json"] {
             if !dir.join(file).is_file() {
                 return Err(ModelError::MissingFile {

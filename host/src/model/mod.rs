@@ -200,6 +200,39 @@ fn cuda_device(ordinal: usize) -> Result<Device, ModelError> {
     )))
 }
 
+/// `config.json` of a model directory, parsed and validated, with its raw JSON (kept so that
+/// saving writes back every key, known or not).
+pub(crate) fn read_bert_config(dir: &Path) -> Result<(BertConfig, Map<String, Value>), ModelError> {
+    let config_path = dir.join("config.json");
+    if !config_path.is_file() {
+        return Err(ModelError::MissingFile {
+            dir: dir.to_path_buf(),
+            file: "config.json",
+        });
+    }
+    let raw_config = match read_json(&config_path)? {
+        Value::Object(map) => map,
+        _ => {
+            return Err(ModelError::BadFile {
+                path: config_path,
+                message: "expected a JSON object".into(),
+            })
+        }
+    };
+    let config: BertConfig =
+        serde_json::from_value(Value::Object(raw_config.clone())).map_err(|e| {
+            ModelError::BadFile {
+                path: config_path.clone(),
+                message: e.to_string(),
+            }
+        })?;
+    config.validate().map_err(|message| ModelError::BadFile {
+        path: config_path.clone(),
+        message,
+    })?;
+    Ok((config, raw_config))
+}
+
 /// A loaded cross-encoder: network, tokenizer, config, and trainable parameters.
 pub struct CrossEncoder {
     network: BertForSequenceClassification,
@@ -278,31 +311,7 @@ impl CrossEncoder {
 
     /// Loads a model directory.
     pub fn load_dir(dir: &Path, options: &LoadOptions) -> Result<Self, ModelError> {
-        let config_path = dir.join("config.json");
-        if !config_path.is_file() {
-            return Err(ModelError::MissingFile {
-                dir: dir.to_path_buf(),
-                file: "config.json",
-            });
-        }
-        let raw_config = match read_json(&config_path)? {
-            Value::Object(map) => map,
-            _ => {
-                return Err(ModelError::BadFile {
-                    path: config_path,
-                    message: "expected a JSON object".into(),
-                })
-            }
-        };
-        let config: BertConfig = serde_json::from_value(Value::Object(raw_config.clone()))
-            .map_err(|e| ModelError::BadFile {
-                path: config_path.clone(),
-                message: e.to_string(),
-            })?;
-        config.validate().map_err(|message| ModelError::BadFile {
-            path: config_path.clone(),
-            message,
-        })?;
+        let (config, raw_config) = read_bert_config(dir)?;
         let weights_path = dir.join("model.safetensors");
         if !options.from_scratch && !weights_path.is_file() {
             if dir.join("pytorch_model.bin").is_file() {

@@ -625,3 +625,35 @@ fn cuda_device_without_the_feature_is_a_clear_error() {
     assert!(message.contains("--features cuda"), "{message}");
     assert!(!dir.path().join("out").exists());
 }
+
+/// The sentence embedder used for dense mining: unit vectors, and padding does not leak into
+/// the mean (a text embedded beside a longer one equals the text embedded alone).
+#[test]
+fn sentence_embeddings_are_unit_length_and_padding_free() {
+    let model = tiny("tiny-bert-ce");
+    let embedder =
+        crosstrain::model::SentenceEmbedder::load_dir(&model, &candle_core::Device::Cpu, None)
+            .unwrap();
+    assert_eq!(embedder.pooling(), crosstrain::model::Pooling::Mean);
+    let dimension = embedder.dimension();
+    let texts = [
+        "mars",
+        "how many moons does mars have, and what are they called?",
+    ];
+    let together = embedder.embed(&texts, 8).unwrap();
+    assert_eq!(together.len(), 2 * dimension);
+    for (index, text) in texts.iter().enumerate() {
+        let alone = embedder.embed(&[text], 8).unwrap();
+        let row = &together[index * dimension..(index + 1) * dimension];
+        let norm: f32 = row.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5, "norm {norm}");
+        let gap = row
+            .iter()
+            .zip(&alone)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(gap < 1e-5, "{text}: {gap}");
+    }
+    // Different texts get different vectors.
+    assert!(together[..dimension] != together[dimension..]);
+}

@@ -441,8 +441,8 @@ fn dense_retrieval_streams_the_corpus_in_chunks() {
         format!("{C0}\n{C1}\n{Q0}\n{C3}\n{C4}\n{C5}\n{C2}\n"),
     )
     .unwrap();
-    let mine_dense = |name: &str, chunk: &str| {
-        let options = [
+    let mine_dense = |name: &str, chunk: &str, more: &[&str]| {
+        let mut options = vec![
             "--model",
             model,
             "--chunk-size",
@@ -451,13 +451,42 @@ fn dense_retrieval_streams_the_corpus_in_chunks() {
             "n-tuple",
             "--output-scores",
         ];
+        options.extend_from_slice(more);
         let (rows, summary) = mine_corpus(&setup, &corpus, name, &options);
         assert_eq!(summary["retriever"], "dense");
         rows
     };
-    let chunked = mine_dense("chunked.jsonl", "2");
-    let whole = mine_dense("whole.jsonl", "1000");
-    assert_eq!(chunked, whole);
+    // The same rows whatever the chunking; scores agree to float rounding (a chunk's texts are
+    // embedded in other batches, padded to other lengths).
+    let same = |a: &[Value], b: &[Value]| {
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(b) {
+            for key in ["query", "answer", "negative_1", "negative_2", "negative_3"] {
+                assert_eq!(x[key], y[key], "{key}");
+            }
+            for (s, t) in x["scores"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .zip(y["scores"].as_array().unwrap())
+            {
+                assert!(
+                    (s.as_f64().unwrap() - t.as_f64().unwrap()).abs() < 1e-5,
+                    "{s} vs {t}"
+                );
+            }
+        }
+    };
+    let chunked = mine_dense("chunked.jsonl", "2", &[]);
+    let whole = mine_dense("whole.jsonl", "1000", &[]);
+    same(&chunked, &whole);
+    // Prompts go in front of what is embedded: an empty one changes nothing, another does.
+    same(
+        &mine_dense("empty.jsonl", "3", &["--query-prompt", ""]),
+        &whole,
+    );
+    let prompted = mine_dense("prompted.jsonl", "3", &["--corpus-prompt", "passage: "]);
+    assert_ne!(prompted[0]["scores"], whole[0]["scores"]);
     assert_eq!(chunked[0]["negative_1"], Q0);
     let scores = chunked[0]["scores"].as_array().unwrap();
     assert!(

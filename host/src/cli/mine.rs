@@ -108,6 +108,12 @@ pub struct MineArgs {
     /// Dense: corpus documents embedded and held at a time.
     #[arg(long, default_value_t = 16384)]
     chunk_size: usize,
+    /// Dense: text put before every query when embedding it, e.g. "query: ".
+    #[arg(long, alias = "query_prompt")]
+    query_prompt: Option<String>,
+    /// Dense: text put before every document when embedding it, e.g. "passage: ".
+    #[arg(long, alias = "corpus_prompt")]
+    corpus_prompt: Option<String>,
     /// Dense: truncation length (default: the model's max_seq_length).
     #[arg(long)]
     max_length: Option<usize>,
@@ -252,6 +258,8 @@ fn mine_files(args: MineArgs) -> anyhow::Result<(Value, String)> {
             embedder,
             chunk_size: args.chunk_size,
             batch_size: args.batch_size,
+            query_prompt: args.query_prompt.as_deref(),
+            corpus_prompt: args.corpus_prompt.as_deref(),
         },
     };
     let cross_encoder = match &args.cross_encoder {

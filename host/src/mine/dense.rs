@@ -30,13 +30,28 @@ pub struct DenseSearch {
 
 /// Options of a dense search.
 #[derive(Debug, Clone, Copy)]
-pub struct DenseOptions {
+pub struct DenseOptions<'a> {
     /// Candidates kept per query.
     pub k: usize,
     /// Documents embedded (and held) at a time.
     pub chunk_size: usize,
     /// Texts per forward pass.
     pub batch_size: usize,
+    /// Prepended to every query before embedding (the reference's `query_prompt`).
+    pub query_prompt: Option<&'a str>,
+    /// Prepended to every document before embedding (`corpus_prompt`).
+    pub corpus_prompt: Option<&'a str>,
+}
+
+/// `texts` with `prompt` in front, borrowed when there is no prompt.
+fn with_prompt<'t>(texts: &[&'t str], prompt: Option<&str>) -> Vec<std::borrow::Cow<'t, str>> {
+    texts
+        .iter()
+        .map(|&text| match prompt {
+            Some(prompt) => std::borrow::Cow::Owned(format!("{prompt}{text}")),
+            None => std::borrow::Cow::Borrowed(text),
+        })
+        .collect()
 }
 
 /// Embeds queries and corpus with `embedder` and keeps the `k` most similar documents per
@@ -47,11 +62,13 @@ pub fn dense_search(
     queries: &[&str],
     corpus: &Corpus,
     pairs: &[(usize, u32)],
-    options: DenseOptions,
+    options: DenseOptions<'_>,
     on_documents: &dyn Fn(usize),
 ) -> Result<DenseSearch, ModelError> {
     let dimension = embedder.dimension();
-    let query_embeddings = embedder.embed(queries, options.batch_size)?;
+    let prompted = with_prompt(queries, options.query_prompt);
+    let prompted: Vec<&str> = prompted.iter().map(|t| t.as_ref()).collect();
+    let query_embeddings = embedder.embed(&prompted, options.batch_size)?;
     let mut tops: Vec<TopK> = (0..queries.len()).map(|_| TopK::new(options.k)).collect();
     let mut pair_scores = vec![f32::NEG_INFINITY; pairs.len()];
     let mut pairs_by_document: HashMap<u32, Vec<usize>> = HashMap::new();
@@ -63,6 +80,8 @@ pub fn dense_search(
     while start < corpus.len() {
         let end = (start + chunk_size).min(corpus.len());
         let texts: Vec<&str> = (start..end).map(|i| corpus.get(i as u32)).collect();
+        let texts = with_prompt(&texts, options.corpus_prompt);
+        let texts: Vec<&str> = texts.iter().map(|t| t.as_ref()).collect();
         let chunk = embedder.embed(&texts, options.batch_size)?;
         let chunk_tensor = Tensor::from_slice(&chunk, (end - start, dimension), &Device::Cpu)?;
         let chunk_t = chunk_tensor.t()?;

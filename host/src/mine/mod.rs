@@ -329,6 +329,10 @@ pub enum Retriever<'a> {
         chunk_size: usize,
         /// Texts per forward pass.
         batch_size: usize,
+        /// Prepended to each query before embedding.
+        query_prompt: Option<&'a str>,
+        /// Prepended to each document before embedding.
+        corpus_prompt: Option<&'a str>,
     },
 }
 
@@ -394,6 +398,8 @@ pub fn mine(
             embedder,
             chunk_size,
             batch_size,
+            query_prompt,
+            corpus_prompt,
         } => {
             let total = corpus.len();
             let search = dense_search(
@@ -405,6 +411,8 @@ pub fn mine(
                     k,
                     chunk_size: *chunk_size,
                     batch_size: *batch_size,
+                    query_prompt: *query_prompt,
+                    corpus_prompt: *corpus_prompt,
                 },
                 &|done| progress("embedding", done, total),
             )?;

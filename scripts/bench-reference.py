@@ -50,7 +50,7 @@ def main():
                                    padding=True, truncation="longest_first", max_length=128,
                                    return_tensors="pt")
         logits = model.model(**features).logits.view(-1)
-        value = loss.loss_fct(logits, torch.tensor([float(r["label"]) for r in batch]))
+        value = loss.bce_with_logits_loss(logits, torch.tensor([float(r["label"]) for r in batch]))
         forward = time.perf_counter()
         value.backward()
         backward = time.perf_counter()

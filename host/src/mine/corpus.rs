@@ -8,6 +8,13 @@
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
+use std::io::BufRead;
+use std::path::Path;
+
+use serde_json::Value;
+
+use super::MineError;
+use crate::data::dataset::{read_dataset, DatasetSpec, FileFormat, TextValues};
 
 /// De-duplicated texts in first-seen order.
 #[derive(Debug, Default)]
@@ -93,6 +100,125 @@ impl Corpus {
         self.arena.capacity()
             + self.ends.capacity() * std::mem::size_of::<usize>()
             + self.by_hash.capacity() * (8 + 4 + 8)
+    }
+}
+
+/// Reads a corpus file into `corpus`, one document per line (`.txt`), per JSON line (a
+/// string, or an object whose `column` — default `text`, else `document` — holds it), or
+/// from a column of a CSV/TSV/Parquet file. Text and JSONL files are streamed: only the
+/// de-duplicated texts are kept. Returns the number of documents read.
+pub fn read_corpus(
+    path: &Path,
+    column: Option<&str>,
+    corpus: &mut Corpus,
+) -> Result<usize, MineError> {
+    let io = |source| MineError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let extension = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .unwrap_or_default();
+    let malformed = |line: usize, message: String| MineError::Input {
+        path: path.to_path_buf(),
+        message: format!("line {line}: {message}"),
+    };
+    match extension.as_str() {
+        "txt" | "jsonl" | "json" => {
+            let json = extension != "txt";
+            let reader = std::io::BufReader::new(std::fs::File::open(path).map_err(io)?);
+            let mut read = 0usize;
+            for (index, line) in reader.lines().enumerate() {
+                let line = line.map_err(io)?;
+                let line = line.trim_end_matches('\r');
+                if line.trim().is_empty() {
+                    continue;
+                }
+                if !json {
+                    corpus.insert(line);
+                    read += 1;
+                    continue;
+                }
+                let value: Value = serde_json::from_str(line)
+                    .map_err(|e| malformed(index + 1, format!("not valid JSON: {e}")))?;
+                let text = match &value {
+                    Value::String(text) => text.as_str(),
+                    Value::Object(object) => {
+                        let keys: Vec<&str> = match column {
+                            Some(column) => vec![column],
+                            None => vec!["text", "document"],
+                        };
+                        let found = keys.iter().find_map(|k| object.get(*k));
+                        match found {
+                            Some(Value::String(text)) => text.as_str(),
+                            Some(other) => {
+                                return Err(malformed(
+                                    index + 1,
+                                    format!("column {:?}: expected a string, got {other}", keys[0]),
+                                ))
+                            }
+                            None => {
+                                return Err(malformed(
+                                    index + 1,
+                                    format!(
+                                        "no column {}; this line has {}",
+                                        keys.iter()
+                                            .map(|k| format!("{k:?}"))
+                                            .collect::<Vec<_>>()
+                                            .join(" or "),
+                                        object.keys().cloned().collect::<Vec<_>>().join(", ")
+                                    ),
+                                ))
+                            }
+                        }
+                    }
+                    _ => {
+                        return Err(malformed(
+                            index + 1,
+                            "expected a string or an object with a text column".into(),
+                        ))
+                    }
+                };
+                corpus.insert(text);
+                read += 1;
+            }
+            Ok(read)
+        }
+        _ => {
+            if FileFormat::from_path(path).is_none() {
+                return Err(MineError::Input {
+                    path: path.to_path_buf(),
+                    message: "unknown corpus format; use .txt (one document per line), .jsonl, \
+                              .csv, .tsv or .parquet"
+                        .into(),
+                });
+            }
+            let mut spec = DatasetSpec::from_files(vec![path.to_path_buf()]);
+            if let Some(column) = column {
+                spec.columns = Some(vec![column.to_string()]);
+            }
+            let dataset = read_dataset(&spec)?;
+            let Some(first) = dataset.columns.first() else {
+                return Err(MineError::Input {
+                    path: path.to_path_buf(),
+                    message: "no text column".into(),
+                });
+            };
+            match &first.values {
+                TextValues::Texts(texts) => {
+                    for text in texts {
+                        corpus.insert(text);
+                    }
+                    Ok(texts.len())
+                }
+                TextValues::Lists(_) => Err(MineError::Input {
+                    path: path.to_path_buf(),
+                    message: format!("column {:?} holds lists, not texts", first.name),
+                }),
+            }
+        }
     }
 }
 

@@ -20,7 +20,7 @@ pub mod output;
 pub mod select;
 pub mod topk;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crosstrain_plugin_api::rng::SeededRng;
 
@@ -28,7 +28,7 @@ use crate::data::dataset::{Dataset, DatasetError, TextValues};
 use crate::model::{ModelError, SentenceEmbedder};
 use crate::train::state::derive_seed;
 
-pub use corpus::Corpus;
+pub use corpus::{read_corpus, Corpus};
 pub use output::OutputFormat;
 pub use select::{SamplingStrategy, Selection, Skipped};
 pub use topk::Candidate;
@@ -516,18 +516,6 @@ fn rescore_candidates(
     }
     positive_scores.copy_from_slice(&scores);
     Ok(())
-}
-
-/// Reads a corpus file into `corpus`, one document per line (`.txt`), per JSON line (a
-/// string, or an object whose `column` — default `text`, else `document` — holds it), or
-/// from a column of a CSV/TSV/Parquet file. Text and JSONL files are streamed: only the
-/// de-duplicated texts are kept. Returns the number of documents read.
-pub fn read_corpus(
-    path: &Path,
-    column: Option<&str>,
-    corpus: &mut Corpus,
-) -> Result<usize, MineError> {
-    output::read_corpus(path, column, corpus)
 }
 
 /// Summary statistics of a list of scores, as the reference prints them.

@@ -32,18 +32,42 @@ fi
 cuda_root=$("$venv/bin/python" -c "import os, nvidia; print(os.path.join(nvidia.__path__[0], 'cu$major'))")
 [ -x "$cuda_root/bin/nvcc" ] || { echo "no nvcc under $cuda_root" >&2; exit 1; }
 
-# Link-time stand-ins: sonames as CUDA $major ships them.
+# Link-time stand-ins with the sonames CUDA $major ships. A first link leaves the CUDA symbols
+# undefined; the stand-ins are then rebuilt to define exactly those symbols and the binary is
+# linked again, so that it records libcuda.so.1, libcublas.so.$major, ... as needed libraries
+# and binds their symbols at start-up on the GPU machine.
 stubs=$PWD/target/cuda/stubs
 mkdir -p "$stubs"
-: > "$stubs/empty.c"
-for entry in "cuda:1" "nvrtc:$major" "curand:10" "cublas:$major" "cublasLt:$major"; do
-    name=${entry%%:*}
-    soname_version=${entry##*:}
-    cc -shared -o "$stubs/lib$name.so" -Wl,-soname,"lib$name.so.$soname_version" "$stubs/empty.c"
-done
+sonames=("cuda:1" "nvrtc:$major" "curand:10" "cublas:$major" "cublasLt:$major")
+make_stubs() {  # $1: file of undefined symbols (empty on the first pass)
+    for entry in "${sonames[@]}"; do
+        name=${entry%%:*}
+        : > "$stubs/$name.c"
+        while read -r symbol; do
+            case "$name:$symbol" in
+                cuda:cu[A-Z]* | nvrtc:nvrtc* | curand:curand* | cublasLt:cublasLt*) ;;
+                cublas:cublasLt*) continue ;;
+                cublas:cublas*) ;;
+                *) continue ;;
+            esac
+            echo "void $symbol(void) {}" >> "$stubs/$name.c"
+        done < "$1"
+        cc -shared -o "$stubs/lib$name.so" -Wl,-soname,"lib$name.so.${entry##*:}" "$stubs/$name.c"
+    done
+    # candle's quantized kernels are linked objects that need the CUDA runtime: the real one,
+    # from the nvidia-cuda-runtime wheel.
+    ln -sf "$cuda_root/lib/libcudart.so.$major" "$stubs/libcudart.so"
+}
+: > "$stubs/undefined.txt"
+make_stubs "$stubs/undefined.txt"
 
 export PATH="$cuda_root/bin:$PATH" CUDA_PATH="$cuda_root" CUDA_ROOT="$cuda_root"
-# The symbols stay undefined in the binary and bind at start-up to the real libraries.
 export RUSTFLAGS="-L native=$stubs -C link-arg=-Wl,--unresolved-symbols=ignore-in-object-files"
 CARGO_TARGET_DIR=target/cuda cargo build --release -p crosstrain --features cuda
+nm -D --undefined-only target/cuda/release/crosstrain | awk '{print $2}' | sed 's/@.*//' \
+    | sort -u > "$stubs/undefined.txt"
+make_stubs "$stubs/undefined.txt"
+touch host/src/main.rs
+CARGO_TARGET_DIR=target/cuda cargo build --release -p crosstrain --features cuda
+readelf -d target/cuda/release/crosstrain | grep NEEDED
 ls -l target/cuda/release/crosstrain

@@ -67,6 +67,7 @@ try:  # PyTorch side by side, on the same model files and workloads.
     pairs = [json.loads(l) for l in open("host/assets/bench_pairs.jsonl")]
     pairs = [(p.get("query", p.get("text_a")), p.get("document", p.get("text_b"))) for p in pairs]
     model = CrossEncoder(model_dir, device="cuda")
+    model.model.float()  # the bundle's weights are f16 on disk; compare fp32 with fp32
     model.predict(pairs[:32], batch_size=32)
     torch.cuda.synchronize(); start = time.perf_counter()
     model.predict(pairs, batch_size=32)

@@ -13,7 +13,7 @@ use serde_json::Value;
 use super::bert::TokenTensors;
 use super::dropout::DropoutRng;
 use super::encoder::BertEncoder;
-use super::{default_max_length, read_bert_config, read_json, ModelError};
+use super::{default_max_length, load_tokenizer, read_bert_config, read_json, ModelError};
 use crate::tokenize::{EncodedPairs, PairTokenizer};
 
 /// How token states become one sentence vector (sentence-transformers' `Pooling` module).
@@ -60,14 +60,7 @@ impl SentenceEmbedder {
                 |n| Ok(n.min(config.max_position_embeddings)),
             )?,
         };
-        let tokenizer_path = dir.join("tokenizer.json");
-        let tokenizer =
-            PairTokenizer::from_file(&tokenizer_path, max_length).map_err(|message| {
-                ModelError::BadFile {
-                    path: tokenizer_path.clone(),
-                    message,
-                }
-            })?;
+        let tokenizer = load_tokenizer(&dir.join("tokenizer.json"), max_length)?;
         let weights_path = dir.join("model.safetensors");
         let checkpoint =
             candle_core::safetensors::load(&weights_path, &Device::Cpu).map_err(|e| {

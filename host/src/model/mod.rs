@@ -233,6 +233,14 @@ pub(crate) fn read_bert_config(dir: &Path) -> Result<(BertConfig, Map<String, Va
     Ok((config, raw_config))
 }
 
+/// `tokenizer.json` with the reference's padding and truncation at `max_length`.
+pub(crate) fn load_tokenizer(path: &Path, max_length: usize) -> Result<PairTokenizer, ModelError> {
+    PairTokenizer::from_file(path, max_length).map_err(|message| ModelError::BadFile {
+        path: path.to_path_buf(),
+        message,
+    })
+}
+
 /// A loaded cross-encoder: network, tokenizer, config, and trainable parameters.
 pub struct CrossEncoder {
     network: BertForSequenceClassification,
@@ -335,13 +343,7 @@ impl CrossEncoder {
             Some(length) => length,
             None => default_max_length(dir, &config)?,
         };
-        let tokenizer =
-            PairTokenizer::from_file(&tokenizer_path, max_length).map_err(|message| {
-                ModelError::BadFile {
-                    path: tokenizer_path.clone(),
-                    message,
-                }
-            })?;
+        let tokenizer = load_tokenizer(&tokenizer_path, max_length)?;
         let num_labels = options.num_labels.unwrap_or_else(|| config.num_labels());
 
         let checkpoint = if options.from_scratch {

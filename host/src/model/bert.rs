@@ -1,12 +1,13 @@
 //! `BertForSequenceClassification`: encoder, pooler, dropout, classifier.
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{Device, Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
 use super::config::BertConfig;
 use super::dropout::{Dropout, DropoutRng};
 use super::encoder::BertEncoder;
 use super::pooler::BertPooler;
+use crate::tokenize::EncodedPairs;
 
 /// The token tensors of a batch of pairs, all `[batch, seq]` u32.
 #[derive(Debug, Clone)]
@@ -17,6 +18,19 @@ pub struct TokenTensors {
     pub token_type_ids: Tensor,
     /// 1 for real tokens, 0 for padding.
     pub attention_mask: Tensor,
+}
+
+impl TokenTensors {
+    /// The tensors of tokenized pairs (or single texts) on `device`.
+    pub fn new(encoded: &EncodedPairs, device: &Device) -> Result<Self> {
+        let shape = (encoded.batch, encoded.seq_len);
+        let tensor = |values: &[u32]| Tensor::from_slice(values, shape, device);
+        Ok(Self {
+            input_ids: tensor(&encoded.input_ids)?,
+            token_type_ids: tensor(&encoded.token_type_ids)?,
+            attention_mask: tensor(&encoded.attention_mask)?,
+        })
+    }
 }
 
 /// The cross-encoder network: pairs of token sequences to `[batch, num_labels]` logits.

@@ -14,7 +14,7 @@ use super::bert::TokenTensors;
 use super::dropout::DropoutRng;
 use super::encoder::BertEncoder;
 use super::{default_max_length, load_tokenizer, read_bert_config, read_json, ModelError};
-use crate::tokenize::{EncodedPairs, PairTokenizer};
+use crate::tokenize::PairTokenizer;
 
 /// How token states become one sentence vector (sentence-transformers' `Pooling` module).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,7 +130,7 @@ impl SentenceEmbedder {
             .tokenizer
             .encode_texts(texts)
             .map_err(ModelError::Tokenize)?;
-        let tokens = self.token_tensors(&encoded)?;
+        let tokens = TokenTensors::new(&encoded, &self.device)?;
         let hidden = self.encoder.forward(&tokens)?;
         let pooled = match self.pooling {
             Pooling::Cls => hidden.i((.., 0, ..))?,
@@ -149,16 +149,6 @@ impl SentenceEmbedder {
             normalise(vector);
         }
         Ok(vectors)
-    }
-
-    fn token_tensors(&self, encoded: &EncodedPairs) -> Result<TokenTensors, ModelError> {
-        let shape = (encoded.batch, encoded.seq_len);
-        let tensor = |values: &[u32]| Tensor::from_slice(values, shape, &self.device);
-        Ok(TokenTensors {
-            input_ids: tensor(&encoded.input_ids)?,
-            token_type_ids: tensor(&encoded.token_type_ids)?,
-            attention_mask: tensor(&encoded.attention_mask)?,
-        })
     }
 }
 

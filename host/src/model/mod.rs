@@ -474,13 +474,7 @@ impl CrossEncoder {
 
     /// Token tensors for encoded pairs on the model's device.
     pub fn token_tensors(&self, encoded: &EncodedPairs) -> Result<TokenTensors, ModelError> {
-        let shape = (encoded.batch, encoded.seq_len);
-        let tensor = |values: &[u32]| Tensor::from_slice(values, shape, &self.device);
-        Ok(TokenTensors {
-            input_ids: tensor(&encoded.input_ids)?,
-            token_type_ids: tensor(&encoded.token_type_ids)?,
-            attention_mask: tensor(&encoded.attention_mask)?,
-        })
+        Ok(TokenTensors::new(encoded, &self.device)?)
     }
 
     /// Tokenizes the pairs.

@@ -10,12 +10,12 @@ use super::layer_norm::LayerNorm;
 /// `BertSelfAttention`: softmax(QKᵀ/√d + mask)·V per head.
 #[derive(Debug, Clone)]
 pub struct BertSelfAttention {
-    query: Linear,
-    key: Linear,
-    value: Linear,
+    pub(super) query: Linear,
+    pub(super) key: Linear,
+    pub(super) value: Linear,
     num_heads: usize,
     head_size: usize,
-    dropout: Dropout,
+    pub(super) dropout: Dropout,
 }
 
 impl BertSelfAttention {
@@ -63,10 +63,10 @@ impl BertSelfAttention {
 /// `BertAttention`: self-attention, then dense + dropout + residual + LayerNorm.
 #[derive(Debug, Clone)]
 pub struct BertAttention {
-    self_attention: BertSelfAttention,
-    dense: Linear,
-    layer_norm: LayerNorm,
-    dropout: Dropout,
+    pub(super) self_attention: BertSelfAttention,
+    pub(super) dense: Linear,
+    pub(super) layer_norm: LayerNorm,
+    pub(super) dropout: Dropout,
 }
 
 impl BertAttention {

@@ -44,23 +44,27 @@ impl DropoutRng {
         *self.lock() = snapshot.map(SeededRng::new);
     }
 
-    /// A keep-mask scaled by 1/(1 − p), or `None` in eval mode. Drawn on the CPU and moved
-    /// to the tensor's device, so every backend gets the same masks for the same seed.
-    fn scaled_mask(&self, like: &Tensor, p: f64) -> Result<Option<Tensor>> {
+    /// `count` keep-mask values (0 or 1/(1 − p)), or `None` in eval mode.
+    fn scaled_mask_values(&self, count: usize, p: f64) -> Option<Vec<f32>> {
         let mut guard = self.lock();
-        let Some(rng) = guard.as_mut() else {
-            return Ok(None);
-        };
-        let scale = 1.0 / (1.0 - p);
+        let rng = guard.as_mut()?;
+        let scale = (1.0 / (1.0 - p)) as f32;
         // 24 random bits per element are plenty for a keep/drop decision.
         let threshold = (p * f64::from(1u32 << 24)) as u64;
-        let count = like.elem_count();
         let mut values = Vec::with_capacity(count);
         for _ in 0..count {
             let draw = rng.next_u64() >> 40;
-            values.push(if draw >= threshold { scale as f32 } else { 0.0 });
+            values.push(if draw >= threshold { scale } else { 0.0 });
         }
-        drop(guard);
+        Some(values)
+    }
+
+    /// A keep-mask scaled by 1/(1 − p), or `None` in eval mode. Drawn on the CPU and moved
+    /// to the tensor's device, so every backend gets the same masks for the same seed.
+    fn scaled_mask(&self, like: &Tensor, p: f64) -> Result<Option<Tensor>> {
+        let Some(values) = self.scaled_mask_values(like.elem_count(), p) else {
+            return Ok(None);
+        };
         Tensor::from_vec(values, like.shape(), like.device())?
             .to_dtype(like.dtype())
             .map(Some)
@@ -78,6 +82,18 @@ impl Dropout {
     /// A dropout layer drawing from the model's shared stream.
     pub fn new(p: f64, rng: DropoutRng) -> Self {
         Self { p, rng }
+    }
+}
+
+impl Dropout {
+    /// The mask values this layer would apply to a tensor of `count` elements (drawing them
+    /// from the stream exactly as [`Module::forward`] does), or `None` where it would be the
+    /// identity (eval mode, or p = 0). For fused kernels that apply dropout themselves.
+    pub fn mask_values(&self, count: usize) -> Option<Vec<f32>> {
+        if self.p == 0.0 {
+            return None;
+        }
+        self.rng.scaled_mask_values(count, self.p)
     }
 }
 

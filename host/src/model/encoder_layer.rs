@@ -1,18 +1,20 @@
 //! One transformer encoder layer: attention block, then feed-forward block.
 
-use candle_core::{Module, Result, Tensor};
-use candle_nn::VarBuilder;
+use candle_core::{DType, Module, Result, Tensor};
+use candle_nn::{Linear, VarBuilder};
 
 use super::attention::BertAttention;
-use super::config::BertConfig;
+use super::config::{BertConfig, HiddenAct};
 use super::dropout::DropoutRng;
 use super::feed_forward::BertFeedForward;
+use super::fused_layer::{self, LayerDims, LayerDropoutMasks, LayerParameters};
 
 /// `BertLayer`.
 #[derive(Debug, Clone)]
 pub struct BertLayer {
     attention: BertAttention,
     feed_forward: BertFeedForward,
+    dims: LayerDims,
 }
 
 impl BertLayer {
@@ -21,13 +23,238 @@ impl BertLayer {
         Ok(Self {
             attention: BertAttention::load(vb.pp("attention"), config, rng)?,
             feed_forward: BertFeedForward::load(vb, config, rng)?,
+            dims: LayerDims {
+                hidden: config.hidden_size,
+                intermediate: config.intermediate_size,
+                heads: config.num_attention_heads,
+                eps: config.layer_norm_eps as f32,
+            },
         })
     }
 
-    /// One layer.
+    /// One layer: the fused CPU kernel where it applies (f32 on the CPU, exact GELU),
+    /// otherwise the composite candle ops (CUDA, other dtypes and activations).
     pub fn forward(&self, hidden: &Tensor, mask_bias: &Tensor) -> Result<Tensor> {
         let _span = tracing::trace_span!("encoder_layer").entered();
+        let fused = hidden.device().is_cpu()
+            && hidden.dtype() == DType::F32
+            && mask_bias.dtype() == DType::F32
+            && self.feed_forward.activation == HiddenAct::Gelu;
+        if fused {
+            self.forward_fused(hidden, mask_bias)
+        } else {
+            self.forward_composite(hidden, mask_bias)
+        }
+    }
+
+    /// The layer from candle ops, one module per sub-block.
+    pub fn forward_composite(&self, hidden: &Tensor, mask_bias: &Tensor) -> Result<Tensor> {
         let attended = self.attention.forward(hidden, mask_bias)?;
         self.feed_forward.forward(&attended)
+    }
+
+    /// The layer as one fused CPU op ([`fused_layer::encoder_layer`]).
+    pub fn forward_fused(&self, hidden: &Tensor, mask_bias: &Tensor) -> Result<Tensor> {
+        fn weight_and_bias(linear: &Linear) -> Result<(&Tensor, &Tensor)> {
+            match linear.bias() {
+                Some(bias) => Ok((linear.weight(), bias)),
+                None => candle_core::bail!("encoder layer: a linear layer without bias"),
+            }
+        }
+        let attention = &self.attention;
+        let self_attention = &attention.self_attention;
+        let feed_forward = &self.feed_forward;
+        let packed = fused_layer::pack_parameters(&LayerParameters {
+            query: weight_and_bias(&self_attention.query)?,
+            key: weight_and_bias(&self_attention.key)?,
+            value: weight_and_bias(&self_attention.value)?,
+            attention_output: weight_and_bias(&attention.dense)?,
+            attention_norm: (attention.layer_norm.weight(), attention.layer_norm.bias()),
+            intermediate: weight_and_bias(&feed_forward.intermediate)?,
+            output: weight_and_bias(&feed_forward.output)?,
+            output_norm: (
+                feed_forward.layer_norm.weight(),
+                feed_forward.layer_norm.bias(),
+            ),
+        })?;
+        let (batch, seq, width) = hidden.dims3()?;
+        // Drawn in the composite layer's order, so both paths see the same masks.
+        let dropout = LayerDropoutMasks {
+            attention_probs: self_attention
+                .dropout
+                .mask_values(batch * self.dims.heads * seq * seq),
+            attention_output: attention.dropout.mask_values(batch * seq * width),
+            feed_forward_output: feed_forward.dropout.mask_values(batch * seq * width),
+        };
+        let keep_activations = hidden.track_op() || packed.track_op();
+        fused_layer::encoder_layer(
+            hidden,
+            mask_bias,
+            &packed,
+            self.dims,
+            dropout,
+            keep_activations,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+    use candle_nn::VarMap;
+
+    fn config(dropout: f64) -> BertConfig {
+        serde_json::from_value(serde_json::json!({
+            "vocab_size": 50, "hidden_size": 32, "num_hidden_layers": 1,
+            "num_attention_heads": 4, "intermediate_size": 64, "hidden_act": "gelu",
+            "hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout,
+            "layer_norm_eps": 1e-12
+        }))
+        .unwrap()
+    }
+
+    fn random(shape: &[usize], seed: u64, scale: f32) -> Tensor {
+        let mut rng = crosstrain_plugin_api::rng::SeededRng::new(seed);
+        let n: usize = shape.iter().product();
+        let values: Vec<f32> = (0..n)
+            .map(|_| ((rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0 * scale)
+            .collect();
+        Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    fn max_abs(a: &Tensor) -> f32 {
+        a.abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    /// A layer with random weights (LayerNorm scales near 1), random inputs and a padding
+    /// mask with different lengths per batch element.
+    fn setup(dropout: f64) -> (BertLayer, VarMap, Var, Tensor, DropoutRng) {
+        let config = config(dropout);
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let rng = DropoutRng::default();
+        let layer = BertLayer::load(vb, &config, &rng).unwrap();
+        // Non-trivial LayerNorm parameters and biases, so their gradients are tested too.
+        for (index, (name, var)) in varmap.data().lock().unwrap().iter().enumerate() {
+            let shape = var.as_tensor().dims().to_vec();
+            let values = if name.ends_with("LayerNorm.weight") {
+                (random(&shape, 100 + index as u64, 0.3) + 1.0).unwrap()
+            } else {
+                random(&shape, 100 + index as u64, 0.3)
+            };
+            var.set(&values).unwrap();
+        }
+        let (batch, seq) = (3, 11);
+        let hidden = Var::from_tensor(&random(&[batch, seq, 32], 1, 2.0)).unwrap();
+        let mut mask = vec![0f32; batch * seq];
+        for (b, valid) in [11usize, 6, 1].iter().enumerate() {
+            for k in *valid..seq {
+                mask[b * seq + k] = f32::MIN;
+            }
+        }
+        let mask = Tensor::from_vec(mask, (batch, 1, 1, seq), &Device::Cpu).unwrap();
+        (layer, varmap, hidden, mask, rng)
+    }
+
+    /// Output and gradients (of Σ output · upstream) of one path.
+    fn run(
+        path: impl Fn(&Tensor, &Tensor) -> Result<Tensor>,
+        varmap: &VarMap,
+        hidden: &Var,
+        mask: &Tensor,
+    ) -> (Tensor, Vec<(String, Tensor)>) {
+        let output = path(hidden.as_tensor(), mask).unwrap();
+        let upstream = random(output.dims(), 7, 1.0);
+        let grads = (&output * &upstream)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let mut named = vec![(
+            "hidden".to_string(),
+            grads.get(hidden.as_tensor()).unwrap().clone(),
+        )];
+        for (name, var) in varmap.data().lock().unwrap().iter() {
+            let grad = grads
+                .get(var.as_tensor())
+                .unwrap_or_else(|| panic!("no gradient for {name}"));
+            named.push((name.clone(), grad.clone()));
+        }
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        (output, named)
+    }
+
+    fn compare(dropout: f64) {
+        let (layer, varmap, hidden, mask, rng) = setup(dropout);
+        if dropout > 0.0 {
+            rng.train(42);
+        }
+        let snapshot = rng.snapshot();
+        let (fused, fused_grads) = run(
+            |h, m| layer.forward_fused(h, m),
+            &varmap,
+            &hidden,
+            &mask,
+        );
+        rng.restore(snapshot);
+        let (composite, composite_grads) = run(
+            |h, m| layer.forward_composite(h, m),
+            &varmap,
+            &hidden,
+            &mask,
+        );
+        let diff = max_diff(&fused, &composite);
+        assert!(diff < 2e-5, "outputs differ by {diff}");
+        assert_eq!(fused_grads.len(), 17, "hidden plus 16 parameters");
+        for ((name, a), (_, b)) in fused_grads.iter().zip(&composite_grads) {
+            let diff = max_diff(a, b);
+            let scale = max_abs(b).max(1.0);
+            assert!(
+                diff / scale < 1e-4,
+                "gradient of {name} differs by {diff} (largest {scale})"
+            );
+            assert!(max_abs(b) > 0.0, "gradient of {name} is zero");
+        }
+    }
+
+    #[test]
+    fn fused_layer_equals_the_composite_layer() {
+        compare(0.0);
+    }
+
+    #[test]
+    fn fused_layer_equals_the_composite_layer_with_dropout() {
+        compare(0.3);
+    }
+
+    #[test]
+    fn fused_layer_matches_in_inference_without_a_graph() {
+        let (layer, _varmap, hidden, mask, _rng) = setup(0.1);
+        let detached = hidden.as_tensor().detach();
+        let fused = layer.forward_fused(&detached, &mask).unwrap();
+        let composite = layer.forward_composite(&detached, &mask).unwrap();
+        assert!(max_diff(&fused, &composite) < 2e-5);
     }
 }

@@ -11,11 +11,11 @@ use super::layer_norm::LayerNorm;
 /// `BertIntermediate` + `BertOutput`.
 #[derive(Debug, Clone)]
 pub struct BertFeedForward {
-    intermediate: Linear,
-    activation: HiddenAct,
-    output: Linear,
-    layer_norm: LayerNorm,
-    dropout: Dropout,
+    pub(super) intermediate: Linear,
+    pub(super) activation: HiddenAct,
+    pub(super) output: Linear,
+    pub(super) layer_norm: LayerNorm,
+    pub(super) dropout: Dropout,
 }
 
 impl BertFeedForward {

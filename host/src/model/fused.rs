@@ -310,6 +310,20 @@ fn erf(x: f32) -> f32 {
     magnitude.copysign(x) as f32
 }
 
+/// `x · Φ(x)`.
+#[inline(always)]
+pub(super) fn gelu_value(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+/// d/dx x·Φ(x) = Φ(x) + x·φ(x).
+#[inline(always)]
+pub(super) fn gelu_derivative(x: f32) -> f32 {
+    let cdf = 0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
+    let pdf = FRAC_1_SQRT_2PI * (-0.5 * x * x).exp();
+    cdf + x * pdf
+}
+
 impl CustomOp1 for GeluErfOp {
     fn name(&self) -> &'static str {
         "crosstrain-gelu-erf"
@@ -322,7 +336,7 @@ impl CustomOp1 for GeluErfOp {
             .zip(xs.par_chunks(4096))
             .for_each(|(out, xs)| {
                 for (o, &x) in out.iter_mut().zip(xs) {
-                    *o = 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
+                    *o = gelu_value(x);
                 }
             });
         Ok((CpuStorage::F32(out), layout.shape().clone()))
@@ -337,10 +351,7 @@ impl CustomOp1 for GeluErfOp {
             .zip(g.par_chunks(4096))
             .for_each(|((dx, x), g)| {
                 for ((d, &x), &g) in dx.iter_mut().zip(x).zip(g) {
-                    // d/dx x·Φ(x) = Φ(x) + x·φ(x).
-                    let cdf = 0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
-                    let pdf = FRAC_1_SQRT_2PI * (-0.5 * x * x).exp();
-                    *d = g * (cdf + x * pdf);
+                    *d = g * gelu_derivative(x);
                 }
             });
         Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))

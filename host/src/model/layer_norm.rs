@@ -26,6 +26,23 @@ impl LayerNorm {
     }
 }
 
+impl LayerNorm {
+    /// The scale.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// The shift.
+    pub fn bias(&self) -> &Tensor {
+        &self.bias
+    }
+
+    /// The epsilon added to the variance.
+    pub fn eps(&self) -> f64 {
+        self.eps
+    }
+}
+
 impl Module for LayerNorm {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let _span = tracing::trace_span!("layer_norm").entered();

@@ -12,6 +12,7 @@ mod embeddings;
 mod encoder;
 mod encoder_layer;
 mod feed_forward;
+mod fused_layer;
 pub mod fused;
 pub mod layer_norm;
 mod pooler;

@@ -149,7 +149,7 @@ mod tests {
 
     /// A layer with random weights (LayerNorm scales near 1), random inputs and a padding
     /// mask with different lengths per batch element.
-    fn setup(dropout: f64) -> (BertLayer, VarMap, Var, Tensor, DropoutRng) {
+    fn setup(dropout: f64) -> (BertLayer, VarMap, Var, Tensor, Tensor, DropoutRng) {
         let config = config(dropout);
         let varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
@@ -168,24 +168,32 @@ mod tests {
         let (batch, seq) = (3, 11);
         let hidden = Var::from_tensor(&random(&[batch, seq, 32], 1, 2.0)).unwrap();
         let mut mask = vec![0f32; batch * seq];
+        let mut real = vec![1f32; batch * seq];
         for (b, valid) in [11usize, 6, 1].iter().enumerate() {
             for k in *valid..seq {
                 mask[b * seq + k] = f32::MIN;
+                real[b * seq + k] = 0.0;
             }
         }
         let mask = Tensor::from_vec(mask, (batch, 1, 1, seq), &Device::Cpu).unwrap();
-        (layer, varmap, hidden, mask, rng)
+        let real = Tensor::from_vec(real, (batch, seq, 1), &Device::Cpu).unwrap();
+        (layer, varmap, hidden, mask, real, rng)
     }
 
-    /// Output and gradients (of Σ output · upstream) of one path.
+    /// Output at the real tokens and gradients (of Σ output · upstream, the upstream
+    /// gradient being zero at padded positions as it is in the model) of one path.
     fn run(
         path: impl Fn(&Tensor, &Tensor) -> Result<Tensor>,
         varmap: &VarMap,
         hidden: &Var,
         mask: &Tensor,
+        real: &Tensor,
     ) -> (Tensor, Vec<(String, Tensor)>) {
-        let output = path(hidden.as_tensor(), mask).unwrap();
-        let upstream = random(output.dims(), 7, 1.0);
+        let output = path(hidden.as_tensor(), mask)
+            .unwrap()
+            .broadcast_mul(real)
+            .unwrap();
+        let upstream = random(output.dims(), 7, 1.0).broadcast_mul(real).unwrap();
         let grads = (&output * &upstream)
             .unwrap()
             .sum_all()
@@ -207,7 +215,7 @@ mod tests {
     }
 
     fn compare(dropout: f64) {
-        let (layer, varmap, hidden, mask, rng) = setup(dropout);
+        let (layer, varmap, hidden, mask, real, rng) = setup(dropout);
         if dropout > 0.0 {
             rng.train(42);
         }
@@ -217,6 +225,7 @@ mod tests {
             &varmap,
             &hidden,
             &mask,
+            &real,
         );
         rng.restore(snapshot);
         let (composite, composite_grads) = run(
@@ -224,6 +233,7 @@ mod tests {
             &varmap,
             &hidden,
             &mask,
+            &real,
         );
         let diff = max_diff(&fused, &composite);
         assert!(diff < 2e-5, "outputs differ by {diff}");
@@ -251,10 +261,13 @@ mod tests {
 
     #[test]
     fn fused_layer_matches_in_inference_without_a_graph() {
-        let (layer, _varmap, hidden, mask, _rng) = setup(0.1);
+        let (layer, _varmap, hidden, mask, real, _rng) = setup(0.1);
         let detached = hidden.as_tensor().detach();
         let fused = layer.forward_fused(&detached, &mask).unwrap();
         let composite = layer.forward_composite(&detached, &mask).unwrap();
-        assert!(max_diff(&fused, &composite) < 2e-5);
+        let at_real = |t: &Tensor| t.broadcast_mul(&real).unwrap();
+        assert!(max_diff(&at_real(&fused), &at_real(&composite)) < 2e-5);
+        // Padded positions come out as zeros.
+        assert_eq!(max_abs(&(&fused - at_real(&fused)).unwrap()), 0.0);
     }
 }

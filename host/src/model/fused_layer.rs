@@ -28,8 +28,13 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::simd;
+
 /// Rows per rayon task in the row-wise loops.
 const ROWS_PER_TASK: usize = 32;
+
+/// Elements per rayon task in the element-wise loops.
+const ELEMENTS_PER_TASK: usize = 16_384;
 
 /// Sizes of one layer.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -198,7 +203,7 @@ pub struct LayerDropoutMasks {
 struct Saved {
     /// `[T, 3·hidden]` query, key and value projections.
     qkv: Vec<f32>,
-    /// `[batch, heads, seq, seq]` attention probabilities before dropout.
+    /// Per sequence, `[heads, len, len]` attention probabilities before dropout.
     probs: Vec<f32>,
     /// `[T, hidden]` attention context (heads merged).
     context: Vec<f32>,
@@ -213,13 +218,17 @@ struct Saved {
     /// Normalised residual sum and 1/std of the second LayerNorm.
     xhat2: Vec<f32>,
     rstd2: Vec<f32>,
+    /// The hidden-state dropout masks at the real rows.
+    attention_output_mask: Option<Vec<f32>>,
+    feed_forward_output_mask: Option<Vec<f32>>,
 }
 
 struct EncoderLayerOp {
     dims: LayerDims,
     dropout: LayerDropoutMasks,
     keep_activations: bool,
-    saved: Mutex<Option<Saved>>,
+    /// The packing, the packed input rows and the activations, from forward to backward.
+    saved: Mutex<Option<(Packing, Vec<f32>, Saved)>>,
 }
 
 /// One encoder layer (attention block, then feed-forward block, post-LayerNorm, exact GELU)
@@ -293,9 +302,18 @@ fn matmul(
     accumulate: bool,
     parallelism: Parallelism,
 ) {
-    assert!(extent(d, m, n) <= dst.len(), "matmul: destination too short");
-    assert!(extent(l, m, k) <= lhs.len(), "matmul: left operand too short");
-    assert!(extent(r, k, n) <= rhs.len(), "matmul: right operand too short");
+    assert!(
+        extent(d, m, n) <= dst.len(),
+        "matmul: destination too short"
+    );
+    assert!(
+        extent(l, m, k) <= lhs.len(),
+        "matmul: left operand too short"
+    );
+    assert!(
+        extent(r, k, n) <= rhs.len(),
+        "matmul: right operand too short"
+    );
     if m == 0 || n == 0 {
         return;
     }
@@ -437,41 +455,18 @@ fn add_and_norm(
         .zip(rstd.par_chunks_mut(ROWS_PER_TASK))
         .enumerate()
         .for_each(|(task, ((out, xhat), rstd))| {
-            let start = task * chunk;
-            let mut sum = vec![0f32; width];
-            for (row, ((out, xhat), rstd)) in out
-                .chunks_mut(width)
-                .zip(xhat.chunks_mut(width))
-                .zip(rstd.iter_mut())
-                .enumerate()
-            {
-                let at = start + row * width;
-                let projected = &projected[at..at + width];
-                let residual = &residual[at..at + width];
-                match mask {
-                    Some(mask) => {
-                        let mask = &mask[at..at + width];
-                        for i in 0..width {
-                            sum[i] = projected[i] * mask[i] + residual[i];
-                        }
-                    }
-                    None => {
-                        for i in 0..width {
-                            sum[i] = projected[i] + residual[i];
-                        }
-                    }
-                }
-                let n = width as f32;
-                let mean = sum.iter().sum::<f32>() / n;
-                let variance = sum.iter().map(|&x| (x - mean) * (x - mean)).sum::<f32>() / n;
-                let r = 1.0 / (variance + eps).sqrt();
-                *rstd = r;
-                for i in 0..width {
-                    let normed = (sum[i] - mean) * r;
-                    xhat[i] = normed;
-                    out[i] = normed * weight[i] + bias[i];
-                }
+            let range = task * chunk..task * chunk + out.len();
+            let (projected, residual) = (&projected[range.clone()], &residual[range.clone()]);
+            // The residual sum goes through `out` on its way to normalisation.
+            match mask {
+                Some(mask) => simd::product(projected, &mask[range], out),
+                None => out.copy_from_slice(projected),
             }
+            for (o, &r) in out.iter_mut().zip(residual) {
+                *o += r;
+            }
+            let sums = out.to_vec();
+            simd::layer_norm_rows(&sums, weight, bias, eps, out, xhat, rstd);
         });
 }
 
@@ -495,27 +490,7 @@ fn norm_backward(
         .map(|(((dx, dy), xhat), rstd)| {
             let mut dw = vec![0f32; width];
             let mut db = vec![0f32; width];
-            for (((dx, dy), xhat), &r) in dx
-                .chunks_mut(width)
-                .zip(dy.chunks(width))
-                .zip(xhat.chunks(width))
-                .zip(rstd)
-            {
-                let mut sum_dxhat = 0f32;
-                let mut sum_dxhat_xhat = 0f32;
-                for i in 0..width {
-                    let dxhat = dy[i] * weight[i];
-                    sum_dxhat += dxhat;
-                    sum_dxhat_xhat += dxhat * xhat[i];
-                    dw[i] += dy[i] * xhat[i];
-                    db[i] += dy[i];
-                }
-                let n = width as f32;
-                let (mean_dxhat, mean_dxhat_xhat) = (sum_dxhat / n, sum_dxhat_xhat / n);
-                for i in 0..width {
-                    dx[i] = r * (dy[i] * weight[i] - mean_dxhat - xhat[i] * mean_dxhat_xhat);
-                }
-            }
+            simd::layer_norm_backward_rows(dy, xhat, rstd, weight, dx, &mut dw, &mut db);
             (dw, db)
         })
         .collect();
@@ -531,23 +506,141 @@ fn norm_backward(
 /// Element-wise product with an optional mask.
 fn masked(values: &[f32], mask: Option<&[f32]>) -> Vec<f32> {
     match mask {
-        Some(mask) => values
-            .par_iter()
-            .zip(mask.par_iter())
-            .map(|(v, m)| v * m)
-            .collect(),
+        Some(mask) => {
+            let mut out = vec![0f32; values.len()];
+            out.par_chunks_mut(ELEMENTS_PER_TASK)
+                .zip(values.par_chunks(ELEMENTS_PER_TASK))
+                .zip(mask.par_chunks(ELEMENTS_PER_TASK))
+                .for_each(|((out, values), mask)| simd::product(values, mask, out));
+            out
+        }
         None => values.to_vec(),
     }
 }
 
+/// Which positions of a padded batch hold real tokens, and where they go when the padding
+/// is squeezed out. Every row-wise step (the five projections, GELU, both LayerNorms) runs
+/// on the real tokens only, and attention runs over each sequence's real tokens only; a
+/// padded key gets probability exactly 0 in the padded computation too (its score is the
+/// dtype's lowest value, whose exponential underflows to 0), so the real tokens' values are
+/// the same. Padded positions come out as zeros instead of the values transformers computes
+/// for them, which nothing reads: the pooler reads the first token, mean pooling masks them,
+/// the next layer's attention never looks at them, and their gradients are zero either way.
+struct Packing {
+    seq: usize,
+    /// Per batch element, the positions of its real tokens.
+    positions: Vec<Vec<usize>>,
+    /// Per batch element, its first row among the packed rows (`batch + 1` entries).
+    starts: Vec<usize>,
+    /// Per batch element, where its `[heads, len, len]` probabilities start (`batch + 1`).
+    prob_starts: Vec<usize>,
+}
+
+impl Packing {
+    /// Real tokens are those whose mask bias is above half the dtype's lowest value.
+    fn from_mask(mask_bias: &[f32], batch: usize, seq: usize, heads: usize) -> Self {
+        let positions: Vec<Vec<usize>> = (0..batch)
+            .map(|b| {
+                (0..seq)
+                    .filter(|&j| mask_bias[b * seq + j] > f32::MIN / 2.0)
+                    .collect()
+            })
+            .collect();
+        let mut starts = vec![0];
+        let mut prob_starts = vec![0];
+        for p in &positions {
+            starts.push(starts.last().copied().unwrap_or(0) + p.len());
+            prob_starts.push(prob_starts.last().copied().unwrap_or(0) + heads * p.len() * p.len());
+        }
+        Self {
+            seq,
+            positions,
+            starts,
+            prob_starts,
+        }
+    }
+
+    fn rows(&self) -> usize {
+        self.starts.last().copied().unwrap_or(0)
+    }
+
+    /// The real rows of a `[batch·seq, width]` matrix, packed.
+    fn gather(&self, full: &[f32], width: usize) -> Vec<f32> {
+        let mut packed = Vec::with_capacity(self.rows() * width);
+        for (b, positions) in self.positions.iter().enumerate() {
+            for &j in positions {
+                let row = b * self.seq + j;
+                packed.extend_from_slice(&full[row * width..(row + 1) * width]);
+            }
+        }
+        packed
+    }
+
+    /// Packed rows back into a `[batch·seq, width]` matrix, zeros at padded positions.
+    fn scatter(&self, packed: &[f32], width: usize) -> Vec<f32> {
+        let mut full = vec![0f32; self.positions.len() * self.seq * width];
+        let mut next = 0;
+        for (b, positions) in self.positions.iter().enumerate() {
+            for &j in positions {
+                let row = b * self.seq + j;
+                full[row * width..(row + 1) * width]
+                    .copy_from_slice(&packed[next * width..(next + 1) * width]);
+                next += 1;
+            }
+        }
+        full
+    }
+
+    /// Splits a packed buffer into one mutable piece per batch element, `unit` values per
+    /// row (`per_prob` false) or per probability block (`per_prob` true).
+    fn split_mut<'a>(
+        &self,
+        buffer: &'a mut [f32],
+        unit: usize,
+        per_prob: bool,
+    ) -> Vec<&'a mut [f32]> {
+        let starts = if per_prob {
+            &self.prob_starts
+        } else {
+            &self.starts
+        };
+        let mut rest = buffer;
+        starts
+            .windows(2)
+            .map(|w| {
+                let (piece, tail) = std::mem::take(&mut rest).split_at_mut((w[1] - w[0]) * unit);
+                rest = tail;
+                piece
+            })
+            .collect()
+    }
+}
+
 impl EncoderLayerOp {
-    /// Attention forward for one batch element: fills its `[heads, seq, seq]` probabilities
-    /// and its `[seq, hidden]` context rows.
-    #[allow(clippy::too_many_arguments)]
+    /// The attention-probability dropout mask of one sequence and head at its real
+    /// positions, as a `len × len` block (`None` without dropout).
+    fn probs_mask(&self, packing: &Packing, b: usize, h: usize, out: &mut [f32]) -> bool {
+        let Some(masks) = &self.dropout.attention_probs else {
+            return false;
+        };
+        let (seq, positions) = (packing.seq, &packing.positions[b]);
+        let len = positions.len();
+        let block = (b * self.dims.heads + h) * seq * seq;
+        for (i, &pi) in positions.iter().enumerate() {
+            let row = &masks[block + pi * seq..block + (pi + 1) * seq];
+            for (o, &pj) in out[i * len..(i + 1) * len].iter_mut().zip(positions) {
+                *o = row[pj];
+            }
+        }
+        true
+    }
+
+    /// Attention forward for batch element `b`: fills its `[heads, len, len]` probabilities
+    /// and its `[len, hidden]` context rows (both pieces of the packed buffers).
     fn attention_forward(
         &self,
-        batch_index: usize,
-        seq: usize,
+        packing: &Packing,
+        b: usize,
         qkv: &[f32],
         mask_bias: &[f32],
         probs: &mut [f32],
@@ -557,72 +650,56 @@ impl EncoderLayerOp {
         let head = self.dims.head_size();
         let scale = 1.0 / (head as f32).sqrt();
         let row = 3 * hidden;
-        let base = batch_index * seq * row;
-        let mask = &mask_bias[batch_index * seq..(batch_index + 1) * seq];
-        let mut dropped = vec![0f32; seq * seq];
+        let len = packing.positions[b].len();
+        let base = packing.starts[b] * row;
+        let mask: Vec<f32> = packing.positions[b]
+            .iter()
+            .map(|&j| mask_bias[b * packing.seq + j])
+            .collect();
+        let mut dropout_mask = vec![0f32; len * len];
+        let mut dropped = vec![0f32; len * len];
         for h in 0..heads {
-            let block = &mut probs[h * seq * seq..(h + 1) * seq * seq];
+            let block = &mut probs[h * len * len..(h + 1) * len * len];
             // scores = Q · Kᵀ
             matmul(
                 block,
-                view(0, seq, 1),
+                view(0, len, 1),
                 qkv,
                 view(base + h * head, row, 1),
                 qkv,
                 view(base + hidden + h * head, 1, row),
-                (seq, seq, head),
+                (len, len, head),
                 false,
                 Parallelism::None,
             );
-            for scores in block.chunks_mut(seq) {
-                let mut max = f32::NEG_INFINITY;
-                for (s, &m) in scores.iter_mut().zip(mask) {
-                    *s = *s * scale + m;
-                    max = max.max(*s);
-                }
-                let mut sum = 0f32;
-                for s in scores.iter_mut() {
-                    *s = (*s - max).exp();
-                    sum += *s;
-                }
-                let inverse = 1.0 / sum;
-                for s in scores.iter_mut() {
-                    *s *= inverse;
-                }
-            }
-            let weights: &[f32] = match &self.dropout.attention_probs {
-                Some(masks) => {
-                    let offset = (batch_index * heads + h) * seq * seq;
-                    let masks = &masks[offset..offset + seq * seq];
-                    for ((d, &p), &m) in dropped.iter_mut().zip(block.iter()).zip(masks) {
-                        *d = p * m;
-                    }
-                    &dropped
-                }
-                None => block,
+            simd::softmax_rows(block, len, &mask, scale);
+            let weights: &[f32] = if self.probs_mask(packing, b, h, &mut dropout_mask) {
+                simd::product(block, &dropout_mask, &mut dropped);
+                &dropped
+            } else {
+                block
             };
             // context = P · V
             matmul(
                 context,
                 view(h * head, hidden, 1),
                 weights,
-                view(0, seq, 1),
+                view(0, len, 1),
                 qkv,
                 view(base + 2 * hidden + h * head, row, 1),
-                (seq, head, seq),
+                (len, head, len),
                 false,
                 Parallelism::None,
             );
         }
     }
 
-    /// Attention backward for one batch element: writes its rows of `d_qkv` (the chunk
-    /// passed in), reading its rows of the full `qkv` and `d_context`.
-    #[allow(clippy::too_many_arguments)]
+    /// Attention backward for batch element `b`: writes its rows of `d_qkv` (the piece
+    /// passed in), reading its rows of the packed `qkv` and `d_context`.
     fn attention_backward(
         &self,
-        batch_index: usize,
-        seq: usize,
+        packing: &Packing,
+        b: usize,
         qkv: &[f32],
         probs: &[f32],
         d_context: &[f32],
@@ -632,70 +709,60 @@ impl EncoderLayerOp {
         let head = self.dims.head_size();
         let scale = 1.0 / (head as f32).sqrt();
         let row = 3 * hidden;
-        let base = batch_index * seq * row;
-        let context_base = batch_index * seq * hidden;
-        let mut dropped = vec![0f32; seq * seq];
-        let mut d_scores = vec![0f32; seq * seq];
+        let len = packing.positions[b].len();
+        let base = packing.starts[b] * row;
+        let context_base = packing.starts[b] * hidden;
+        let mut dropout_mask = vec![0f32; len * len];
+        let mut dropped = vec![0f32; len * len];
+        let mut d_scores = vec![0f32; len * len];
         for h in 0..heads {
-            let p = &probs[h * seq * seq..(h + 1) * seq * seq];
-            let masks = self.dropout.attention_probs.as_ref().map(|masks| {
-                let offset = (batch_index * heads + h) * seq * seq;
-                &masks[offset..offset + seq * seq]
-            });
-            let weights: &[f32] = match masks {
-                Some(masks) => {
-                    for ((d, &p), &m) in dropped.iter_mut().zip(p).zip(masks) {
-                        *d = p * m;
-                    }
-                    &dropped
-                }
-                None => p,
+            let p = &probs[h * len * len..(h + 1) * len * len];
+            let has_dropout = self.probs_mask(packing, b, h, &mut dropout_mask);
+            let weights: &[f32] = if has_dropout {
+                simd::product(p, &dropout_mask, &mut dropped);
+                &dropped
+            } else {
+                p
             };
             // dV = Pᵀ · dC
             matmul(
                 d_qkv,
                 view(2 * hidden + h * head, row, 1),
                 weights,
-                view(0, 1, seq),
+                view(0, 1, len),
                 d_context,
                 view(context_base + h * head, hidden, 1),
-                (seq, head, seq),
+                (len, head, len),
                 false,
                 Parallelism::None,
             );
             // dP = dC · Vᵀ
             matmul(
                 &mut d_scores,
-                view(0, seq, 1),
+                view(0, len, 1),
                 d_context,
                 view(context_base + h * head, hidden, 1),
                 qkv,
                 view(base + 2 * hidden + h * head, 1, row),
-                (seq, seq, head),
+                (len, len, head),
                 false,
                 Parallelism::None,
             );
             // Through dropout and softmax: dS = scale · P ⊙ (dP − Σ dP·P).
-            for (i, (ds, p)) in d_scores.chunks_mut(seq).zip(p.chunks(seq)).enumerate() {
-                if let Some(masks) = masks {
-                    for (d, &m) in ds.iter_mut().zip(&masks[i * seq..(i + 1) * seq]) {
-                        *d *= m;
-                    }
-                }
-                let dot: f32 = ds.iter().zip(p).map(|(d, p)| d * p).sum();
-                for (d, &p) in ds.iter_mut().zip(p) {
-                    *d = scale * p * (*d - dot);
-                }
+            if has_dropout {
+                let d_dropped = d_scores.clone();
+                simd::product(&d_dropped, &dropout_mask, &mut d_scores);
             }
+            simd::softmax_backward_rows(&mut d_scores, p, len, scale);
             // dQ = dS · K
             matmul(
                 d_qkv,
                 view(h * head, row, 1),
                 &d_scores,
-                view(0, seq, 1),
+                view(0, len, 1),
                 qkv,
                 view(base + hidden + h * head, row, 1),
-                (seq, head, seq),
+                (len, head, len),
                 false,
                 Parallelism::None,
             );
@@ -704,42 +771,55 @@ impl EncoderLayerOp {
                 d_qkv,
                 view(hidden + h * head, row, 1),
                 &d_scores,
-                view(0, 1, seq),
+                view(0, 1, len),
                 qkv,
                 view(base + h * head, row, 1),
-                (seq, head, seq),
+                (len, head, len),
                 false,
                 Parallelism::None,
             );
         }
     }
 
+    /// The layer on packed rows `x` (real tokens only); returns the packed output.
     fn forward(
         &self,
+        packing: &Packing,
         x: &[f32],
         mask_bias: &[f32],
         params: &[f32],
-        (batch, seq): (usize, usize),
     ) -> (Vec<f32>, Saved) {
         let LayerDims {
             hidden,
             intermediate,
-            heads,
+            heads: _,
             eps,
         } = self.dims;
         let o = self.dims.offsets();
-        let rows = batch * seq;
+        let rows = packing.rows();
         let qkv = linear(x, &params[o.qkv_weight], &params[o.qkv_bias], rows);
 
-        let mut probs = vec![0f32; batch * heads * seq * seq];
+        let mut probs = vec![0f32; packing.prob_starts.last().copied().unwrap_or(0)];
         let mut context = vec![0f32; rows * hidden];
-        probs
-            .par_chunks_mut(heads * seq * seq)
-            .zip(context.par_chunks_mut(seq * hidden))
+        packing
+            .split_mut(&mut probs, 1, true)
+            .into_par_iter()
+            .zip(packing.split_mut(&mut context, hidden, false))
             .enumerate()
             .for_each(|(b, (probs, context))| {
-                self.attention_forward(b, seq, &qkv, mask_bias, probs, context)
+                self.attention_forward(packing, b, &qkv, mask_bias, probs, context)
             });
+
+        let attention_output_mask = self
+            .dropout
+            .attention_output
+            .as_deref()
+            .map(|mask| packing.gather(mask, hidden));
+        let feed_forward_output_mask = self
+            .dropout
+            .feed_forward_output
+            .as_deref()
+            .map(|mask| packing.gather(mask, hidden));
 
         let projected = linear(
             &context,
@@ -752,7 +832,7 @@ impl EncoderLayerOp {
         let mut rstd1 = vec![0f32; rows];
         add_and_norm(
             &projected,
-            self.dropout.attention_output.as_deref(),
+            attention_output_mask.as_deref(),
             x,
             &params[o.norm1_weight],
             &params[o.norm1_bias],
@@ -769,11 +849,11 @@ impl EncoderLayerOp {
             &params[o.inner_bias],
             rows,
         );
-        let activated: Vec<f32> = inner
-            .par_iter()
-            .with_min_len(4096)
-            .map(|&x| super::fused::gelu_value(x))
-            .collect();
+        let mut activated = vec![0f32; inner.len()];
+        activated
+            .par_chunks_mut(ELEMENTS_PER_TASK)
+            .zip(inner.par_chunks(ELEMENTS_PER_TASK))
+            .for_each(|(out, xs)| simd::gelu_slice(xs, out));
         let projected = linear(
             &activated,
             &params[o.outer_weight],
@@ -785,7 +865,7 @@ impl EncoderLayerOp {
         let mut rstd2 = vec![0f32; rows];
         add_and_norm(
             &projected,
-            self.dropout.feed_forward_output.as_deref(),
+            feed_forward_output_mask.as_deref(),
             &hidden1,
             &params[o.norm2_weight],
             &params[o.norm2_bias],
@@ -808,22 +888,25 @@ impl EncoderLayerOp {
                 activated,
                 xhat2,
                 rstd2,
+                attention_output_mask,
+                feed_forward_output_mask,
             },
         )
     }
 
-    /// Gradients of the input and of the packed parameters, given the output's gradient.
+    /// Gradients of the packed input rows and of the packed parameters, given the packed
+    /// output rows' gradient.
     fn backward(
         &self,
+        packing: &Packing,
         x: &[f32],
         params: &[f32],
         saved: &Saved,
         d_output: &[f32],
-        (batch, seq): (usize, usize),
     ) -> (Vec<f32>, Vec<f32>) {
-        let (hidden, heads) = (self.dims.hidden, self.dims.heads);
+        let hidden = self.dims.hidden;
         let o = self.dims.offsets();
-        let rows = batch * seq;
+        let rows = packing.rows();
         let mut grads = vec![0f32; o.total];
         let ParamGrads {
             qkv_weight: g_qkv_w,
@@ -849,9 +932,9 @@ impl EncoderLayerOp {
             g_n2_w,
             g_n2_b,
         );
-        let d_outer = masked(&d_sum2, self.dropout.feed_forward_output.as_deref());
+        let d_outer = masked(&d_sum2, saved.feed_forward_output_mask.as_deref());
         let mut d_hidden1 = d_sum2;
-        let mut d_activated = vec![0f32; rows * self.dims.intermediate];
+        let mut d_inner = vec![0f32; rows * self.dims.intermediate];
         linear_backward(
             &d_outer,
             &saved.activated,
@@ -859,17 +942,15 @@ impl EncoderLayerOp {
             rows,
             g_outer_w,
             g_outer_b,
-            Some((&mut d_activated, false)),
+            Some((&mut d_inner, false)),
         );
         drop(d_outer);
-        let d_inner = &mut d_activated;
         d_inner
-            .par_iter_mut()
-            .with_min_len(4096)
-            .zip(saved.inner.par_iter())
-            .for_each(|(d, &x)| *d *= super::fused::gelu_derivative(x));
+            .par_chunks_mut(ELEMENTS_PER_TASK)
+            .zip(saved.inner.par_chunks(ELEMENTS_PER_TASK))
+            .for_each(|(d, xs)| simd::gelu_backward_slice(d, xs));
         linear_backward(
-            d_inner,
+            &d_inner,
             &saved.hidden1,
             &params[o.inner_weight],
             rows,
@@ -877,7 +958,7 @@ impl EncoderLayerOp {
             g_in_b,
             Some((&mut d_hidden1, true)),
         );
-        drop(d_activated);
+        drop(d_inner);
 
         // First LayerNorm; its input was dropout(projected context) + x.
         let d_sum1 = norm_backward(
@@ -889,7 +970,7 @@ impl EncoderLayerOp {
             g_n1_b,
         );
         drop(d_hidden1);
-        let d_projected = masked(&d_sum1, self.dropout.attention_output.as_deref());
+        let d_projected = masked(&d_sum1, saved.attention_output_mask.as_deref());
         let mut d_x = d_sum1;
         let mut d_context = vec![0f32; rows * hidden];
         linear_backward(
@@ -904,12 +985,23 @@ impl EncoderLayerOp {
         drop(d_projected);
 
         let mut d_qkv = vec![0f32; rows * 3 * hidden];
-        d_qkv
-            .par_chunks_mut(seq * 3 * hidden)
-            .zip(saved.probs.par_chunks(heads * seq * seq))
+        let mut probs_left: &[f32] = &saved.probs;
+        let probs_pieces: Vec<&[f32]> = packing
+            .prob_starts
+            .windows(2)
+            .map(|w| {
+                let (piece, tail) = probs_left.split_at(w[1] - w[0]);
+                probs_left = tail;
+                piece
+            })
+            .collect();
+        packing
+            .split_mut(&mut d_qkv, 3 * hidden, false)
+            .into_par_iter()
+            .zip(probs_pieces)
             .enumerate()
             .for_each(|(b, (d_qkv, probs))| {
-                self.attention_backward(b, seq, &saved.qkv, probs, &d_context, d_qkv)
+                self.attention_backward(packing, b, &saved.qkv, probs, &d_context, d_qkv)
             });
         drop(d_context);
         linear_backward(
@@ -922,6 +1014,15 @@ impl EncoderLayerOp {
             Some((&mut d_x, true)),
         );
         (d_x, grads)
+    }
+}
+
+/// The f32 values of a contiguous CPU tensor, borrowed from its storage.
+fn with_values<T>(tensor: &Tensor, f: impl FnOnce(&[f32]) -> T) -> Result<T> {
+    let (storage, layout) = tensor.storage_and_layout();
+    match &*storage {
+        candle_core::Storage::Cpu(cpu) => Ok(f(contiguous_f32(cpu, layout, "tensor")?)),
+        _ => candle_core::bail!("encoder layer: a tensor is not on the CPU"),
     }
 }
 
@@ -955,9 +1056,13 @@ impl CustomOp3 for EncoderLayerOp {
                 self.dims
             );
         }
-        let (output, saved) = self.forward(x, mask_bias, params, (batch, seq));
+        let packing = Packing::from_mask(mask_bias, batch, seq, self.dims.heads);
+        let packed_x = packing.gather(x, width);
+        let (output, saved) = self.forward(&packing, &packed_x, mask_bias, params);
+        let output = packing.scatter(&output, width);
         if self.keep_activations {
-            *self.saved.lock().unwrap_or_else(|e| e.into_inner()) = Some(saved);
+            *self.saved.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some((packing, packed_x, saved));
         }
         Ok((CpuStorage::F32(output), l1.shape().clone()))
     }
@@ -970,7 +1075,7 @@ impl CustomOp3 for EncoderLayerOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let saved = self
+        let (packing, packed_x, saved) = self
             .saved
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -982,14 +1087,19 @@ impl CustomOp3 for EncoderLayerOp {
                         .into(),
                 )
             })?;
-        let (batch, seq, _) = hidden.dims3()?;
-        let x = hidden.flatten_all()?.to_vec1::<f32>()?;
-        let p = params.to_vec1::<f32>()?;
-        let g = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-        let (d_x, d_params) = self.backward(&x, &p, &saved, &g, (batch, seq));
+        let width = self.dims.hidden;
+        let grad = grad.contiguous()?;
+        let d_output = with_values(&grad, |g| packing.gather(g, width))?;
+        let (d_x, d_params) = with_values(params, |p| {
+            self.backward(&packing, &packed_x, p, &saved, &d_output)
+        })?;
         let device = hidden.device();
         Ok((
-            Some(Tensor::from_vec(d_x, hidden.shape(), device)?),
+            Some(Tensor::from_vec(
+                packing.scatter(&d_x, width),
+                hidden.shape(),
+                device,
+            )?),
             None,
             Some(Tensor::from_vec(d_params, params.shape(), device)?),
         ))

@@ -12,10 +12,11 @@ mod embeddings;
 mod encoder;
 mod encoder_layer;
 mod feed_forward;
-mod fused_layer;
 pub mod fused;
+mod fused_layer;
 pub mod layer_norm;
 mod pooler;
+mod simd;
 pub mod weights;
 
 use std::path::{Path, PathBuf};

@@ -16,7 +16,7 @@ pub mod fused;
 mod fused_layer;
 pub mod layer_norm;
 mod pooler;
-mod simd;
+pub(crate) mod simd;
 pub mod weights;
 
 use std::path::{Path, PathBuf};

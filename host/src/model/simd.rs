@@ -274,6 +274,48 @@ dispatch! {
     }
 }
 
+/// The per-step constants of an AdamW update (torch's formulation).
+#[derive(Debug, Clone, Copy)]
+pub struct AdamwStep {
+    /// Multiplier of the parameter for decoupled weight decay (1 − lr·wd, or 1).
+    pub decay: f32,
+    /// β₁ and β₂.
+    pub beta1: f32,
+    /// β₂.
+    pub beta2: f32,
+    /// lr / (1 − β₁ᵗ).
+    pub step_size: f32,
+    /// √(1 − β₂ᵗ).
+    pub sqrt_bias_correction2: f32,
+    /// ε.
+    pub eps: f32,
+}
+
+dispatch! {
+    /// One AdamW update of a block of parameters: moments in place, new values to `theta_out`.
+    pub fn adamw(
+        theta: &[f32],
+        grad: &[f32],
+        exp_avg: &mut [f32],
+        exp_avg_sq: &mut [f32],
+        theta_out: &mut [f32],
+        step: AdamwStep,
+    ) {
+        let AdamwStep { decay, beta1, beta2, step_size, sqrt_bias_correction2, eps } = step;
+        for ((((out, &p), &g), m), v) in theta_out
+            .iter_mut()
+            .zip(theta)
+            .zip(grad)
+            .zip(exp_avg.iter_mut())
+            .zip(exp_avg_sq.iter_mut())
+        {
+            *m = *m * beta1 + g * (1.0 - beta1);
+            *v = *v * beta2 + g * g * (1.0 - beta2);
+            *out = p * decay - step_size * *m / (v.sqrt() / sqrt_bias_correction2 + eps);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

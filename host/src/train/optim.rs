@@ -1,7 +1,10 @@
 //! AdamW, the warm-up/decay schedule and global-norm clipping, as torch and transformers do
 //! them. Everything is candle tensor maths, so it runs on whatever device the model is on.
 
-use candle_core::{DType, Result, Tensor, Var};
+use candle_core::{DType, Layout, Result, Storage, Tensor, Var};
+use rayon::prelude::*;
+
+use crate::model::simd::{self, AdamwStep};
 
 use super::config::LrScheduler;
 
@@ -17,6 +20,17 @@ enum Moments {
         exp_avg: Tensor,
         exp_avg_sq: Tensor,
     },
+}
+
+/// Parameters per parallel block of the AdamW update.
+const OPTIMIZER_BLOCK: usize = 1 << 16;
+
+/// The f32 values of a contiguous CPU tensor's storage.
+fn cpu_f32<'a>(storage: &'a Storage, layout: &Layout) -> Result<&'a [f32]> {
+    match (storage, layout.contiguous_offsets()) {
+        (Storage::Cpu(cpu), Some((start, end))) => Ok(&cpu.as_slice::<f32>()?[start..end]),
+        _ => candle_core::bail!("AdamW: expected a contiguous f32 CPU tensor"),
+    }
 }
 
 /// One parameter and its Adam moments.
@@ -51,22 +65,42 @@ impl ParamState {
                 exp_avg,
                 exp_avg_sq,
             } => {
-                let grad = grad.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-                let mut theta = self.var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
-                let (beta1, beta2) = (update.beta1 as f32, update.beta2 as f32);
-                let (decay, step_size) = (decay as f32, update.step_size as f32);
-                let (sqrt_bc2, eps) = (update.sqrt_bc2 as f32, update.eps as f32);
-                for (((p, m), v), g) in theta
-                    .iter_mut()
-                    .zip(exp_avg.iter_mut())
-                    .zip(exp_avg_sq.iter_mut())
-                    .zip(&grad)
-                {
-                    *p *= decay;
-                    *m = *m * beta1 + g * (1.0 - beta1);
-                    *v = *v * beta2 + g * g * (1.0 - beta2);
-                    *p -= step_size * *m / (v.sqrt() / sqrt_bc2 + eps);
-                }
+                let step = AdamwStep {
+                    decay: decay as f32,
+                    beta1: update.beta1 as f32,
+                    beta2: update.beta2 as f32,
+                    step_size: update.step_size as f32,
+                    sqrt_bias_correction2: update.sqrt_bc2 as f32,
+                    eps: update.eps as f32,
+                };
+                let grad = grad.to_dtype(DType::F32)?.contiguous()?;
+                // Reads the gradient and the parameter where they lie (no copies), writes the
+                // new values once, in parallel blocks; the read guards end before `set`.
+                let theta = {
+                    let (grad_storage, grad_layout) = grad.storage_and_layout();
+                    let (theta_storage, theta_layout) = self.var.as_tensor().storage_and_layout();
+                    let grad = cpu_f32(&grad_storage, grad_layout)?;
+                    let theta = cpu_f32(&theta_storage, theta_layout)?;
+                    if grad.len() != theta.len() || exp_avg.len() != theta.len() {
+                        candle_core::bail!(
+                            "AdamW: {} gradients for {} parameters of {}",
+                            grad.len(),
+                            theta.len(),
+                            self.name
+                        );
+                    }
+                    let mut updated = vec![0f32; theta.len()];
+                    updated
+                        .par_chunks_mut(OPTIMIZER_BLOCK)
+                        .zip(theta.par_chunks(OPTIMIZER_BLOCK))
+                        .zip(grad.par_chunks(OPTIMIZER_BLOCK))
+                        .zip(exp_avg.par_chunks_mut(OPTIMIZER_BLOCK))
+                        .zip(exp_avg_sq.par_chunks_mut(OPTIMIZER_BLOCK))
+                        .for_each(|((((out, theta), grad), m), v)| {
+                            simd::adamw(theta, grad, m, v, out, step)
+                        });
+                    updated
+                };
                 let shape = self.var.shape().clone();
                 self.var
                     .set(&Tensor::from_vec(theta, shape, self.var.device())?)

@@ -386,19 +386,21 @@ fn linear_backward(
     dx: Option<(&mut [f32], bool)>,
 ) {
     let (width_out, width_in) = (d_bias.len(), weight.len() / d_bias.len());
-    matmul(
-        d_weight,
-        view(0, width_in, 1),
-        dy,
-        view(0, 1, width_out),
-        x,
-        view(0, width_in, 1),
-        (width_out, width_in, rows),
-        true,
-        threads(),
-    );
-    add_column_sums(dy, width_out, d_bias);
-    if let Some((dx, accumulate)) = dx {
+    let mut weight_gradient = |parallelism| {
+        matmul(
+            d_weight,
+            view(0, width_in, 1),
+            dy,
+            view(0, 1, width_out),
+            x,
+            view(0, width_in, 1),
+            (width_out, width_in, rows),
+            true,
+            parallelism,
+        );
+        add_column_sums(dy, width_out, d_bias);
+    };
+    let input_gradient = |dx: &mut [f32], accumulate, parallelism| {
         matmul(
             dx,
             view(0, width_in, 1),
@@ -408,8 +410,28 @@ fn linear_backward(
             view(0, width_in, 1),
             (rows, width_in, width_out),
             accumulate,
-            threads(),
-        );
+            parallelism,
+        )
+    };
+    match dx {
+        // The two products are independent: half the threads on each at the same time
+        // (on 2 cores, one each, without synchronisation inside either product) beats all
+        // threads on each in turn.
+        Some((dx, accumulate)) if rayon::current_num_threads() >= 2 => {
+            let half = match rayon::current_num_threads() / 2 {
+                1 => Parallelism::None,
+                n => Parallelism::Rayon(n),
+            };
+            rayon::join(
+                || weight_gradient(half),
+                || input_gradient(dx, accumulate, half),
+            );
+        }
+        Some((dx, accumulate)) => {
+            weight_gradient(Parallelism::None);
+            input_gradient(dx, accumulate, Parallelism::None);
+        }
+        None => weight_gradient(threads()),
     }
 }
 

@@ -101,7 +101,7 @@ pub fn exp(x: f32) -> f32 {
         * r
         + 1.666_666_5e-1)
         * r
-        + 5.000_000_1e-1;
+        + 0.5;
     let mantissa = poly * (r * r) + r + 1.0;
     // 2^n: n + 127 is an integer in 1..=254; adding 2^23 puts it in the low mantissa bits,
     // and shifting those into the exponent field builds the power of two (no float-to-int

@@ -70,7 +70,7 @@ impl BertForSequenceClassification {
     /// `[batch, num_labels]` logits.
     pub fn forward(&self, tokens: &TokenTensors) -> Result<Tensor> {
         let _span = tracing::trace_span!("cross_encoder_forward").entered();
-        let hidden = self.encoder.forward(tokens)?;
+        let hidden = self.encoder.forward_first_token(tokens)?;
         let pooled = self.pooler.forward(&hidden)?;
         self.classifier.forward(&self.dropout.forward(&pooled)?)
     }

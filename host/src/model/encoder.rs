@@ -32,6 +32,17 @@ impl BertEncoder {
 
     /// `[batch, seq, hidden]` hidden states of the last layer.
     pub fn forward(&self, tokens: &TokenTensors) -> Result<Tensor> {
+        self.forward_layers(tokens, false)
+    }
+
+    /// The same where only each sequence's first token (`[CLS]`, position 0: the tokenizer
+    /// pads on the right) will be read, as the cross-encoder's pooler does: the last layer may compute only that row (the fused CPU
+    /// layer does; other rows are then zeros), a sixth of its cost.
+    pub fn forward_first_token(&self, tokens: &TokenTensors) -> Result<Tensor> {
+        self.forward_layers(tokens, true)
+    }
+
+    fn forward_layers(&self, tokens: &TokenTensors, first_token_only: bool) -> Result<Tensor> {
         let mut hidden = self
             .embeddings
             .forward(&tokens.input_ids, &tokens.token_type_ids)?;
@@ -45,8 +56,13 @@ impl BertEncoder {
         };
         let mask_bias = ((tokens.attention_mask.to_dtype(dtype)? - 1.0)? * (-lowest))?
             .reshape((batch, 1, 1, seq_len))?;
-        for layer in &self.layers {
-            hidden = layer.forward(&hidden, &mask_bias)?;
+        let last = self.layers.len().saturating_sub(1);
+        for (index, layer) in self.layers.iter().enumerate() {
+            hidden = if first_token_only && index == last {
+                layer.forward_first_token(&hidden, &mask_bias)?
+            } else {
+                layer.forward(&hidden, &mask_bias)?
+            };
         }
         Ok(hidden)
     }

@@ -35,13 +35,29 @@ impl BertLayer {
     /// One layer: the fused CPU kernel where it applies (f32 on the CPU, exact GELU),
     /// otherwise the composite candle ops (CUDA, other dtypes and activations).
     pub fn forward(&self, hidden: &Tensor, mask_bias: &Tensor) -> Result<Tensor> {
+        self.forward_rows(hidden, mask_bias, false)
+    }
+
+    /// The layer where only each sequence's first token's output will be read (a
+    /// cross-encoder's last layer): the fused kernel computes only those rows and leaves
+    /// zeros elsewhere; the composite path computes everything.
+    pub fn forward_first_token(&self, hidden: &Tensor, mask_bias: &Tensor) -> Result<Tensor> {
+        self.forward_rows(hidden, mask_bias, true)
+    }
+
+    fn forward_rows(
+        &self,
+        hidden: &Tensor,
+        mask_bias: &Tensor,
+        first_token_only: bool,
+    ) -> Result<Tensor> {
         let _span = tracing::trace_span!("encoder_layer").entered();
         let fused = hidden.device().is_cpu()
             && hidden.dtype() == DType::F32
             && mask_bias.dtype() == DType::F32
             && self.feed_forward.activation == HiddenAct::Gelu;
         if fused {
-            self.forward_fused(hidden, mask_bias)
+            self.forward_fused(hidden, mask_bias, first_token_only)
         } else {
             self.forward_composite(hidden, mask_bias)
         }
@@ -53,8 +69,14 @@ impl BertLayer {
         self.feed_forward.forward(&attended)
     }
 
-    /// The layer as one fused CPU op ([`fused_layer::encoder_layer`]).
-    pub fn forward_fused(&self, hidden: &Tensor, mask_bias: &Tensor) -> Result<Tensor> {
+    /// The layer as one fused CPU op ([`fused_layer::encoder_layer`]), for every token or
+    /// only each sequence's first.
+    pub fn forward_fused(
+        &self,
+        hidden: &Tensor,
+        mask_bias: &Tensor,
+        first_token_only: bool,
+    ) -> Result<Tensor> {
         fn weight_and_bias(linear: &Linear) -> Result<(&Tensor, &Tensor)> {
             match linear.bias() {
                 Some(bias) => Ok((linear.weight(), bias)),
@@ -94,6 +116,7 @@ impl BertLayer {
             self.dims,
             dropout,
             keep_activations,
+            first_token_only,
         )
     }
 }
@@ -149,7 +172,10 @@ mod tests {
 
     /// A layer with random weights (LayerNorm scales near 1), random inputs and a padding
     /// mask with different lengths per batch element.
-    fn setup(dropout: f64) -> (BertLayer, VarMap, Var, Tensor, Tensor, DropoutRng) {
+    fn setup(
+        dropout: f64,
+        first_token_only: bool,
+    ) -> (BertLayer, VarMap, Var, Tensor, Tensor, DropoutRng) {
         let config = config(dropout);
         let varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
@@ -173,6 +199,12 @@ mod tests {
             for k in *valid..seq {
                 mask[b * seq + k] = f32::MIN;
                 real[b * seq + k] = 0.0;
+            }
+            if first_token_only {
+                // Only the first token's output is compared (and gets a gradient).
+                for k in 1..seq {
+                    real[b * seq + k] = 0.0;
+                }
             }
         }
         let mask = Tensor::from_vec(mask, (batch, 1, 1, seq), &Device::Cpu).unwrap();
@@ -214,14 +246,14 @@ mod tests {
         (output, named)
     }
 
-    fn compare(dropout: f64) {
-        let (layer, varmap, hidden, mask, real, rng) = setup(dropout);
+    fn compare(dropout: f64, first_token_only: bool) {
+        let (layer, varmap, hidden, mask, real, rng) = setup(dropout, first_token_only);
         if dropout > 0.0 {
             rng.train(42);
         }
         let snapshot = rng.snapshot();
         let (fused, fused_grads) = run(
-            |h, m| layer.forward_fused(h, m),
+            |h, m| layer.forward_fused(h, m, first_token_only),
             &varmap,
             &hidden,
             &mask,
@@ -251,19 +283,25 @@ mod tests {
 
     #[test]
     fn fused_layer_equals_the_composite_layer() {
-        compare(0.0);
+        compare(0.0, false);
     }
 
     #[test]
     fn fused_layer_equals_the_composite_layer_with_dropout() {
-        compare(0.3);
+        compare(0.3, false);
+    }
+
+    #[test]
+    fn first_token_layer_equals_the_composite_layer_at_the_first_token() {
+        compare(0.0, true);
+        compare(0.3, true);
     }
 
     #[test]
     fn fused_layer_matches_in_inference_without_a_graph() {
-        let (layer, _varmap, hidden, mask, real, _rng) = setup(0.1);
+        let (layer, _varmap, hidden, mask, real, _rng) = setup(0.1, false);
         let detached = hidden.as_tensor().detach();
-        let fused = layer.forward_fused(&detached, &mask).unwrap();
+        let fused = layer.forward_fused(&detached, &mask, false).unwrap();
         let composite = layer.forward_composite(&detached, &mask).unwrap();
         let at_real = |t: &Tensor| t.broadcast_mul(&real).unwrap();
         assert!(max_diff(&at_real(&fused), &at_real(&composite)) < 2e-5);

@@ -148,8 +148,10 @@ pub fn pack_parameters(parameters: &LayerParameters) -> Result<Tensor> {
 
 /// Mutable views of each parameter's slice of the packed gradient.
 struct ParamGrads<'a> {
-    qkv_weight: &'a mut [f32],
-    qkv_bias: &'a mut [f32],
+    query_weight: &'a mut [f32],
+    key_value_weight: &'a mut [f32],
+    query_bias: &'a mut [f32],
+    key_value_bias: &'a mut [f32],
     output_weight: &'a mut [f32],
     output_bias: &'a mut [f32],
     norm1_weight: &'a mut [f32],
@@ -163,17 +165,22 @@ struct ParamGrads<'a> {
 }
 
 impl<'a> ParamGrads<'a> {
-    /// Splits `grads` at the (consecutive) offsets.
-    fn split(grads: &'a mut [f32], o: &ParamOffsets) -> Self {
+    /// Splits `grads` at the (consecutive) offsets; the query part of the stacked
+    /// query/key/value weights and biases apart from the key/value part.
+    fn split(grads: &'a mut [f32], o: &ParamOffsets, hidden: usize) -> Self {
         let mut rest = grads;
         let mut take = |range: &std::ops::Range<usize>| {
             let (head, tail) = std::mem::take(&mut rest).split_at_mut(range.len());
             rest = tail;
             head
         };
+        let (query_weight, key_value_weight) = take(&o.qkv_weight).split_at_mut(hidden * hidden);
+        let (query_bias, key_value_bias) = take(&o.qkv_bias).split_at_mut(hidden);
         Self {
-            qkv_weight: take(&o.qkv_weight),
-            qkv_bias: take(&o.qkv_bias),
+            query_weight,
+            key_value_weight,
+            query_bias,
+            key_value_bias,
             output_weight: take(&o.output_weight),
             output_bias: take(&o.output_bias),
             norm1_weight: take(&o.norm1_weight),
@@ -199,13 +206,18 @@ pub struct LayerDropoutMasks {
     pub feed_forward_output: Option<Vec<f32>>,
 }
 
-/// What the forward pass keeps for the backward pass.
+/// What the forward pass keeps for the backward pass. `Q` is the number of query rows (all
+/// real tokens, or each sequence's first token), `T` the number of real tokens.
 struct Saved {
-    /// `[T, 3·hidden]` query, key and value projections.
-    qkv: Vec<f32>,
-    /// Per sequence, `[heads, len, len]` attention probabilities before dropout.
+    /// `[Q, hidden]` input rows of the queries (the residual of the attention block).
+    query_input: Vec<f32>,
+    /// `[Q, hidden]` query projections.
+    query: Vec<f32>,
+    /// `[T, 2·hidden]` key and value projections.
+    key_value: Vec<f32>,
+    /// Per sequence, `[heads, queries, len]` attention probabilities before dropout.
     probs: Vec<f32>,
-    /// `[T, hidden]` attention context (heads merged).
+    /// `[Q, hidden]` attention context (heads merged).
     context: Vec<f32>,
     /// Normalised residual sum and 1/std of the first LayerNorm.
     xhat1: Vec<f32>,
@@ -218,7 +230,7 @@ struct Saved {
     /// Normalised residual sum and 1/std of the second LayerNorm.
     xhat2: Vec<f32>,
     rstd2: Vec<f32>,
-    /// The hidden-state dropout masks at the real rows.
+    /// The hidden-state dropout masks at the query rows.
     attention_output_mask: Option<Vec<f32>>,
     feed_forward_output_mask: Option<Vec<f32>>,
 }
@@ -227,13 +239,16 @@ struct EncoderLayerOp {
     dims: LayerDims,
     dropout: LayerDropoutMasks,
     keep_activations: bool,
+    first_token_only: bool,
     /// The packing, the packed input rows and the activations, from forward to backward.
     saved: Mutex<Option<(Packing, Vec<f32>, Saved)>>,
 }
 
 /// One encoder layer (attention block, then feed-forward block, post-LayerNorm, exact GELU)
 /// on contiguous f32 CPU tensors. `keep_activations` must be true when a gradient will be
-/// asked for.
+/// asked for. With `first_token_only`, only each sequence's first token is computed (it
+/// still attends to every token): the last layer of a cross-encoder, whose pooler reads
+/// nothing else, then costs a sixth of a full layer; the other rows come out as zeros.
 pub fn encoder_layer(
     hidden: &Tensor,
     mask_bias: &Tensor,
@@ -241,11 +256,13 @@ pub fn encoder_layer(
     dims: LayerDims,
     dropout: LayerDropoutMasks,
     keep_activations: bool,
+    first_token_only: bool,
 ) -> Result<Tensor> {
     let op = EncoderLayerOp {
         dims,
         dropout,
         keep_activations,
+        first_token_only,
         saved: Mutex::new(None),
     };
     hidden
@@ -548,19 +565,32 @@ fn masked(values: &[f32], mask: Option<&[f32]>) -> Vec<f32> {
 /// the same. Padded positions come out as zeros instead of the values transformers computes
 /// for them, which nothing reads: the pooler reads the first token, mean pooling masks them,
 /// the next layer's attention never looks at them, and their gradients are zero either way.
+///
+/// The query rows are the rows the layer computes an output for: every real token, or only
+/// each sequence's first.
 struct Packing {
     seq: usize,
     /// Per batch element, the positions of its real tokens.
     positions: Vec<Vec<usize>>,
     /// Per batch element, its first row among the packed rows (`batch + 1` entries).
     starts: Vec<usize>,
-    /// Per batch element, where its `[heads, len, len]` probabilities start (`batch + 1`).
+    /// Per batch element, how many of its first real tokens are query rows (all or 1).
+    query_counts: Vec<usize>,
+    /// Per batch element, its first row among the packed query rows (`batch + 1`).
+    query_starts: Vec<usize>,
+    /// Per batch element, where its `[heads, queries, len]` probabilities start (`batch + 1`).
     prob_starts: Vec<usize>,
 }
 
 impl Packing {
     /// Real tokens are those whose mask bias is above half the dtype's lowest value.
-    fn from_mask(mask_bias: &[f32], batch: usize, seq: usize, heads: usize) -> Self {
+    fn from_mask(
+        mask_bias: &[f32],
+        batch: usize,
+        seq: usize,
+        heads: usize,
+        first_token_only: bool,
+    ) -> Self {
         let positions: Vec<Vec<usize>> = (0..batch)
             .map(|b| {
                 (0..seq)
@@ -568,22 +598,60 @@ impl Packing {
                     .collect()
             })
             .collect();
-        let mut starts = vec![0];
-        let mut prob_starts = vec![0];
-        for p in &positions {
-            starts.push(starts.last().copied().unwrap_or(0) + p.len());
-            prob_starts.push(prob_starts.last().copied().unwrap_or(0) + heads * p.len() * p.len());
-        }
+        let query_counts: Vec<usize> = positions
+            .iter()
+            .map(|p| {
+                if first_token_only {
+                    p.len().min(1)
+                } else {
+                    p.len()
+                }
+            })
+            .collect();
+        let running = |sizes: &mut dyn Iterator<Item = usize>| {
+            let mut starts = vec![0];
+            for size in sizes {
+                starts.push(starts.last().copied().unwrap_or(0) + size);
+            }
+            starts
+        };
+        let starts = running(&mut positions.iter().map(Vec::len));
+        let query_starts = running(&mut query_counts.iter().copied());
+        let prob_starts = running(
+            &mut positions
+                .iter()
+                .zip(&query_counts)
+                .map(|(p, &q)| heads * q * p.len()),
+        );
         Self {
             seq,
             positions,
             starts,
+            query_counts,
+            query_starts,
             prob_starts,
         }
     }
 
     fn rows(&self) -> usize {
         self.starts.last().copied().unwrap_or(0)
+    }
+
+    fn query_rows(&self) -> usize {
+        self.query_starts.last().copied().unwrap_or(0)
+    }
+
+    fn all_rows_are_queries(&self) -> bool {
+        self.rows() == self.query_rows()
+    }
+
+    /// The (batch element, position) of every query row, in packed order.
+    fn query_positions(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        self.positions
+            .iter()
+            .zip(&self.query_counts)
+            .enumerate()
+            .flat_map(|(b, (p, &q))| p[..q].iter().map(move |&j| (b, j)))
     }
 
     /// The real rows of a `[batch·seq, width]` matrix, packed.
@@ -598,7 +666,44 @@ impl Packing {
         packed
     }
 
-    /// Packed rows back into a `[batch·seq, width]` matrix, zeros at padded positions.
+    /// The query rows of a `[batch·seq, width]` matrix, packed.
+    fn gather_queries(&self, full: &[f32], width: usize) -> Vec<f32> {
+        let mut packed = Vec::with_capacity(self.query_rows() * width);
+        for (b, j) in self.query_positions() {
+            let row = b * self.seq + j;
+            packed.extend_from_slice(&full[row * width..(row + 1) * width]);
+        }
+        packed
+    }
+
+    /// The query rows among packed real rows.
+    fn select_queries(&self, packed: &[f32], width: usize) -> Vec<f32> {
+        if self.all_rows_are_queries() {
+            return packed.to_vec();
+        }
+        let mut queries = Vec::with_capacity(self.query_rows() * width);
+        for (&start, &count) in self.starts.iter().zip(&self.query_counts) {
+            queries.extend_from_slice(&packed[start * width..(start + count) * width]);
+        }
+        queries
+    }
+
+    /// Adds packed query rows into their places among packed real rows.
+    fn add_queries_into(&self, packed: &mut [f32], queries: &[f32], width: usize) {
+        let mut next = 0;
+        for (&start, &count) in self.starts.iter().zip(&self.query_counts) {
+            let target = &mut packed[start * width..(start + count) * width];
+            for (t, &q) in target
+                .iter_mut()
+                .zip(&queries[next * width..(next + count) * width])
+            {
+                *t += q;
+            }
+            next += count;
+        }
+    }
+
+    /// Packed real rows back into a `[batch·seq, width]` matrix, zeros at padded positions.
     fn scatter(&self, packed: &[f32], width: usize) -> Vec<f32> {
         let mut full = vec![0f32; self.positions.len() * self.seq * width];
         let mut next = 0;
@@ -613,34 +718,56 @@ impl Packing {
         full
     }
 
-    /// Splits a packed buffer into one mutable piece per batch element, `unit` values per
-    /// row (`per_prob` false) or per probability block (`per_prob` true).
-    fn split_mut<'a>(
-        &self,
-        buffer: &'a mut [f32],
-        unit: usize,
-        per_prob: bool,
-    ) -> Vec<&'a mut [f32]> {
-        let starts = if per_prob {
-            &self.prob_starts
-        } else {
-            &self.starts
-        };
-        let mut rest = buffer;
-        starts
-            .windows(2)
-            .map(|w| {
-                let (piece, tail) = std::mem::take(&mut rest).split_at_mut((w[1] - w[0]) * unit);
-                rest = tail;
-                piece
-            })
-            .collect()
+    /// Packed query rows back into a `[batch·seq, width]` matrix, zeros elsewhere.
+    fn scatter_queries(&self, packed: &[f32], width: usize) -> Vec<f32> {
+        let mut full = vec![0f32; self.positions.len() * self.seq * width];
+        for (next, (b, j)) in self.query_positions().enumerate() {
+            let row = b * self.seq + j;
+            full[row * width..(row + 1) * width]
+                .copy_from_slice(&packed[next * width..(next + 1) * width]);
+        }
+        full
     }
 }
 
+/// Splits `buffer` into one mutable piece per batch element, `unit` values per step of
+/// `starts` (a running total with `batch + 1` entries).
+fn split_mut<'a>(buffer: &'a mut [f32], starts: &[usize], unit: usize) -> Vec<&'a mut [f32]> {
+    let mut rest = buffer;
+    starts
+        .windows(2)
+        .map(|w| {
+            let (piece, tail) = std::mem::take(&mut rest).split_at_mut((w[1] - w[0]) * unit);
+            rest = tail;
+            piece
+        })
+        .collect()
+}
+
+/// The same for a shared buffer.
+fn split<'a>(buffer: &'a [f32], starts: &[usize], unit: usize) -> Vec<&'a [f32]> {
+    let mut rest = buffer;
+    starts
+        .windows(2)
+        .map(|w| {
+            let (piece, tail) = rest.split_at((w[1] - w[0]) * unit);
+            rest = tail;
+            piece
+        })
+        .collect()
+}
+
+/// One sequence's slices of the attention inputs.
+struct SequenceAttention<'a> {
+    /// `[queries, hidden]` query projections.
+    query: &'a [f32],
+    /// `[len, 2·hidden]` key and value projections.
+    key_value: &'a [f32],
+}
+
 impl EncoderLayerOp {
-    /// The attention-probability dropout mask of one sequence and head at its real
-    /// positions, as a `len × len` block (`None` without dropout).
+    /// The attention-probability dropout mask of one sequence and head at its query rows
+    /// and real keys, as a `queries × len` block (false without dropout).
     fn probs_mask(&self, packing: &Packing, b: usize, h: usize, out: &mut [f32]) -> bool {
         let Some(masks) = &self.dropout.attention_probs else {
             return false;
@@ -648,7 +775,7 @@ impl EncoderLayerOp {
         let (seq, positions) = (packing.seq, &packing.positions[b]);
         let len = positions.len();
         let block = (b * self.dims.heads + h) * seq * seq;
-        for (i, &pi) in positions.iter().enumerate() {
+        for (i, &pi) in positions[..packing.query_counts[b]].iter().enumerate() {
             let row = &masks[block + pi * seq..block + (pi + 1) * seq];
             for (o, &pj) in out[i * len..(i + 1) * len].iter_mut().zip(positions) {
                 *o = row[pj];
@@ -657,13 +784,13 @@ impl EncoderLayerOp {
         true
     }
 
-    /// Attention forward for batch element `b`: fills its `[heads, len, len]` probabilities
-    /// and its `[len, hidden]` context rows (both pieces of the packed buffers).
+    /// Attention forward for batch element `b`: fills its `[heads, queries, len]`
+    /// probabilities and its `[queries, hidden]` context rows.
     fn attention_forward(
         &self,
         packing: &Packing,
         b: usize,
-        qkv: &[f32],
+        inputs: SequenceAttention,
         mask_bias: &[f32],
         probs: &mut [f32],
         context: &mut [f32],
@@ -671,26 +798,25 @@ impl EncoderLayerOp {
         let (hidden, heads) = (self.dims.hidden, self.dims.heads);
         let head = self.dims.head_size();
         let scale = 1.0 / (head as f32).sqrt();
-        let row = 3 * hidden;
         let len = packing.positions[b].len();
-        let base = packing.starts[b] * row;
+        let queries = packing.query_counts[b];
         let mask: Vec<f32> = packing.positions[b]
             .iter()
             .map(|&j| mask_bias[b * packing.seq + j])
             .collect();
-        let mut dropout_mask = vec![0f32; len * len];
-        let mut dropped = vec![0f32; len * len];
+        let mut dropout_mask = vec![0f32; queries * len];
+        let mut dropped = vec![0f32; queries * len];
         for h in 0..heads {
-            let block = &mut probs[h * len * len..(h + 1) * len * len];
+            let block = &mut probs[h * queries * len..(h + 1) * queries * len];
             // scores = Q · Kᵀ
             matmul(
                 block,
                 view(0, len, 1),
-                qkv,
-                view(base + h * head, row, 1),
-                qkv,
-                view(base + hidden + h * head, 1, row),
-                (len, len, head),
+                inputs.query,
+                view(h * head, hidden, 1),
+                inputs.key_value,
+                view(h * head, 1, 2 * hidden),
+                (queries, len, head),
                 false,
                 Parallelism::None,
             );
@@ -707,38 +833,38 @@ impl EncoderLayerOp {
                 view(h * head, hidden, 1),
                 weights,
                 view(0, len, 1),
-                qkv,
-                view(base + 2 * hidden + h * head, row, 1),
-                (len, head, len),
+                inputs.key_value,
+                view(hidden + h * head, 2 * hidden, 1),
+                (queries, head, len),
                 false,
                 Parallelism::None,
             );
         }
     }
 
-    /// Attention backward for batch element `b`: writes its rows of `d_qkv` (the piece
-    /// passed in), reading its rows of the packed `qkv` and `d_context`.
+    /// Attention backward for batch element `b`: writes its rows of `d_query` and
+    /// `d_key_value`.
+    #[allow(clippy::too_many_arguments)]
     fn attention_backward(
         &self,
         packing: &Packing,
         b: usize,
-        qkv: &[f32],
+        inputs: SequenceAttention,
         probs: &[f32],
         d_context: &[f32],
-        d_qkv: &mut [f32],
+        d_query: &mut [f32],
+        d_key_value: &mut [f32],
     ) {
         let (hidden, heads) = (self.dims.hidden, self.dims.heads);
         let head = self.dims.head_size();
         let scale = 1.0 / (head as f32).sqrt();
-        let row = 3 * hidden;
         let len = packing.positions[b].len();
-        let base = packing.starts[b] * row;
-        let context_base = packing.starts[b] * hidden;
-        let mut dropout_mask = vec![0f32; len * len];
-        let mut dropped = vec![0f32; len * len];
-        let mut d_scores = vec![0f32; len * len];
+        let queries = packing.query_counts[b];
+        let mut dropout_mask = vec![0f32; queries * len];
+        let mut dropped = vec![0f32; queries * len];
+        let mut d_scores = vec![0f32; queries * len];
         for h in 0..heads {
-            let p = &probs[h * len * len..(h + 1) * len * len];
+            let p = &probs[h * queries * len..(h + 1) * queries * len];
             let has_dropout = self.probs_mask(packing, b, h, &mut dropout_mask);
             let weights: &[f32] = if has_dropout {
                 simd::product(p, &dropout_mask, &mut dropped);
@@ -748,13 +874,13 @@ impl EncoderLayerOp {
             };
             // dV = Pᵀ · dC
             matmul(
-                d_qkv,
-                view(2 * hidden + h * head, row, 1),
+                d_key_value,
+                view(hidden + h * head, 2 * hidden, 1),
                 weights,
                 view(0, 1, len),
                 d_context,
-                view(context_base + h * head, hidden, 1),
-                (len, head, len),
+                view(h * head, hidden, 1),
+                (len, head, queries),
                 false,
                 Parallelism::None,
             );
@@ -763,10 +889,10 @@ impl EncoderLayerOp {
                 &mut d_scores,
                 view(0, len, 1),
                 d_context,
-                view(context_base + h * head, hidden, 1),
-                qkv,
-                view(base + 2 * hidden + h * head, 1, row),
-                (len, len, head),
+                view(h * head, hidden, 1),
+                inputs.key_value,
+                view(hidden + h * head, 1, 2 * hidden),
+                (queries, len, head),
                 false,
                 Parallelism::None,
             );
@@ -778,32 +904,32 @@ impl EncoderLayerOp {
             simd::softmax_backward_rows(&mut d_scores, p, len, scale);
             // dQ = dS · K
             matmul(
-                d_qkv,
-                view(h * head, row, 1),
+                d_query,
+                view(h * head, hidden, 1),
                 &d_scores,
                 view(0, len, 1),
-                qkv,
-                view(base + hidden + h * head, row, 1),
-                (len, head, len),
+                inputs.key_value,
+                view(h * head, 2 * hidden, 1),
+                (queries, head, len),
                 false,
                 Parallelism::None,
             );
             // dK = dSᵀ · Q
             matmul(
-                d_qkv,
-                view(hidden + h * head, row, 1),
+                d_key_value,
+                view(h * head, 2 * hidden, 1),
                 &d_scores,
                 view(0, 1, len),
-                qkv,
-                view(base + h * head, row, 1),
-                (len, head, len),
+                inputs.query,
+                view(h * head, hidden, 1),
+                (len, head, queries),
                 false,
                 Parallelism::None,
             );
         }
     }
 
-    /// The layer on packed rows `x` (real tokens only); returns the packed output.
+    /// The layer on packed real rows `x`; returns the packed query rows' output.
     fn forward(
         &self,
         packing: &Packing,
@@ -818,44 +944,50 @@ impl EncoderLayerOp {
             eps,
         } = self.dims;
         let o = self.dims.offsets();
-        let rows = packing.rows();
-        let qkv = linear(x, &params[o.qkv_weight], &params[o.qkv_bias], rows);
+        let (rows, query_rows) = (packing.rows(), packing.query_rows());
+        let (query_weight, key_value_weight) = params[o.qkv_weight].split_at(hidden * hidden);
+        let (query_bias, key_value_bias) = params[o.qkv_bias].split_at(hidden);
+        let query_input = packing.select_queries(x, hidden);
+        let query = linear(&query_input, query_weight, query_bias, query_rows);
+        let key_value = linear(x, key_value_weight, key_value_bias, rows);
 
         let mut probs = vec![0f32; packing.prob_starts.last().copied().unwrap_or(0)];
-        let mut context = vec![0f32; rows * hidden];
-        packing
-            .split_mut(&mut probs, 1, true)
+        let mut context = vec![0f32; query_rows * hidden];
+        split_mut(&mut probs, &packing.prob_starts, 1)
             .into_par_iter()
-            .zip(packing.split_mut(&mut context, hidden, false))
+            .zip(split_mut(&mut context, &packing.query_starts, hidden))
+            .zip(split(&query, &packing.query_starts, hidden))
+            .zip(split(&key_value, &packing.starts, 2 * hidden))
             .enumerate()
-            .for_each(|(b, (probs, context))| {
-                self.attention_forward(packing, b, &qkv, mask_bias, probs, context)
+            .for_each(|(b, (((probs, context), query), key_value))| {
+                let inputs = SequenceAttention { query, key_value };
+                self.attention_forward(packing, b, inputs, mask_bias, probs, context)
             });
 
         let attention_output_mask = self
             .dropout
             .attention_output
             .as_deref()
-            .map(|mask| packing.gather(mask, hidden));
+            .map(|mask| packing.gather_queries(mask, hidden));
         let feed_forward_output_mask = self
             .dropout
             .feed_forward_output
             .as_deref()
-            .map(|mask| packing.gather(mask, hidden));
+            .map(|mask| packing.gather_queries(mask, hidden));
 
         let projected = linear(
             &context,
             &params[o.output_weight],
             &params[o.output_bias],
-            rows,
+            query_rows,
         );
-        let mut hidden1 = vec![0f32; rows * hidden];
-        let mut xhat1 = vec![0f32; rows * hidden];
-        let mut rstd1 = vec![0f32; rows];
+        let mut hidden1 = vec![0f32; query_rows * hidden];
+        let mut xhat1 = vec![0f32; query_rows * hidden];
+        let mut rstd1 = vec![0f32; query_rows];
         add_and_norm(
             &projected,
             attention_output_mask.as_deref(),
-            x,
+            &query_input,
             &params[o.norm1_weight],
             &params[o.norm1_bias],
             eps,
@@ -869,7 +1001,7 @@ impl EncoderLayerOp {
             &hidden1,
             &params[o.inner_weight],
             &params[o.inner_bias],
-            rows,
+            query_rows,
         );
         let mut activated = vec![0f32; inner.len()];
         activated
@@ -880,11 +1012,11 @@ impl EncoderLayerOp {
             &activated,
             &params[o.outer_weight],
             &params[o.outer_bias],
-            rows,
+            query_rows,
         );
-        let mut output = vec![0f32; rows * hidden];
-        let mut xhat2 = vec![0f32; rows * hidden];
-        let mut rstd2 = vec![0f32; rows];
+        let mut output = vec![0f32; query_rows * hidden];
+        let mut xhat2 = vec![0f32; query_rows * hidden];
+        let mut rstd2 = vec![0f32; query_rows];
         add_and_norm(
             &projected,
             feed_forward_output_mask.as_deref(),
@@ -896,11 +1028,13 @@ impl EncoderLayerOp {
             &mut xhat2,
             &mut rstd2,
         );
-        debug_assert_eq!(intermediate * rows, inner.len());
+        debug_assert_eq!(intermediate * query_rows, inner.len());
         (
             output,
             Saved {
-                qkv,
+                query_input,
+                query,
+                key_value,
                 probs,
                 context,
                 xhat1,
@@ -916,8 +1050,8 @@ impl EncoderLayerOp {
         )
     }
 
-    /// Gradients of the packed input rows and of the packed parameters, given the packed
-    /// output rows' gradient.
+    /// Gradients of the packed real input rows and of the packed parameters, given the
+    /// packed query rows' output gradient.
     fn backward(
         &self,
         packing: &Packing,
@@ -928,11 +1062,13 @@ impl EncoderLayerOp {
     ) -> (Vec<f32>, Vec<f32>) {
         let hidden = self.dims.hidden;
         let o = self.dims.offsets();
-        let rows = packing.rows();
+        let (rows, query_rows) = (packing.rows(), packing.query_rows());
         let mut grads = vec![0f32; o.total];
         let ParamGrads {
-            qkv_weight: g_qkv_w,
-            qkv_bias: g_qkv_b,
+            query_weight: g_q_w,
+            key_value_weight: g_kv_w,
+            query_bias: g_q_b,
+            key_value_bias: g_kv_b,
             output_weight: g_out_w,
             output_bias: g_out_b,
             norm1_weight: g_n1_w,
@@ -943,7 +1079,8 @@ impl EncoderLayerOp {
             outer_bias: g_outer_b,
             norm2_weight: g_n2_w,
             norm2_bias: g_n2_b,
-        } = ParamGrads::split(&mut grads, &o);
+        } = ParamGrads::split(&mut grads, &o, hidden);
+        let (query_weight, key_value_weight) = params[o.qkv_weight].split_at(hidden * hidden);
 
         // Second LayerNorm; its input was dropout(outer) + hidden1.
         let d_sum2 = norm_backward(
@@ -956,12 +1093,12 @@ impl EncoderLayerOp {
         );
         let d_outer = masked(&d_sum2, saved.feed_forward_output_mask.as_deref());
         let mut d_hidden1 = d_sum2;
-        let mut d_inner = vec![0f32; rows * self.dims.intermediate];
+        let mut d_inner = vec![0f32; query_rows * self.dims.intermediate];
         linear_backward(
             &d_outer,
             &saved.activated,
             &params[o.outer_weight],
-            rows,
+            query_rows,
             g_outer_w,
             g_outer_b,
             Some((&mut d_inner, false)),
@@ -975,14 +1112,14 @@ impl EncoderLayerOp {
             &d_inner,
             &saved.hidden1,
             &params[o.inner_weight],
-            rows,
+            query_rows,
             g_in_w,
             g_in_b,
             Some((&mut d_hidden1, true)),
         );
         drop(d_inner);
 
-        // First LayerNorm; its input was dropout(projected context) + x.
+        // First LayerNorm; its input was dropout(projected context) + the query rows' input.
         let d_sum1 = norm_backward(
             &d_hidden1,
             &saved.xhat1,
@@ -993,48 +1130,64 @@ impl EncoderLayerOp {
         );
         drop(d_hidden1);
         let d_projected = masked(&d_sum1, saved.attention_output_mask.as_deref());
-        let mut d_x = d_sum1;
-        let mut d_context = vec![0f32; rows * hidden];
+        let mut d_query_input = d_sum1;
+        let mut d_context = vec![0f32; query_rows * hidden];
         linear_backward(
             &d_projected,
             &saved.context,
             &params[o.output_weight],
-            rows,
+            query_rows,
             g_out_w,
             g_out_b,
             Some((&mut d_context, false)),
         );
         drop(d_projected);
 
-        let mut d_qkv = vec![0f32; rows * 3 * hidden];
-        let mut probs_left: &[f32] = &saved.probs;
-        let probs_pieces: Vec<&[f32]> = packing
-            .prob_starts
-            .windows(2)
-            .map(|w| {
-                let (piece, tail) = probs_left.split_at(w[1] - w[0]);
-                probs_left = tail;
-                piece
-            })
-            .collect();
-        packing
-            .split_mut(&mut d_qkv, 3 * hidden, false)
+        let mut d_query = vec![0f32; query_rows * hidden];
+        let mut d_key_value = vec![0f32; rows * 2 * hidden];
+        split_mut(&mut d_query, &packing.query_starts, hidden)
             .into_par_iter()
-            .zip(probs_pieces)
+            .zip(split_mut(&mut d_key_value, &packing.starts, 2 * hidden))
+            .zip(split(&saved.probs, &packing.prob_starts, 1))
+            .zip(split(&d_context, &packing.query_starts, hidden))
+            .zip(split(&saved.query, &packing.query_starts, hidden))
+            .zip(split(&saved.key_value, &packing.starts, 2 * hidden))
             .enumerate()
-            .for_each(|(b, (d_qkv, probs))| {
-                self.attention_backward(packing, b, &saved.qkv, probs, &d_context, d_qkv)
-            });
+            .for_each(
+                |(b, (((((d_query, d_key_value), probs), d_context), query), key_value))| {
+                    let inputs = SequenceAttention { query, key_value };
+                    self.attention_backward(
+                        packing,
+                        b,
+                        inputs,
+                        probs,
+                        d_context,
+                        d_query,
+                        d_key_value,
+                    )
+                },
+            );
         drop(d_context);
+        let mut d_x = vec![0f32; rows * hidden];
         linear_backward(
-            &d_qkv,
+            &d_key_value,
             x,
-            &params[o.qkv_weight],
+            key_value_weight,
             rows,
-            g_qkv_w,
-            g_qkv_b,
-            Some((&mut d_x, true)),
+            g_kv_w,
+            g_kv_b,
+            Some((&mut d_x, false)),
         );
+        linear_backward(
+            &d_query,
+            &saved.query_input,
+            query_weight,
+            query_rows,
+            g_q_w,
+            g_q_b,
+            Some((&mut d_query_input, true)),
+        );
+        packing.add_queries_into(&mut d_x, &d_query_input, hidden);
         (d_x, grads)
     }
 }
@@ -1078,10 +1231,16 @@ impl CustomOp3 for EncoderLayerOp {
                 self.dims
             );
         }
-        let packing = Packing::from_mask(mask_bias, batch, seq, self.dims.heads);
+        let packing = Packing::from_mask(
+            mask_bias,
+            batch,
+            seq,
+            self.dims.heads,
+            self.first_token_only,
+        );
         let packed_x = packing.gather(x, width);
         let (output, saved) = self.forward(&packing, &packed_x, mask_bias, params);
-        let output = packing.scatter(&output, width);
+        let output = packing.scatter_queries(&output, width);
         if self.keep_activations {
             *self.saved.lock().unwrap_or_else(|e| e.into_inner()) =
                 Some((packing, packed_x, saved));
@@ -1111,7 +1270,7 @@ impl CustomOp3 for EncoderLayerOp {
             })?;
         let width = self.dims.hidden;
         let grad = grad.contiguous()?;
-        let d_output = with_values(&grad, |g| packing.gather(g, width))?;
+        let d_output = with_values(&grad, |g| packing.gather_queries(g, width))?;
         let (d_x, d_params) = with_values(params, |p| {
             self.backward(&packing, &packed_x, p, &saved, &d_output)
         })?;

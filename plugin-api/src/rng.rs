@@ -19,9 +19,17 @@ impl SeededRng {
         self.state
     }
 
+    /// Moves `draws` draws ahead without drawing them (SplitMix64's state advances by a
+    /// constant per draw), so a long stream can be drawn in parallel pieces.
+    pub fn skip(&mut self, draws: u64) {
+        self.state = self.state.wrapping_add(Self::GAMMA.wrapping_mul(draws));
+    }
+
+    const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        self.state = self.state.wrapping_add(Self::GAMMA);
         let mut z = self.state;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);

@@ -6,6 +6,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use candle_core::{Module, Result, Tensor};
 use crosstrain_plugin_api::rng::SeededRng;
+use rayon::prelude::*;
+
+/// Mask values drawn per parallel task.
+const MASK_VALUES_PER_TASK: usize = 1 << 16;
 
 /// The random stream of a model's dropout layers; `None` inside means eval mode.
 #[derive(Debug, Clone, Default)]
@@ -44,18 +48,31 @@ impl DropoutRng {
         *self.lock() = snapshot.map(SeededRng::new);
     }
 
-    /// `count` keep-mask values (0 or 1/(1 − p)), or `None` in eval mode.
+    /// `count` keep-mask values (0 or 1/(1 − p)), or `None` in eval mode. The stream's
+    /// draws are the same as one after the other; they are taken in parallel pieces.
     fn scaled_mask_values(&self, count: usize, p: f64) -> Option<Vec<f32>> {
-        let mut guard = self.lock();
-        let rng = guard.as_mut()?;
+        let start = {
+            let mut guard = self.lock();
+            let rng = guard.as_mut()?;
+            let start = rng.clone();
+            rng.skip(count as u64);
+            start
+        };
         let scale = (1.0 / (1.0 - p)) as f32;
         // 24 random bits per element are plenty for a keep/drop decision.
         let threshold = (p * f64::from(1u32 << 24)) as u64;
-        let mut values = Vec::with_capacity(count);
-        for _ in 0..count {
-            let draw = rng.next_u64() >> 40;
-            values.push(if draw >= threshold { scale } else { 0.0 });
-        }
+        let mut values = vec![0f32; count];
+        values
+            .par_chunks_mut(MASK_VALUES_PER_TASK)
+            .enumerate()
+            .for_each(|(task, piece)| {
+                let mut rng = start.clone();
+                rng.skip((task * MASK_VALUES_PER_TASK) as u64);
+                for value in piece {
+                    let draw = rng.next_u64() >> 40;
+                    *value = if draw >= threshold { scale } else { 0.0 };
+                }
+            });
         Some(values)
     }
 
@@ -113,6 +130,28 @@ impl Module for Dropout {
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    #[test]
+    fn parallel_masks_are_the_sequential_stream() {
+        let rng = DropoutRng::default();
+        rng.train(11);
+        let count = 3 * MASK_VALUES_PER_TASK + 123;
+        let values = rng.scaled_mask_values(count, 0.25).unwrap();
+        let mut sequential = SeededRng::new(11);
+        let threshold = (0.25 * f64::from(1u32 << 24)) as u64;
+        let expected: Vec<f32> = (0..count)
+            .map(|_| {
+                if (sequential.next_u64() >> 40) >= threshold {
+                    (1.0 / 0.75) as f32
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        assert_eq!(values, expected);
+        // The shared stream continues after the last value drawn.
+        assert_eq!(rng.snapshot(), Some(sequential.state()));
+    }
 
     #[test]
     fn drops_only_in_training_and_replays_from_a_snapshot() {

@@ -209,8 +209,9 @@ pub struct LayerDropoutMasks {
 /// What the forward pass keeps for the backward pass. `Q` is the number of query rows (all
 /// real tokens, or each sequence's first token), `T` the number of real tokens.
 struct Saved {
-    /// `[Q, hidden]` input rows of the queries (the residual of the attention block).
-    query_input: Vec<f32>,
+    /// `[Q, hidden]` input rows of the queries (the residual of the attention block), when
+    /// they are not all the input rows.
+    query_input: Option<Vec<f32>>,
     /// `[Q, hidden]` query projections.
     query: Vec<f32>,
     /// `[T, 2·hidden]` key and value projections.
@@ -676,16 +677,16 @@ impl Packing {
         packed
     }
 
-    /// The query rows among packed real rows.
-    fn select_queries(&self, packed: &[f32], width: usize) -> Vec<f32> {
+    /// The query rows among packed real rows (`None`: all of them, no copy needed).
+    fn select_queries(&self, packed: &[f32], width: usize) -> Option<Vec<f32>> {
         if self.all_rows_are_queries() {
-            return packed.to_vec();
+            return None;
         }
         let mut queries = Vec::with_capacity(self.query_rows() * width);
         for (&start, &count) in self.starts.iter().zip(&self.query_counts) {
             queries.extend_from_slice(&packed[start * width..(start + count) * width]);
         }
-        queries
+        Some(queries)
     }
 
     /// Adds packed query rows into their places among packed real rows.
@@ -947,8 +948,9 @@ impl EncoderLayerOp {
         let (rows, query_rows) = (packing.rows(), packing.query_rows());
         let (query_weight, key_value_weight) = params[o.qkv_weight].split_at(hidden * hidden);
         let (query_bias, key_value_bias) = params[o.qkv_bias].split_at(hidden);
-        let query_input = packing.select_queries(x, hidden);
-        let query = linear(&query_input, query_weight, query_bias, query_rows);
+        let selected_input = packing.select_queries(x, hidden);
+        let query_input = selected_input.as_deref().unwrap_or(x);
+        let query = linear(query_input, query_weight, query_bias, query_rows);
         let key_value = linear(x, key_value_weight, key_value_bias, rows);
 
         let mut probs = vec![0f32; packing.prob_starts.last().copied().unwrap_or(0)];
@@ -987,7 +989,7 @@ impl EncoderLayerOp {
         add_and_norm(
             &projected,
             attention_output_mask.as_deref(),
-            &query_input,
+            query_input,
             &params[o.norm1_weight],
             &params[o.norm1_bias],
             eps,
@@ -1032,7 +1034,7 @@ impl EncoderLayerOp {
         (
             output,
             Saved {
-                query_input,
+                query_input: selected_input,
                 query,
                 key_value,
                 probs,
@@ -1180,7 +1182,7 @@ impl EncoderLayerOp {
         );
         linear_backward(
             &d_query,
-            &saved.query_input,
+            saved.query_input.as_deref().unwrap_or(x),
             query_weight,
             query_rows,
             g_q_w,

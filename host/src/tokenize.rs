@@ -54,6 +54,63 @@ pub fn score_longest_first<E>(
     Ok(scores)
 }
 
+/// [`score_longest_first`] with the batches shared out over `lanes` threads, each running
+/// its batches one after another in a one-thread rayon pool (so every kernel inside runs
+/// single-threaded). For inference on the CPU this beats one batch at a time on all
+/// threads: nothing waits at the synchronisation points inside each matrix product and
+/// element-wise pass. Results come back in input order; the first error is returned.
+pub fn score_longest_first_in_lanes<E: Send>(
+    pairs: &[(&str, &str)],
+    batch_size: usize,
+    lanes: usize,
+    score: impl Fn(&[(&str, &str)]) -> Result<Vec<Vec<f32>>, E> + Sync,
+) -> Result<Vec<Vec<f32>>, E> {
+    let mut order: Vec<usize> = (0..pairs.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(pairs[i].0.len() + pairs[i].1.len()));
+    let chunks: Vec<&[usize]> = order.chunks(batch_size.max(1)).collect();
+    let lanes = lanes.clamp(1, chunks.len().max(1));
+    if lanes == 1 {
+        return score_longest_first(pairs, batch_size, score);
+    }
+    let score = &score;
+    let lane_results: Vec<Result<Vec<(usize, Vec<f32>)>, E>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..lanes)
+            .map(|lane| {
+                let chunks = &chunks;
+                scope.spawn(move || {
+                    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build();
+                    let mut rows = Vec::new();
+                    for chunk in chunks.iter().skip(lane).step_by(lanes) {
+                        let batch: Vec<(&str, &str)> = chunk.iter().map(|&i| pairs[i]).collect();
+                        let scored = match &pool {
+                            Ok(pool) => pool.install(|| score(&batch))?,
+                            // No pool (out of threads): score on the caller's pool instead.
+                            Err(_) => score(&batch)?,
+                        };
+                        rows.extend(chunk.iter().copied().zip(scored));
+                    }
+                    Ok(rows)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| {
+                handle
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    });
+    let mut scores = vec![Vec::new(); pairs.len()];
+    for lane in lane_results {
+        for (index, row) in lane? {
+            scores[index] = row;
+        }
+    }
+    Ok(scores)
+}
+
 /// A tokenizer that encodes (query, document) pairs.
 #[derive(Clone)]
 pub struct PairTokenizer {

@@ -31,7 +31,7 @@ pub use dropout::DropoutRng;
 pub use embedder::{Pooling, SentenceEmbedder};
 pub use encoder::BertEncoder;
 
-use crate::tokenize::{score_longest_first, EncodedPairs, PairTokenizer};
+use crate::tokenize::{score_longest_first_in_lanes, EncodedPairs, PairTokenizer};
 use weights::CheckpointBackend;
 
 /// What can go wrong loading, running or saving a model.
@@ -506,7 +506,13 @@ impl CrossEncoder {
         batch_size: usize,
     ) -> Result<Vec<Vec<f32>>, ModelError> {
         let network = self.inference_network()?;
-        score_longest_first(pairs, batch_size, |batch| {
+        // On the CPU, one batch per thread at a time (see `score_longest_first_in_lanes`).
+        let lanes = if self.device.is_cpu() {
+            rayon::current_num_threads()
+        } else {
+            1
+        };
+        score_longest_first_in_lanes(pairs, batch_size, lanes, |batch| {
             let encoded = self.encode(batch)?;
             Ok(network
                 .forward(&self.token_tensors(&encoded)?)?

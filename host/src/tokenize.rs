@@ -73,7 +73,9 @@ pub fn score_longest_first_in_lanes<E: Send>(
         return score_longest_first(pairs, batch_size, score);
     }
     let score = &score;
-    let lane_results: Vec<Result<Vec<(usize, Vec<f32>)>, E>> = std::thread::scope(|scope| {
+    // Per lane: (input index, scores) of every pair it scored.
+    type LaneRows = Vec<(usize, Vec<f32>)>;
+    let lane_results: Vec<Result<LaneRows, E>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..lanes)
             .map(|lane| {
                 let chunks = &chunks;
@@ -212,5 +214,69 @@ impl PairTokenizer {
                 .extend_from_slice(encoding.get_attention_mask());
         }
         Ok(encoded)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pairs of varied lengths.
+    fn pairs() -> Vec<(String, String)> {
+        (0..23)
+            .map(|i| ("q".repeat(i % 7 + 1), "d".repeat(i * 3 % 11 + 1)))
+            .collect()
+    }
+
+    #[test]
+    fn lanes_give_the_same_rows_in_input_order_one_thread_each() {
+        let owned = pairs();
+        let pairs: Vec<(&str, &str)> = owned
+            .iter()
+            .map(|(a, b)| (a.as_str(), b.as_str()))
+            .collect();
+        let length = |batch: &[(&str, &str)]| -> Result<Vec<Vec<f32>>, String> {
+            assert!(batch.len() <= 4);
+            Ok(batch
+                .iter()
+                .map(|(a, b)| {
+                    vec![
+                        (a.len() + b.len()) as f32,
+                        rayon::current_num_threads() as f32,
+                    ]
+                })
+                .collect())
+        };
+        let lanes = score_longest_first_in_lanes(&pairs, 4, 3, length).unwrap();
+        let expected: Vec<f32> = pairs
+            .iter()
+            .map(|(a, b)| (a.len() + b.len()) as f32)
+            .collect();
+        let scored: Vec<f32> = lanes.iter().map(|row| row[0]).collect();
+        assert_eq!(scored, expected);
+        assert!(
+            lanes.iter().all(|row| row[1] == 1.0),
+            "each lane runs on one thread"
+        );
+        let sequential = score_longest_first(&pairs, 4, length).unwrap();
+        let sequential: Vec<f32> = sequential.iter().map(|row| row[0]).collect();
+        assert_eq!(sequential, expected);
+    }
+
+    #[test]
+    fn a_failing_batch_fails_the_whole_call() {
+        let owned = pairs();
+        let pairs: Vec<(&str, &str)> = owned
+            .iter()
+            .map(|(a, b)| (a.as_str(), b.as_str()))
+            .collect();
+        let result = score_longest_first_in_lanes(&pairs, 4, 2, |batch| {
+            if batch.iter().any(|(a, _)| a.len() == 3) {
+                Err(format!("bad batch of {}", batch.len()))
+            } else {
+                Ok(batch.iter().map(|_| vec![0.0]).collect())
+            }
+        });
+        assert!(result.unwrap_err().starts_with("bad batch"));
     }
 }

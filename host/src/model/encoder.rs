@@ -36,8 +36,9 @@ impl BertEncoder {
     }
 
     /// The same where only each sequence's first token (`[CLS]`, position 0: the tokenizer
-    /// pads on the right) will be read, as the cross-encoder's pooler does: the last layer may compute only that row (the fused CPU
-    /// layer does; other rows are then zeros), a sixth of its cost.
+    /// pads on the right) will be read, as the cross-encoder's pooler does: the last layer
+    /// may compute only that row (the fused CPU layer does; other rows are then zeros), a
+    /// sixth of its cost.
     pub fn forward_first_token(&self, tokens: &TokenTensors) -> Result<Tensor> {
         self.forward_layers(tokens, true)
     }

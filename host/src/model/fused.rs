@@ -8,9 +8,9 @@
 //!
 //! The encoder layers themselves run as one op each (`fused_layer.rs`); these kernels serve
 //! the embeddings' layer norm, the composite layer on the CPU (activations other than exact
-//! GELU) and the tests. The kernels run for contiguous f32 tensors on the CPU. On any other device or dtype the
-//! public functions fall back to the composite candle ops (which have CUDA kernels), so the
-//! CUDA path needs nothing from this file. Every kernel is tested against the composite ops,
+//! GELU) and the tests. The kernels run for contiguous f32 tensors on the CPU. On any other
+//! device or dtype the public functions fall back to the composite candle ops (which have
+//! CUDA kernels), so the CUDA path needs nothing from this file. Every kernel is tested against the composite ops,
 //! values and gradients.
 
 use candle_core::{

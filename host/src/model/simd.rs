@@ -182,7 +182,8 @@ dispatch! {
 }
 
 dispatch! {
-    /// Softmax backward in place over `width`-wide rows: `grad = scale · p ⊙ (grad − Σ grad·p)`.
+    /// Softmax backward in place over `width`-wide rows:
+    /// `grad = scale · p ⊙ (grad − Σ grad·p)`.
     pub fn softmax_backward_rows(grad: &mut [f32], probs: &[f32], width: usize, scale: f32) {
         for (g, p) in grad.chunks_mut(width).zip(probs.chunks(width)) {
             let projection = dot(g, p);
@@ -257,7 +258,8 @@ dispatch! {
             for (d, &x) in dx.iter_mut().zip(xhat) {
                 *d = r * (*d - mean_dxhat - x * mean_dxhat_xhat);
             }
-            for (((dw, db), &g), &x) in d_weight.iter_mut().zip(d_bias.iter_mut()).zip(dy).zip(xhat) {
+            let parameter_grads = d_weight.iter_mut().zip(d_bias.iter_mut());
+            for (((dw, db), &g), &x) in parameter_grads.zip(dy).zip(xhat) {
                 *dw += g * x;
                 *db += g;
             }

@@ -28,11 +28,29 @@ fn is_fast_path(tensors: &[&Tensor]) -> bool {
 }
 
 /// The f32 slice of a contiguous CPU tensor's storage.
-fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
+pub(crate) fn contiguous_f32<'a>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    what: &str,
+) -> Result<&'a [f32]> {
     let values = storage.as_slice::<f32>()?;
     match layout.contiguous_offsets() {
         Some((start, end)) => Ok(&values[start..end]),
         None => candle_core::bail!("{what}: the fused kernel needs a contiguous input"),
+    }
+}
+
+/// Runs `f` on the f32 values of a contiguous CPU tensor, borrowed from its storage (no
+/// copy); `what` names the tensor in the error otherwise.
+pub(crate) fn with_cpu_values<T>(
+    tensor: &Tensor,
+    what: &str,
+    f: impl FnOnce(&[f32]) -> T,
+) -> Result<T> {
+    let (storage, layout) = tensor.storage_and_layout();
+    match &*storage {
+        candle_core::Storage::Cpu(cpu) => Ok(f(contiguous_f32(cpu, layout, what)?)),
+        _ => candle_core::bail!("{what}: expected a CPU tensor"),
     }
 }
 

@@ -28,6 +28,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::fused::{contiguous_f32, with_cpu_values};
 use super::simd;
 
 /// Rows per rayon task in the row-wise loops.
@@ -269,14 +270,6 @@ pub fn encoder_layer(
     hidden
         .contiguous()?
         .apply_op3(&mask_bias.contiguous()?.detach(), packed_parameters, op)
-}
-
-fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
-    let values = storage.as_slice::<f32>()?;
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&values[start..end]),
-        None => candle_core::bail!("encoder layer: {what} is not contiguous"),
-    }
 }
 
 fn threads() -> Parallelism {
@@ -1194,15 +1187,6 @@ impl EncoderLayerOp {
     }
 }
 
-/// The f32 values of a contiguous CPU tensor, borrowed from its storage.
-fn with_values<T>(tensor: &Tensor, f: impl FnOnce(&[f32]) -> T) -> Result<T> {
-    let (storage, layout) = tensor.storage_and_layout();
-    match &*storage {
-        candle_core::Storage::Cpu(cpu) => Ok(f(contiguous_f32(cpu, layout, "tensor")?)),
-        _ => candle_core::bail!("encoder layer: a tensor is not on the CPU"),
-    }
-}
-
 impl CustomOp3 for EncoderLayerOp {
     fn name(&self) -> &'static str {
         "crosstrain-encoder-layer"
@@ -1272,8 +1256,10 @@ impl CustomOp3 for EncoderLayerOp {
             })?;
         let width = self.dims.hidden;
         let grad = grad.contiguous()?;
-        let d_output = with_values(&grad, |g| packing.gather_queries(g, width))?;
-        let (d_x, d_params) = with_values(params, |p| {
+        let d_output = with_cpu_values(&grad, "encoder layer gradient", |g| {
+            packing.gather_queries(g, width)
+        })?;
+        let (d_x, d_params) = with_cpu_values(params, "encoder layer parameters", |p| {
             self.backward(&packing, &packed_x, p, &saved, &d_output)
         })?;
         let device = hidden.device();

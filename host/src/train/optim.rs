@@ -1,9 +1,10 @@
 //! AdamW, the warm-up/decay schedule and global-norm clipping, as torch and transformers do
 //! them. Everything is candle tensor maths, so it runs on whatever device the model is on.
 
-use candle_core::{DType, Layout, Result, Storage, Tensor, Var};
+use candle_core::{DType, Result, Tensor, Var};
 use rayon::prelude::*;
 
+use crate::model::fused::with_cpu_values;
 use crate::model::simd::{self, AdamwStep};
 
 use super::config::LrScheduler;
@@ -24,14 +25,6 @@ enum Moments {
 
 /// Parameters per parallel block of the AdamW update.
 const OPTIMIZER_BLOCK: usize = 1 << 16;
-
-/// The f32 values of a contiguous CPU tensor's storage.
-fn cpu_f32<'a>(storage: &'a Storage, layout: &Layout) -> Result<&'a [f32]> {
-    match (storage, layout.contiguous_offsets()) {
-        (Storage::Cpu(cpu), Some((start, end))) => Ok(&cpu.as_slice::<f32>()?[start..end]),
-        _ => candle_core::bail!("AdamW: expected a contiguous f32 CPU tensor"),
-    }
-}
 
 /// One parameter and its Adam moments.
 struct ParamState {
@@ -75,32 +68,31 @@ impl ParamState {
                 };
                 let grad = grad.to_dtype(DType::F32)?.contiguous()?;
                 // Reads the gradient and the parameter where they lie (no copies), writes the
-                // new values once, in parallel blocks; the read guards end before `set`.
-                let theta = {
-                    let (grad_storage, grad_layout) = grad.storage_and_layout();
-                    let (theta_storage, theta_layout) = self.var.as_tensor().storage_and_layout();
-                    let grad = cpu_f32(&grad_storage, grad_layout)?;
-                    let theta = cpu_f32(&theta_storage, theta_layout)?;
-                    if grad.len() != theta.len() || exp_avg.len() != theta.len() {
-                        candle_core::bail!(
-                            "AdamW: {} gradients for {} parameters of {}",
-                            grad.len(),
-                            theta.len(),
-                            self.name
-                        );
-                    }
-                    let mut updated = vec![0f32; theta.len()];
-                    updated
-                        .par_chunks_mut(OPTIMIZER_BLOCK)
-                        .zip(theta.par_chunks(OPTIMIZER_BLOCK))
-                        .zip(grad.par_chunks(OPTIMIZER_BLOCK))
-                        .zip(exp_avg.par_chunks_mut(OPTIMIZER_BLOCK))
-                        .zip(exp_avg_sq.par_chunks_mut(OPTIMIZER_BLOCK))
-                        .for_each(|((((out, theta), grad), m), v)| {
-                            simd::adamw(theta, grad, m, v, out, step)
-                        });
-                    updated
-                };
+                // new values once, in parallel blocks; the read guards end before `set`. The
+                // two borrows and the length check can each fail, hence three `?`.
+                let theta = with_cpu_values(&grad, "AdamW gradient", |grad| {
+                    with_cpu_values(self.var.as_tensor(), "AdamW parameter", |theta| {
+                        if grad.len() != theta.len() || exp_avg.len() != theta.len() {
+                            candle_core::bail!(
+                                "AdamW: {} gradients for {} parameters of {}",
+                                grad.len(),
+                                theta.len(),
+                                self.name
+                            );
+                        }
+                        let mut updated = vec![0f32; theta.len()];
+                        updated
+                            .par_chunks_mut(OPTIMIZER_BLOCK)
+                            .zip(theta.par_chunks(OPTIMIZER_BLOCK))
+                            .zip(grad.par_chunks(OPTIMIZER_BLOCK))
+                            .zip(exp_avg.par_chunks_mut(OPTIMIZER_BLOCK))
+                            .zip(exp_avg_sq.par_chunks_mut(OPTIMIZER_BLOCK))
+                            .for_each(|((((out, theta), grad), m), v)| {
+                                simd::adamw(theta, grad, m, v, out, step)
+                            });
+                        Ok(updated)
+                    })
+                })???;
                 let shape = self.var.shape().clone();
                 self.var
                     .set(&Tensor::from_vec(theta, shape, self.var.device())?)

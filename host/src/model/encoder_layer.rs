@@ -123,6 +123,7 @@ impl BertLayer {
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_support::{max_abs, max_diff, random};
     use super::*;
     use candle_core::{Device, Var};
     use candle_nn::VarMap;
@@ -135,39 +136,6 @@ mod tests {
             "layer_norm_eps": 1e-12
         }))
         .unwrap()
-    }
-
-    fn random(shape: &[usize], seed: u64, scale: f32) -> Tensor {
-        let mut rng = crosstrain_plugin_api::rng::SeededRng::new(seed);
-        let n: usize = shape.iter().product();
-        let values: Vec<f32> = (0..n)
-            .map(|_| ((rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0 * scale)
-            .collect();
-        Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
-
-    fn max_abs(a: &Tensor) -> f32 {
-        a.abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
     }
 
     /// A layer with random weights (LayerNorm scales near 1), random inputs and a padding

@@ -84,16 +84,9 @@ impl CustomOp3 for LayerNormOp {
         let bias = contiguous_f32(s3, l3, "layer norm bias")?;
         let width = weight.len();
         let mut out = vec![0f32; xs.len()];
-        out.par_chunks_mut(width * ROWS_PER_TASK)
-            .zip(xs.par_chunks(width * ROWS_PER_TASK))
-            .for_each(|(out, xs)| {
-                for (out, row) in out.chunks_mut(width).zip(xs.chunks(width)) {
-                    let (mean, rstd) = moments(row, self.eps);
-                    for (((o, &x), &w), &b) in out.iter_mut().zip(row).zip(weight).zip(bias) {
-                        *o = (x - mean) * rstd * w + b;
-                    }
-                }
-            });
+        let mut xhat = vec![0f32; xs.len()];
+        let mut rstd = vec![0f32; xs.len() / width.max(1)];
+        layer_norm_forward(xs, weight, bias, self.eps, &mut out, &mut xhat, &mut rstd);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -101,58 +94,23 @@ impl CustomOp3 for LayerNormOp {
         &self,
         xs: &Tensor,
         weight: &Tensor,
-        _bias: &Tensor,
+        bias: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let width = weight.elem_count();
         let x = tensor_values(xs)?;
         let w = tensor_values(weight)?;
+        let b = tensor_values(bias)?;
         let g = tensor_values(grad)?;
-        let mut dx = vec![0f32; x.len()];
-        // Per task: partial sums of dweight and dbias, added up afterwards.
-        let partials: Vec<(Vec<f32>, Vec<f32>)> = dx
-            .par_chunks_mut(width * ROWS_PER_TASK)
-            .zip(x.par_chunks(width * ROWS_PER_TASK))
-            .zip(g.par_chunks(width * ROWS_PER_TASK))
-            .map(|((dx, x), g)| {
-                let mut dw = vec![0f32; width];
-                let mut db = vec![0f32; width];
-                for ((dx, x), g) in dx
-                    .chunks_mut(width)
-                    .zip(x.chunks(width))
-                    .zip(g.chunks(width))
-                {
-                    let (mean, rstd) = moments(x, self.eps);
-                    // dxhat = g·w; dx = rstd·(dxhat − mean(dxhat) − xhat·mean(dxhat·xhat)).
-                    let mut sum_dxhat = 0f32;
-                    let mut sum_dxhat_xhat = 0f32;
-                    for i in 0..width {
-                        let xhat = (x[i] - mean) * rstd;
-                        let dxhat = g[i] * w[i];
-                        sum_dxhat += dxhat;
-                        sum_dxhat_xhat += dxhat * xhat;
-                        dw[i] += g[i] * xhat;
-                        db[i] += g[i];
-                    }
-                    let (mean_dxhat, mean_dxhat_xhat) =
-                        (sum_dxhat / width as f32, sum_dxhat_xhat / width as f32);
-                    for i in 0..width {
-                        let xhat = (x[i] - mean) * rstd;
-                        dx[i] = rstd * (g[i] * w[i] - mean_dxhat - xhat * mean_dxhat_xhat);
-                    }
-                }
-                (dw, db)
-            })
-            .collect();
+        // The normalised input, recomputed (cheaper than keeping it through the graph).
+        let mut normed = vec![0f32; x.len()];
+        let mut xhat = vec![0f32; x.len()];
+        let mut rstd = vec![0f32; x.len() / width.max(1)];
+        layer_norm_forward(&x, &w, &b, self.eps, &mut normed, &mut xhat, &mut rstd);
         let mut dw = vec![0f32; width];
         let mut db = vec![0f32; width];
-        for (pw, pb) in partials {
-            for i in 0..width {
-                dw[i] += pw[i];
-                db[i] += pb[i];
-            }
-        }
+        let dx = layer_norm_backward(&g, &xhat, &rstd, &w, &mut dw, &mut db);
         let device = xs.device();
         Ok((
             Some(Tensor::from_vec(dx, xs.shape(), device)?),
@@ -162,12 +120,59 @@ impl CustomOp3 for LayerNormOp {
     }
 }
 
-/// Mean and 1/sqrt(variance + eps) of a row (two passes, as the composite op computes them).
-fn moments(row: &[f32], eps: f32) -> (f32, f32) {
-    let n = row.len() as f32;
-    let mean = row.iter().sum::<f32>() / n;
-    let variance = row.iter().map(|&x| (x - mean) * (x - mean)).sum::<f32>() / n;
-    (mean, 1.0 / (variance + eps).sqrt())
+/// LayerNorm of every `weight.len()`-wide row of `xs` into `out`, keeping the normalised
+/// rows (`xhat`) and 1/std per row (`rstd`) for a backward pass; parallel over row blocks.
+pub(crate) fn layer_norm_forward(
+    xs: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    eps: f32,
+    out: &mut [f32],
+    xhat: &mut [f32],
+    rstd: &mut [f32],
+) {
+    let chunk = weight.len() * ROWS_PER_TASK;
+    out.par_chunks_mut(chunk)
+        .zip(xhat.par_chunks_mut(chunk))
+        .zip(rstd.par_chunks_mut(ROWS_PER_TASK))
+        .zip(xs.par_chunks(chunk))
+        .for_each(|(((out, xhat), rstd), xs)| {
+            super::simd::layer_norm_rows(xs, weight, bias, eps, out, xhat, rstd)
+        });
+}
+
+/// LayerNorm backward: `dx` from `dy` and the forward pass's `xhat` and `rstd`, adding into
+/// `d_weight` and `d_bias` (partial sums per row block, added up at the end).
+pub(crate) fn layer_norm_backward(
+    dy: &[f32],
+    xhat: &[f32],
+    rstd: &[f32],
+    weight: &[f32],
+    d_weight: &mut [f32],
+    d_bias: &mut [f32],
+) -> Vec<f32> {
+    let width = weight.len();
+    let chunk = width * ROWS_PER_TASK;
+    let mut dx = vec![0f32; dy.len()];
+    let partials: Vec<(Vec<f32>, Vec<f32>)> = dx
+        .par_chunks_mut(chunk)
+        .zip(dy.par_chunks(chunk))
+        .zip(xhat.par_chunks(chunk))
+        .zip(rstd.par_chunks(ROWS_PER_TASK))
+        .map(|(((dx, dy), xhat), rstd)| {
+            let mut dw = vec![0f32; width];
+            let mut db = vec![0f32; width];
+            super::simd::layer_norm_backward_rows(dy, xhat, rstd, weight, dx, &mut dw, &mut db);
+            (dw, db)
+        })
+        .collect();
+    for (dw, db) in partials {
+        for i in 0..width {
+            d_weight[i] += dw[i];
+            d_bias[i] += db[i];
+        }
+    }
+    dx
 }
 
 /// Layer norm over the last dimension: `(x − mean) / sqrt(var + eps) · weight + bias`.
@@ -391,30 +396,9 @@ pub fn mul_by_constant(xs: &Tensor, factors: &Tensor) -> Result<Tensor> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_support::{max_diff, random};
     use super::*;
     use candle_core::{Device, Var};
-
-    fn random(shape: &[usize], seed: u64, scale: f32) -> Tensor {
-        let mut rng = crosstrain_plugin_api::rng::SeededRng::new(seed);
-        let n: usize = shape.iter().product();
-        let values: Vec<f32> = (0..n)
-            .map(|_| ((rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0 * scale)
-            .collect();
-        Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
 
     /// Gradients of Σ output · upstream.
     fn backward(output: &Tensor, upstream: &Tensor) -> candle_core::backprop::GradStore {

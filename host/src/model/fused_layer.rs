@@ -28,7 +28,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::fused::{contiguous_f32, with_cpu_values};
+use super::fused::{contiguous_f32, layer_norm_backward, with_cpu_values};
 use super::simd;
 
 /// Rows per rayon task in the row-wise loops.
@@ -501,39 +501,6 @@ fn add_and_norm(
             let sums = out.to_vec();
             simd::layer_norm_rows(&sums, weight, bias, eps, out, xhat, rstd);
         });
-}
-
-/// LayerNorm backward: `dx` from `dy`, adding into `d_weight` and `d_bias`.
-fn norm_backward(
-    dy: &[f32],
-    xhat: &[f32],
-    rstd: &[f32],
-    weight: &[f32],
-    d_weight: &mut [f32],
-    d_bias: &mut [f32],
-) -> Vec<f32> {
-    let width = weight.len();
-    let chunk = width * ROWS_PER_TASK;
-    let mut dx = vec![0f32; dy.len()];
-    let partials: Vec<(Vec<f32>, Vec<f32>)> = dx
-        .par_chunks_mut(chunk)
-        .zip(dy.par_chunks(chunk))
-        .zip(xhat.par_chunks(chunk))
-        .zip(rstd.par_chunks(ROWS_PER_TASK))
-        .map(|(((dx, dy), xhat), rstd)| {
-            let mut dw = vec![0f32; width];
-            let mut db = vec![0f32; width];
-            simd::layer_norm_backward_rows(dy, xhat, rstd, weight, dx, &mut dw, &mut db);
-            (dw, db)
-        })
-        .collect();
-    for (dw, db) in partials {
-        for i in 0..width {
-            d_weight[i] += dw[i];
-            d_bias[i] += db[i];
-        }
-    }
-    dx
 }
 
 /// Element-wise product with an optional mask.
@@ -1078,7 +1045,7 @@ impl EncoderLayerOp {
         let (query_weight, key_value_weight) = params[o.qkv_weight].split_at(hidden * hidden);
 
         // Second LayerNorm; its input was dropout(outer) + hidden1.
-        let d_sum2 = norm_backward(
+        let d_sum2 = layer_norm_backward(
             d_output,
             &saved.xhat2,
             &saved.rstd2,
@@ -1115,7 +1082,7 @@ impl EncoderLayerOp {
         drop(d_inner);
 
         // First LayerNorm; its input was dropout(projected context) + the query rows' input.
-        let d_sum1 = norm_backward(
+        let d_sum1 = layer_norm_backward(
             &d_hidden1,
             &saved.xhat1,
             &saved.rstd1,

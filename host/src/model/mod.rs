@@ -17,6 +17,8 @@ mod fused_layer;
 pub mod layer_norm;
 mod pooler;
 pub(crate) mod simd;
+#[cfg(test)]
+mod test_support;
 pub mod weights;
 
 use std::path::{Path, PathBuf};

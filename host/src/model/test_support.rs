@@ -1,0 +1,30 @@
+//! Helpers shared by the model's unit tests.
+
+use candle_core::{Device, Tensor};
+
+/// A tensor of uniform values in `[-scale, scale)`, reproducible from `seed`.
+pub fn random(shape: &[usize], seed: u64, scale: f32) -> Tensor {
+    let mut rng = crosstrain_plugin_api::rng::SeededRng::new(seed);
+    let n: usize = shape.iter().product();
+    let values: Vec<f32> = (0..n)
+        .map(|_| ((rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0 * scale)
+        .collect();
+    Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
+}
+
+/// The largest absolute element.
+pub fn max_abs(a: &Tensor) -> f32 {
+    a.abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// The largest absolute difference.
+pub fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    max_abs(&(a - b).unwrap())
+}

@@ -28,7 +28,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::fused::{contiguous_f32, layer_norm_backward, with_cpu_values};
+use super::fused::{contiguous_f32, layer_norm_backward, layer_norm_forward, with_cpu_values};
 use super::simd;
 
 /// Rows per rayon task in the row-wise loops.
@@ -481,26 +481,15 @@ fn add_and_norm(
     xhat: &mut [f32],
     rstd: &mut [f32],
 ) {
-    let width = weight.len();
-    let chunk = width * ROWS_PER_TASK;
-    out.par_chunks_mut(chunk)
-        .zip(xhat.par_chunks_mut(chunk))
-        .zip(rstd.par_chunks_mut(ROWS_PER_TASK))
-        .enumerate()
-        .for_each(|(task, ((out, xhat), rstd))| {
-            let range = task * chunk..task * chunk + out.len();
-            let (projected, residual) = (&projected[range.clone()], &residual[range.clone()]);
-            // The residual sum goes through `out` on its way to normalisation.
-            match mask {
-                Some(mask) => simd::product(projected, &mask[range], out),
-                None => out.copy_from_slice(projected),
+    let mut sums = masked(projected, mask);
+    sums.par_chunks_mut(ELEMENTS_PER_TASK)
+        .zip(residual.par_chunks(ELEMENTS_PER_TASK))
+        .for_each(|(sums, residual)| {
+            for (s, &r) in sums.iter_mut().zip(residual) {
+                *s += r;
             }
-            for (o, &r) in out.iter_mut().zip(residual) {
-                *o += r;
-            }
-            let sums = out.to_vec();
-            simd::layer_norm_rows(&sums, weight, bias, eps, out, xhat, rstd);
         });
+    layer_norm_forward(&sums, weight, bias, eps, out, xhat, rstd);
 }
 
 /// Element-wise product with an optional mask.
@@ -606,6 +595,14 @@ impl Packing {
         self.rows() == self.query_rows()
     }
 
+    /// The (batch element, position) of every real row, in packed order.
+    fn real_positions(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        self.positions
+            .iter()
+            .enumerate()
+            .flat_map(|(b, p)| p.iter().map(move |&j| (b, j)))
+    }
+
     /// The (batch element, position) of every query row, in packed order.
     fn query_positions(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
         self.positions
@@ -615,26 +612,35 @@ impl Packing {
             .flat_map(|(b, (p, &q))| p[..q].iter().map(move |&j| (b, j)))
     }
 
-    /// The real rows of a `[batch·seq, width]` matrix, packed.
-    fn gather(&self, full: &[f32], width: usize) -> Vec<f32> {
-        let mut packed = Vec::with_capacity(self.rows() * width);
-        for (b, positions) in self.positions.iter().enumerate() {
-            for &j in positions {
-                let row = b * self.seq + j;
-                packed.extend_from_slice(&full[row * width..(row + 1) * width]);
-            }
-        }
-        packed
-    }
-
-    /// The query rows of a `[batch·seq, width]` matrix, packed.
-    fn gather_queries(&self, full: &[f32], width: usize) -> Vec<f32> {
-        let mut packed = Vec::with_capacity(self.query_rows() * width);
-        for (b, j) in self.query_positions() {
+    /// The rows at `positions` of a `[batch·seq, width]` matrix, packed.
+    fn gather(
+        &self,
+        full: &[f32],
+        width: usize,
+        positions: impl Iterator<Item = (usize, usize)>,
+    ) -> Vec<f32> {
+        let mut packed = Vec::new();
+        for (b, j) in positions {
             let row = b * self.seq + j;
             packed.extend_from_slice(&full[row * width..(row + 1) * width]);
         }
         packed
+    }
+
+    /// Packed rows back to `positions` of a `[batch·seq, width]` matrix, zeros elsewhere.
+    fn scatter(
+        &self,
+        packed: &[f32],
+        width: usize,
+        positions: impl Iterator<Item = (usize, usize)>,
+    ) -> Vec<f32> {
+        let mut full = vec![0f32; self.positions.len() * self.seq * width];
+        for (next, (b, j)) in positions.enumerate() {
+            let row = b * self.seq + j;
+            full[row * width..(row + 1) * width]
+                .copy_from_slice(&packed[next * width..(next + 1) * width]);
+        }
+        full
     }
 
     /// The query rows among packed real rows (`None`: all of them, no copy needed).
@@ -662,32 +668,6 @@ impl Packing {
             }
             next += count;
         }
-    }
-
-    /// Packed real rows back into a `[batch·seq, width]` matrix, zeros at padded positions.
-    fn scatter(&self, packed: &[f32], width: usize) -> Vec<f32> {
-        let mut full = vec![0f32; self.positions.len() * self.seq * width];
-        let mut next = 0;
-        for (b, positions) in self.positions.iter().enumerate() {
-            for &j in positions {
-                let row = b * self.seq + j;
-                full[row * width..(row + 1) * width]
-                    .copy_from_slice(&packed[next * width..(next + 1) * width]);
-                next += 1;
-            }
-        }
-        full
-    }
-
-    /// Packed query rows back into a `[batch·seq, width]` matrix, zeros elsewhere.
-    fn scatter_queries(&self, packed: &[f32], width: usize) -> Vec<f32> {
-        let mut full = vec![0f32; self.positions.len() * self.seq * width];
-        for (next, (b, j)) in self.query_positions().enumerate() {
-            let row = b * self.seq + j;
-            full[row * width..(row + 1) * width]
-                .copy_from_slice(&packed[next * width..(next + 1) * width]);
-        }
-        full
     }
 }
 
@@ -930,12 +910,12 @@ impl EncoderLayerOp {
             .dropout
             .attention_output
             .as_deref()
-            .map(|mask| packing.gather_queries(mask, hidden));
+            .map(|mask| packing.gather(mask, hidden, packing.query_positions()));
         let feed_forward_output_mask = self
             .dropout
             .feed_forward_output
             .as_deref()
-            .map(|mask| packing.gather_queries(mask, hidden));
+            .map(|mask| packing.gather(mask, hidden, packing.query_positions()));
 
         let projected = linear(
             &context,
@@ -1191,9 +1171,9 @@ impl CustomOp3 for EncoderLayerOp {
             self.dims.heads,
             self.first_token_only,
         );
-        let packed_x = packing.gather(x, width);
+        let packed_x = packing.gather(x, width, packing.real_positions());
         let (output, saved) = self.forward(&packing, &packed_x, mask_bias, params);
-        let output = packing.scatter_queries(&output, width);
+        let output = packing.scatter(&output, width, packing.query_positions());
         if self.keep_activations {
             *self.saved.lock().unwrap_or_else(|e| e.into_inner()) =
                 Some((packing, packed_x, saved));
@@ -1224,7 +1204,7 @@ impl CustomOp3 for EncoderLayerOp {
         let width = self.dims.hidden;
         let grad = grad.contiguous()?;
         let d_output = with_cpu_values(&grad, "encoder layer gradient", |g| {
-            packing.gather_queries(g, width)
+            packing.gather(g, width, packing.query_positions())
         })?;
         let (d_x, d_params) = with_cpu_values(params, "encoder layer parameters", |p| {
             self.backward(&packing, &packed_x, p, &saved, &d_output)
@@ -1232,7 +1212,7 @@ impl CustomOp3 for EncoderLayerOp {
         let device = hidden.device();
         Ok((
             Some(Tensor::from_vec(
-                packing.scatter(&d_x, width),
+                packing.scatter(&d_x, width, packing.real_positions()),
                 hidden.shape(),
                 device,
             )?),

@@ -657,3 +657,54 @@ fn sentence_embeddings_are_unit_length_and_padding_free() {
     // Different texts get different vectors.
     assert!(together[..dimension] != together[dimension..]);
 }
+
+#[test]
+fn an_unsupported_architecture_is_refused_before_any_work_naming_what_is_supported() {
+    // A BERT-shaped directory whose config says XLM-RoBERTa: before the model crate, this
+    // was trained as BERT and saved relabelled as BERT.
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("xlmr");
+    std::fs::create_dir(&model).unwrap();
+    for file in ["model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(tiny("tiny-bert-ce").join(file), model.join(file)).unwrap();
+    }
+    let mut config = read_json(&tiny("tiny-bert-ce").join("config.json"));
+    config["architectures"] = serde_json::json!(["XLMRobertaForSequenceClassification"]);
+    config["model_type"] = "xlm-roberta".into();
+    std::fs::write(model.join("config.json"), config.to_string()).unwrap();
+
+    let error = match CrossEncoder::load_dir(&model, &LoadOptions::default()) {
+        Err(error) => error,
+        Ok(_) => panic!("an XLM-RoBERTa config loaded as BERT"),
+    };
+    assert!(
+        matches!(error, ModelError::UnsupportedArchitecture { .. }),
+        "{error:?}"
+    );
+    let message = error.to_string();
+    assert!(
+        message.contains("config.json")
+            && message.contains("\"XLMRobertaForSequenceClassification\" is not supported")
+            && message.contains("BERT")
+            && message.contains("BertForSequenceClassification"),
+        "{message}"
+    );
+
+    // The command line says the same.
+    let pairs = dir.path().join("pairs.jsonl");
+    std::fs::write(&pairs, "{\"query\": \"q\", \"document\": \"d\"}\n").unwrap();
+    let output = run(&[
+        "predict",
+        "--model",
+        model.to_str().unwrap(),
+        "--pairs",
+        pairs.to_str().unwrap(),
+    ]);
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("XLMRobertaForSequenceClassification"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(stdout(&output).is_empty());
+}

@@ -78,7 +78,7 @@ fn onnx_reference_difference(source: &Path, name: &str, setting: &str) -> f64 {
         .iter()
         .map(|(q, d)| (q.as_str(), d.as_str()))
         .collect();
-    let mut scorer =
+    let scorer =
         OnnxScorer::load(&target.join("onnx/model.onnx"), model.tokenizer().clone()).unwrap();
     let reference = &parity["models"][name]["settings"][setting];
     let mut max_diff: f64 = 0.0;
@@ -163,7 +163,7 @@ fn the_export_has_dynamic_batch_and_sequence_axes() {
     let model = CrossEncoder::load_dir(&target, &options).unwrap();
     let onnx = target.join("onnx/model.onnx");
     std::fs::write(&onnx, export_onnx(&model, MIN_OPSET).unwrap()).unwrap();
-    let mut scorer = OnnxScorer::load(&onnx, model.tokenizer().clone()).unwrap();
+    let scorer = OnnxScorer::load(&onnx, model.tokenizer().clone()).unwrap();
     for (batch, seq_len) in [(1usize, 5usize), (7, 300), (7, 5), (1, 300)] {
         // Token ids, two segments, and padding at the end of every other row.
         let mut encoded = EncodedPairs {
@@ -373,7 +373,7 @@ fn training_exports_onnx_and_the_card_reports_parity() {
     );
     // The exported file scores like the trained candle model.
     let trained = CrossEncoder::load_dir(&output, &LoadOptions::default()).unwrap();
-    let mut scorer =
+    let scorer =
         OnnxScorer::load(&output.join("onnx/model.onnx"), trained.tokenizer().clone()).unwrap();
     let pairs = [("bake bread", "knead the dough")];
     let a = trained.predict(&pairs, 1).unwrap()[0][0];

@@ -11,8 +11,11 @@ pub mod data;
 pub mod eval;
 pub mod fsutil;
 pub mod mine;
-pub mod model;
 pub mod onnx;
 pub mod plugins;
-pub mod tokenize;
 pub mod train;
+
+/// The model crate, re-exported: the cross-encoder, its families, tokenizer and kernels.
+pub use crosstrain_model as model;
+/// Pair tokenization (from the model crate).
+pub use crosstrain_model::tokenize;

@@ -15,7 +15,6 @@ mod abi;
 mod author;
 mod export;
 mod formats;
-pub mod rng;
 mod types;
 
 pub use abi::{
@@ -27,6 +26,9 @@ pub use formats::{DataFormat, LabelKind, UNBOUNDED};
 pub use types::{
     BatchShape, ColumnShape, LabelLayout, Labels, LossOutput, PairPlan, ScoredPair, TextRef,
 };
+
+/// The seeded random stream plans draw from (shared with the host's dropout and initialisers).
+pub use crosstrain_rng as rng;
 
 /// The version of this crate, which plugins and the host compare at load.
 pub const API_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -106,7 +106,7 @@ fn bench_predict(args: BenchPredictArgs, out: &mut String) -> anyhow::Result<()>
         Some(path) => read_pairs(path)?,
         None => parse_pairs(BENCH_PAIRS, Path::new("<built-in bench_pairs.jsonl>"))?,
     };
-    let mut model = args.model.scorer()?;
+    let model = args.model.scorer()?;
     let borrowed: Vec<(&str, &str)> = pairs
         .iter()
         .map(|p| (p.query.as_str(), p.document.as_str()))

@@ -8,7 +8,7 @@ use crosstrain::data::eval_sets::{read_labeled_pairs, read_reranking_samples};
 use crosstrain::eval::reranking::RerankingEvaluator;
 use crosstrain::eval::{run, Metrics};
 
-use super::predict::{ModelArgs, Scorer};
+use super::predict::ModelArgs;
 
 /// Which evaluator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -46,23 +46,10 @@ pub struct EvalArgs {
     json: bool,
 }
 
-/// float32 scores after the model's own activation, as the reference's `predict` gives them.
-fn activated_scores(
-    model: &mut Scorer,
-    pairs: &[(&str, &str)],
-    batch_size: usize,
-) -> Result<Vec<Vec<f32>>, String> {
-    let logits = model
-        .predict(pairs, batch_size)
-        .map_err(|e| format!("{e:#}"))?;
-    Ok(model.default_activation().apply(logits))
-}
-
 pub fn run(args: EvalArgs, out: &mut String) -> anyhow::Result<()> {
-    let mut model = args.model.scorer()?;
+    let scorer = args.model.scorer()?;
     let batch_size = args.model.batch_size;
-    let num_labels = model.num_labels();
-    let mut score = |pairs: &[(&str, &str)]| activated_scores(&mut model, pairs, batch_size);
+    let num_labels = scorer.num_labels();
     let origin = args.data.display().to_string();
     let metrics: Metrics = match args.evaluator {
         EvaluatorKind::Reranking => {
@@ -72,7 +59,7 @@ pub fn run(args: EvalArgs, out: &mut String) -> anyhow::Result<()> {
                 always_rerank_positives: !args.no_rerank_positives,
                 name: args.name.clone(),
             };
-            run::reranking(&evaluator, &samples, &mut score).map_err(anyhow::Error::msg)?
+            run::reranking(&evaluator, &samples, scorer.as_ref(), batch_size)?
         }
         EvaluatorKind::Classification | EvaluatorKind::Correlation => {
             let label_fields: &[&str] = if args.evaluator == EvaluatorKind::Classification {
@@ -87,11 +74,18 @@ pub fn run(args: EvalArgs, out: &mut String) -> anyhow::Result<()> {
                 .collect();
             let gold: Vec<f64> = rows.iter().map(|(_, l)| *l).collect();
             if args.evaluator == EvaluatorKind::Classification {
-                run::classification(&args.name, &pairs, &gold, num_labels, &origin, &mut score)
+                run::classification(
+                    &args.name,
+                    &pairs,
+                    &gold,
+                    num_labels,
+                    &origin,
+                    scorer.as_ref(),
+                    batch_size,
+                )
             } else {
-                run::correlation(&args.name, &pairs, &gold, &mut score)
-            }
-            .map_err(anyhow::Error::msg)?
+                run::correlation(&args.name, &pairs, &gold, scorer.as_ref(), batch_size)
+            }?
         }
     };
     if args.json {

@@ -12,10 +12,10 @@ use crosstrain::mine::bm25::Bm25Params;
 use crosstrain::mine::convert::{class_triplets, ConvertMode, ConvertOptions};
 use crosstrain::mine::output::{write_jsonl, write_output};
 use crosstrain::mine::{
-    mine, read_corpus, Corpus, MineOptions, MiningInput, OutputFormat, PairScorer, Retriever,
+    mine, read_corpus, Corpus, MineOptions, MiningInput, OutputFormat, Rescorer, Retriever,
     SamplingStrategy, ScoreStats,
 };
-use crosstrain::model::{resolve_model_dir, CrossEncoder, LoadOptions, SentenceEmbedder};
+use crosstrain::model::{resolve_model_dir, CrossEncoder, LoadOptions, PairScorer, SentenceEmbedder};
 use serde_json::{json, Value};
 
 use super::bench::peak_rss_mb;
@@ -292,21 +292,10 @@ fn mine_files(args: MineArgs) -> anyhow::Result<(Value, String)> {
         }
         None => None,
     };
-    let batch_size = args.batch_size;
-    let mut rescore = cross_encoder.as_ref().map(|model| {
-        move |pairs: &[(&str, &str)]| -> Result<Vec<f32>, String> {
-            let logits = model
-                .predict(pairs, batch_size)
-                .map_err(|e| e.to_string())?;
-            Ok(model
-                .default_activation()
-                .apply(logits)
-                .into_iter()
-                .map(|row| row[0])
-                .collect())
-        }
+    let rescorer = cross_encoder.as_ref().map(|model| Rescorer {
+        scorer: model as &dyn PairScorer,
+        batch_size: args.batch_size,
     });
-    let rescorer: Option<&mut PairScorer<'_>> = rescore.as_mut().map(|f| f as &mut PairScorer<'_>);
 
     let progress = StageProgress::new();
     let mined = mine(

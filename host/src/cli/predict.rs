@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use crosstrain::data::pairs::{read_documents, read_pairs};
-use crosstrain::model::{resolve_model_dir, CrossEncoder, DefaultActivation, LoadOptions};
+use crosstrain::model::{resolve_model_dir, CrossEncoder, LoadOptions, PairScorer};
 use crosstrain::onnx::OnnxScorer;
 
 /// Which engine runs the model.
@@ -19,61 +19,7 @@ pub enum Backend {
 }
 
 /// A loaded model on either backend.
-// Both variants are large and a command holds exactly one, so boxing buys nothing.
-#[allow(clippy::large_enum_variant)]
-pub enum Scorer {
-    /// The candle model.
-    Candle(CrossEncoder),
-    /// An ONNX Runtime session with the model's tokenizer and metadata.
-    Onnx {
-        /// The session.
-        scorer: OnnxScorer,
-        /// Outputs per pair.
-        num_labels: usize,
-        /// The model's predict activation.
-        activation: DefaultActivation,
-        /// Truncation length.
-        max_length: usize,
-    },
-}
-
-impl Scorer {
-    /// Raw logits, `batch_size` pairs at a time, in input order.
-    pub fn predict(
-        &mut self,
-        pairs: &[(&str, &str)],
-        batch_size: usize,
-    ) -> anyhow::Result<Vec<Vec<f32>>> {
-        Ok(match self {
-            Scorer::Candle(model) => model.predict(pairs, batch_size)?,
-            Scorer::Onnx { scorer, .. } => scorer.predict(pairs, batch_size)?,
-        })
-    }
-
-    /// Outputs per pair.
-    pub fn num_labels(&self) -> usize {
-        match self {
-            Scorer::Candle(model) => model.num_labels(),
-            Scorer::Onnx { num_labels, .. } => *num_labels,
-        }
-    }
-
-    /// The activation sentence-transformers' predict would apply.
-    pub fn default_activation(&self) -> DefaultActivation {
-        match self {
-            Scorer::Candle(model) => model.default_activation(),
-            Scorer::Onnx { activation, .. } => *activation,
-        }
-    }
-
-    /// Truncation length.
-    pub fn max_length(&self) -> usize {
-        match self {
-            Scorer::Candle(model) => model.max_length(),
-            Scorer::Onnx { max_length, .. } => *max_length,
-        }
-    }
-}
+pub type Scorer = Box<dyn PairScorer>;
 
 /// What to apply to the logits before printing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -122,7 +68,7 @@ impl ModelArgs {
     pub fn scorer(&self) -> anyhow::Result<Scorer> {
         let model = self.load()?;
         match self.backend {
-            Backend::Candle => Ok(Scorer::Candle(model)),
+            Backend::Candle => Ok(Box::new(model)),
             Backend::Onnx => {
                 let onnx = resolve_model_dir(&self.model)?
                     .join("onnx")
@@ -134,14 +80,9 @@ impl ModelArgs {
                         self.model
                     );
                 }
-                let scorer = OnnxScorer::load(&onnx, model.tokenizer().clone())
+                let scorer = OnnxScorer::for_model(&model, &onnx)
                     .with_context(|| format!("loading {}", onnx.display()))?;
-                Ok(Scorer::Onnx {
-                    scorer,
-                    num_labels: model.num_labels(),
-                    activation: model.default_activation(),
-                    max_length: model.max_length(),
-                })
+                Ok(Box::new(scorer))
             }
         }
     }
@@ -196,7 +137,7 @@ pub fn activate(row: &[f32], activation: OutputActivation) -> Vec<f32> {
 
 pub fn predict(args: PredictArgs, out: &mut String) -> anyhow::Result<()> {
     let pairs = read_pairs(&args.pairs)?;
-    let mut model = args.model.scorer()?;
+    let model = args.model.scorer()?;
     let borrowed: Vec<(&str, &str)> = pairs
         .iter()
         .map(|p| (p.query.as_str(), p.document.as_str()))
@@ -221,7 +162,7 @@ pub fn predict(args: PredictArgs, out: &mut String) -> anyhow::Result<()> {
 /// label), documents sorted by score.
 pub fn rank(args: RankArgs, out: &mut String) -> anyhow::Result<()> {
     let documents = read_documents(&args.documents)?;
-    let mut model = args.model.scorer()?;
+    let model = args.model.scorer()?;
     if model.num_labels() != 1 {
         anyhow::bail!(
             "rank needs a model with one output, {} has {}",

@@ -1,28 +1,59 @@
-//! Running an evaluator end to end on any scorer (candle or ONNX Runtime): build the pairs the
-//! reference scores, score them once, and turn the scores into metrics. Shared by
-//! `crosstrain eval` and the trainer.
+//! Running an evaluator end to end on any [`PairScorer`] (candle or ONNX Runtime): build the
+//! pairs the reference scores, score them once (float32 values after the model's own
+//! activation, as the reference's `predict` hands them to its evaluators), and turn the scores
+//! into metrics. Shared by `crosstrain eval` and the trainer.
 
 use std::collections::HashMap;
 
+use crosstrain_model::{PairScorer, ScoreError};
+
 use super::classification::{binary_metrics, multiclass_metrics};
 use super::correlation::correlation_metrics;
-use super::reranking::{scored_documents, RerankingEvaluator, RerankingSample};
+use super::reranking::{scored_documents, RerankingError, RerankingEvaluator, RerankingSample};
 use super::Metrics;
 
-/// Scores pairs: float32 values after the model's own activation, one row per pair, as the
-/// reference's `predict` hands them to its evaluators.
-pub type ScoreFn<'a> = dyn FnMut(&[(&str, &str)]) -> Result<Vec<Vec<f32>>, String> + 'a;
+/// What can go wrong running an evaluator.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalRunError {
+    /// The model failed to score the pairs.
+    #[error("scoring: {0}")]
+    Score(#[from] ScoreError),
+    /// A reranking sample is unusable.
+    #[error(transparent)]
+    Reranking(#[from] RerankingError),
+    /// A gold label does not fit the model's outputs.
+    #[error("{origin}: row {row}: label {label} {expected}")]
+    Label {
+        /// The data's name (its file).
+        origin: String,
+        /// 1-based row.
+        row: usize,
+        /// The label found.
+        label: f64,
+        /// What it should have been.
+        expected: String,
+    },
+}
+
+/// The scores the reference's evaluators see: `scorer`'s logits after its activation.
+fn scores(
+    scorer: &dyn PairScorer,
+    pairs: &[(&str, &str)],
+    batch_size: usize,
+) -> Result<Vec<Vec<f32>>, EvalRunError> {
+    Ok(scorer.activated_scores(pairs, batch_size)?)
+}
 
 /// Reranking metrics: every (query, document) the evaluator needs is scored in one call.
 pub fn reranking(
     evaluator: &RerankingEvaluator,
     samples: &[RerankingSample],
-    score: &mut ScoreFn<'_>,
-) -> Result<Metrics, String> {
+    scorer: &dyn PairScorer,
+    batch_size: usize,
+) -> Result<Metrics, EvalRunError> {
     let mut documents_per_sample = Vec::with_capacity(samples.len());
     for (index, sample) in samples.iter().enumerate() {
-        let scored = scored_documents(sample, evaluator.always_rerank_positives, index)
-            .map_err(|e| e.to_string())?;
+        let scored = scored_documents(sample, evaluator.always_rerank_positives, index)?;
         documents_per_sample.push(scored.into_iter().map(|(d, _)| d).collect::<Vec<_>>());
     }
     let mut pairs: Vec<(&str, &str)> = Vec::new();
@@ -33,7 +64,7 @@ pub fn reranking(
                 .map(|d| (sample.query.as_str(), d.as_str())),
         );
     }
-    let scores = score(&pairs)?;
+    let scores = scores(scorer, &pairs, batch_size)?;
     let mut lookup = HashMap::new();
     let mut cursor = 0;
     for (index, documents) in documents_per_sample.iter().enumerate() {
@@ -42,9 +73,7 @@ pub fn reranking(
             cursor += 1;
         }
     }
-    evaluator
-        .evaluate(samples, |index, document| lookup[&(index, document)])
-        .map_err(|e| e.to_string())
+    Ok(evaluator.evaluate(samples, |index, document| lookup[&(index, document)])?)
 }
 
 /// Classification metrics: binary (one output, labels 0/1) or multi-class (class ids).
@@ -55,18 +84,25 @@ pub fn classification(
     labels: &[f64],
     num_labels: usize,
     origin: &str,
-    score: &mut ScoreFn<'_>,
-) -> Result<Metrics, String> {
-    let scores = score(pairs)?;
+    scorer: &dyn PairScorer,
+    batch_size: usize,
+) -> Result<Metrics, EvalRunError> {
+    let label_error = |row: usize, label: f64, expected: String| EvalRunError::Label {
+        origin: origin.to_string(),
+        row: row + 1,
+        label,
+        expected,
+    };
+    let scores = scores(scorer, pairs, batch_size)?;
     if num_labels == 1 {
         let labels = labels
             .iter()
             .enumerate()
             .map(|(i, &l)| match l {
                 l if l == 0.0 || l == 1.0 => Ok(l as u8),
-                l => Err(format!("{origin}: row {}: label {l} is not 0 or 1", i + 1)),
+                l => Err(label_error(i, l, "is not 0 or 1".into())),
             })
-            .collect::<Result<Vec<u8>, String>>()?;
+            .collect::<Result<Vec<u8>, _>>()?;
         let flat: Vec<f32> = scores.iter().map(|r| r[0]).collect();
         Ok(binary_metrics(name, &labels, &flat))
     } else {
@@ -77,13 +113,14 @@ pub fn classification(
                 if l.fract() == 0.0 && l >= 0.0 && (l as usize) < num_labels {
                     Ok(l as usize)
                 } else {
-                    Err(format!(
-                        "{origin}: row {}: label {l} is not a class id below {num_labels}",
-                        i + 1
+                    Err(label_error(
+                        i,
+                        l,
+                        format!("is not a class id below {num_labels}"),
                     ))
                 }
             })
-            .collect::<Result<Vec<usize>, String>>()?;
+            .collect::<Result<Vec<usize>, _>>()?;
         Ok(multiclass_metrics(name, &labels, &scores))
     }
 }
@@ -93,9 +130,10 @@ pub fn correlation(
     name: &str,
     pairs: &[(&str, &str)],
     gold: &[f64],
-    score: &mut ScoreFn<'_>,
-) -> Result<Metrics, String> {
-    let scores = score(pairs)?;
+    scorer: &dyn PairScorer,
+    batch_size: usize,
+) -> Result<Metrics, EvalRunError> {
+    let scores = scores(scorer, pairs, batch_size)?;
     let predicted: Vec<f32> = scores.iter().map(|r| r[0]).collect();
     Ok(correlation_metrics(name, gold, &predicted))
 }

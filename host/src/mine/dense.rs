@@ -13,7 +13,7 @@ use rayon::prelude::*;
 
 use super::corpus::Corpus;
 use super::topk::{Candidate, TopK};
-use crate::model::{ModelError, SentenceEmbedder};
+use crosstrain_model::{ModelError, SentenceEmbedder};
 
 /// Queries scored against one chunk at a time in blocks of this many, so the score block
 /// stays at `QUERY_BLOCK × chunk_size` floats.

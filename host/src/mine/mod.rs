@@ -25,7 +25,7 @@ use std::path::PathBuf;
 use crosstrain_plugin_api::rng::SeededRng;
 
 use crate::data::dataset::{Dataset, DatasetError, TextValues};
-use crate::model::{ModelError, SentenceEmbedder};
+use crosstrain_model::{ModelError, PairScorer, ScoreError, SentenceEmbedder};
 use crate::train::state::derive_seed;
 
 pub use corpus::{read_corpus, Corpus};
@@ -61,7 +61,15 @@ pub enum MineError {
     Model(#[from] ModelError),
     /// Cross-encoder rescoring failed.
     #[error("rescoring with the cross-encoder: {0}")]
-    Rescore(String),
+    Rescore(#[from] ScoreError),
+    /// The cross-encoder returned the wrong number of scores.
+    #[error("rescoring with the cross-encoder: {scores} scores for {pairs} pairs")]
+    RescoreCount {
+        /// Scores returned.
+        scores: usize,
+        /// Pairs asked for.
+        pairs: usize,
+    },
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {
@@ -336,9 +344,34 @@ pub enum Retriever<'a> {
     },
 }
 
-/// Scores (query, document) pairs with a cross-encoder, activation applied (what the
-/// reference's `cross_encoder.predict` returns).
-pub type PairScorer<'a> = dyn FnMut(&[(&str, &str)]) -> Result<Vec<f32>, String> + 'a;
+/// The cross-encoder that rescores candidates (on either backend), and its batch size.
+#[derive(Clone, Copy)]
+pub struct Rescorer<'a> {
+    /// The model.
+    pub scorer: &'a dyn PairScorer,
+    /// Pairs per forward pass.
+    pub batch_size: usize,
+}
+
+impl Rescorer<'_> {
+    /// The first output after the model's activation, per pair (what the reference's
+    /// `cross_encoder.predict` returns), checked to be one score per pair.
+    fn scores(&self, pairs: &[(&str, &str)]) -> Result<Vec<f32>, MineError> {
+        let scores: Vec<f32> = self
+            .scorer
+            .activated_scores(pairs, self.batch_size)?
+            .into_iter()
+            .map(|row| row.first().copied().unwrap_or(f32::NAN))
+            .collect();
+        if scores.len() != pairs.len() {
+            return Err(MineError::RescoreCount {
+                scores: scores.len(),
+                pairs: pairs.len(),
+            });
+        }
+        Ok(scores)
+    }
+}
 
 /// Progress reporting: `(stage, done, total)`.
 pub type Progress<'a> = dyn Fn(&str, usize, usize) + Sync + 'a;
@@ -366,7 +399,7 @@ pub fn mine(
     input: &MiningInput,
     corpus: &Corpus,
     retriever: &Retriever<'_>,
-    mut rescorer: Option<&mut PairScorer<'_>>,
+    rescorer: Option<Rescorer<'_>>,
     options: &MineOptions,
     progress: &Progress<'_>,
 ) -> Result<Mined, MineError> {
@@ -420,14 +453,14 @@ pub fn mine(
         }
     };
 
-    let rescored = match rescorer.as_mut() {
-        Some(rescore) if options.filters_scores(true) => {
+    let rescored = match rescorer {
+        Some(rescorer) if options.filters_scores(true) => {
             rescore_candidates(
                 input,
                 corpus,
                 &mut candidates,
                 &mut positive_scores,
-                *rescore,
+                rescorer,
                 progress,
             )?;
             true
@@ -469,7 +502,7 @@ fn rescore_candidates(
     corpus: &Corpus,
     candidates: &mut [Vec<Candidate>],
     positive_scores: &mut [f32],
-    rescore: &mut PairScorer<'_>,
+    rescorer: Rescorer<'_>,
     progress: &Progress<'_>,
 ) -> Result<(), MineError> {
     const QUERIES_PER_CALL: usize = 32;
@@ -482,14 +515,7 @@ fn rescore_candidates(
                 pairs.push((&input.queries[query], corpus.get(candidate.document)));
             }
         }
-        let scores = rescore(&pairs).map_err(MineError::Rescore)?;
-        if scores.len() != pairs.len() {
-            return Err(MineError::Rescore(format!(
-                "{} scores for {} pairs",
-                scores.len(),
-                pairs.len()
-            )));
-        }
+        let scores = rescorer.scores(&pairs)?;
         let mut next = scores.into_iter();
         for found in &mut candidates[start..end] {
             for candidate in found.iter_mut() {
@@ -506,14 +532,7 @@ fn rescore_candidates(
         .iter()
         .map(|&(query, document)| (input.queries[query].as_str(), corpus.get(document)))
         .collect();
-    let scores = rescore(&texts).map_err(MineError::Rescore)?;
-    if scores.len() != texts.len() {
-        return Err(MineError::Rescore(format!(
-            "{} scores for {} pairs",
-            scores.len(),
-            texts.len()
-        )));
-    }
+    let scores = rescorer.scores(&texts)?;
     positive_scores.copy_from_slice(&scores);
     Ok(())
 }

@@ -9,7 +9,7 @@ pub use export::{export_onnx, ExportError, MIN_OPSET};
 pub use runtime::{library_path, OnnxError, OnnxScorer};
 
 use crate::data::pairs::{parse_pairs, DataError, TextPair};
-use crate::model::CrossEncoder;
+use crosstrain_model::CrossEncoder;
 
 /// The reference's parity pairs (accents, CJK, emoji, empty and very long documents).
 const PARITY_PAIRS: &str = include_str!("../../assets/parity_pairs.jsonl");
@@ -31,7 +31,7 @@ pub fn parity(
         .map(|p| (p.query.as_str(), p.document.as_str()))
         .collect();
     let candle = model.predict(&borrowed, 32)?;
-    let mut onnx = OnnxScorer::load(onnx_file, model.tokenizer().clone())?;
+    let onnx = OnnxScorer::for_model(model, onnx_file)?;
     let runtime = onnx.predict(&borrowed, 32)?;
     Ok(candle
         .iter()
@@ -46,7 +46,7 @@ pub fn parity(
 pub enum ParityError {
     /// candle failed.
     #[error(transparent)]
-    Model(#[from] crate::model::ModelError),
+    Model(#[from] crosstrain_model::ModelError),
     /// ONNX Runtime failed.
     #[error(transparent)]
     Onnx(#[from] OnnxError),

@@ -3,14 +3,15 @@
 //! PyPI `onnxruntime` wheel.
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use ort::environment::Environment;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
 use ort::value::Tensor;
 
-use crate::tokenize::{score_longest_first, EncodedPairs, PairTokenizer};
+use crosstrain_model::tokenize::{score_longest_first, EncodedPairs, PairTokenizer, TokenizeError};
+use crosstrain_model::{CrossEncoder, DefaultActivation, PairScorer, ScoreError};
 
 /// An ONNX Runtime failure.
 #[derive(Debug, thiserror::Error)]
@@ -28,8 +29,8 @@ pub enum OnnxError {
     #[error("ONNX Runtime: {0}")]
     Runtime(String),
     /// Tokenization failed.
-    #[error("tokenizing: {0}")]
-    Tokenize(String),
+    #[error(transparent)]
+    Tokenize(#[from] TokenizeError),
 }
 
 fn runtime_error(error: impl std::fmt::Display) -> OnnxError {
@@ -93,14 +94,22 @@ fn environment() -> Result<&'static Environment, OnnxError> {
         .map_err(|message| OnnxError::Runtime(message.clone()))
 }
 
-/// A cross-encoder running in ONNX Runtime, tokenizing exactly as the candle model does.
+/// A cross-encoder running in ONNX Runtime, tokenizing exactly as the candle model does. It
+/// is a [`PairScorer`] like the candle model, so evaluation, `rank` and mining run on either.
 pub struct OnnxScorer {
-    session: Session,
+    /// `Session::run` needs `&mut`; the lock lets the scorer be shared as `&dyn PairScorer`.
+    session: Mutex<Session>,
     tokenizer: PairTokenizer,
+    /// Whether the graph declares `token_type_ids` (families without segments do not).
+    takes_token_type_ids: bool,
+    num_labels: usize,
+    activation: DefaultActivation,
 }
 
 impl OnnxScorer {
-    /// Loads an exported model with all graph optimisations on.
+    /// Loads an exported model with all graph optimisations on. The number of labels is read
+    /// from the graph's `logits` output; the activation is sentence-transformers' default for
+    /// it until [`Self::with_activation`] sets the model's own.
     pub fn load(model: &Path, tokenizer: PairTokenizer) -> Result<Self, OnnxError> {
         let environment = environment()?;
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -112,11 +121,47 @@ impl OnnxScorer {
             .map_err(runtime_error)?
             .commit_from_file(model)
             .map_err(runtime_error)?;
-        Ok(Self { session, tokenizer })
+        let takes_token_type_ids = session
+            .inputs()
+            .iter()
+            .any(|input| input.name() == "token_type_ids");
+        let num_labels = session
+            .outputs()
+            .iter()
+            .find(|output| output.name() == "logits")
+            .and_then(|output| output.dtype().tensor_shape())
+            .and_then(|shape| shape.last().copied())
+            .filter(|&labels| labels > 0)
+            .map_or(1, |labels| labels as usize);
+        let activation = if num_labels == 1 {
+            DefaultActivation::Sigmoid
+        } else {
+            DefaultActivation::Identity
+        };
+        Ok(Self {
+            session: Mutex::new(session),
+            tokenizer,
+            takes_token_type_ids,
+            num_labels,
+            activation,
+        })
+    }
+
+    /// The scorer for `model`'s own export: its tokenizer and its activation.
+    pub fn for_model(model: &CrossEncoder, onnx_file: &Path) -> Result<Self, OnnxError> {
+        Ok(Self::load(onnx_file, model.tokenizer().clone())?
+            .with_activation(model.default_activation()))
+    }
+
+    /// Sets the activation `rank` and the evaluators apply (the model's, from
+    /// `config_sentence_transformers.json`).
+    pub fn with_activation(mut self, activation: DefaultActivation) -> Self {
+        self.activation = activation;
+        self
     }
 
     /// `[batch][num_labels]` logits for tokenized pairs.
-    pub fn logits(&mut self, encoded: &EncodedPairs) -> Result<Vec<Vec<f32>>, OnnxError> {
+    pub fn logits(&self, encoded: &EncodedPairs) -> Result<Vec<Vec<f32>>, OnnxError> {
         let shape = vec![encoded.batch as i64, encoded.seq_len as i64];
         let tensor = |values: &[u32]| {
             Tensor::from_array((
@@ -125,12 +170,21 @@ impl OnnxScorer {
             ))
             .map_err(runtime_error)
         };
-        let inputs = ort::inputs![
+        let mut inputs = ort::inputs![
             "input_ids" => tensor(&encoded.input_ids)?,
             "attention_mask" => tensor(&encoded.attention_mask)?,
-            "token_type_ids" => tensor(&encoded.token_type_ids)?,
         ];
-        let outputs = self.session.run(inputs).map_err(runtime_error)?;
+        if self.takes_token_type_ids {
+            inputs.push((
+                "token_type_ids".into(),
+                tensor(&encoded.token_type_ids)?.into(),
+            ));
+        }
+        let mut session = self
+            .session
+            .lock()
+            .map_err(|_| OnnxError::Runtime("the session lock is poisoned".into()))?;
+        let outputs = session.run(inputs).map_err(runtime_error)?;
         let (shape, values) = outputs["logits"]
             .try_extract_tensor::<f32>()
             .map_err(runtime_error)?;
@@ -140,16 +194,35 @@ impl OnnxScorer {
 
     /// Raw logits for many pairs, longest first in batches, returned in input order.
     pub fn predict(
-        &mut self,
+        &self,
         pairs: &[(&str, &str)],
         batch_size: usize,
     ) -> Result<Vec<Vec<f32>>, OnnxError> {
         score_longest_first(pairs, batch_size, |batch| {
-            let encoded = self
-                .tokenizer
-                .encode_pairs(batch)
-                .map_err(OnnxError::Tokenize)?;
+            let encoded = self.tokenizer.encode_pairs(batch)?;
             self.logits(&encoded)
         })
+    }
+}
+
+impl PairScorer for OnnxScorer {
+    fn predict(
+        &self,
+        pairs: &[(&str, &str)],
+        batch_size: usize,
+    ) -> Result<Vec<Vec<f32>>, ScoreError> {
+        OnnxScorer::predict(self, pairs, batch_size).map_err(ScoreError::new)
+    }
+
+    fn num_labels(&self) -> usize {
+        self.num_labels
+    }
+
+    fn default_activation(&self) -> DefaultActivation {
+        self.activation
+    }
+
+    fn max_length(&self) -> usize {
+        self.tokenizer.max_length()
     }
 }

@@ -319,7 +319,7 @@ impl TrainConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid =
             |field: &'static str, message: String| Err(ConfigError::Invalid { field, message });
-        if !crate::model::is_device_spec(&self.device) {
+        if !crosstrain_model::is_device_spec(&self.device) {
             return invalid(
                 "device",
                 format!("unknown device {:?}; use cpu, cuda or cuda:N", self.device),

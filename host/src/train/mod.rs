@@ -21,8 +21,8 @@ use crate::data::eval_sets::read_reranking_samples;
 use crate::eval::reranking::{RerankingEvaluator, RerankingSample};
 use crate::eval::run as eval_run;
 use crate::fsutil::{is_non_empty_dir, write_dir_atomically};
-use crate::model::{CrossEncoder, LoadOptions, ModelError};
 use crate::plugins::{Loss, LossRegistry, PluginError};
+use crosstrain_model::{CrossEncoder, LoadOptions, ModelError, PairScorer};
 
 use config::{EvaluatorConfig, EvaluatorKind, TrainConfig};
 use optim::{clip_grad_norm, learning_rate, AdamW};
@@ -101,13 +101,21 @@ pub enum TrainError {
         /// What is wrong.
         message: String,
     },
-    /// An evaluator failed.
+    /// An evaluator's data could not be loaded.
     #[error("evaluator {name}: {message}")]
-    Evaluator {
+    EvaluatorData {
         /// Its name or kind.
         name: String,
         /// What failed.
         message: String,
+    },
+    /// An evaluator failed while evaluating.
+    #[error("evaluator {name}: {source}")]
+    Evaluator {
+        /// Its name or kind.
+        name: String,
+        /// What failed.
+        source: crate::eval::run::EvalRunError,
     },
     /// A file could not be written.
     #[error("{path}: {message}")]
@@ -174,7 +182,7 @@ fn load_evaluator(config: &EvaluatorConfig) -> Result<LoadedEvaluator, TrainErro
         EvaluatorKind::Classification => "classification",
         EvaluatorKind::Correlation => "correlation",
     };
-    let evaluator_error = |message: String| TrainError::Evaluator {
+    let evaluator_error = |message: String| TrainError::EvaluatorData {
         name: if config.name.is_empty() {
             label.to_string()
         } else {
@@ -330,7 +338,7 @@ pub fn train(
         num_labels: config.num_labels,
         seed: config.seed,
         from_scratch: config.from_scratch && resume_from.is_none(),
-        device: crate::model::parse_device(&config.device)?,
+        device: crosstrain_model::parse_device(&config.device)?,
         ..LoadOptions::default()
     };
     let model = match &resume_from {
@@ -730,20 +738,13 @@ impl Run<'_> {
                 }
                 metrics.insert("eval_loss".to_string(), weighted / eval.len().max(1) as f64);
             }
-            let activation = self.model.default_activation();
             let batch_size = self.config.eval_batch_size;
-            let mut score = |pairs: &[(&str, &str)]| -> Result<Vec<Vec<f32>>, String> {
-                let logits = self
-                    .model
-                    .predict(pairs, batch_size)
-                    .map_err(|e| e.to_string())?;
-                Ok(activation.apply(logits))
-            };
+            let scorer: &dyn PairScorer = &self.model;
             for evaluator in &self.evaluators {
                 let (name, result) = match evaluator {
                     LoadedEvaluator::Reranking { evaluator, samples } => (
                         evaluator.name.clone(),
-                        eval_run::reranking(evaluator, samples, &mut score),
+                        eval_run::reranking(evaluator, samples, scorer, batch_size),
                     ),
                     LoadedEvaluator::Pairs {
                         kind,
@@ -766,15 +767,16 @@ impl Run<'_> {
                                 gold,
                                 self.model.num_labels(),
                                 &dataset.origin(),
-                                &mut score,
+                                scorer,
+                                batch_size,
                             )
                         } else {
-                            eval_run::correlation(name, &pairs, gold, &mut score)
+                            eval_run::correlation(name, &pairs, gold, scorer, batch_size)
                         };
                         (name.clone(), result)
                     }
                 };
-                let values = result.map_err(|message| TrainError::Evaluator { name, message })?;
+                let values = result.map_err(|source| TrainError::Evaluator { name, source })?;
                 primaries.push(values.primary_metric.clone());
                 for (key, value) in values.values {
                     metrics.insert(format!("eval_{key}"), value);
@@ -1031,21 +1033,12 @@ impl Run<'_> {
             .zip(scores)
             .map(|((a, b), score)| (a, b, score.first().copied().unwrap_or(f32::NAN)))
             .collect();
-        let model_config = self.model.config();
         Ok(TrainingSummary {
             base_model: config.model.clone(),
             from_scratch: config.from_scratch,
             base_model_is_local: Path::new(&config.model).exists(),
-            architecture: "BertForSequenceClassification".to_string(),
-            architecture_details: format!(
-                "{} layers, hidden size {}, {} attention heads, intermediate size {}, \
-                 vocabulary {}",
-                model_config.num_hidden_layers,
-                model_config.hidden_size,
-                model_config.num_attention_heads,
-                model_config.intermediate_size,
-                model_config.vocab_size
-            ),
+            architecture: self.model.family().architecture().to_string(),
+            architecture_details: self.model.config().description(),
             parameters: self.vars.iter().map(|v| v.elem_count()).sum(),
             max_length: self.model.max_length(),
             num_labels: self.model.num_labels(),

@@ -4,8 +4,8 @@
 use candle_core::{DType, Result, Tensor, Var};
 use rayon::prelude::*;
 
-use crate::model::fused::with_cpu_values;
-use crate::model::simd::{self, AdamwStep};
+use crosstrain_model::kernels::ops::with_cpu_values;
+use crosstrain_model::kernels::simd::{self, AdamwStep};
 
 use super::config::LrScheduler;
 

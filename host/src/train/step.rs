@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use candle_core::{DType, Tensor, Var};
 
 use crate::data::dataset::Dataset;
-use crate::model::{CrossEncoder, ModelError};
+use crosstrain_model::{CrossEncoder, ModelError};
 use crate::plugins::{Loss, PluginError};
 
 /// What can fail in a step.

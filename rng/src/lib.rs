@@ -1,5 +1,10 @@
-//! A small seeded random number generator for plans (negative sampling), so that plugins need
-//! no RNG dependency and the same seed gives the same plan on every platform.
+//! A small seeded random number generator: plans (negative sampling), dropout masks and
+//! freshly initialised weights all draw from it, so the same seed gives the same run on every
+//! platform. Its own crate so that the plugin API (which re-exports it as
+//! `crosstrain_plugin_api::rng`) and the model crate share it without the model depending on
+//! the ABI.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
 
 /// SplitMix64: tiny, fast, and good enough for sampling negatives.
 #[derive(Debug, Clone)]

@@ -1,7 +1,8 @@
-//! A sentence-transformers bi-encoder (`SentenceTransformer`: BERT, pooling, normalisation)
+//! A sentence-transformers bi-encoder (`SentenceTransformer`: an encoder of any supported
+//! family, pooling, normalisation)
 //! for dense retrieval in hard-negative mining. It reads the same Hugging Face directory
 //! layout as the cross-encoder: `config.json`, `model.safetensors` (with or without the
-//! `bert.` prefix), `tokenizer.json`, and the pooling settings in `modules.json` /
+//! family's prefix, e.g. `bert.`), `tokenizer.json`, and the pooling settings in `modules.json` /
 //! `1_Pooling/config.json`.
 
 use std::path::Path;
@@ -10,11 +11,12 @@ use candle_core::{DType, Device, IndexOp, Tensor};
 use candle_nn::VarBuilder;
 use serde_json::Value;
 
-use super::bert::TokenTensors;
-use super::dropout::DropoutRng;
-use super::encoder::BertEncoder;
-use super::{default_max_length, load_tokenizer, read_bert_config, read_json, ModelError};
+use crate::dropout::DropoutRng;
+use crate::error::ModelError;
+use crate::family::TokenEncoder;
+use crate::files::{default_max_length, load_tokenizer, read_json, read_model_config};
 use crate::tokenize::PairTokenizer;
+use crate::tokens::TokenTensors;
 
 /// How token states become one sentence vector (sentence-transformers' `Pooling` module).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,10 +27,10 @@ pub enum Pooling {
     Cls,
 }
 
-/// A BERT sentence embedder whose vectors are L2-normalised, as `mine_hard_negatives`
+/// A sentence embedder whose vectors are L2-normalised, as `mine_hard_negatives`
 /// requests (`normalize_embeddings=True`), so a dot product is the cosine similarity.
 pub struct SentenceEmbedder {
-    encoder: BertEncoder,
+    encoder: TokenEncoder,
     tokenizer: PairTokenizer,
     pooling: Pooling,
     device: Device,
@@ -36,7 +38,7 @@ pub struct SentenceEmbedder {
 }
 
 impl SentenceEmbedder {
-    /// Loads a sentence-transformers (or plain BERT) directory on `device`. `max_length`
+    /// Loads a sentence-transformers (or plain encoder) directory on `device`. `max_length`
     /// defaults to `max_seq_length` of `sentence_bert_config.json`, else to the tokenizer's
     /// `model_max_length` capped at `max_position_embeddings`.
     pub fn load_dir(
@@ -44,7 +46,8 @@ impl SentenceEmbedder {
         device: &Device,
         max_length: Option<usize>,
     ) -> Result<Self, ModelError> {
-        let (config, _) = read_bert_config(dir)?;
+        let (config, _) = read_model_config(dir)?;
+        let tensor_names = config.family().tensor_names();
         for file in ["model.safetensors", "tokenizer.json"] {
             if !dir.join(file).is_file() {
                 return Err(ModelError::MissingFile {
@@ -57,7 +60,7 @@ impl SentenceEmbedder {
             Some(length) => length,
             None => sentence_max_length(dir)?.map_or_else(
                 || default_max_length(dir, &config),
-                |n| Ok(n.min(config.max_position_embeddings)),
+                |n| Ok(n.min(config.max_position_embeddings())),
             )?,
         };
         let tokenizer = load_tokenizer(&dir.join("tokenizer.json"), max_length)?;
@@ -73,23 +76,22 @@ impl SentenceEmbedder {
         // intermediates are freed as soon as the next layer has used them.
         let tensors: std::collections::HashMap<String, Tensor> = checkpoint
             .into_iter()
-            .map(|(name, tensor)| (super::weights::canonical_name(&name), tensor))
+            .map(|(name, tensor)| (tensor_names.canonical_name(&name), tensor))
             .collect();
         let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
         // Default DropoutRng is in eval mode: embedding never drops anything.
-        let encoder =
-            BertEncoder::load(vb.pp("bert"), &config, &DropoutRng::default()).map_err(|e| {
-                ModelError::BadFile {
-                    path: weights_path.clone(),
-                    message: e.to_string(),
-                }
-            })?;
+        let encoder = TokenEncoder::load(vb, &config, &DropoutRng::default()).map_err(|e| {
+            ModelError::BadFile {
+                path: weights_path.clone(),
+                message: e.to_string(),
+            }
+        })?;
         Ok(Self {
             encoder,
             tokenizer,
             pooling: pooling_of(dir)?,
             device: device.clone(),
-            dimension: config.hidden_size,
+            dimension: config.hidden_size(),
         })
     }
 
@@ -126,10 +128,7 @@ impl SentenceEmbedder {
     }
 
     fn embed_batch(&self, texts: &[&str]) -> Result<Vec<f32>, ModelError> {
-        let encoded = self
-            .tokenizer
-            .encode_texts(texts)
-            .map_err(ModelError::Tokenize)?;
+        let encoded = self.tokenizer.encode_texts(texts)?;
         let tokens = TokenTensors::new(&encoded, &self.device)?;
         let hidden = self.encoder.forward(&tokens)?;
         let pooled = match self.pooling {

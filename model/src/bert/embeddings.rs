@@ -4,8 +4,8 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Embedding, VarBuilder};
 
 use super::config::BertConfig;
-use super::dropout::{Dropout, DropoutRng};
-use super::layer_norm::LayerNorm;
+use crate::dropout::{Dropout, DropoutRng};
+use crate::layer_norm::LayerNorm;
 
 /// `BertEmbeddings`.
 #[derive(Debug, Clone)]

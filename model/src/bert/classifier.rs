@@ -1,37 +1,13 @@
 //! `BertForSequenceClassification`: encoder, pooler, dropout, classifier.
 
-use candle_core::{Device, Module, Result, Tensor};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
 use super::config::BertConfig;
-use super::dropout::{Dropout, DropoutRng};
 use super::encoder::BertEncoder;
 use super::pooler::BertPooler;
-use crate::tokenize::EncodedPairs;
-
-/// The token tensors of a batch of pairs, all `[batch, seq]` u32.
-#[derive(Debug, Clone)]
-pub struct TokenTensors {
-    /// Token ids.
-    pub input_ids: Tensor,
-    /// Segment ids (0 for the query, 1 for the document).
-    pub token_type_ids: Tensor,
-    /// 1 for real tokens, 0 for padding.
-    pub attention_mask: Tensor,
-}
-
-impl TokenTensors {
-    /// The tensors of tokenized pairs (or single texts) on `device`.
-    pub fn new(encoded: &EncodedPairs, device: &Device) -> Result<Self> {
-        let shape = (encoded.batch, encoded.seq_len);
-        let tensor = |values: &[u32]| Tensor::from_slice(values, shape, device);
-        Ok(Self {
-            input_ids: tensor(&encoded.input_ids)?,
-            token_type_ids: tensor(&encoded.token_type_ids)?,
-            attention_mask: tensor(&encoded.attention_mask)?,
-        })
-    }
-}
+use crate::dropout::{Dropout, DropoutRng};
+use crate::tokens::TokenTensors;
 
 /// The cross-encoder network: pairs of token sequences to `[batch, num_labels]` logits.
 #[derive(Debug, Clone)]

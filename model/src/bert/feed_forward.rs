@@ -5,8 +5,8 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
 use super::config::{BertConfig, HiddenAct};
-use super::dropout::{Dropout, DropoutRng};
-use super::layer_norm::LayerNorm;
+use crate::dropout::{Dropout, DropoutRng};
+use crate::layer_norm::LayerNorm;
 
 /// `BertIntermediate` + `BertOutput`.
 #[derive(Debug, Clone)]
@@ -41,7 +41,7 @@ impl Module for BertFeedForward {
         let _span = tracing::trace_span!("feed_forward").entered();
         let inner = self.intermediate.forward(hidden)?;
         let activated = match self.activation {
-            HiddenAct::Gelu => super::fused::gelu_erf(&inner)?,
+            HiddenAct::Gelu => crate::kernels::ops::gelu_erf(&inner)?,
             HiddenAct::GeluNew => inner.gelu()?,
             HiddenAct::Relu => inner.relu()?,
         };

@@ -9,37 +9,54 @@ use std::sync::Mutex;
 use candle_core::{DType, Device, Result, Shape, Tensor, Var};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarMap};
-use crosstrain_plugin_api::rng::SeededRng;
+use crosstrain_rng::SeededRng;
 
-/// The canonical (transformers) name of a checkpoint tensor: encoder weights under `bert.`,
-/// and TF-era `gamma`/`beta` as `weight`/`bias`.
-pub fn canonical_name(name: &str) -> String {
-    let name = if ["embeddings.", "encoder.", "pooler."]
-        .iter()
-        .any(|prefix| name.starts_with(prefix))
-    {
-        format!("bert.{name}")
-    } else {
-        name.to_string()
-    };
-    if let Some(stem) = name.strip_suffix(".gamma") {
-        format!("{stem}.weight")
-    } else if let Some(stem) = name.strip_suffix(".beta") {
-        format!("{stem}.bias")
-    } else {
-        name
-    }
+/// How one model family names its tensors in a transformers checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TensorNames {
+    /// The base model's attribute name (`bert`): encoder tensors live under `PREFIX.`.
+    pub prefix: &'static str,
+    /// Tensor name beginnings that a base-model checkpoint writes without the prefix.
+    pub unprefixed_roots: &'static [&'static str],
+    /// Name beginnings that transformers initialises when a checkpoint lacks them (a base
+    /// model's missing pooler, any checkpoint's missing classification head).
+    pub initialised_when_missing: &'static [&'static str],
 }
 
-/// Whether transformers initialises this parameter when a checkpoint lacks it (a base model
-/// without pooler, or any checkpoint without our classification head).
-fn may_be_initialised(name: &str) -> bool {
-    name.starts_with("bert.pooler.") || name.starts_with("classifier.")
+impl TensorNames {
+    /// The canonical (transformers) name of a checkpoint tensor: encoder weights under the
+    /// family's prefix, and TF-era `gamma`/`beta` as `weight`/`bias`.
+    pub fn canonical_name(&self, name: &str) -> String {
+        let name = if self
+            .unprefixed_roots
+            .iter()
+            .any(|root| name.starts_with(root))
+        {
+            format!("{}.{name}", self.prefix)
+        } else {
+            name.to_string()
+        };
+        if let Some(stem) = name.strip_suffix(".gamma") {
+            format!("{stem}.weight")
+        } else if let Some(stem) = name.strip_suffix(".beta") {
+            format!("{stem}.bias")
+        } else {
+            name
+        }
+    }
+
+    /// Whether transformers initialises this parameter when a checkpoint lacks it.
+    fn may_be_initialised(&self, name: &str) -> bool {
+        self.initialised_when_missing
+            .iter()
+            .any(|start| name.starts_with(start))
+    }
 }
 
 /// A VarBuilder backend over a loaded checkpoint.
 pub struct CheckpointBackend {
     tensors: HashMap<String, Tensor>,
+    names: TensorNames,
     varmap: VarMap,
     rng: Mutex<SeededRng>,
     initializer_range: f64,
@@ -50,6 +67,7 @@ impl CheckpointBackend {
     /// Wraps checkpoint tensors (any names; they are canonicalised).
     pub fn new(
         tensors: HashMap<String, Tensor>,
+        names: TensorNames,
         varmap: VarMap,
         seed: u64,
         initializer_range: f64,
@@ -57,8 +75,9 @@ impl CheckpointBackend {
         Self {
             tensors: tensors
                 .into_iter()
-                .map(|(name, tensor)| (canonical_name(&name), tensor))
+                .map(|(name, tensor)| (names.canonical_name(&name), tensor))
                 .collect(),
+            names,
             varmap,
             rng: Mutex::new(SeededRng::new(seed)),
             initializer_range,
@@ -68,10 +87,15 @@ impl CheckpointBackend {
 
     /// A backend without checkpoint that initialises every parameter as transformers'
     /// `_init_weights` does, for training a model from its config alone.
-    pub fn from_scratch(varmap: VarMap, seed: u64, initializer_range: f64) -> Self {
+    pub fn from_scratch(
+        names: TensorNames,
+        varmap: VarMap,
+        seed: u64,
+        initializer_range: f64,
+    ) -> Self {
         Self {
             from_scratch: true,
-            ..Self::new(HashMap::new(), varmap, seed, initializer_range)
+            ..Self::new(HashMap::new(), names, varmap, seed, initializer_range)
         }
     }
 
@@ -135,10 +159,13 @@ impl SimpleBackend for CheckpointBackend {
                 }
                 tensor.to_dtype(dtype)?.to_device(device)?
             }
-            None if self.from_scratch || may_be_initialised(name) => self.initialise(name, &shape, dtype, device)?,
+            None if self.from_scratch || self.names.may_be_initialised(name) => {
+                self.initialise(name, &shape, dtype, device)?
+            }
             None => {
                 return Err(candle_core::Error::Msg(format!(
-                    "the checkpoint has no tensor {name} (also looked for it without the \"bert.\" prefix)"
+                    "the checkpoint has no tensor {name} (also looked for it without the \"{}.\" prefix)",
+                    self.names.prefix
                 )))
             }
         };
@@ -189,6 +216,11 @@ pub fn save_safetensors(varmap: &VarMap, path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bert::TENSOR_NAMES;
+
+    fn canonical_name(name: &str) -> String {
+        TENSOR_NAMES.canonical_name(name)
+    }
 
     #[test]
     fn checkpoint_names_are_canonicalised() {
@@ -209,7 +241,7 @@ mod tests {
 
     #[test]
     fn missing_heads_are_initialised_like_transformers_from_the_seed() {
-        let backend = |seed| CheckpointBackend::new(HashMap::new(), VarMap::new(), seed, 0.02);
+        let backend = |seed| CheckpointBackend::new(HashMap::new(), TENSOR_NAMES, VarMap::new(), seed, 0.02);
         let first = backend(3);
         let weight = first
             .get(

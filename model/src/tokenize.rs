@@ -2,7 +2,7 @@
 //! model's max length and padding to the longest pair of the call. Whatever fixed padding or
 //! truncation a saved `tokenizer.json` carries (often `Fixed(128)`) is overridden.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use tokenizers::{
     EncodeInput, PaddingDirection, PaddingParams, PaddingStrategy, Tokenizer, TruncationDirection,
@@ -113,6 +113,39 @@ pub fn score_longest_first_in_lanes<E: Send>(
     Ok(scores)
 }
 
+/// What can go wrong reading a tokenizer or tokenizing; the tokenizers crate's error is kept
+/// as the source.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenizeError {
+    /// `tokenizer.json` could not be read or parsed.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The tokenizers crate's error.
+        #[source]
+        source: tokenizers::Error,
+    },
+    /// The truncation length was refused.
+    #[error("setting truncation to {max_length} tokens: {source}")]
+    Truncation {
+        /// The length asked for.
+        max_length: usize,
+        /// The tokenizers crate's error.
+        #[source]
+        source: tokenizers::Error,
+    },
+    /// A batch could not be tokenized.
+    #[error("tokenizing a batch of {count} inputs: {source}")]
+    Encode {
+        /// Inputs in the batch.
+        count: usize,
+        /// The tokenizers crate's error.
+        #[source]
+        source: tokenizers::Error,
+    },
+}
+
 /// A tokenizer that encodes (query, document) pairs.
 #[derive(Clone)]
 pub struct PairTokenizer {
@@ -130,13 +163,16 @@ impl std::fmt::Debug for PairTokenizer {
 
 impl PairTokenizer {
     /// Reads `tokenizer.json` and sets the reference's padding and truncation.
-    pub fn from_file(path: &Path, max_length: usize) -> Result<Self, String> {
-        let tokenizer = Tokenizer::from_file(path).map_err(|e| e.to_string())?;
+    pub fn from_file(path: &Path, max_length: usize) -> Result<Self, TokenizeError> {
+        let tokenizer = Tokenizer::from_file(path).map_err(|source| TokenizeError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Self::new(tokenizer, max_length)
     }
 
     /// Wraps a tokenizer, setting the reference's padding and truncation.
-    pub fn new(mut tokenizer: Tokenizer, max_length: usize) -> Result<Self, String> {
+    pub fn new(mut tokenizer: Tokenizer, max_length: usize) -> Result<Self, TokenizeError> {
         let pad_token = ["[PAD]", "<pad>"]
             .into_iter()
             .find(|token| tokenizer.token_to_id(token).is_some())
@@ -158,7 +194,7 @@ impl PairTokenizer {
                 strategy: TruncationStrategy::LongestFirst,
                 stride: 0,
             }))
-            .map_err(|e| e.to_string())?;
+            .map_err(|source| TokenizeError::Truncation { max_length, source })?;
         Ok(Self {
             tokenizer,
             max_length,
@@ -176,7 +212,7 @@ impl PairTokenizer {
     }
 
     /// Encodes pairs, padded to the longest of them.
-    pub fn encode_pairs(&self, pairs: &[(&str, &str)]) -> Result<EncodedPairs, String> {
+    pub fn encode_pairs(&self, pairs: &[(&str, &str)]) -> Result<EncodedPairs, TokenizeError> {
         let inputs: Vec<EncodeInput> = pairs
             .iter()
             .map(|&(query, document)| (query, document).into())
@@ -186,16 +222,17 @@ impl PairTokenizer {
 
     /// Encodes single texts (one segment each, as a sentence embedder reads them), padded
     /// to the longest of them.
-    pub fn encode_texts(&self, texts: &[&str]) -> Result<EncodedPairs, String> {
+    pub fn encode_texts(&self, texts: &[&str]) -> Result<EncodedPairs, TokenizeError> {
         let inputs: Vec<EncodeInput> = texts.iter().map(|&text| text.into()).collect();
         self.encode_inputs(inputs)
     }
 
-    fn encode_inputs(&self, inputs: Vec<EncodeInput>) -> Result<EncodedPairs, String> {
+    fn encode_inputs(&self, inputs: Vec<EncodeInput>) -> Result<EncodedPairs, TokenizeError> {
+        let count = inputs.len();
         let encodings = self
             .tokenizer
             .encode_batch(inputs, true)
-            .map_err(|e| e.to_string())?;
+            .map_err(|source| TokenizeError::Encode { count, source })?;
         let seq_len = encodings.first().map_or(0, |e| e.get_ids().len());
         let mut encoded = EncodedPairs {
             batch: encodings.len(),

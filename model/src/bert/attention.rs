@@ -4,8 +4,8 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
 use super::config::BertConfig;
-use super::dropout::{Dropout, DropoutRng};
-use super::layer_norm::LayerNorm;
+use crate::dropout::{Dropout, DropoutRng};
+use crate::layer_norm::LayerNorm;
 
 /// `BertSelfAttention`: softmax(QKᵀ/√d + mask)·V per head.
 #[derive(Debug, Clone)]
@@ -51,7 +51,7 @@ impl BertSelfAttention {
         let scores = query.matmul(&key.t()?.contiguous()?)?;
         let probabilities = self
             .dropout
-            .forward(&super::fused::masked_softmax(&scores, mask_bias, scale)?)?;
+            .forward(&crate::kernels::ops::masked_softmax(&scores, mask_bias, scale)?)?;
         probabilities
             .matmul(&value)?
             .transpose(1, 2)?

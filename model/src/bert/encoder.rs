@@ -5,11 +5,11 @@
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::bert::TokenTensors;
+use crate::tokens::TokenTensors;
 use super::config::BertConfig;
-use super::dropout::DropoutRng;
+use crate::dropout::DropoutRng;
 use super::embeddings::BertEmbeddings;
-use super::encoder_layer::BertLayer;
+use super::layer::BertLayer;
 
 /// Embeddings plus encoder layers (transformers' `bert.embeddings` and `bert.encoder`).
 #[derive(Debug, Clone)]

@@ -1,25 +1,7 @@
-//! The trainable BERT cross-encoder on candle, and Hugging Face model directories: loading
-//! (`config.json`, `model.safetensors`, `tokenizer.json`; a hub id is downloaded with
-//! `hf-hub`) and saving in a layout that transformers' `AutoModelForSequenceClassification`
-//! and sentence-transformers' `CrossEncoder` load unchanged.
-
-mod attention;
-mod bert;
-pub mod config;
-pub mod dropout;
-mod embedder;
-mod embeddings;
-mod encoder;
-mod encoder_layer;
-mod feed_forward;
-pub mod fused;
-mod fused_layer;
-pub mod layer_norm;
-mod pooler;
-pub(crate) mod simd;
-#[cfg(test)]
-mod test_support;
-pub mod weights;
+//! The cross-encoder: a model family's sequence classifier with its tokenizer and trainable
+//! parameters, loaded from and saved to Hugging Face model directories in a layout that
+//! transformers' `AutoModelForSequenceClassification` and sentence-transformers'
+//! `CrossEncoder` load unchanged.
 
 use std::path::{Path, PathBuf};
 
@@ -27,83 +9,17 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use serde_json::{Map, Value};
 
-pub use bert::{BertForSequenceClassification, TokenTensors};
-pub use config::BertConfig;
-pub use dropout::DropoutRng;
-pub use embedder::{Pooling, SentenceEmbedder};
-pub use encoder::BertEncoder;
-
+use crate::activation::{default_activation, DefaultActivation};
+use crate::dropout::DropoutRng;
+use crate::error::ModelError;
+use crate::family::{FamilyConfig, ModelFamily, SequenceClassifier};
+use crate::files::{
+    default_max_length, default_tokenizer_config, load_tokenizer, read_json, read_model_config,
+};
+use crate::hub::resolve_model_dir;
 use crate::tokenize::{score_longest_first_in_lanes, EncodedPairs, PairTokenizer};
-use weights::CheckpointBackend;
-
-/// What can go wrong loading, running or saving a model.
-#[derive(Debug, thiserror::Error)]
-pub enum ModelError {
-    /// Neither a directory nor a hub id.
-    #[error("model {spec:?}: no such directory, and not a Hugging Face model id (owner/name)")]
-    NotFound {
-        /// What the user gave.
-        spec: String,
-    },
-    /// A required file is missing.
-    #[error("model directory {dir}: missing {file}")]
-    MissingFile {
-        /// The directory.
-        dir: PathBuf,
-        /// The file.
-        file: &'static str,
-    },
-    /// Only PyTorch pickles are present.
-    #[error(
-        "model directory {dir}: has pytorch_model.bin but no model.safetensors; crosstrain \
-         reads safetensors only. Convert it, e.g. in Python: \
-         AutoModelForSequenceClassification.from_pretrained(dir).save_pretrained(dir, \
-         safe_serialization=True)"
-    )]
-    PytorchBin {
-        /// The directory.
-        dir: PathBuf,
-    },
-    /// A file could not be read or parsed.
-    #[error("{path}: {message}")]
-    BadFile {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        message: String,
-    },
-    /// Downloading from the hub failed.
-    #[error("downloading model {model}: {message}")]
-    Download {
-        /// The model id.
-        model: String,
-        /// What failed.
-        message: String,
-    },
-    /// The output directory exists.
-    #[error("{path} already exists and is not empty; choose another directory or remove it")]
-    AlreadyExists {
-        /// The directory.
-        path: PathBuf,
-    },
-    /// An I/O error on a file.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The error.
-        source: std::io::Error,
-    },
-    /// A tensor operation failed.
-    #[error(transparent)]
-    Tensor(#[from] candle_core::Error),
-    /// Tokenization failed.
-    #[error("tokenizing: {0}")]
-    Tokenize(String),
-    /// A device that does not exist or that this build cannot use.
-    #[error("{0}")]
-    Device(String),
-}
+use crate::tokens::TokenTensors;
+use crate::weights::{self, CheckpointBackend};
 
 /// How to load a model.
 #[derive(Debug, Clone)]
@@ -137,119 +53,12 @@ impl Default for LoadOptions {
     }
 }
 
-/// The sentence-transformers activation a model's `predict` applies by default.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DefaultActivation {
-    /// Sigmoid (1 label).
-    Sigmoid,
-    /// Identity (several labels, or as configured).
-    Identity,
-}
-
-impl DefaultActivation {
-    /// Applies the activation to rows of logits, as the reference's `predict` does before
-    /// handing scores to its evaluators.
-    pub fn apply(self, logits: Vec<Vec<f32>>) -> Vec<Vec<f32>> {
-        match self {
-            DefaultActivation::Identity => logits,
-            DefaultActivation::Sigmoid => logits
-                .into_iter()
-                .map(|row| row.iter().map(|&x| 1.0 / (1.0 + (-x).exp())).collect())
-                .collect(),
-        }
-    }
-}
-
-/// Whether `spec` names a device crosstrain knows: `cpu`, `cuda` or `cuda:N` (checked
-/// without touching a GPU, for config validation).
-pub fn is_device_spec(spec: &str) -> bool {
-    device_ordinal(spec).is_ok()
-}
-
-/// `None` for the CPU, `Some(N)` for CUDA device N.
-fn device_ordinal(spec: &str) -> Result<Option<usize>, ModelError> {
-    let lower = spec.trim().to_ascii_lowercase();
-    match lower.as_str() {
-        "cpu" => Ok(None),
-        "cuda" | "gpu" => Ok(Some(0)),
-        other => other
-            .strip_prefix("cuda:")
-            .and_then(|n| n.parse::<usize>().ok())
-            .map(Some)
-            .ok_or_else(|| {
-                ModelError::Device(format!("unknown device {spec:?}; use cpu, cuda or cuda:N"))
-            }),
-    }
-}
-
-/// The device `cpu`, `cuda` or `cuda:N` names. CUDA needs a build with the `cuda` feature
-/// (`scripts/build-cuda.sh`); without it the error says so instead of failing later.
-pub fn parse_device(spec: &str) -> Result<Device, ModelError> {
-    match device_ordinal(spec)? {
-        None => Ok(Device::Cpu),
-        Some(ordinal) => cuda_device(ordinal),
-    }
-}
-
-#[cfg(feature = "cuda")]
-fn cuda_device(ordinal: usize) -> Result<Device, ModelError> {
-    Device::new_cuda(ordinal).map_err(|e| ModelError::Device(format!("cuda:{ordinal}: {e}")))
-}
-
-#[cfg(not(feature = "cuda"))]
-fn cuda_device(ordinal: usize) -> Result<Device, ModelError> {
-    Err(ModelError::Device(format!(
-        "cuda:{ordinal} was asked for, but this crosstrain was built without CUDA; build it \
-         with `cargo build --release -p crosstrain --features cuda` (see scripts/build-cuda.sh)"
-    )))
-}
-
-/// `config.json` of a model directory, parsed and validated, with its raw JSON (kept so that
-/// saving writes back every key, known or not).
-pub(crate) fn read_bert_config(dir: &Path) -> Result<(BertConfig, Map<String, Value>), ModelError> {
-    let config_path = dir.join("config.json");
-    if !config_path.is_file() {
-        return Err(ModelError::MissingFile {
-            dir: dir.to_path_buf(),
-            file: "config.json",
-        });
-    }
-    let raw_config = match read_json(&config_path)? {
-        Value::Object(map) => map,
-        _ => {
-            return Err(ModelError::BadFile {
-                path: config_path,
-                message: "expected a JSON object".into(),
-            })
-        }
-    };
-    let config: BertConfig =
-        serde_json::from_value(Value::Object(raw_config.clone())).map_err(|e| {
-            ModelError::BadFile {
-                path: config_path.clone(),
-                message: e.to_string(),
-            }
-        })?;
-    config.validate().map_err(|message| ModelError::BadFile {
-        path: config_path.clone(),
-        message,
-    })?;
-    Ok((config, raw_config))
-}
-
-/// `tokenizer.json` with the reference's padding and truncation at `max_length`.
-pub(crate) fn load_tokenizer(path: &Path, max_length: usize) -> Result<PairTokenizer, ModelError> {
-    PairTokenizer::from_file(path, max_length).map_err(|message| ModelError::BadFile {
-        path: path.to_path_buf(),
-        message,
-    })
-}
-
-/// A loaded cross-encoder: network, tokenizer, config, and trainable parameters.
+/// A loaded cross-encoder of any supported family: network, tokenizer, config, and
+/// trainable parameters.
 pub struct CrossEncoder {
-    network: BertForSequenceClassification,
+    network: SequenceClassifier,
     tokenizer: PairTokenizer,
-    config: BertConfig,
+    config: FamilyConfig,
     raw_config: Map<String, Value>,
     source_dir: PathBuf,
     varmap: VarMap,
@@ -257,61 +66,6 @@ pub struct CrossEncoder {
     device: Device,
     initialised: Vec<String>,
     default_activation: DefaultActivation,
-}
-
-pub(crate) fn read_json(path: &Path) -> Result<Value, ModelError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    serde_json::from_str(&text).map_err(|e| ModelError::BadFile {
-        path: path.to_path_buf(),
-        message: format!("not valid JSON: {e}"),
-    })
-}
-
-/// The directory of a model: a local path, else a hub id downloaded with hf-hub.
-pub fn resolve_model_dir(spec: &str) -> Result<PathBuf, ModelError> {
-    let path = Path::new(spec);
-    if path.is_dir() {
-        return Ok(path.to_path_buf());
-    }
-    let looks_like_hub_id = spec.split('/').count() == 2
-        && !spec.starts_with('.')
-        && !spec.starts_with('/')
-        && spec.split('/').all(|part| !part.is_empty());
-    if !looks_like_hub_id {
-        return Err(ModelError::NotFound {
-            spec: spec.to_string(),
-        });
-    }
-    download_from_hub(spec)
-}
-
-/// Fetches the files a cross-encoder needs from the Hugging Face hub into its cache (this
-/// path needs the network, so tests use local directories).
-fn download_from_hub(model_id: &str) -> Result<PathBuf, ModelError> {
-    let download_error = |message: String| ModelError::Download {
-        model: model_id.to_string(),
-        message,
-    };
-    let api = hf_hub::api::sync::Api::new().map_err(|e| download_error(e.to_string()))?;
-    let repo = api.model(model_id.to_string());
-    let config = repo
-        .get("config.json")
-        .map_err(|e| download_error(format!("config.json: {e}")))?;
-    for file in ["model.safetensors", "tokenizer.json"] {
-        repo.get(file)
-            .map_err(|e| download_error(format!("{file}: {e}")))?;
-    }
-    for optional in ["tokenizer_config.json", "config_sentence_transformers.json"] {
-        // Optional files: their absence is normal.
-        let _ = repo.get(optional);
-    }
-    config
-        .parent()
-        .map(Path::to_path_buf)
-        .ok_or_else(|| download_error("the hub cache returned no directory".into()))
 }
 
 impl CrossEncoder {
@@ -323,7 +77,9 @@ impl CrossEncoder {
 
     /// Loads a model directory.
     pub fn load_dir(dir: &Path, options: &LoadOptions) -> Result<Self, ModelError> {
-        let (config, raw_config) = read_bert_config(dir)?;
+        // The family is decided (and an unsupported one refused) before anything else is read.
+        let (config, raw_config) = read_model_config(dir)?;
+        let tensor_names = config.family().tensor_names();
         let weights_path = dir.join("model.safetensors");
         if !options.from_scratch && !weights_path.is_file() {
             if dir.join("pytorch_model.bin").is_file() {
@@ -349,6 +105,7 @@ impl CrossEncoder {
         };
         let tokenizer = load_tokenizer(&tokenizer_path, max_length)?;
         let num_labels = options.num_labels.unwrap_or_else(|| config.num_labels());
+        let initializer_range = config.initializer_range();
 
         let checkpoint = if options.from_scratch {
             std::collections::HashMap::new()
@@ -363,23 +120,29 @@ impl CrossEncoder {
         // Names the checkpoint has; whatever else the model needs was initialised.
         let checkpoint_names: std::collections::HashSet<String> = checkpoint
             .keys()
-            .map(|name| weights::canonical_name(name))
+            .map(|name| tensor_names.canonical_name(name))
             .collect();
         let varmap = VarMap::new();
         let backend = if options.from_scratch {
-            CheckpointBackend::from_scratch(varmap.clone(), options.seed, config.initializer_range)
+            CheckpointBackend::from_scratch(
+                tensor_names,
+                varmap.clone(),
+                options.seed,
+                initializer_range,
+            )
         } else {
             CheckpointBackend::new(
                 checkpoint,
+                tensor_names,
                 varmap.clone(),
                 options.seed,
-                config.initializer_range,
+                initializer_range,
             )
         };
         let backend_box: Box<dyn candle_nn::var_builder::SimpleBackend> = Box::new(backend);
         let vb = VarBuilder::from_backend(backend_box, options.dtype, options.device.clone());
         let dropout = DropoutRng::default();
-        let network = BertForSequenceClassification::load(vb, &config, num_labels, &dropout)
+        let network = SequenceClassifier::load(vb, &config, num_labels, &dropout)
             .map_err(|e| ModelError::BadFile {
                 path: weights_path.clone(),
                 message: e.to_string(),
@@ -399,7 +162,7 @@ impl CrossEncoder {
             tracing::warn!(
                 model = %dir.display(),
                 "not in the checkpoint, initialised as transformers does (normal(0, {}) weights, zero biases, seed {}): {}",
-                config.initializer_range,
+                initializer_range,
                 options.seed,
                 initialised.join(", ")
             );
@@ -419,9 +182,14 @@ impl CrossEncoder {
         })
     }
 
-    /// The config.
-    pub fn config(&self) -> &BertConfig {
+    /// The config, as its family reads it.
+    pub fn config(&self) -> &FamilyConfig {
         &self.config
+    }
+
+    /// The model family (`config.json`'s architecture).
+    pub fn family(&self) -> ModelFamily {
+        self.config.family()
     }
 
     /// Number of outputs per pair.
@@ -483,9 +251,7 @@ impl CrossEncoder {
 
     /// Tokenizes the pairs.
     pub fn encode(&self, pairs: &[(&str, &str)]) -> Result<EncodedPairs, ModelError> {
-        self.tokenizer
-            .encode_pairs(pairs)
-            .map_err(ModelError::Tokenize)
+        Ok(self.tokenizer.encode_pairs(pairs)?)
     }
 
     /// `[batch, num_labels]` logits (with a graph; in training mode with dropout).
@@ -529,7 +295,7 @@ impl CrossEncoder {
     /// instead of living until the logits are dropped: less memory and fresher caches for
     /// `predict` and evaluation. Built per call (it only clones handles), so it always sees
     /// the current weights.
-    fn inference_network(&self) -> Result<BertForSequenceClassification, ModelError> {
+    fn inference_network(&self) -> Result<SequenceClassifier, ModelError> {
         let tensors: std::collections::HashMap<String, Tensor> = self
             .named_parameters()
             .into_iter()
@@ -540,7 +306,7 @@ impl CrossEncoder {
             .next()
             .map_or(DType::F32, |tensor| tensor.dtype());
         let vb = VarBuilder::from_tensors(tensors, dtype, &self.device);
-        Ok(BertForSequenceClassification::load(
+        Ok(SequenceClassifier::load(
             vb,
             &self.config,
             self.num_labels(),
@@ -560,7 +326,7 @@ impl CrossEncoder {
                 path: dir.to_path_buf(),
             });
         }
-        crate::fsutil::write_dir_atomically(
+        crate::atomic::write_dir_atomically(
             dir,
             |path, source| ModelError::Io {
                 path: path.to_path_buf(),
@@ -601,7 +367,7 @@ impl CrossEncoder {
             })?;
         let mut tokenizer_config = match read_json(&self.source_dir.join("tokenizer_config.json")) {
             Ok(Value::Object(map)) => map,
-            _ => default_tokenizer_config(),
+            _ => default_tokenizer_config(self.family()),
         };
         tokenizer_config.insert("model_max_length".into(), self.max_length().into());
         tokenizer_config.insert("max_length".into(), self.max_length().into());
@@ -646,84 +412,3 @@ impl CrossEncoder {
     }
 }
 
-/// A BERT tokenizer_config.json for directories that have none.
-fn default_tokenizer_config() -> Map<String, Value> {
-    match serde_json::json!({
-        "tokenizer_class": "BertTokenizer",
-        "do_lower_case": true,
-        "cls_token": "[CLS]",
-        "sep_token": "[SEP]",
-        "pad_token": "[PAD]",
-        "unk_token": "[UNK]",
-        "mask_token": "[MASK]",
-        "padding_side": "right",
-        "truncation_side": "right",
-    }) {
-        Value::Object(map) => map,
-        _ => Map::new(),
-    }
-}
-
-/// `model_max_length` of `tokenizer_config.json` capped at `max_position_embeddings`, as
-/// sentence-transformers does (its `max_length` key is a leftover and ignored).
-pub(crate) fn default_max_length(dir: &Path, config: &BertConfig) -> Result<usize, ModelError> {
-    let path = dir.join("tokenizer_config.json");
-    let from_tokenizer = if path.is_file() {
-        read_json(&path)?
-            .get("model_max_length")
-            .and_then(Value::as_u64)
-            .map(|n| n as usize)
-    } else {
-        None
-    };
-    Ok(from_tokenizer.map_or(config.max_position_embeddings, |n| {
-        n.min(config.max_position_embeddings)
-    }))
-}
-
-/// The activation stored in `config_sentence_transformers.json` (v6), else the library's
-/// default: sigmoid for one label, identity otherwise.
-fn default_activation(dir: &Path, num_labels: usize) -> DefaultActivation {
-    let stored = read_json(&dir.join("config_sentence_transformers.json"))
-        .ok()
-        .and_then(|v| {
-            v.get("activation_fn")
-                .and_then(Value::as_str)
-                .map(str::to_string)
-        });
-    match stored.as_deref() {
-        Some(name) if name.ends_with("Sigmoid") => DefaultActivation::Sigmoid,
-        Some(name) if name.ends_with("Identity") => DefaultActivation::Identity,
-        _ if num_labels == 1 => DefaultActivation::Sigmoid,
-        _ => DefaultActivation::Identity,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn device_specs() {
-        assert!(parse_device("cpu").unwrap().is_cpu());
-        assert!(parse_device(" CPU ").unwrap().is_cpu());
-        for good in ["cuda", "cuda:0", "cuda:3", "gpu"] {
-            assert!(is_device_spec(good), "{good}");
-        }
-        for bad in ["tpu", "cuda:", "cuda:x", "cuda0", ""] {
-            assert!(!is_device_spec(bad), "{bad}");
-            let error = parse_device(bad).unwrap_err().to_string();
-            assert!(error.contains("use cpu, cuda or cuda:N"), "{error}");
-        }
-    }
-
-    #[cfg(not(feature = "cuda"))]
-    #[test]
-    fn cuda_without_the_feature_says_how_to_build_it() {
-        let error = parse_device("cuda:1").unwrap_err().to_string();
-        assert!(
-            error.contains("cuda:1") && error.contains("--features cuda"),
-            "{error}"
-        );
-    }
-}

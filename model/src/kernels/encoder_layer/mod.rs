@@ -28,8 +28,8 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::fused::{contiguous_f32, layer_norm_backward, layer_norm_forward, with_cpu_values};
-use super::simd;
+use crate::kernels::ops::{contiguous_f32, layer_norm_backward, layer_norm_forward, with_cpu_values};
+use crate::kernels::simd;
 
 /// Rows per rayon task in the row-wise loops.
 const ROWS_PER_TASK: usize = 32;

@@ -28,7 +28,7 @@ fn is_fast_path(tensors: &[&Tensor]) -> bool {
 }
 
 /// The f32 slice of a contiguous CPU tensor's storage.
-pub(crate) fn contiguous_f32<'a>(
+pub fn contiguous_f32<'a>(
     storage: &'a CpuStorage,
     layout: &Layout,
     what: &str,
@@ -42,7 +42,7 @@ pub(crate) fn contiguous_f32<'a>(
 
 /// Runs `f` on the f32 values of a contiguous CPU tensor, borrowed from its storage (no
 /// copy); `what` names the tensor in the error otherwise.
-pub(crate) fn with_cpu_values<T>(
+pub fn with_cpu_values<T>(
     tensor: &Tensor,
     what: &str,
     f: impl FnOnce(&[f32]) -> T,
@@ -396,7 +396,7 @@ pub fn mul_by_constant(xs: &Tensor, factors: &Tensor) -> Result<Tensor> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::{max_diff, random};
+    use crate::test_support::{max_diff, random};
     use super::*;
     use candle_core::{Device, Var};
 

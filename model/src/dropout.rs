@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use candle_core::{Module, Result, Tensor};
-use crosstrain_plugin_api::rng::SeededRng;
+use crosstrain_rng::SeededRng;
 use rayon::prelude::*;
 
 /// Mask values drawn per parallel task.
@@ -120,7 +120,7 @@ impl Module for Dropout {
             return Ok(xs.clone());
         }
         match self.rng.scaled_mask(xs, self.p)? {
-            Some(mask) => super::fused::mul_by_constant(xs, &mask),
+            Some(mask) => crate::kernels::ops::mul_by_constant(xs, &mask),
             None => Ok(xs.clone()),
         }
     }

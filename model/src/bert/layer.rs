@@ -5,9 +5,9 @@ use candle_nn::{Linear, VarBuilder};
 
 use super::attention::BertAttention;
 use super::config::{BertConfig, HiddenAct};
-use super::dropout::DropoutRng;
+use crate::dropout::DropoutRng;
 use super::feed_forward::BertFeedForward;
-use super::fused_layer::{self, LayerDims, LayerDropoutMasks, LayerParameters};
+use crate::kernels::encoder_layer::{self as fused_layer, LayerDims, LayerDropoutMasks, LayerParameters};
 
 /// `BertLayer`.
 #[derive(Debug, Clone)]
@@ -123,7 +123,7 @@ impl BertLayer {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::{max_abs, max_diff, random};
+    use crate::test_support::{max_abs, max_diff, random};
     use super::*;
     use candle_core::{Device, Var};
     use candle_nn::VarMap;

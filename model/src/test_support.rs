@@ -4,7 +4,7 @@ use candle_core::{Device, Tensor};
 
 /// A tensor of uniform values in `[-scale, scale)`, reproducible from `seed`.
 pub fn random(shape: &[usize], seed: u64, scale: f32) -> Tensor {
-    let mut rng = crosstrain_plugin_api::rng::SeededRng::new(seed);
+    let mut rng = crosstrain_rng::SeededRng::new(seed);
     let n: usize = shape.iter().product();
     let values: Vec<f32> = (0..n)
         .map(|_| ((rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0 * scale)

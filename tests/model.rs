@@ -665,7 +665,11 @@ fn an_unsupported_architecture_is_refused_before_any_work_naming_what_is_support
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("xlmr");
     std::fs::create_dir(&model).unwrap();
-    for file in ["model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
+    for file in [
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
         std::fs::copy(tiny("tiny-bert-ce").join(file), model.join(file)).unwrap();
     }
     let mut config = read_json(&tiny("tiny-bert-ce").join("config.json"));

@@ -14,6 +14,7 @@ pub mod mine;
 pub mod onnx;
 pub mod plugins;
 pub mod train;
+pub mod trainer_state;
 
 /// The model crate, re-exported: the cross-encoder, its families, tokenizer and kernels.
 pub use crosstrain_model as model;

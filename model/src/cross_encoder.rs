@@ -142,11 +142,12 @@ impl CrossEncoder {
         let backend_box: Box<dyn candle_nn::var_builder::SimpleBackend> = Box::new(backend);
         let vb = VarBuilder::from_backend(backend_box, options.dtype, options.device.clone());
         let dropout = DropoutRng::default();
-        let network = SequenceClassifier::load(vb, &config, num_labels, &dropout)
-            .map_err(|e| ModelError::BadFile {
+        let network = SequenceClassifier::load(vb, &config, num_labels, &dropout).map_err(|e| {
+            ModelError::BadFile {
                 path: weights_path.clone(),
                 message: e.to_string(),
-            })?;
+            }
+        })?;
         let mut initialised: Vec<String> = varmap
             .data()
             .lock()
@@ -411,4 +412,3 @@ impl CrossEncoder {
         Ok(())
     }
 }
-

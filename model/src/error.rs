@@ -13,9 +13,7 @@ pub enum ModelError {
     },
     /// `config.json` names a model family crosstrain does not implement. Raised before any
     /// weight is read, so nothing is trained as the wrong architecture.
-    #[error(
-        "{path}: architecture {found} is not supported; crosstrain supports {supported}"
-    )]
+    #[error("{path}: architecture {found} is not supported; crosstrain supports {supported}")]
     UnsupportedArchitecture {
         /// The `config.json`.
         path: PathBuf,
@@ -83,4 +81,3 @@ pub enum ModelError {
     #[error("{0}")]
     Device(String),
 }
-

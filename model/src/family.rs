@@ -331,6 +331,9 @@ mod tests {
         let error = ModelFamily::of_config(&config("{}"), path)
             .unwrap_err()
             .to_string();
-        assert!(error.contains("neither `architectures` nor `model_type`"), "{error}");
+        assert!(
+            error.contains("neither `architectures` nor `model_type`"),
+            "{error}"
+        );
     }
 }

@@ -84,7 +84,9 @@ pub(crate) fn default_max_length(dir: &Path, config: &FamilyConfig) -> Result<us
     } else {
         None
     };
-    Ok(from_tokenizer.map_or(config.max_position_embeddings(), |n| {
-        n.min(config.max_position_embeddings())
-    }))
+    Ok(
+        from_tokenizer.map_or(config.max_position_embeddings(), |n| {
+            n.min(config.max_position_embeddings())
+        }),
+    )
 }

@@ -23,6 +23,17 @@ pub fn resolve_model_dir(spec: &str) -> Result<PathBuf, ModelError> {
     download_from_hub(spec)
 }
 
+#[cfg(not(feature = "hub"))]
+fn download_from_hub(model_id: &str) -> Result<PathBuf, ModelError> {
+    Err(ModelError::Download {
+        model: model_id.to_string(),
+        message: "this build of crosstrain-model has no hub support (enable its `hub` \
+                  feature), and no such local directory exists"
+            .into(),
+    })
+}
+
+#[cfg(feature = "hub")]
 /// Fetches the files a cross-encoder needs from the Hugging Face hub into its cache (this
 /// path needs the network, so tests use local directories).
 fn download_from_hub(model_id: &str) -> Result<PathBuf, ModelError> {

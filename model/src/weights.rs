@@ -241,7 +241,8 @@ mod tests {
 
     #[test]
     fn missing_heads_are_initialised_like_transformers_from_the_seed() {
-        let backend = |seed| CheckpointBackend::new(HashMap::new(), TENSOR_NAMES, VarMap::new(), seed, 0.02);
+        let backend =
+            |seed| CheckpointBackend::new(HashMap::new(), TENSOR_NAMES, VarMap::new(), seed, 0.02);
         let first = backend(3);
         let weight = first
             .get(

@@ -67,6 +67,17 @@ impl SeededRng {
     }
 }
 
+/// A seed for one purpose and index, derived from the run's seed so that each stream
+/// (shuffling, dropout, in-batch negatives) is independent and reproducible.
+pub fn derive_seed(seed: u64, purpose: u64, index: u64) -> u64 {
+    let mut z = seed
+        ^ purpose.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ index.wrapping_mul(0xBF58_476D_1CE4_E5B9).rotate_left(31);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,5 +113,14 @@ mod tests {
     fn asking_for_more_than_the_pool_returns_the_pool() {
         let mut rng = SeededRng::new(3);
         assert_eq!(rng.sample_without_replacement(&[5u8, 6], 9).len(), 2);
+    }
+
+    #[test]
+    fn derived_seeds_differ_by_purpose_and_index() {
+        let a = derive_seed(12, 1, 0);
+        assert_ne!(a, derive_seed(12, 2, 0));
+        assert_ne!(a, derive_seed(12, 1, 1));
+        assert_ne!(a, derive_seed(13, 1, 0));
+        assert_eq!(a, derive_seed(12, 1, 0));
     }
 }

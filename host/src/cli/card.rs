@@ -32,7 +32,11 @@ pub fn run(args: CardArgs, out: &mut String) -> anyhow::Result<()> {
         dataset_name: args.dataset_name,
         model_name: args.model_name,
     };
-    rebuild(&args.model, &metadata)?;
+    rebuild(
+        &args.model,
+        &metadata,
+        &crosstrain::train::config::default_values(),
+    )?;
     writeln!(out, "wrote {}", args.model.join("README.md").display())?;
     Ok(())
 }

@@ -123,3 +123,26 @@ fn dispatch(cli: Cli, out: &mut String) -> anyhow::Result<ExitCode> {
         }
     }
 }
+
+/// Peak resident memory of this process in MB (Linux), if known.
+pub fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// A library enum as a command-line value: its names are the possible values (listed in
+/// `--help` and in errors) and `FromStr` turns the chosen one into the value. The library
+/// stays free of clap.
+pub fn choice<T>(names: &'static [&'static str]) -> impl clap::builder::TypedValueParser<Value = T>
+where
+    T: std::str::FromStr + Clone + Send + Sync + 'static,
+    T::Err: std::fmt::Debug,
+{
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(names).map(|name| {
+        name.parse::<T>()
+            .expect("clap accepted only one of the names")
+    })
+}

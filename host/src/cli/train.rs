@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Args;
 use crosstrain::plugins::LossRegistry;
 use crosstrain::train::config::{set_key, set_value, TrainConfig};
-use crosstrain::train::{train, RunOptions};
+use crosstrain::train::{train, RunOptions, TrainProgress};
 
 #[derive(Debug, Args)]
 pub struct TrainArgs {
@@ -221,7 +221,7 @@ pub fn run(args: TrainArgs, registry: &LossRegistry, out: &mut String) -> anyhow
     let options = RunOptions {
         overwrite: args.overwrite,
         resume: args.resume.clone(),
-        progress: std::io::stderr().is_terminal() && !args.json,
+        progress: (std::io::stderr().is_terminal() && !args.json).then(progress_bar),
     };
     let report = train(&config, registry, &options)?;
     let state = &report.state;
@@ -279,4 +279,37 @@ pub fn run(args: TrainArgs, registry: &LossRegistry, out: &mut String) -> anyhow
     }
     writeln!(out, "model: {}", report.output.display())?;
     Ok(())
+}
+
+/// The progress bar on stderr, drawn from the trainer's progress reports.
+fn progress_bar() -> std::sync::Arc<dyn Fn(TrainProgress) + Send + Sync> {
+    let bar = indicatif::ProgressBar::hidden();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} steps [{elapsed_precise}<{eta_precise}] {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    std::sync::Arc::new(move |event| match event {
+        TrainProgress::Started { step, max_steps } => {
+            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            bar.set_length(max_steps as u64);
+            bar.set_position(step as u64);
+        }
+        TrainProgress::Step {
+            step,
+            loss,
+            learning_rate,
+            pairs_per_second,
+        } => {
+            bar.set_position(step as u64);
+            bar.set_message(format!(
+                "loss {loss:.4} lr {learning_rate:.2e} {pairs_per_second:.1} pairs/s"
+            ));
+        }
+        TrainProgress::Stopped { step } => {
+            bar.abandon_with_message(format!("stopped at step {step}"));
+        }
+        TrainProgress::Finished => bar.finish_and_clear(),
+    })
 }

@@ -2,10 +2,26 @@
 
 use std::path::Path;
 
+use serde::Deserialize;
 use serde_json::Value;
 
 use super::pairs::{DataError, TextPair};
-use crate::eval::reranking::RerankingSample;
+
+/// One evaluation query: its positives, and either negatives or a retrieved document list.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RerankingSample {
+    /// The query.
+    pub query: String,
+    /// Relevant documents (a bare string is one).
+    #[serde(deserialize_with = "super::one_or_many")]
+    pub positive: Vec<String>,
+    /// Non-relevant documents (the reference's first format).
+    #[serde(default)]
+    pub negative: Option<Vec<String>>,
+    /// A first-stage ranking to rerank (the reference's second format).
+    #[serde(default)]
+    pub documents: Option<Vec<String>>,
+}
 
 fn lines(path: &Path) -> Result<Vec<(usize, Value)>, DataError> {
     let text = std::fs::read_to_string(path).map_err(|source| DataError::Io {

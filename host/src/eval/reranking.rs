@@ -1,25 +1,9 @@
 //! CrossEncoderRerankingEvaluator: MAP, MRR@k and NDCG@k per query, averaged; and the
 //! `base_*` metrics of a retriever's given order.
 
-use serde::Deserialize;
-
 use super::{average_precision, descending_tie_groups, Metrics};
 
-/// One evaluation query: its positives, and either negatives or a retrieved document list.
-#[derive(Debug, Clone, Deserialize)]
-pub struct RerankingSample {
-    /// The query.
-    pub query: String,
-    /// Relevant documents (a bare string is one).
-    #[serde(deserialize_with = "crate::data::one_or_many")]
-    pub positive: Vec<String>,
-    /// Non-relevant documents (the reference's first format).
-    #[serde(default)]
-    pub negative: Option<Vec<String>>,
-    /// A first-stage ranking to rerank (the reference's second format).
-    #[serde(default)]
-    pub documents: Option<Vec<String>>,
-}
+pub use crate::data::eval_sets::RerankingSample;
 
 /// A query the reference cannot evaluate.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -18,17 +18,45 @@ use crosstrain_plugin_api::rng::SeededRng;
 
 use super::MineError;
 use crate::data::dataset::{Dataset, LabelValues, TextValues};
-use crate::train::state::derive_seed;
+use crosstrain_rng::derive_seed;
 
 const CONVERT_STREAM: u64 = 0x434F_4E56; // "CONV"
 
 /// How the class label relates to the texts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConvertMode {
     /// Every text of a row has the row's class.
     SentenceClass,
     /// The label is the relation of the second text to the first.
     PairClass,
+}
+
+impl ConvertMode {
+    /// Every name, as the command line and the reference spell them.
+    pub const NAMES: &'static [&'static str] = &["sentence-class", "pair-class"];
+
+    /// The name of the value.
+    pub fn name(self) -> &'static str {
+        match self {
+            ConvertMode::SentenceClass => "sentence-class",
+            ConvertMode::PairClass => "pair-class",
+        }
+    }
+}
+
+impl std::str::FromStr for ConvertMode {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, String> {
+        match name {
+            "sentence-class" => Ok(ConvertMode::SentenceClass),
+            "pair-class" => Ok(ConvertMode::PairClass),
+            other => Err(format!(
+                "unknown conversion mode {other:?}; expected one of {}",
+                Self::NAMES.join(", ")
+            )),
+        }
+    }
 }
 
 /// Options of a conversion.

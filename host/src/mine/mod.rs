@@ -26,7 +26,7 @@ use crosstrain_plugin_api::rng::SeededRng;
 
 use crate::data::dataset::{Dataset, DatasetError, TextValues};
 use crosstrain_model::{ModelError, PairScorer, ScoreError, SentenceEmbedder};
-use crate::train::state::derive_seed;
+use crosstrain_rng::derive_seed;
 
 pub use corpus::{read_corpus, Corpus};
 pub use output::OutputFormat;

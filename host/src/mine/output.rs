@@ -10,17 +10,39 @@ use super::select::is_found;
 use super::{MineError, MineOptions, Mined, MiningInput};
 
 /// The layout of the mined dataset.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutputFormat {
     /// `(anchor, positive, negative)`, one row per found negative.
     Triplet,
     /// `(anchor, positive, negative_1..negative_N)`, only rows with all N negatives.
-    #[value(name = "n-tuple")]
     NTuple,
     /// `(anchor, <positive column>, label)`: 1 for positives, 0 for negatives.
     LabeledPair,
     /// `(anchor, <positive column>: [pos, neg..], labels: [1, 0..])`, one row per positive.
     LabeledList,
+}
+
+impl OutputFormat {
+    /// Every name, as the command line and the reference spell them.
+    pub const NAMES: &'static [&'static str] =
+        &["triplet", "n-tuple", "labeled-pair", "labeled-list"];
+}
+
+impl std::str::FromStr for OutputFormat {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, String> {
+        match name {
+            "triplet" => Ok(OutputFormat::Triplet),
+            "n-tuple" => Ok(OutputFormat::NTuple),
+            "labeled-pair" => Ok(OutputFormat::LabeledPair),
+            "labeled-list" => Ok(OutputFormat::LabeledList),
+            other => Err(format!(
+                "unknown output format {other:?}; expected one of {}",
+                Self::NAMES.join(", ")
+            )),
+        }
+    }
 }
 
 impl OutputFormat {

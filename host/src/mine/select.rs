@@ -7,13 +7,41 @@ use crosstrain_plugin_api::rng::SeededRng;
 use super::topk::Candidate;
 
 /// How negatives are picked from the candidate window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SamplingStrategy {
     /// The best-scoring `num_negatives`.
     Top,
     /// `num_negatives` drawn uniformly from the window's valid candidates, then sorted by
     /// score.
     Random,
+}
+
+impl SamplingStrategy {
+    /// Every name, as the command line and the reference spell them.
+    pub const NAMES: &'static [&'static str] = &["top", "random"];
+
+    /// The name of the value.
+    pub fn name(self) -> &'static str {
+        match self {
+            SamplingStrategy::Top => "top",
+            SamplingStrategy::Random => "random",
+        }
+    }
+}
+
+impl std::str::FromStr for SamplingStrategy {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, String> {
+        match name {
+            "top" => Ok(SamplingStrategy::Top),
+            "random" => Ok(SamplingStrategy::Random),
+            other => Err(format!(
+                "unknown sampling strategy {other:?}; expected one of {}",
+                Self::NAMES.join(", ")
+            )),
+        }
+    }
 }
 
 /// The filters and window of one mining run.

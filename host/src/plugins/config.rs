@@ -4,7 +4,7 @@
 
 use serde_json::{Map, Value};
 
-use super::registry::LossDescription;
+use super::description::LossDescription;
 
 /// Checks `config` against the loss's schema; on failure, one line per problem.
 pub fn validate_config(description: &LossDescription, config: &Value) -> Result<(), Vec<String>> {

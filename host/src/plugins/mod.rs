@@ -3,12 +3,14 @@
 
 pub mod check;
 mod config;
+mod description;
 mod error;
 mod registry;
 
 pub use config::validate_config;
+pub use description::LossDescription;
 pub use error::PluginError;
 pub use registry::{
-    LibraryInfo, LibrarySource, Loss, LossDescription, LossRegistry, RegisteredLoss,
-    PLUGIN_API_VERSION, PLUGIN_PATH_ENV,
+    LibraryInfo, LibrarySource, Loss, LossRegistry, RegisteredLoss, PLUGIN_API_VERSION,
+    PLUGIN_PATH_ENV,
 };

@@ -8,12 +8,12 @@ use std::path::{Path, PathBuf};
 use crosstrain_plugin_api::abi_stable::library::{lib_header_from_path, LibraryError};
 use crosstrain_plugin_api::abi_stable::std_types::{RResult, RSlice};
 use crosstrain_plugin_api::{
-    BatchShape, DataFormat, Labels, LossBox, LossEntry, LossLibraryRef, LossOutput, PairPlan,
-    CONTRACT_VERSION,
+    BatchShape, Labels, LossBox, LossEntry, LossLibraryRef, LossOutput, PairPlan, CONTRACT_VERSION,
 };
 use serde_json::Value;
 
 use super::config::validate_config;
+use super::description::LossDescription;
 use super::error::PluginError;
 
 /// The plugin-api version this host was built with, for error messages.
@@ -49,25 +49,6 @@ pub struct LibraryInfo {
     pub version: String,
     /// Where it came from.
     pub source: LibrarySource,
-}
-
-/// What the registry knows about one loss, with the JSON parts parsed.
-#[derive(Debug, Clone)]
-pub struct LossDescription {
-    /// The loss name.
-    pub name: String,
-    /// One line.
-    pub summary: String,
-    /// BibTeX, if any.
-    pub citation: Option<String>,
-    /// JSON Schema of the config.
-    pub config_schema: Value,
-    /// Default config.
-    pub default_config: Value,
-    /// Accepted data layouts.
-    pub formats: Vec<DataFormat>,
-    /// Required model outputs per pair (0 = any).
-    pub num_labels: u32,
 }
 
 /// A loss as registered: its description, its library, and its constructor.

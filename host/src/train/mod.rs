@@ -101,6 +101,9 @@ pub enum TrainError {
         /// What is wrong.
         message: String,
     },
+    /// A checkpoint's `trainer_state.json` is unreadable.
+    #[error(transparent)]
+    StateFile(#[from] state::StateFileError),
     /// An evaluator's data could not be loaded.
     #[error("evaluator {name}: {message}")]
     EvaluatorData {
@@ -135,14 +138,55 @@ fn io_error(path: &Path, error: impl std::fmt::Display) -> TrainError {
 }
 
 /// How to start a run.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct RunOptions {
     /// Replace a non-empty output directory.
     pub overwrite: bool,
     /// Continue from a checkpoint: `Some(None)` takes the latest under the output directory.
     pub resume: Option<Option<PathBuf>>,
-    /// Draw a progress bar on stderr.
-    pub progress: bool,
+    /// Told where the run stands after every step; the command line draws its progress bar
+    /// from it (the library draws nothing).
+    pub progress: Option<std::sync::Arc<dyn Fn(TrainProgress) + Send + Sync>>,
+}
+
+impl std::fmt::Debug for RunOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunOptions")
+            .field("overwrite", &self.overwrite)
+            .field("resume", &self.resume)
+            .field("progress", &self.progress.is_some())
+            .finish()
+    }
+}
+
+/// Where a run stands, as the progress callback is told.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum TrainProgress {
+    /// The loop starts (or resumes) at `step` of `max_steps`.
+    Started {
+        /// Steps already done.
+        step: usize,
+        /// Steps in the whole run.
+        max_steps: usize,
+    },
+    /// An optimizer step finished.
+    Step {
+        /// Steps done.
+        step: usize,
+        /// The step's loss.
+        loss: f64,
+        /// The learning rate it used.
+        learning_rate: f64,
+        /// Training pairs per second since the loop started.
+        pairs_per_second: f64,
+    },
+    /// The run stopped on purpose before its end (`stop_at_step`).
+    Stopped {
+        /// Steps done.
+        step: usize,
+    },
+    /// The loop ran to its end.
+    Finished,
 }
 
 /// What a finished (or deliberately stopped) run reports.
@@ -414,12 +458,7 @@ pub fn train(
     let state =
         match &resume_from {
             Some(checkpoint) => {
-                let state = TrainerState::read(&checkpoint.join("trainer_state.json")).map_err(
-                    |message| TrainError::Checkpoint {
-                        path: checkpoint.clone(),
-                        message,
-                    },
-                )?;
+                let state = TrainerState::read(&checkpoint.join("trainer_state.json"))?;
                 if state.batches_per_epoch != batches_per_epoch || state.max_steps != max_steps {
                     return Err(TrainError::Checkpoint {
                         path: checkpoint.clone(),
@@ -508,7 +547,7 @@ pub fn train(
         times: PhaseTimes::default(),
         optimizer_seconds: 0.0,
     };
-    let stopped_early = run.train_loop(options.progress)?;
+    let stopped_early = run.train_loop(options.progress.as_deref())?;
     if !stopped_early {
         run.finish()?;
     }
@@ -524,21 +563,20 @@ pub fn train(
 
 impl Run<'_> {
     /// The loop; returns whether it stopped at `stop_at_step`.
-    fn train_loop(&mut self, progress: bool) -> Result<bool, TrainError> {
-        let config = self.config;
-        let bar = if progress {
-            let bar = indicatif::ProgressBar::new(self.state.max_steps as u64);
-            bar.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{bar:30} {pos}/{len} steps [{elapsed_precise}<{eta_precise}] {msg}",
-                )
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-            );
-            bar.set_position(self.state.global_step as u64);
-            Some(bar)
-        } else {
-            None
+    fn train_loop(
+        &mut self,
+        progress: Option<&(dyn Fn(TrainProgress) + Send + Sync)>,
+    ) -> Result<bool, TrainError> {
+        let report = |event: TrainProgress| {
+            if let Some(progress) = progress {
+                progress(event);
+            }
         };
+        let config = self.config;
+        report(TrainProgress::Started {
+            step: self.state.global_step,
+            max_steps: self.state.max_steps,
+        });
         let mut grads = GradAccumulator::new(self.vars.len());
         let accumulation = config.gradient_accumulation_steps;
         let scale = 1.0 / accumulation as f64;
@@ -624,15 +662,13 @@ impl Run<'_> {
                     self.state.batch_in_epoch = 0;
                 }
                 self.state.train_seconds = seconds_before + started.elapsed().as_secs_f64();
-                if let Some(bar) = &bar {
-                    let rate = (self.state.pairs_seen - pairs_before) as f64
-                        / started.elapsed().as_secs_f64().max(1e-9);
-                    bar.set_position(self.state.global_step as u64);
-                    bar.set_message(format!(
-                        "loss {:.4} lr {lr:.2e} {rate:.1} pairs/s",
-                        outcome.loss
-                    ));
-                }
+                report(TrainProgress::Step {
+                    step: self.state.global_step,
+                    loss: outcome.loss,
+                    learning_rate: lr,
+                    pairs_per_second: (self.state.pairs_seen - pairs_before) as f64
+                        / started.elapsed().as_secs_f64().max(1e-9),
+                });
                 let global_step = self.state.global_step;
                 let last = global_step == self.state.max_steps;
                 if global_step % config.logging_steps == 0 || last {
@@ -663,16 +699,12 @@ impl Run<'_> {
                     self.save_checkpoint(evaluated)?;
                 }
                 if stop_here {
-                    if let Some(bar) = &bar {
-                        bar.abandon_with_message(format!("stopped at step {global_step}"));
-                    }
+                    report(TrainProgress::Stopped { step: global_step });
                     return Ok(true);
                 }
             }
         }
-        if let Some(bar) = &bar {
-            bar.finish_and_clear();
-        }
+        report(TrainProgress::Finished);
         Ok(false)
     }
 
@@ -956,11 +988,16 @@ impl Run<'_> {
             serde_json::to_string_pretty(&summary).map_err(|e| io_error(&summary_file, e))?;
         std::fs::write(&summary_file, text + "\n").map_err(|e| io_error(&summary_file, e))?;
         let args = serde_json::to_value(config).map_err(|e| io_error(&summary_file, e))?;
-        crate::card::write_files(staging, &args, &self.state, &summary).map_err(|e| {
-            TrainError::Io {
-                path: e.path,
-                message: e.message,
-            }
+        crate::card::write_files(
+            staging,
+            &args,
+            &self.state,
+            &summary,
+            &config::default_values(),
+        )
+        .map_err(|e| TrainError::Io {
+            path: e.path,
+            message: e.message,
         })
     }
 

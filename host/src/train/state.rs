@@ -1,144 +1,10 @@
-//! What a checkpoint holds besides the model: the trainer's position (step, epoch, batch),
-//! the dropout stream, the running loss sums and the log history, so that a resumed run
-//! continues exactly where the interrupted one stopped.
+//! Checkpoint directories of a run. The run's record (`trainer_state.json`) lives in
+//! [`crate::trainer_state`], which the model card reads too.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
-/// One line of `metrics.jsonl` and one entry of `trainer_state.json`'s `log_history`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LogEntry {
-    /// Optimiser steps done.
-    pub step: usize,
-    /// Epochs done, fractional.
-    pub epoch: f64,
-    /// Mean training loss since the previous log.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub loss: Option<f64>,
-    /// Mean of each named loss component since the previous log.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub loss_components: BTreeMap<String, f64>,
-    /// Learning rate of the last step.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub learning_rate: Option<f64>,
-    /// Gradient norm (before clipping) of the last step.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub grad_norm: Option<f64>,
-    /// Evaluation metrics (`eval_loss`, `eval_<evaluator>_<metric>`).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub metrics: BTreeMap<String, f64>,
-}
-
-/// Running sums between logs.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct LossSums {
-    /// Sum of batch losses.
-    pub loss: f64,
-    /// Sums of named components.
-    pub components: BTreeMap<String, f64>,
-    /// Batches summed.
-    pub batches: usize,
-}
-
-impl LossSums {
-    /// Adds one batch.
-    pub fn add(&mut self, loss: f64, components: &[(String, f64)]) {
-        self.loss += loss;
-        for (name, value) in components {
-            *self.components.entry(name.clone()).or_default() += value;
-        }
-        self.batches += 1;
-    }
-
-    /// The means, or `None` without batches.
-    pub fn means(&self) -> Option<(f64, BTreeMap<String, f64>)> {
-        (self.batches > 0).then(|| {
-            let n = self.batches as f64;
-            (
-                self.loss / n,
-                self.components
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v / n))
-                    .collect(),
-            )
-        })
-    }
-}
-
-/// The ONNX export's check after training.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct OnnxReport {
-    /// The file, relative to the output directory.
-    pub file: String,
-    /// Opset.
-    pub opset: i64,
-    /// Largest |logit difference| between candle and ONNX Runtime on the parity pairs, or
-    /// `None` when ONNX Runtime was not available.
-    pub max_abs_logit_diff: Option<f64>,
-    /// Pairs compared.
-    pub pairs: usize,
-    /// Why there is no figure, when there is none.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub not_checked: Option<String>,
-}
-
-/// `trainer_state.json`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TrainerState {
-    /// Optimiser steps done.
-    pub global_step: usize,
-    /// All optimiser steps of the run.
-    pub max_steps: usize,
-    /// Warm-up steps.
-    pub warmup_steps: usize,
-    /// Batches per epoch.
-    pub batches_per_epoch: usize,
-    /// The epoch in progress (0-based).
-    pub epoch: usize,
-    /// Batches of that epoch already consumed.
-    pub batch_in_epoch: usize,
-    /// Position of the dropout stream.
-    pub dropout_state: Option<u64>,
-    /// Sums since the last log.
-    pub since_log: LossSums,
-    /// Sums over the whole run.
-    pub total: LossSums,
-    /// Pairs scored in training.
-    pub pairs_seen: usize,
-    /// Training wall time so far, seconds.
-    pub train_seconds: f64,
-    /// Everything logged.
-    pub log_history: Vec<LogEntry>,
-    /// The metric that picks the best checkpoint.
-    pub best_metric_name: String,
-    /// Its best value.
-    pub best_metric: Option<f64>,
-    /// The checkpoint that had it.
-    pub best_checkpoint: Option<String>,
-    /// The ONNX export, once done.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub onnx: Option<OnnxReport>,
-    /// The crosstrain version that wrote the state.
-    pub crosstrain_version: String,
-}
-
-impl TrainerState {
-    /// Epochs done, fractional, as the reference logs them.
-    pub fn epoch_fraction(&self) -> f64 {
-        if self.batches_per_epoch == 0 {
-            return self.epoch as f64;
-        }
-        self.epoch as f64 + self.batch_in_epoch as f64 / self.batches_per_epoch as f64
-    }
-
-    /// Reads a state file.
-    pub fn read(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
-    }
-}
+pub use crate::trainer_state::{LogEntry, LossSums, OnnxReport, StateFileError, TrainerState};
+pub use crosstrain_rng::derive_seed;
 
 /// The checkpoint directories under `output`, by step.
 pub fn checkpoints(output: &Path) -> Vec<(usize, PathBuf)> {
@@ -156,40 +22,9 @@ pub fn checkpoints(output: &Path) -> Vec<(usize, PathBuf)> {
     found
 }
 
-/// A seed for one purpose and index, derived from the run's seed so that each stream
-/// (shuffling, dropout, in-batch negatives) is independent and reproducible.
-pub fn derive_seed(seed: u64, purpose: u64, index: u64) -> u64 {
-    let mut z = seed
-        ^ purpose.wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        ^ index.wrapping_mul(0xBF58_476D_1CE4_E5B9).rotate_left(31);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn loss_sums_average() {
-        let mut sums = LossSums::default();
-        assert!(sums.means().is_none());
-        sums.add(1.0, &[("a".into(), 0.25)]);
-        sums.add(3.0, &[("a".into(), 0.75)]);
-        let (loss, components) = sums.means().unwrap();
-        assert_eq!(loss, 2.0);
-        assert_eq!(components["a"], 0.5);
-    }
-
-    #[test]
-    fn derived_seeds_differ_by_purpose_and_index() {
-        let a = derive_seed(12, 1, 0);
-        assert_ne!(a, derive_seed(12, 2, 0));
-        assert_ne!(a, derive_seed(12, 1, 1));
-        assert_ne!(a, derive_seed(13, 1, 0));
-        assert_eq!(a, derive_seed(12, 1, 0));
-    }
 
     #[test]
     fn checkpoints_sorted_by_step() {

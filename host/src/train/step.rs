@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use candle_core::{DType, Tensor, Var};
 
 use crate::data::dataset::Dataset;
-use crosstrain_model::{CrossEncoder, ModelError};
 use crate::plugins::{Loss, PluginError};
+use crosstrain_model::{CrossEncoder, ModelError};
 
 /// What can fail in a step.
 #[derive(Debug, thiserror::Error)]

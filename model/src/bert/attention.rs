@@ -49,9 +49,9 @@ impl BertSelfAttention {
         let value = self.split_heads(&self.value.forward(hidden)?)?;
         let scale = 1.0 / (self.head_size as f64).sqrt();
         let scores = query.matmul(&key.t()?.contiguous()?)?;
-        let probabilities = self
-            .dropout
-            .forward(&crate::kernels::ops::masked_softmax(&scores, mask_bias, scale)?)?;
+        let probabilities = self.dropout.forward(&crate::kernels::ops::masked_softmax(
+            &scores, mask_bias, scale,
+        )?)?;
         probabilities
             .matmul(&value)?
             .transpose(1, 2)?

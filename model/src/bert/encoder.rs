@@ -5,11 +5,11 @@
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::tokens::TokenTensors;
 use super::config::BertConfig;
-use crate::dropout::DropoutRng;
 use super::embeddings::BertEmbeddings;
 use super::layer::BertLayer;
+use crate::dropout::DropoutRng;
+use crate::tokens::TokenTensors;
 
 /// Embeddings plus encoder layers (transformers' `bert.embeddings` and `bert.encoder`).
 #[derive(Debug, Clone)]

@@ -5,9 +5,11 @@ use candle_nn::{Linear, VarBuilder};
 
 use super::attention::BertAttention;
 use super::config::{BertConfig, HiddenAct};
-use crate::dropout::DropoutRng;
 use super::feed_forward::BertFeedForward;
-use crate::kernels::encoder_layer::{self as fused_layer, LayerDims, LayerDropoutMasks, LayerParameters};
+use crate::dropout::DropoutRng;
+use crate::kernels::encoder_layer::{
+    self as fused_layer, LayerDims, LayerDropoutMasks, LayerParameters,
+};
 
 /// `BertLayer`.
 #[derive(Debug, Clone)]
@@ -123,8 +125,8 @@ impl BertLayer {
 
 #[cfg(test)]
 mod tests {
-    use crate::test_support::{max_abs, max_diff, random};
     use super::*;
+    use crate::test_support::{max_abs, max_diff, random};
     use candle_core::{Device, Var};
     use candle_nn::VarMap;
 

@@ -42,11 +42,7 @@ pub fn contiguous_f32<'a>(
 
 /// Runs `f` on the f32 values of a contiguous CPU tensor, borrowed from its storage (no
 /// copy); `what` names the tensor in the error otherwise.
-pub fn with_cpu_values<T>(
-    tensor: &Tensor,
-    what: &str,
-    f: impl FnOnce(&[f32]) -> T,
-) -> Result<T> {
+pub fn with_cpu_values<T>(tensor: &Tensor, what: &str, f: impl FnOnce(&[f32]) -> T) -> Result<T> {
     let (storage, layout) = tensor.storage_and_layout();
     match &*storage {
         candle_core::Storage::Cpu(cpu) => Ok(f(contiguous_f32(cpu, layout, what)?)),
@@ -396,8 +392,8 @@ pub fn mul_by_constant(xs: &Tensor, factors: &Tensor) -> Result<Tensor> {
 
 #[cfg(test)]
 mod tests {
-    use crate::test_support::{max_diff, random};
     use super::*;
+    use crate::test_support::{max_diff, random};
     use candle_core::{Device, Var};
 
     /// Gradients of Σ output · upstream.

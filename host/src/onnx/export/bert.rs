@@ -34,16 +34,8 @@ pub(super) fn emit(
 
     // Embeddings.
     let word = weight(graph, "bert.embeddings.word_embeddings.weight", false)?;
-    let position = weight(
-        graph,
-        "bert.embeddings.position_embeddings.weight",
-        false,
-    )?;
-    let token_type = weight(
-        graph,
-        "bert.embeddings.token_type_embeddings.weight",
-        false,
-    )?;
+    let position = weight(graph, "bert.embeddings.position_embeddings.weight", false)?;
+    let token_type = weight(graph, "bert.embeddings.token_type_embeddings.weight", false)?;
     let words = graph.node("Gather", &[&word, "input_ids"], vec![]);
     let types = graph.node("Gather", &[&token_type, "token_type_ids"], vec![]);
     let shape = graph.node("Shape", &["input_ids"], vec![]);
@@ -99,17 +91,9 @@ pub(super) fn emit(
                 vec![attribute_ints("perm", perm)],
             )
         };
-        let query = linear(
-            graph,
-            &hidden,
-            &format!("{prefix}.attention.self.query"),
-        )?;
+        let query = linear(graph, &hidden, &format!("{prefix}.attention.self.query"))?;
         let key = linear(graph, &hidden, &format!("{prefix}.attention.self.key"))?;
-        let value = linear(
-            graph,
-            &hidden,
-            &format!("{prefix}.attention.self.value"),
-        )?;
+        let value = linear(graph, &hidden, &format!("{prefix}.attention.self.value"))?;
         let query = split(graph, &query, &[0, 2, 1, 3]);
         let key_t = split(graph, &key, &[0, 2, 3, 1]);
         let value = split(graph, &value, &[0, 2, 1, 3]);
@@ -124,11 +108,7 @@ pub(super) fn emit(
             vec![attribute_ints("perm", &[0, 2, 1, 3])],
         );
         let context = graph.node("Reshape", &[&context, &merge_shape], vec![]);
-        let projected = linear(
-            graph,
-            &context,
-            &format!("{prefix}.attention.output.dense"),
-        )?;
+        let projected = linear(graph, &context, &format!("{prefix}.attention.output.dense"))?;
         let residual = graph.node("Add", &[&projected, &hidden], vec![]);
         let attended = layer_norm(
             graph,
@@ -136,11 +116,7 @@ pub(super) fn emit(
             &format!("{prefix}.attention.output.LayerNorm"),
         )?;
 
-        let inner = linear(
-            graph,
-            &attended,
-            &format!("{prefix}.intermediate.dense"),
-        )?;
+        let inner = linear(graph, &attended, &format!("{prefix}.intermediate.dense"))?;
         let activated = match config.hidden_act {
             HiddenAct::Gelu => {
                 // 0.5·x·(1 + erf(x/√2)), as candle's gelu_erf.
@@ -201,7 +177,6 @@ pub(super) fn emit(
     if let Some(last) = graph.nodes.last_mut() {
         last.output = vec!["logits".into()];
     }
-
 
     Ok(())
 }

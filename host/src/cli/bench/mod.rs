@@ -8,7 +8,10 @@ use std::time::Instant;
 use clap::{Args, Subcommand};
 use crosstrain::data::pairs::{parse_pairs, read_pairs, TextPair};
 
+use super::peak_rss_mb;
 use super::predict::ModelArgs;
+
+mod mine;
 use anyhow::Context;
 use crosstrain::data::dataset::{parse_jsonl_dataset, read_dataset, DatasetSpec};
 use crosstrain::model::{CrossEncoder, LoadOptions};
@@ -19,7 +22,7 @@ use crosstrain::train::step::{accumulate_batch, GradAccumulator, PhaseTimes};
 /// The default predict workload: the 512 synthetic English pairs (~10-word questions, ~60-word
 /// passages, 67–93 tokens) that the reference measured sentence-transformers on, so the
 /// figures compare one to one.
-pub const BENCH_PAIRS: &str = include_str!("../../assets/bench_pairs.jsonl");
+pub const BENCH_PAIRS: &str = include_str!("../../../assets/bench_pairs.jsonl");
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
@@ -28,12 +31,12 @@ pub enum BenchCommand {
     /// Training-step throughput: tokenize, forward, loss, backward and AdamW.
     Train(BenchTrainArgs),
     /// Hard-negative mining on a synthetic corpus: time and peak memory.
-    Mine(super::mine::BenchMineArgs),
+    Mine(mine::BenchMineArgs),
 }
 
 /// The default training workload: the reference's 368 (query, document, 0/1) pairs, trained
 /// in batches of 16 in file order.
-const BENCH_TRAIN_PAIRS: &str = include_str!("../../assets/bench_train_pairs.jsonl");
+const BENCH_TRAIN_PAIRS: &str = include_str!("../../../assets/bench_train_pairs.jsonl");
 
 #[derive(Debug, Args)]
 pub struct BenchTrainArgs {
@@ -81,14 +84,6 @@ pub struct BenchPredictArgs {
     repeat: usize,
 }
 
-/// Peak resident memory of this process in MB (Linux), if known.
-pub fn peak_rss_mb() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
-}
-
 pub fn run(
     command: BenchCommand,
     registry: impl FnOnce() -> anyhow::Result<LossRegistry>,
@@ -97,7 +92,7 @@ pub fn run(
     match command {
         BenchCommand::Predict(args) => bench_predict(args, out),
         BenchCommand::Train(args) => bench_train(args, registry()?, out),
-        BenchCommand::Mine(args) => super::mine::run_bench_mine(args, out),
+        BenchCommand::Mine(args) => mine::run_bench_mine(args, out),
     }
 }
 

@@ -1,0 +1,185 @@
+//! `trainer_state.json`, the record of a run: what a checkpoint holds besides the model (the
+//! trainer's position, the dropout stream, the running loss sums and the log history, so that
+//! a resumed run continues exactly where the interrupted one stopped). The trainer writes it;
+//! the model card reads it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// One line of `metrics.jsonl` and one entry of `trainer_state.json`'s `log_history`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// Optimiser steps done.
+    pub step: usize,
+    /// Epochs done, fractional.
+    pub epoch: f64,
+    /// Mean training loss since the previous log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<f64>,
+    /// Mean of each named loss component since the previous log.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub loss_components: BTreeMap<String, f64>,
+    /// Learning rate of the last step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learning_rate: Option<f64>,
+    /// Gradient norm (before clipping) of the last step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grad_norm: Option<f64>,
+    /// Evaluation metrics (`eval_loss`, `eval_<evaluator>_<metric>`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// Running sums between logs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LossSums {
+    /// Sum of batch losses.
+    pub loss: f64,
+    /// Sums of named components.
+    pub components: BTreeMap<String, f64>,
+    /// Batches summed.
+    pub batches: usize,
+}
+
+impl LossSums {
+    /// Adds one batch.
+    pub fn add(&mut self, loss: f64, components: &[(String, f64)]) {
+        self.loss += loss;
+        for (name, value) in components {
+            *self.components.entry(name.clone()).or_default() += value;
+        }
+        self.batches += 1;
+    }
+
+    /// The means, or `None` without batches.
+    pub fn means(&self) -> Option<(f64, BTreeMap<String, f64>)> {
+        (self.batches > 0).then(|| {
+            let n = self.batches as f64;
+            (
+                self.loss / n,
+                self.components
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v / n))
+                    .collect(),
+            )
+        })
+    }
+}
+
+/// The ONNX export's check after training.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OnnxReport {
+    /// The file, relative to the output directory.
+    pub file: String,
+    /// Opset.
+    pub opset: i64,
+    /// Largest |logit difference| between candle and ONNX Runtime on the parity pairs, or
+    /// `None` when ONNX Runtime was not available.
+    pub max_abs_logit_diff: Option<f64>,
+    /// Pairs compared.
+    pub pairs: usize,
+    /// Why there is no figure, when there is none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_checked: Option<String>,
+}
+
+/// `trainer_state.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainerState {
+    /// Optimiser steps done.
+    pub global_step: usize,
+    /// All optimiser steps of the run.
+    pub max_steps: usize,
+    /// Warm-up steps.
+    pub warmup_steps: usize,
+    /// Batches per epoch.
+    pub batches_per_epoch: usize,
+    /// The epoch in progress (0-based).
+    pub epoch: usize,
+    /// Batches of that epoch already consumed.
+    pub batch_in_epoch: usize,
+    /// Position of the dropout stream.
+    pub dropout_state: Option<u64>,
+    /// Sums since the last log.
+    pub since_log: LossSums,
+    /// Sums over the whole run.
+    pub total: LossSums,
+    /// Pairs scored in training.
+    pub pairs_seen: usize,
+    /// Training wall time so far, seconds.
+    pub train_seconds: f64,
+    /// Everything logged.
+    pub log_history: Vec<LogEntry>,
+    /// The metric that picks the best checkpoint.
+    pub best_metric_name: String,
+    /// Its best value.
+    pub best_metric: Option<f64>,
+    /// The checkpoint that had it.
+    pub best_checkpoint: Option<String>,
+    /// The ONNX export, once done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub onnx: Option<OnnxReport>,
+    /// The crosstrain version that wrote the state.
+    pub crosstrain_version: String,
+}
+
+impl TrainerState {
+    /// Epochs done, fractional, as the reference logs them.
+    pub fn epoch_fraction(&self) -> f64 {
+        if self.batches_per_epoch == 0 {
+            return self.epoch as f64;
+        }
+        self.epoch as f64 + self.batch_in_epoch as f64 / self.batches_per_epoch as f64
+    }
+
+    /// Reads a state file.
+    pub fn read(path: &Path) -> Result<Self, StateFileError> {
+        let text = std::fs::read_to_string(path).map_err(|source| StateFileError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        serde_json::from_str(&text).map_err(|source| StateFileError::Json {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+}
+
+/// A `trainer_state.json` that cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum StateFileError {
+    /// Reading failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The file is not a trainer state.
+    #[error("{path}: {source}")]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: serde_json::Error,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loss_sums_average() {
+        let mut sums = LossSums::default();
+        assert!(sums.means().is_none());
+        sums.add(1.0, &[("a".into(), 0.25)]);
+        sums.add(3.0, &[("a".into(), 0.75)]);
+        let (loss, components) = sums.means().unwrap();
+        assert_eq!(loss, 2.0);
+        assert_eq!(components["a"], 0.5);
+    }
+}

@@ -1,0 +1,189 @@
+//! Evaluation during training: the evaluators' data loaded once, and the eval loss and
+//! metrics at each evaluation step.
+
+#![allow(unused_imports)]
+use super::*;
+
+/// An evaluator with its data loaded.
+pub(super) enum LoadedEvaluator {
+    Reranking {
+        evaluator: RerankingEvaluator,
+        samples: Vec<RerankingSample>,
+    },
+    Pairs {
+        kind: EvaluatorKind,
+        name: String,
+        dataset: Dataset,
+        gold: Vec<f64>,
+    },
+}
+
+pub(super) fn load_evaluator(config: &EvaluatorConfig) -> Result<LoadedEvaluator, TrainError> {
+    let label = match config.kind {
+        EvaluatorKind::Reranking => "reranking",
+        EvaluatorKind::Classification => "classification",
+        EvaluatorKind::Correlation => "correlation",
+    };
+    let evaluator_error = |message: String| TrainError::EvaluatorData {
+        name: if config.name.is_empty() {
+            label.to_string()
+        } else {
+            config.name.clone()
+        },
+        message,
+    };
+    match config.kind {
+        EvaluatorKind::Reranking => {
+            let mut samples = Vec::new();
+            for file in &config.data.files {
+                samples.extend(
+                    read_reranking_samples(file).map_err(|e| evaluator_error(e.to_string()))?,
+                );
+            }
+            if let Some(limit) = config.data.limit {
+                samples.truncate(limit);
+            }
+            Ok(LoadedEvaluator::Reranking {
+                evaluator: RerankingEvaluator {
+                    at_k: config.at_k,
+                    always_rerank_positives: config.always_rerank_positives,
+                    name: config.name.clone(),
+                },
+                samples,
+            })
+        }
+        kind => {
+            let dataset = read_dataset(&config.data)?;
+            if dataset.columns.len() < 2 || dataset.columns.iter().any(|c| c.is_list()) {
+                return Err(evaluator_error(format!(
+                    "{}: needs two text columns and a label, has {}",
+                    dataset.origin(),
+                    dataset.describe()
+                )));
+            }
+            let gold = match dataset.label.as_ref().map(|l| &l.values) {
+                Some(LabelValues::Scalars(values)) => {
+                    values.iter().map(|&v| f64::from(v)).collect()
+                }
+                _ => {
+                    return Err(evaluator_error(format!(
+                        "{}: needs a label column with one number per row, has {}",
+                        dataset.origin(),
+                        dataset.describe()
+                    )))
+                }
+            };
+            Ok(LoadedEvaluator::Pairs {
+                kind,
+                name: config.name.clone(),
+                dataset,
+                gold,
+            })
+        }
+    }
+}
+
+impl Run<'_> {
+    /// Runs the eval loss and every evaluator in eval mode; also returns each evaluator's
+    /// primary metric key.
+    pub(super) fn evaluate(&self) -> Result<(BTreeMap<String, f64>, Vec<String>), TrainError> {
+        let mut metrics = BTreeMap::new();
+        let mut primaries = Vec::new();
+        let dropout = self.model.dropout();
+        let saved = dropout.snapshot();
+        dropout.eval();
+        let result = (|| {
+            if let Some(eval) = &self.eval {
+                let order: Vec<usize> = (0..eval.len()).collect();
+                let mut weighted = 0.0;
+                for (index, rows) in order.chunks(self.config.batch_size).enumerate() {
+                    let seed = derive_seed(self.config.seed, EVAL_PLAN, index as u64);
+                    let value = batch_loss(
+                        &self.model,
+                        &self.loss,
+                        eval,
+                        rows,
+                        seed,
+                        self.config.eval_batch_size,
+                    )
+                    .map_err(|source| TrainError::Step {
+                        step: self.state.global_step,
+                        source,
+                    })?;
+                    weighted += value * rows.len() as f64;
+                }
+                metrics.insert("eval_loss".to_string(), weighted / eval.len().max(1) as f64);
+            }
+            let batch_size = self.config.eval_batch_size;
+            let scorer: &dyn PairScorer = &self.model;
+            for evaluator in &self.evaluators {
+                let (name, result) = match evaluator {
+                    LoadedEvaluator::Reranking { evaluator, samples } => (
+                        evaluator.name.clone(),
+                        eval_run::reranking(evaluator, samples, scorer, batch_size),
+                    ),
+                    LoadedEvaluator::Pairs {
+                        kind,
+                        name,
+                        dataset,
+                        gold,
+                    } => {
+                        let pairs: Vec<(&str, &str)> = (0..dataset.len())
+                            .map(|row| {
+                                (
+                                    dataset.columns[0].text(row, 0).unwrap_or_default(),
+                                    dataset.columns[1].text(row, 0).unwrap_or_default(),
+                                )
+                            })
+                            .collect();
+                        let result = if *kind == EvaluatorKind::Classification {
+                            eval_run::classification(
+                                name,
+                                &pairs,
+                                gold,
+                                self.model.num_labels(),
+                                &dataset.origin(),
+                                scorer,
+                                batch_size,
+                            )
+                        } else {
+                            eval_run::correlation(name, &pairs, gold, scorer, batch_size)
+                        };
+                        (name.clone(), result)
+                    }
+                };
+                let values = result.map_err(|source| TrainError::Evaluator { name, source })?;
+                primaries.push(values.primary_metric.clone());
+                for (key, value) in values.values {
+                    metrics.insert(format!("eval_{key}"), value);
+                }
+            }
+            Ok((metrics, primaries))
+        })();
+        dropout.restore(saved);
+        result
+    }
+
+    pub(super) fn evaluate_and_log(&mut self) -> Result<(), TrainError> {
+        if self.eval.is_none() && self.evaluators.is_empty() {
+            return Ok(());
+        }
+        let (metrics, primaries) = self.evaluate()?;
+        if self.state.best_metric_name.is_empty() {
+            self.state.best_metric_name = primaries
+                .first()
+                .map_or_else(|| "eval_loss".into(), |p| format!("eval_{p}"));
+        }
+        self.primaries = primaries;
+        self.last_metrics = metrics.clone();
+        self.log(LogEntry {
+            step: self.state.global_step,
+            epoch: self.state.epoch_fraction(),
+            loss: None,
+            loss_components: BTreeMap::new(),
+            learning_rate: None,
+            grad_norm: None,
+            metrics,
+        })
+    }
+}

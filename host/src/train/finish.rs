@@ -1,0 +1,293 @@
+//! Checkpoints (atomic, resumable) and the end of a run: the final model directory with its
+//! card, training summary, `training_args.json` and ONNX export.
+
+#![allow(unused_imports)]
+use super::*;
+
+impl Run<'_> {
+    pub(super) fn save_checkpoint(&mut self, evaluated: bool) -> Result<(), TrainError> {
+        let step = self.state.global_step;
+        let name = format!("checkpoint-{step}");
+        let target = self.config.output.join(&name);
+        if target.exists() {
+            return Err(TrainError::CheckpointExists { path: target });
+        }
+        if evaluated {
+            let metric = &self.state.best_metric_name;
+            let greater = self
+                .config
+                .greater_is_better
+                .unwrap_or(!metric.ends_with("loss"));
+            if let Some(&value) = self.last_metrics.get(metric) {
+                let better = match self.state.best_metric {
+                    None => true,
+                    Some(best) if greater => value > best,
+                    Some(best) => value < best,
+                };
+                if better {
+                    self.state.best_metric = Some(value);
+                    self.state.best_checkpoint = Some(name.clone());
+                }
+            }
+        }
+        self.state.dropout_state = self.model.dropout().snapshot();
+        let state_json =
+            serde_json::to_string_pretty(&self.state).map_err(|e| io_error(&target, e))?;
+        let optimizer_tensors: std::collections::HashMap<String, Tensor> =
+            self.optimizer.state_tensors()?.into_iter().collect();
+        write_dir_atomically(&target, io_error, |staging| {
+            self.model.write_to(staging)?;
+            let optimizer_file = staging.join("optimizer.safetensors");
+            candle_core::safetensors::save(&optimizer_tensors, &optimizer_file)
+                .map_err(|e| io_error(&optimizer_file, e))?;
+            let state_file = staging.join("trainer_state.json");
+            std::fs::write(&state_file, state_json + "\n").map_err(|e| io_error(&state_file, e))?;
+            write_training_args(self.config, staging)
+        })?;
+        tracing::info!(step, "wrote {}", target.display());
+        self.last_checkpoint = Some(target);
+        if let Some(limit) = self.config.save_total_limit {
+            let mut existing = checkpoints(&self.config.output);
+            let best = self.state.best_checkpoint.clone();
+            while existing.len() > limit {
+                let position = existing
+                    .iter()
+                    .position(|(_, path)| {
+                        best.as_deref() != path.file_name().map(|n| n.to_string_lossy()).as_deref()
+                    })
+                    .unwrap_or(0);
+                let (_, path) = existing.remove(position);
+                std::fs::remove_dir_all(&path).map_err(|e| io_error(&path, e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Final evaluation, best-model reload, and the output directory.
+    pub(super) fn finish(&mut self) -> Result<(), TrainError> {
+        let config = self.config;
+        if self.eval.is_some() || !self.evaluators.is_empty() {
+            self.evaluate_and_log()?;
+        }
+        if config.load_best_model_at_end {
+            if let Some(best) = self.state.best_checkpoint.clone() {
+                let path = config.output.join(&best);
+                self.load_weights(&path)?;
+                tracing::info!("loaded the best checkpoint {best}");
+                if self.eval.is_some() || !self.evaluators.is_empty() {
+                    self.last_metrics = self.evaluate()?.0;
+                }
+            }
+        }
+        let output = config.output.clone();
+        let staging = output.join(format!(".final.partial-{}", std::process::id()));
+        if staging.exists() {
+            std::fs::remove_dir_all(&staging).map_err(|e| io_error(&staging, e))?;
+        }
+        std::fs::create_dir_all(&staging).map_err(|e| io_error(&staging, e))?;
+        let written = self.write_final(&staging);
+        if let Err(error) = written {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(error);
+        }
+        // Move each finished file into place (each rename is atomic); checkpoints and the
+        // metrics log stay.
+        for entry in std::fs::read_dir(&staging).map_err(|e| io_error(&staging, e))? {
+            let entry = entry.map_err(|e| io_error(&staging, e))?;
+            let target = output.join(entry.file_name());
+            if target.is_dir() {
+                std::fs::remove_dir_all(&target).map_err(|e| io_error(&target, e))?;
+            }
+            std::fs::rename(entry.path(), &target).map_err(|e| io_error(&target, e))?;
+        }
+        std::fs::remove_dir(&staging).map_err(|e| io_error(&staging, e))?;
+        Ok(())
+    }
+
+    pub(super) fn write_final(&mut self, staging: &Path) -> Result<(), TrainError> {
+        let config = self.config;
+        self.model.write_to(staging)?;
+        write_training_args(config, staging)?;
+        if config.export_onnx {
+            let onnx_dir = staging.join("onnx");
+            std::fs::create_dir_all(&onnx_dir).map_err(|e| io_error(&onnx_dir, e))?;
+            let onnx_file = onnx_dir.join("model.onnx");
+            let bytes = crate::onnx::export_onnx(&self.model, config.onnx_opset)
+                .map_err(|e| io_error(&onnx_file, e))?;
+            std::fs::write(&onnx_file, bytes).map_err(|e| io_error(&onnx_file, e))?;
+            let pairs = crate::onnx::parity_pairs().map_err(|e| io_error(&onnx_file, e))?;
+            let (figure, not_checked) = match crate::onnx::library_path() {
+                Err(missing) => (None, Some(missing.to_string())),
+                Ok(_) => match crate::onnx::parity(&self.model, &onnx_file, &pairs) {
+                    Ok(diff) => (Some(diff), None),
+                    Err(error) => (None, Some(error.to_string())),
+                },
+            };
+            match (figure, &not_checked) {
+                (Some(diff), _) => tracing::info!(
+                    "ONNX export: max |logit difference| vs candle {diff:.3e} on {} pairs",
+                    pairs.len()
+                ),
+                (None, Some(why)) => tracing::warn!("ONNX export not checked: {why}"),
+                _ => {}
+            }
+            self.state.onnx = Some(OnnxReport {
+                file: "onnx/model.onnx".into(),
+                opset: config.onnx_opset,
+                max_abs_logit_diff: figure,
+                pairs: pairs.len(),
+                not_checked,
+            });
+        }
+        let state_file = staging.join("trainer_state.json");
+        let text =
+            serde_json::to_string_pretty(&self.state).map_err(|e| io_error(&state_file, e))?;
+        std::fs::write(&state_file, text + "\n").map_err(|e| io_error(&state_file, e))?;
+
+        let summary = self.training_summary()?;
+        let summary_file = staging.join("training_summary.json");
+        let text =
+            serde_json::to_string_pretty(&summary).map_err(|e| io_error(&summary_file, e))?;
+        std::fs::write(&summary_file, text + "\n").map_err(|e| io_error(&summary_file, e))?;
+        let args = serde_json::to_value(config).map_err(|e| io_error(&summary_file, e))?;
+        crate::card::write_files(
+            staging,
+            &args,
+            &self.state,
+            &summary,
+            &config::default_values(),
+        )
+        .map_err(|e| TrainError::Io {
+            path: e.path,
+            message: e.message,
+        })
+    }
+
+    /// What the model card needs beyond the recipe and the state.
+    pub(super) fn training_summary(&self) -> Result<crate::card::TrainingSummary, TrainError> {
+        use crate::card::{EvaluatorSummary, LossSummary, TrainingSummary};
+        let config = self.config;
+        let description = self.loss.description();
+        let tokenizer = self.model.tokenizer();
+        let mut datasets = vec![summary::summarize_dataset("train", &self.train, tokenizer)];
+        if let Some(eval) = &self.eval {
+            datasets.push(summary::summarize_dataset("eval", eval, tokenizer));
+        }
+        let mut evaluators = Vec::new();
+        for (index, loaded) in self.evaluators.iter().enumerate() {
+            let (kind, name, settings) = match loaded {
+                LoadedEvaluator::Reranking { evaluator, .. } => (
+                    "reranking",
+                    evaluator.name.clone(),
+                    json!({
+                        "at_k": evaluator.at_k,
+                        "always_rerank_positives": evaluator.always_rerank_positives,
+                    }),
+                ),
+                LoadedEvaluator::Pairs {
+                    kind,
+                    name,
+                    dataset,
+                    ..
+                } => {
+                    let split = if name.is_empty() { "evaluator" } else { name };
+                    datasets.push(summary::summarize_dataset(split, dataset, tokenizer));
+                    let kind = if *kind == EvaluatorKind::Classification {
+                        "classification"
+                    } else {
+                        "correlation"
+                    };
+                    (kind, name.clone(), json!({}))
+                }
+            };
+            // Keys of this evaluator: `eval_<name>_<metric>` (or `eval_<metric>` unnamed).
+            let prefix = if name.is_empty() {
+                "eval_".to_string()
+            } else {
+                format!("eval_{name}_")
+            };
+            let metrics: BTreeMap<String, f64> = self
+                .last_metrics
+                .iter()
+                .filter(|(key, _)| key.starts_with(&prefix) && key.as_str() != "eval_loss")
+                .map(|(key, value)| (key["eval_".len()..].to_string(), *value))
+                .collect();
+            evaluators.push(EvaluatorSummary {
+                kind: kind.to_string(),
+                name,
+                config: settings,
+                metrics,
+                primary_metric: self.primaries.get(index).cloned().unwrap_or_default(),
+            });
+        }
+        let pairs = summary::example_pairs(self.eval.as_ref().unwrap_or(&self.train), 5);
+        let borrowed: Vec<(&str, &str)> = pairs
+            .iter()
+            .map(|(a, b)| (a.as_str(), b.as_str()))
+            .collect();
+        let logits = self.model.predict(&borrowed, config.eval_batch_size)?;
+        let scores = self.model.default_activation().apply(logits);
+        let example_scores = pairs
+            .into_iter()
+            .zip(scores)
+            .map(|((a, b), score)| (a, b, score.first().copied().unwrap_or(f32::NAN)))
+            .collect();
+        Ok(TrainingSummary {
+            base_model: config.model.clone(),
+            from_scratch: config.from_scratch,
+            base_model_is_local: Path::new(&config.model).exists(),
+            architecture: self.model.family().architecture().to_string(),
+            architecture_details: self.model.config().description(),
+            parameters: self.vars.iter().map(|v| v.elem_count()).sum(),
+            max_length: self.model.max_length(),
+            num_labels: self.model.num_labels(),
+            loss: LossSummary {
+                name: description.name.clone(),
+                qualified_name: self.loss.qualified_name().to_string(),
+                library: self.loss_library.name.clone(),
+                library_version: self.loss_library.version.clone(),
+                summary: description.summary.clone(),
+                config: self.loss.effective_config(),
+                citation: description.citation.clone(),
+                format: self.format_name.clone(),
+            },
+            datasets,
+            evaluators,
+            versions: summary::framework_versions(&self.plugin_versions),
+            example_scores,
+            metadata: config.card.clone(),
+        })
+    }
+
+    pub(super) fn load_weights(&self, checkpoint: &Path) -> Result<(), TrainError> {
+        let file = checkpoint.join("model.safetensors");
+        let tensors = candle_core::safetensors::load(&file, self.model.device()).map_err(|e| {
+            TrainError::Checkpoint {
+                path: checkpoint.to_path_buf(),
+                message: e.to_string(),
+            }
+        })?;
+        for (name, var) in self.model.named_parameters() {
+            let tensor = tensors.get(&name).ok_or_else(|| TrainError::Checkpoint {
+                path: checkpoint.to_path_buf(),
+                message: format!("model.safetensors has no {name}"),
+            })?;
+            var.set(&tensor.to_dtype(var.dtype())?)?;
+        }
+        Ok(())
+    }
+}
+
+/// `training_args.json`: the resolved config, as the run used it.
+pub(super) fn write_training_args(config: &TrainConfig, dir: &Path) -> Result<(), TrainError> {
+    let path = dir.join("training_args.json");
+    let mut value = serde_json::to_value(config).map_err(|e| io_error(&path, e))?;
+    if let Value::Object(map) = &mut value {
+        map.insert(
+            "crosstrain_version".into(),
+            json!(env!("CARGO_PKG_VERSION")),
+        );
+    }
+    let text = serde_json::to_string_pretty(&value).map_err(|e| io_error(&path, e))?;
+    std::fs::write(&path, text + "\n").map_err(|e| io_error(&path, e))
+}

@@ -1,0 +1,185 @@
+//! The loop: batches in seeded epoch order, one optimizer step per accumulated batch,
+//! logging, evaluation and checkpoints at their steps.
+
+#![allow(unused_imports)]
+use super::*;
+
+impl Run<'_> {
+    /// The loop; returns whether it stopped at `stop_at_step`.
+    pub(super) fn train_loop(
+        &mut self,
+        progress: Option<&(dyn Fn(TrainProgress) + Send + Sync)>,
+    ) -> Result<bool, TrainError> {
+        let report = |event: TrainProgress| {
+            if let Some(progress) = progress {
+                progress(event);
+            }
+        };
+        let config = self.config;
+        report(TrainProgress::Started {
+            step: self.state.global_step,
+            max_steps: self.state.max_steps,
+        });
+        let mut grads = GradAccumulator::new(self.vars.len());
+        let accumulation = config.gradient_accumulation_steps;
+        let scale = 1.0 / accumulation as f64;
+        let started = Instant::now();
+        let seconds_before = self.state.train_seconds;
+        let pairs_before = self.state.pairs_seen;
+        let mut micro = 0usize;
+        if config.eval_on_start && self.state.global_step == 0 {
+            self.evaluate_and_log()?;
+        }
+        while self.state.global_step < self.state.max_steps {
+            let order = match &self.row_lengths {
+                Some(lengths) => {
+                    length_grouped_order(lengths, config.seed, self.state.epoch, config.batch_size)
+                }
+                None => epoch_order(self.train.len(), config.seed, self.state.epoch),
+            };
+            let batches: Vec<&[usize]> = order.chunks(config.batch_size).collect();
+            if batches.is_empty() {
+                break;
+            }
+            let epoch = self.state.epoch;
+            while self.state.epoch == epoch
+                && self.state.batch_in_epoch < batches.len()
+                && self.state.global_step < self.state.max_steps
+            {
+                let batch_index = self.state.batch_in_epoch;
+                let rows = batches[batch_index];
+                let step = self.state.global_step + 1;
+                let plan_seed = derive_seed(
+                    config.seed,
+                    PLAN,
+                    (self.state.epoch * self.state.batches_per_epoch + batch_index) as u64,
+                );
+                let outcome = accumulate_batch(
+                    &self.model,
+                    &self.vars,
+                    &self.loss,
+                    &self.train,
+                    rows,
+                    plan_seed,
+                    config.mini_batch_size,
+                    scale,
+                    &mut grads,
+                );
+                let outcome = match outcome {
+                    Ok(outcome) => outcome,
+                    Err(StepError::NonFiniteLogit { value }) => {
+                        return Err(self.non_finite(step, batch_index, f64::from(value)))
+                    }
+                    Err(source) => return Err(TrainError::Step { step, source }),
+                };
+                if !outcome.loss.is_finite() {
+                    return Err(self.non_finite(step, batch_index, outcome.loss));
+                }
+                self.times += outcome.times;
+                self.state.since_log.add(outcome.loss, &outcome.components);
+                self.state.total.add(outcome.loss, &outcome.components);
+                self.state.pairs_seen += outcome.pairs;
+                self.state.batch_in_epoch += 1;
+                micro += 1;
+                let epoch_done = self.state.batch_in_epoch == batches.len();
+                if micro < accumulation && !epoch_done {
+                    continue;
+                }
+                micro = 0;
+
+                let optimizer_started = Instant::now();
+                let lr = learning_rate(
+                    config.lr_scheduler,
+                    config.lr,
+                    self.state.global_step,
+                    self.state.warmup_steps,
+                    self.state.max_steps,
+                );
+                let mut step_grads = grads.take();
+                let grad_norm = clip_grad_norm(&mut step_grads, config.max_grad_norm)?;
+                self.optimizer.step(&step_grads, lr)?;
+                self.optimizer_seconds += optimizer_started.elapsed().as_secs_f64();
+                self.state.global_step += 1;
+                if epoch_done {
+                    self.state.epoch += 1;
+                    self.state.batch_in_epoch = 0;
+                }
+                self.state.train_seconds = seconds_before + started.elapsed().as_secs_f64();
+                report(TrainProgress::Step {
+                    step: self.state.global_step,
+                    loss: outcome.loss,
+                    learning_rate: lr,
+                    pairs_per_second: (self.state.pairs_seen - pairs_before) as f64
+                        / started.elapsed().as_secs_f64().max(1e-9),
+                });
+                let global_step = self.state.global_step;
+                let last = global_step == self.state.max_steps;
+                if global_step % config.logging_steps == 0 || last {
+                    if let Some((loss, components)) = self.state.since_log.means() {
+                        self.log(LogEntry {
+                            step: global_step,
+                            epoch: self.state.epoch_fraction(),
+                            loss: Some(loss),
+                            loss_components: components,
+                            learning_rate: Some(lr),
+                            grad_norm: Some(grad_norm),
+                            metrics: BTreeMap::new(),
+                        })?;
+                        self.state.since_log = LossSums::default();
+                    }
+                }
+                let evaluated = match config.eval_steps {
+                    Some(every) if global_step % every == 0 && !last => {
+                        self.evaluate_and_log()?;
+                        true
+                    }
+                    _ => false,
+                };
+                let stop_here = config.stop_at_step == Some(global_step) && !last;
+                if (config.save_steps > 0 && global_step % config.save_steps == 0 && !last)
+                    || stop_here
+                {
+                    self.save_checkpoint(evaluated)?;
+                }
+                if stop_here {
+                    report(TrainProgress::Stopped { step: global_step });
+                    return Ok(true);
+                }
+            }
+        }
+        report(TrainProgress::Finished);
+        Ok(false)
+    }
+
+    /// The error for a NaN or infinite value at `step`, naming the last good checkpoint.
+    pub(super) fn non_finite(&self, step: usize, batch_index: usize, value: f64) -> TrainError {
+        TrainError::NonFinite {
+            step,
+            epoch: self.state.epoch + 1,
+            batch: batch_index + 1,
+            value,
+            kept: match &self.last_checkpoint {
+                Some(path) => format!(
+                    "The last good checkpoint is {}; lower the learning rate or check the \
+                     data, then --resume.",
+                    path.display()
+                ),
+                None => "No checkpoint was written before it.".into(),
+            },
+        }
+    }
+
+    pub(super) fn log(&mut self, entry: LogEntry) -> Result<(), TrainError> {
+        let line = serde_json::to_string(&entry).map_err(|e| io_error(&self.metrics_log, e))?;
+        tracing::info!(target: "crosstrain::train", "{line}");
+        use std::io::Write as _;
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&self.metrics_log)
+            .map_err(|e| io_error(&self.metrics_log, e))?;
+        writeln!(file, "{line}").map_err(|e| io_error(&self.metrics_log, e))?;
+        self.state.log_history.push(entry);
+        Ok(())
+    }
+}

@@ -14,6 +14,7 @@ use crosstrain_plugin_api::{BatchShape, Labels, PairPlan, ScoredPair, TextRef};
 use serde::Serialize;
 use serde_json::Value;
 
+use super::error::PluginError;
 use super::registry::LossRegistry;
 
 /// Default relative tolerance on the loss.
@@ -105,27 +106,51 @@ fn check_case(registry: &LossRegistry, index: usize, case: &Value) -> CaseResult
         problems: Vec::new(),
     };
     if let Err(problem) = run_case(registry, case, &mut result) {
-        result.problems.push(problem);
+        result.problems.push(problem.to_string());
     }
     result.passed = result.problems.is_empty();
     result
 }
 
-fn run_case(registry: &LossRegistry, case: &Value, result: &mut CaseResult) -> Result<(), String> {
+/// Why a case could not be run: the loss failed (its error kept), or the case file does not
+/// have the layout of `golden_losses.json`.
+#[derive(Debug, thiserror::Error)]
+pub enum CaseError {
+    /// Building the loss, planning or computing failed.
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
+    /// The case lacks a field or holds a value of the wrong shape.
+    #[error("{0}")]
+    Layout(String),
+}
+
+impl From<&str> for CaseError {
+    fn from(message: &str) -> Self {
+        CaseError::Layout(message.to_string())
+    }
+}
+
+impl From<String> for CaseError {
+    fn from(message: String) -> Self {
+        CaseError::Layout(message)
+    }
+}
+
+fn run_case(
+    registry: &LossRegistry,
+    case: &Value,
+    result: &mut CaseResult,
+) -> Result<(), CaseError> {
     let config = match case.get("config") {
         None | Some(Value::Null) => Value::Object(Default::default()),
         Some(config) => config.clone(),
     };
-    let loss = registry
-        .build(&result.loss, &config)
-        .map_err(|e| e.to_string())?;
+    let loss = registry.build(&result.loss, &config)?;
     let prepared = prepare(case)?;
     let seed = case.get("seed").and_then(Value::as_u64).unwrap_or(0);
 
     if prepared.deterministic_plan {
-        let ours = loss
-            .plan(&prepared.shape, seed)
-            .map_err(|e| e.to_string())?;
+        let ours = loss.plan(&prepared.shape, seed)?;
         if ours.pairs == prepared.plan.pairs {
             result.plan = "match";
         } else {
@@ -145,14 +170,12 @@ fn run_case(registry: &LossRegistry, case: &Value, result: &mut CaseResult) -> R
     for &(row, column) in &prepared.cells {
         logits.extend(cell_values(table, row, column, prepared.num_labels)?);
     }
-    let output = loss
-        .compute(
-            &prepared.plan,
-            &logits,
-            prepared.num_labels,
-            &prepared.labels,
-        )
-        .map_err(|e| e.to_string())?;
+    let output = loss.compute(
+        &prepared.plan,
+        &logits,
+        prepared.num_labels,
+        &prepared.labels,
+    )?;
     result.loss_value = Some(output.loss);
 
     let expected_loss = result.expected_loss.ok_or("case has no expected_loss")?;
@@ -222,7 +245,7 @@ fn gradient_error(
     ours_by_cell: &std::collections::HashMap<(usize, usize), Vec<f64>>,
     case: &Value,
     num_labels: usize,
-) -> Result<f64, String> {
+) -> Result<f64, CaseError> {
     let kind = prepared_kind(case)?;
     let rows = expected_grad
         .as_array()
@@ -266,16 +289,16 @@ fn numbers(value: &Value) -> Result<Vec<f64>, String> {
         .collect()
 }
 
-fn prepared_kind(case: &Value) -> Result<Kind, String> {
+fn prepared_kind(case: &Value) -> Result<Kind, CaseError> {
     match case.get("kind").and_then(Value::as_str) {
         Some("pair") => Ok(Kind::Pair),
         Some("multiclass") => Ok(Kind::Multiclass),
         Some("margin") => Ok(Kind::Margin),
         Some("mnrl") => Ok(Kind::Mnrl),
         Some("listwise") => Ok(Kind::Listwise),
-        other => Err(format!(
+        other => Err(CaseError::Layout(format!(
             "unknown case kind {other:?}; expected pair, multiclass, margin, mnrl or listwise"
-        )),
+        ))),
     }
 }
 
@@ -315,7 +338,7 @@ fn label_rows(labels: &Value) -> Result<Vec<Vec<f32>>, String> {
         .collect()
 }
 
-fn prepare(case: &Value) -> Result<PreparedCase, String> {
+fn prepare(case: &Value) -> Result<PreparedCase, CaseError> {
     let kind = prepared_kind(case)?;
     let logits = case
         .get("logits")
@@ -372,9 +395,9 @@ fn prepare(case: &Value) -> Result<PreparedCase, String> {
         Kind::Mnrl => {
             let width = logits.first().and_then(Value::as_array).map_or(0, Vec::len);
             if rows == 0 || width % rows != 0 {
-                return Err(format!(
+                return Err(CaseError::Layout(format!(
                     "mnrl logits width {width} is not a multiple of B = {rows}"
-                ));
+                )));
             }
             let candidate_columns = width / rows;
             let pool = candidate_columns * rows - candidate_columns;

@@ -110,6 +110,14 @@ pub enum TrainError {
         /// What is wrong.
         message: String,
     },
+    /// A checkpoint's `optimizer.safetensors` does not fit the model.
+    #[error("{path}: {source}")]
+    OptimizerState {
+        /// The file.
+        path: PathBuf,
+        /// What does not fit.
+        source: optim::OptimizerStateError,
+    },
     /// A checkpoint's `trainer_state.json` is unreadable.
     #[error(transparent)]
     StateFile(#[from] state::StateFileError),
@@ -376,9 +384,9 @@ pub fn train(
                     })?;
                 optimizer
                     .load_state(&tensors, state.global_step as u64)
-                    .map_err(|message| TrainError::Checkpoint {
-                        path: checkpoint.clone(),
-                        message,
+                    .map_err(|source| TrainError::OptimizerState {
+                        path: optimizer_file.clone(),
+                        source,
                     })?;
                 model.dropout().restore(state.dropout_state);
                 tracing::info!(

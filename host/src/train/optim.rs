@@ -245,33 +245,31 @@ impl AdamW {
         &mut self,
         tensors: &std::collections::HashMap<String, Tensor>,
         step: u64,
-    ) -> std::result::Result<(), String> {
+    ) -> std::result::Result<(), OptimizerStateError> {
         for param in &mut self.params {
-            let load = |prefix: &str| -> std::result::Result<Tensor, String> {
+            let load = |prefix: &str| -> std::result::Result<Tensor, OptimizerStateError> {
                 let key = format!("{prefix}.{}", param.name);
                 let tensor = tensors
                     .get(&key)
-                    .ok_or_else(|| format!("optimizer state has no {key}"))?;
+                    .ok_or_else(|| OptimizerStateError::Missing { key: key.clone() })?;
                 if tensor.dims() != param.var.dims() {
-                    return Err(format!(
-                        "optimizer state {key} has shape {:?}, the parameter {:?}",
-                        tensor.dims(),
-                        param.var.dims()
-                    ));
+                    return Err(OptimizerStateError::Shape {
+                        key,
+                        found: tensor.dims().to_vec(),
+                        expected: param.var.dims().to_vec(),
+                    });
                 }
                 Ok(tensor.clone())
             };
             let (exp_avg, exp_avg_sq) = (load("exp_avg")?, load("exp_avg_sq")?);
-            let as_vec = |t: &Tensor| -> std::result::Result<Vec<f32>, String> {
+            let as_vec = |t: &Tensor| -> candle_core::Result<Vec<f32>> {
                 t.to_dtype(DType::F32)
                     .and_then(|t| t.flatten_all())
                     .and_then(|t| t.to_vec1::<f32>())
-                    .map_err(|e| e.to_string())
             };
-            let on_device = |t: &Tensor| -> std::result::Result<Tensor, String> {
+            let on_device = |t: &Tensor| -> candle_core::Result<Tensor> {
                 t.to_dtype(param.var.dtype())
                     .and_then(|t| t.to_device(param.var.device()))
-                    .map_err(|e| e.to_string())
             };
             param.moments = match param.moments {
                 Moments::Cpu { .. } => Moments::Cpu {
@@ -287,6 +285,30 @@ impl AdamW {
         self.step = step;
         Ok(())
     }
+}
+
+/// An optimizer state (a checkpoint's `optimizer.safetensors`) that does not fit the model.
+#[derive(Debug, thiserror::Error)]
+pub enum OptimizerStateError {
+    /// A parameter's moment is missing.
+    #[error("optimizer state has no {key}")]
+    Missing {
+        /// The tensor name looked for.
+        key: String,
+    },
+    /// A moment's shape differs from its parameter's.
+    #[error("optimizer state {key} has shape {found:?}, the parameter {expected:?}")]
+    Shape {
+        /// The tensor name.
+        key: String,
+        /// Its shape in the file.
+        found: Vec<usize>,
+        /// The parameter's shape.
+        expected: Vec<usize>,
+    },
+    /// Moving a moment to the parameter's dtype or device failed.
+    #[error(transparent)]
+    Tensor(#[from] candle_core::Error),
 }
 
 /// The learning rate of optimiser step `step` (0-based): linear warm-up from 0 over

@@ -23,13 +23,13 @@ pub(super) fn emit(
 ) -> Result<(), ExportError> {
     let epsilon = config.layer_norm_eps as f32;
     let weight = |graph: &mut GraphBuilder, name: &str, transpose: bool| {
-        initializer(graph, &parameters, name, transpose)
+        initializer(graph, parameters, name, transpose)
     };
     let linear = |graph: &mut GraphBuilder, input: &str, prefix: &str| {
-        linear(graph, &parameters, input, prefix)
+        linear(graph, parameters, input, prefix)
     };
     let layer_norm = |graph: &mut GraphBuilder, input: &str, prefix: &str| {
-        layer_norm(graph, &parameters, input, prefix, epsilon)
+        layer_norm(graph, parameters, input, prefix, epsilon)
     };
 
     // Embeddings.

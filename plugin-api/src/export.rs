@@ -26,9 +26,9 @@ macro_rules! export_losses {
     (@contract_version $contract:expr; library: $library:expr, version: $version:expr,
      losses: [$($loss:ty),* $(,)?] $(,)?) => {
         /// The root module of this loss library.
-        pub fn crosstrain_loss_library() -> $crate::LossLibraryRef {
+        pub fn crosstrain_loss_library() -> $crate::ffi::LossLibraryRef {
             extern "C" fn losses() -> $crate::__private::RResult<
-                $crate::__private::RVec<$crate::LossEntry>,
+                $crate::__private::RVec<$crate::ffi::LossEntry>,
                 $crate::__private::RString,
             > {
                 $crate::__private::catch_panic($library, "losses", || {
@@ -37,14 +37,14 @@ macro_rules! export_losses {
                     )
                 })
             }
-            const LIBRARY: &$crate::__private::WithMetadata<$crate::LossLibrary> =
-                &$crate::__private::WithMetadata::new($crate::LossLibrary {
+            const LIBRARY: &$crate::__private::WithMetadata<$crate::ffi::LossLibrary> =
+                &$crate::__private::WithMetadata::new($crate::ffi::LossLibrary {
                     contract_version: $contract,
                     library_name: $crate::__private::RStr::from_str($library),
                     library_version: $crate::__private::RStr::from_str($version),
                     losses,
                 });
-            $crate::LossLibraryRef(LIBRARY.static_as_prefix())
+            $crate::ffi::LossLibraryRef(LIBRARY.static_as_prefix())
         }
 
         /// The abi_stable header through which the host finds [`crosstrain_loss_library`].
@@ -58,7 +58,7 @@ macro_rules! export_losses {
             // SAFETY: `erased_root_module` returns the erased prefix reference of a
             // `LossLibraryRef`, which is what `from_constructor::<LossLibraryRef>` requires.
             unsafe {
-                $crate::__private::LibHeader::from_constructor::<$crate::LossLibraryRef>(
+                $crate::__private::LibHeader::from_constructor::<$crate::ffi::LossLibraryRef>(
                     erased_root_module,
                     $crate::__private::CheckTypeLayout::Yes,
                 )

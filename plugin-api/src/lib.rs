@@ -15,13 +15,24 @@ mod abi;
 mod author;
 mod export;
 mod formats;
+pub mod helpers;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod types;
 
-pub use abi::{
-    LossBox, LossEntry, LossInfo, LossLibrary, LossLibraryRef, LossObject, LossObject_TO,
-    CONTRACT_VERSION,
-};
-pub use author::{build_loss, loss_info, LossError, LossPlugin, LossResult};
+/// The FFI side: the root module, the loss object and what crosses the boundary as
+/// abi_stable types. Plugin authors never touch these (the export macro does); the host's
+/// loader does.
+pub mod ffi {
+    pub use crate::abi::{
+        LossBox, LossEntry, LossInfo, LossLibrary, LossLibraryRef, LossObject, LossObject_TO,
+        ROOT_MODULE_SYMBOL,
+    };
+    pub use crate::author::loss_info;
+}
+
+pub use abi::CONTRACT_VERSION;
+pub use author::{build_loss, LossError, LossPlugin, LossResult};
 pub use formats::{DataFormat, LabelKind, UNBOUNDED};
 pub use types::{
     BatchShape, ColumnShape, LabelLayout, Labels, LossOutput, PairPlan, ScoredPair, TextRef,

@@ -2,9 +2,11 @@
 //! (Lin et al., 2017), which sentence-transformers does not have.
 #![deny(unsafe_op_in_unsafe_fn)]
 
+use crosstrain_plugin_api::helpers::{
+    check_finite, check_logits, labels_per_row, log_sigmoid, pairwise_plan, sigmoid,
+};
 use crosstrain_plugin_api::{
-    BatchShape, DataFormat, LabelLayout, Labels, LossError, LossOutput, LossPlugin, LossResult,
-    PairPlan, ScoredPair, TextRef,
+    BatchShape, DataFormat, Labels, LossError, LossOutput, LossPlugin, LossResult, PairPlan,
 };
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -52,24 +54,6 @@ const CITATION: &str = r#"@inproceedings{lin2017focal,
     pages={2980--2988},
     year={2017}
 }"#;
-
-fn sigmoid(x: f64) -> f64 {
-    if x >= 0.0 {
-        1.0 / (1.0 + (-x).exp())
-    } else {
-        let e = x.exp();
-        e / (1.0 + e)
-    }
-}
-
-/// log σ(x), stable for large |x|.
-fn log_sigmoid(x: f64) -> f64 {
-    if x >= 0.0 {
-        -(-x).exp().ln_1p()
-    } else {
-        x - x.exp().ln_1p()
-    }
-}
 
 impl FocalBinaryLoss {
     /// The loss of one pair and its derivative with respect to the logit.
@@ -125,16 +109,8 @@ impl LossPlugin for FocalBinaryLoss {
     }
 
     fn plan(&self, shape: &BatchShape, _seed: u64) -> LossResult<PairPlan> {
-        if shape.num_columns() != 2 || shape.columns.iter().any(|c| c.list_lengths().is_some()) {
-            return Err(LossError::new(format!(
-                "FocalBinaryLoss expects 2 text columns (query, document), got {}",
-                shape.num_columns()
-            )));
-        }
-        let pairs = (0..shape.rows)
-            .map(|row| ScoredPair::new(TextRef::cell(0, row), TextRef::cell(1, row)))
-            .collect();
-        Ok(PairPlan::new(shape.rows, pairs))
+        // One (query, document) pair per row, as the built-in pointwise losses score them.
+        pairwise_plan(Self::NAME, shape)
     }
 
     fn compute(
@@ -144,25 +120,15 @@ impl LossPlugin for FocalBinaryLoss {
         num_labels: usize,
         labels: &Labels,
     ) -> LossResult<LossOutput> {
-        if num_labels != 1 || logits.len() != plan.len() {
-            return Err(LossError::new(format!(
-                "FocalBinaryLoss needs one logit per pair (num_labels = 1), got {} logits for {} pairs",
-                logits.len(),
-                plan.len()
-            )));
-        }
-        if labels.layout != LabelLayout::PerRow || labels.rows() != plan.rows as usize {
-            return Err(LossError::new(format!(
-                "FocalBinaryLoss needs one label per row for {} rows",
-                plan.rows
-            )));
-        }
+        check_logits(Self::NAME, plan, logits, num_labels, Some(1))?;
+        check_finite(Self::NAME, logits)?;
+        let labels = labels_per_row(Self::NAME, labels, plan.rows as usize)?;
         let count = plan.len().max(1) as f64;
         let mut total = 0.0;
         let mut grad = Vec::with_capacity(plan.len());
         for (pair, &logit) in plan.pairs.iter().zip(logits) {
-            let label = f64::from(labels.row(pair.text_a.row as usize)[0]);
-            let (loss, d_logit) = self.pair_loss(f64::from(logit), label);
+            let (loss, d_logit) =
+                self.pair_loss(f64::from(logit), labels[pair.text_a.row as usize]);
             total += loss;
             grad.push(d_logit / count);
         }
@@ -180,6 +146,7 @@ crosstrain_plugin_api::export_losses! {
 mod tests {
     use super::*;
     use crosstrain_plugin_api::build_loss;
+    use crosstrain_plugin_api::testing::{assert_gradient_matches, TestRng};
 
     fn batch(loss: &FocalBinaryLoss, rows: u32) -> PairPlan {
         loss.plan(&BatchShape::texts(rows, 2), 0).unwrap()
@@ -224,6 +191,35 @@ mod tests {
                     "{config} at {logit}: {analytic} vs {numeric}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn compute_gradient_matches_finite_differences_of_the_batch_loss() {
+        let mut rng = TestRng::new(7);
+        for config in [r#"{}"#, r#"{"gamma": 1.5, "alpha": null}"#] {
+            let loss = build_loss::<FocalBinaryLoss>(config).unwrap();
+            let plan = batch(&loss, 6);
+            let logits = rng.logits(6);
+            let labels = Labels::per_row(vec![1.0, 0.0, 1.0, 0.0, 0.5, 1.0]);
+            assert_gradient_matches(&loss, &plan, &logits, 1, &labels);
+        }
+    }
+
+    #[test]
+    fn malformed_batches_are_errors_naming_the_loss() {
+        let loss = build_loss::<FocalBinaryLoss>("{}").unwrap();
+        let plan = batch(&loss, 2);
+        let labels = Labels::per_row(vec![1.0, 0.0]);
+        for error in [
+            loss.compute(&plan, &[0.0], 1, &labels).unwrap_err(),
+            loss.compute(&plan, &[0.0, f32::NAN], 1, &labels)
+                .unwrap_err(),
+            loss.compute(&plan, &[0.0, 1.0], 1, &Labels::per_row(vec![1.0]))
+                .unwrap_err(),
+            loss.plan(&BatchShape::texts(2, 3), 0).unwrap_err(),
+        ] {
+            assert!(error.to_string().contains("FocalBinaryLoss"), "{error}");
         }
     }
 

@@ -7,9 +7,8 @@ use std::path::{Path, PathBuf};
 
 use crosstrain_plugin_api::abi_stable::library::{lib_header_from_path, LibraryError};
 use crosstrain_plugin_api::abi_stable::std_types::{RResult, RSlice};
-use crosstrain_plugin_api::{
-    BatchShape, Labels, LossBox, LossEntry, LossLibraryRef, LossOutput, PairPlan, CONTRACT_VERSION,
-};
+use crosstrain_plugin_api::ffi::{LossBox, LossEntry, LossLibraryRef};
+use crosstrain_plugin_api::{BatchShape, Labels, LossOutput, PairPlan, CONTRACT_VERSION};
 use serde_json::Value;
 
 use super::config::validate_config;

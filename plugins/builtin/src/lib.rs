@@ -1,12 +1,11 @@
 //! The sentence-transformers 6.2 cross-encoder losses as a crosstrain loss library, computed
 //! in f64 to the reference's numbers. Linked into the host as an rlib (reached through
 //! [`crosstrain_loss_library`], the same root-module function a `cdylib` plugin exports) and
-//! built as a `cdylib` too.
+//! built as a `cdylib` too. The shared plans, checks, numerics and the listwise driver live in
+//! `crosstrain_plugin_api::helpers`, where third-party plugins get the same ones.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
-pub mod common;
-mod listwise;
 pub mod losses;
 
 pub use losses::adr_mse::ADRMSELoss;

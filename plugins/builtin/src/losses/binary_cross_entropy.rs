@@ -7,7 +7,7 @@ use crosstrain_plugin_api::{
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::common::{
+use crosstrain_plugin_api::helpers::{
     check_finite, check_logits, labels_per_row, pairwise_plan, sigmoid, softplus, Activation,
     Reduction,
 };
@@ -99,8 +99,8 @@ impl LossPlugin for BinaryCrossEntropyLoss {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::common::testing::{assert_gradient_matches, TestRng};
     use crosstrain_plugin_api::build_loss;
+    use crosstrain_plugin_api::testing::{assert_gradient_matches, TestRng};
 
     #[test]
     fn matches_the_closed_form_of_bce_with_logits() {

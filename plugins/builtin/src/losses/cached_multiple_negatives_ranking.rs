@@ -10,8 +10,8 @@ use crosstrain_plugin_api::{
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::common::Activation;
 use crate::losses::multiple_negatives_ranking::MultipleNegativesRankingConfig;
+use crosstrain_plugin_api::helpers::Activation;
 
 /// Config of [`CachedMultipleNegativesRankingLoss`].
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]

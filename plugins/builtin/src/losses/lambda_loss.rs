@@ -8,8 +8,10 @@ use crosstrain_plugin_api::{
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::common::{listwise_plan, sigmoid, softplus, Activation, PairwiseLogistic};
-use crate::listwise::{descending_order, listwise_loss, QueryTerm};
+use crosstrain_plugin_api::helpers::listwise::{descending_order, listwise_loss, QueryTerm};
+use crosstrain_plugin_api::helpers::{
+    listwise_plan, sigmoid, softplus, Activation, PairwiseLogistic,
+};
 
 /// How a pair of predicted ranks (r, t) is weighted.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq)]
@@ -357,8 +359,8 @@ impl LossPlugin for LambdaLoss {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::common::testing::{assert_gradient_matches, TestRng};
     use crosstrain_plugin_api::build_loss;
+    use crosstrain_plugin_api::testing::{assert_gradient_matches, TestRng};
 
     fn batch() -> (BatchShape, Labels) {
         // Ragged lists, ties, a -1 label, a query without positive, a 1-document list.

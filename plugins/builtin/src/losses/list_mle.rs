@@ -7,9 +7,9 @@ use crosstrain_plugin_api::{
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::common::{listwise_plan, Activation};
 use crate::losses::lambda_loss::default_identity;
 use crate::losses::plist_mle::{default_true, ListMleParameters};
+use crosstrain_plugin_api::helpers::{listwise_plan, Activation};
 
 /// Config of [`ListMLELoss`].
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
@@ -107,8 +107,8 @@ impl LossPlugin for ListMLELoss {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::common::testing::{assert_gradient_matches, TestRng};
     use crosstrain_plugin_api::build_loss;
+    use crosstrain_plugin_api::testing::{assert_gradient_matches, TestRng};
 
     #[test]
     fn two_documents_in_input_order() {

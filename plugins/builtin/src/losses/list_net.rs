@@ -7,9 +7,9 @@ use crosstrain_plugin_api::{
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::common::{listwise_plan, log_sum_exp, softmax, Activation};
-use crate::listwise::{listwise_loss, QueryTerm};
 use crate::losses::lambda_loss::default_identity;
+use crosstrain_plugin_api::helpers::listwise::{listwise_loss, QueryTerm};
+use crosstrain_plugin_api::helpers::{listwise_plan, log_sum_exp, softmax, Activation};
 
 /// Config of [`ListNetLoss`].
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
@@ -121,8 +121,8 @@ impl LossPlugin for ListNetLoss {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::common::testing::{assert_gradient_matches, TestRng};
     use crosstrain_plugin_api::build_loss;
+    use crosstrain_plugin_api::testing::{assert_gradient_matches, TestRng};
 
     #[test]
     fn equal_scores_against_one_hot_labels() {

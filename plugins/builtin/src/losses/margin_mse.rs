@@ -8,7 +8,9 @@ use crosstrain_plugin_api::{
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::common::{check_finite, check_logits, require_text_columns, Activation, Reduction};
+use crosstrain_plugin_api::helpers::{
+    check_finite, check_logits, require_text_columns, Activation, Reduction,
+};
 
 /// Config of [`MarginMSELoss`].
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Default)]
@@ -166,8 +168,8 @@ impl LossPlugin for MarginMSELoss {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::common::testing::{assert_gradient_matches, TestRng};
     use crosstrain_plugin_api::build_loss;
+    use crosstrain_plugin_api::testing::{assert_gradient_matches, TestRng};
 
     #[test]
     fn all_three_label_layouts_give_the_same_loss() {

@@ -7,7 +7,7 @@ use crosstrain_plugin_api::{
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::common::{
+use crosstrain_plugin_api::helpers::{
     check_finite, check_logits, labels_per_row, pairwise_plan, Activation, Reduction,
 };
 
@@ -81,8 +81,8 @@ impl LossPlugin for MSELoss {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::common::testing::{assert_gradient_matches, TestRng};
     use crosstrain_plugin_api::build_loss;
+    use crosstrain_plugin_api::testing::{assert_gradient_matches, TestRng};
 
     #[test]
     fn squared_error_and_gradient() {

@@ -10,7 +10,9 @@ use crosstrain_plugin_api::{
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::common::{check_finite, check_logits, require_text_columns, softmax, Activation};
+use crosstrain_plugin_api::helpers::{
+    check_finite, check_logits, require_text_columns, softmax, Activation,
+};
 
 /// Config of [`MultipleNegativesRankingLoss`].
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
@@ -161,7 +163,7 @@ impl MultipleNegativesRankingConfig {
                 .map(|&i| scale * activation.apply(f64::from(logits[i])))
                 .collect();
             let probabilities = softmax(&z);
-            loss += -z[positive] + crate::common::log_sum_exp(&z);
+            loss += -z[positive] + crosstrain_plugin_api::helpers::log_sum_exp(&z);
             for (j, &i) in indices.iter().enumerate() {
                 let d_z = (probabilities[j] - f64::from(u8::from(j == positive))) / rows as f64;
                 grad[i] = d_z * scale * activation.derivative(f64::from(logits[i]));
@@ -218,8 +220,8 @@ impl LossPlugin for MultipleNegativesRankingLoss {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::common::testing::{assert_gradient_matches, TestRng};
     use crosstrain_plugin_api::build_loss;
+    use crosstrain_plugin_api::testing::{assert_gradient_matches, TestRng};
     use std::collections::HashSet;
 
     #[test]

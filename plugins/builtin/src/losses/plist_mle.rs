@@ -7,9 +7,9 @@ use crosstrain_plugin_api::{
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::common::{listwise_plan, Activation};
-use crate::listwise::{descending_order, listwise_loss, QueryTerm};
 use crate::losses::lambda_loss::default_identity;
+use crosstrain_plugin_api::helpers::listwise::{descending_order, listwise_loss, QueryTerm};
+use crosstrain_plugin_api::helpers::{listwise_plan, Activation};
 
 /// The reference's fixed normaliser guard.
 const EPS: f64 = 1e-10;
@@ -250,8 +250,8 @@ impl LossPlugin for PListMLELoss {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::common::testing::{assert_gradient_matches, TestRng};
     use crosstrain_plugin_api::build_loss;
+    use crosstrain_plugin_api::testing::{assert_gradient_matches, TestRng};
 
     #[test]
     fn default_weights_and_their_rescaling_for_long_lists() {

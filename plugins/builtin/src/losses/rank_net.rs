@@ -7,11 +7,11 @@ use crosstrain_plugin_api::{
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::common::{listwise_plan, Activation};
-use crate::listwise::listwise_loss;
 use crate::losses::lambda_loss::{
     default_eps, default_identity, default_sigma, LambdaParameters, ReductionLog, WeightingScheme,
 };
+use crosstrain_plugin_api::helpers::listwise::listwise_loss;
+use crosstrain_plugin_api::helpers::{listwise_plan, Activation};
 
 /// Config of [`RankNetLoss`].
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
@@ -131,8 +131,8 @@ impl LossPlugin for RankNetLoss {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::common::testing::{assert_gradient_matches, TestRng};
     use crosstrain_plugin_api::build_loss;
+    use crosstrain_plugin_api::testing::{assert_gradient_matches, TestRng};
 
     #[test]
     fn two_documents_give_the_logistic_loss() {

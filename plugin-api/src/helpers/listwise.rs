@@ -1,9 +1,14 @@
-//! The driver shared by the listwise losses: group the logits by query, apply the activation,
-//! run the per-query maths, normalise, and chain the gradient back to the raw logits.
+//! The driver of a listwise loss: group the logits by query, apply the activation, run the
+//! per-query maths, normalise, and chain the gradient back to the raw logits. The built-in
+//! ListNet, ListMLE, PListMLE, LambdaLoss, RankNet and ADRMSE losses are each one `per_query`
+//! function over it.
 
-use crosstrain_plugin_api::{Labels, LossOutput, LossResult, PairPlan};
+use crate::author::LossResult;
+use crate::types::{Labels, LossOutput, PairPlan};
 
-use crate::common::{check_finite, check_logits, listwise_queries, Activation, ListwiseQuery};
+use super::checks::{check_finite, check_logits};
+use super::config::Activation;
+use super::plans::{listwise_queries, ListwiseQuery};
 
 /// One query's contribution: `loss = Σ numerator / Σ denominator` over the batch.
 pub struct QueryTerm {

@@ -12,7 +12,12 @@ use serde_json::Value;
 use support::*;
 
 fn parity() -> Value {
-    let text = std::fs::read_to_string(fixture("model_parity.json")).unwrap();
+    read_parity("model_parity.json")
+}
+
+/// `model_parity.json` or `model_parity_families.json` (XLM-RoBERTa, ELECTRA, ...).
+fn read_parity(file: &str) -> Value {
+    let text = std::fs::read_to_string(fixture(file)).unwrap();
     serde_json::from_str(&text).unwrap()
 }
 
@@ -46,7 +51,12 @@ fn ids(value: &Value) -> Vec<u32> {
 /// Checks tokens and logits of one model at one max-length setting; returns the largest
 /// logit difference.
 fn check_model(dir: &Path, model_name: &str, setting: &str) -> f64 {
-    let parity = parity();
+    check_model_in(&parity(), dir, model_name, setting)
+}
+
+/// [`check_model`] against any parity file of that layout. `token_type_ids` is compared
+/// where the reference has them (families without segments have none).
+fn check_model_in(parity: &Value, dir: &Path, model_name: &str, setting: &str) -> f64 {
     let reference = &parity["models"][model_name]["settings"][setting];
     let max_length = reference["max_length"].as_u64().unwrap() as usize;
     // "128"/"512" is the constructor default; "32" was given explicitly.
@@ -60,7 +70,7 @@ fn check_model(dir: &Path, model_name: &str, setting: &str) -> f64 {
         max_length,
         "{model_name}/{setting}: default max length"
     );
-    let pairs = pairs(&parity);
+    let pairs = pairs(parity);
     let borrowed: Vec<(&str, &str)> = pairs
         .iter()
         .map(|(q, d)| (q.as_str(), d.as_str()))
@@ -75,11 +85,9 @@ fn check_model(dir: &Path, model_name: &str, setting: &str) -> f64 {
             ids(&expected["input_ids"]),
             "{model_name}/{setting} pair {index} ids"
         );
-        assert_eq!(
-            encoded.token_type_ids,
-            ids(&expected["token_type_ids"]),
-            "pair {index} types"
-        );
+        if let Some(types) = expected.get("token_type_ids") {
+            assert_eq!(encoded.token_type_ids, ids(types), "pair {index} types");
+        }
         assert_eq!(
             encoded.attention_mask,
             ids(&expected["attention_mask"]),
@@ -142,6 +150,24 @@ fn three_label_model_logits_match_the_reference() {
             diff < 1e-5,
             "tiny-bert-ce-3labels/{setting}: max |logit diff| {diff}"
         );
+    }
+}
+
+#[test]
+fn xlm_roberta_and_electra_tokens_and_logits_match_transformers() {
+    let parity = read_parity("model_parity_families.json");
+    for (name, architecture) in [
+        ("tiny-xlmr-ce", "XLMRobertaForSequenceClassification"),
+        ("tiny-electra-ce", "ElectraForSequenceClassification"),
+    ] {
+        let model = CrossEncoder::load_dir(&tiny(name), &LoadOptions::default()).unwrap();
+        assert_eq!(model.family().architecture(), architecture);
+        assert_eq!(parity["models"][name]["architecture"], architecture);
+        for setting in ["128", "32"] {
+            let diff = check_model_in(&parity, &tiny(name), name, setting);
+            eprintln!("{name}/{setting}: max |logit diff| {diff:e}");
+            assert!(diff < 1e-5, "{name}/{setting}: max |logit diff| {diff}");
+        }
     }
 }
 

@@ -57,12 +57,30 @@ fn exported_copy(source: &Path, target: &Path) -> CrossEncoder {
 /// ONNX Runtime logits (each pair alone, and all in one padded batch) against the reference's
 /// fp32 logits at the model's default max length; returns the largest difference.
 fn onnx_reference_difference(source: &Path, name: &str, setting: &str) -> f64 {
+    onnx_reference_difference_in("model_parity.json", source, name, setting)
+}
+
+/// The same against any parity file of that layout, at `setting` ("32" tokenizes with a max
+/// length of 32; the graph is the same).
+fn onnx_reference_difference_in(
+    parity_file: &str,
+    source: &Path,
+    name: &str,
+    setting: &str,
+) -> f64 {
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join(name);
-    let model = exported_copy(source, &target);
+    exported_copy(source, &target);
+    let model = CrossEncoder::load_dir(
+        &target,
+        &LoadOptions {
+            max_length: (setting == "32").then_some(32),
+            ..LoadOptions::default()
+        },
+    )
+    .unwrap();
     let parity: Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture("model_parity.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(fixture(parity_file)).unwrap()).unwrap();
     let pairs: Vec<(String, String)> = parity["pairs"]
         .as_array()
         .unwrap()
@@ -100,7 +118,7 @@ fn onnx_reference_difference(source: &Path, name: &str, setting: &str) -> f64 {
             max_diff = max_diff.max((f64::from(*ours) - theirs.as_f64().unwrap()).abs());
         }
     }
-    eprintln!("{name}: ONNX Runtime vs reference, max |logit diff| {max_diff:e}");
+    eprintln!("{name}/{setting}: ONNX Runtime vs reference, max |logit diff| {max_diff:e}");
     max_diff
 }
 
@@ -111,6 +129,28 @@ fn onnx_logits_match_the_reference_for_the_tiny_models() {
         let diff = onnx_reference_difference(&fixture("models").join(name), name, "128");
         assert!(diff < 1e-5, "{name}: {diff}");
     }
+}
+
+#[test]
+fn onnx_logits_match_transformers_for_xlm_roberta_and_electra() {
+    ensure_onnxruntime();
+    for name in ["tiny-xlmr-ce", "tiny-electra-ce"] {
+        for setting in ["128", "32"] {
+            let diff = onnx_reference_difference_in(
+                "model_parity_families.json",
+                &fixture("models").join(name),
+                name,
+                setting,
+            );
+            assert!(diff < 1e-5, "{name}/{setting}: {diff}");
+        }
+    }
+    // XLM-RoBERTa's graph takes no token_type_ids (its tokenizer gives none).
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("xlmr");
+    exported_copy(&fixture("models").join("tiny-xlmr-ce"), &target);
+    let bytes = std::fs::read(target.join("onnx/model.onnx")).unwrap();
+    assert!(!bytes.windows(14).any(|w| w == b"token_type_ids"));
 }
 
 /// The real MiniLM, when CROSSTRAIN_SHARED points at the shared reference folder.

@@ -247,7 +247,11 @@ impl CrossEncoder {
 
     /// Token tensors for encoded pairs on the model's device.
     pub fn token_tensors(&self, encoded: &EncodedPairs) -> Result<TokenTensors, ModelError> {
-        Ok(TokenTensors::new(encoded, &self.device)?)
+        Ok(TokenTensors::for_model(
+            encoded,
+            &self.device,
+            self.family().takes_token_type_ids(),
+        )?)
     }
 
     /// Tokenizes the pairs.

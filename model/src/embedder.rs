@@ -35,6 +35,7 @@ pub struct SentenceEmbedder {
     pooling: Pooling,
     device: Device,
     dimension: usize,
+    takes_token_type_ids: bool,
 }
 
 impl SentenceEmbedder {
@@ -92,6 +93,7 @@ impl SentenceEmbedder {
             pooling: pooling_of(dir)?,
             device: device.clone(),
             dimension: config.hidden_size(),
+            takes_token_type_ids: config.family().takes_token_type_ids(),
         })
     }
 
@@ -129,7 +131,7 @@ impl SentenceEmbedder {
 
     fn embed_batch(&self, texts: &[&str]) -> Result<Vec<f32>, ModelError> {
         let encoded = self.tokenizer.encode_texts(texts)?;
-        let tokens = TokenTensors::new(&encoded, &self.device)?;
+        let tokens = TokenTensors::for_model(&encoded, &self.device, self.takes_token_type_ids)?;
         let hidden = self.encoder.forward(&tokens)?;
         let pooled = match self.pooling {
             Pooling::Cls => hidden.i((.., 0, ..))?,

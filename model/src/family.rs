@@ -15,26 +15,38 @@ use serde_json::{Map, Value};
 
 use crate::bert::{self, BertConfig, BertEncoder, BertForSequenceClassification};
 use crate::dropout::DropoutRng;
+use crate::electra::{self, ElectraForSequenceClassification};
 use crate::error::ModelError;
 use crate::tokens::TokenTensors;
 use crate::weights::TensorNames;
+use crate::xlm_roberta::{self, XLMRobertaForSequenceClassification};
 
 /// A model family crosstrain implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ModelFamily {
     /// BERT and its distillations (MiniLM, TinyBERT, ...).
     Bert,
+    /// XLM-RoBERTa (bge-reranker, jina-reranker-v2, multilingual-e5).
+    XlmRoberta,
+    /// ELECTRA (ms-marco-electra).
+    Electra,
 }
 
 impl ModelFamily {
     /// Every family, in the order error messages list them.
-    pub const ALL: &'static [ModelFamily] = &[ModelFamily::Bert];
+    pub const ALL: &'static [ModelFamily] = &[
+        ModelFamily::Bert,
+        ModelFamily::XlmRoberta,
+        ModelFamily::Electra,
+    ];
 
     /// The family's sequence classifier in transformers: what a saved `config.json` names
     /// in `architectures` and what the card calls the model.
     pub fn architecture(self) -> &'static str {
         match self {
             ModelFamily::Bert => "BertForSequenceClassification",
+            ModelFamily::XlmRoberta => "XLMRobertaForSequenceClassification",
+            ModelFamily::Electra => "ElectraForSequenceClassification",
         }
     }
 
@@ -42,6 +54,8 @@ impl ModelFamily {
     pub fn model_type(self) -> &'static str {
         match self {
             ModelFamily::Bert => "bert",
+            ModelFamily::XlmRoberta => "xlm-roberta",
+            ModelFamily::Electra => "electra",
         }
     }
 
@@ -49,6 +63,8 @@ impl ModelFamily {
     pub fn display_name(self) -> &'static str {
         match self {
             ModelFamily::Bert => "BERT",
+            ModelFamily::XlmRoberta => "XLM-RoBERTa",
+            ModelFamily::Electra => "ELECTRA",
         }
     }
 
@@ -56,6 +72,8 @@ impl ModelFamily {
     pub fn architectures(self) -> &'static [&'static str] {
         match self {
             ModelFamily::Bert => bert::ARCHITECTURES,
+            ModelFamily::XlmRoberta => xlm_roberta::ARCHITECTURES,
+            ModelFamily::Electra => electra::ARCHITECTURES,
         }
     }
 
@@ -63,6 +81,8 @@ impl ModelFamily {
     pub fn tensor_names(self) -> TensorNames {
         match self {
             ModelFamily::Bert => bert::TENSOR_NAMES,
+            ModelFamily::XlmRoberta => xlm_roberta::TENSOR_NAMES,
+            ModelFamily::Electra => electra::TENSOR_NAMES,
         }
     }
 
@@ -71,7 +91,8 @@ impl ModelFamily {
     /// declares.
     pub fn takes_token_type_ids(self) -> bool {
         match self {
-            ModelFamily::Bert => true,
+            ModelFamily::Bert | ModelFamily::Electra => true,
+            ModelFamily::XlmRoberta => false,
         }
     }
 
@@ -125,11 +146,16 @@ fn supported_list() -> String {
         .join("; ")
 }
 
-/// A family's parsed and validated `config.json`.
+/// A family's parsed and validated `config.json`. XLM-RoBERTa and ELECTRA configs have
+/// BERT's keys (ELECTRA adds `embedding_size`), so all three read into [`BertConfig`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum FamilyConfig {
     /// A BERT config.
     Bert(BertConfig),
+    /// An XLM-RoBERTa config.
+    XlmRoberta(BertConfig),
+    /// An ELECTRA config.
+    Electra(BertConfig),
 }
 
 impl FamilyConfig {
@@ -139,71 +165,87 @@ impl FamilyConfig {
             path: path.to_path_buf(),
             message,
         };
-        match ModelFamily::of_config(raw, path)? {
-            ModelFamily::Bert => {
-                let config: BertConfig = serde_json::from_value(Value::Object(raw.clone()))
-                    .map_err(|e| bad_file(e.to_string()))?;
-                config.validate().map_err(bad_file)?;
-                Ok(FamilyConfig::Bert(config))
+        let family = ModelFamily::of_config(raw, path)?;
+        let config: BertConfig = serde_json::from_value(Value::Object(raw.clone()))
+            .map_err(|e| bad_file(e.to_string()))?;
+        config.validate().map_err(bad_file)?;
+        Ok(match family {
+            ModelFamily::Bert => FamilyConfig::Bert(config),
+            ModelFamily::XlmRoberta => {
+                if xlm_roberta::max_input_length(&config) == 0 {
+                    return Err(bad_file(format!(
+                        "max_position_embeddings {} leaves no position after padding_idx {}",
+                        config.max_position_embeddings,
+                        xlm_roberta::padding_idx(&config)
+                    )));
+                }
+                FamilyConfig::XlmRoberta(config)
             }
-        }
+            ModelFamily::Electra => FamilyConfig::Electra(config),
+        })
     }
 
     /// The family.
     pub fn family(&self) -> ModelFamily {
         match self {
             FamilyConfig::Bert(_) => ModelFamily::Bert,
+            FamilyConfig::XlmRoberta(_) => ModelFamily::XlmRoberta,
+            FamilyConfig::Electra(_) => ModelFamily::Electra,
         }
     }
 
-    /// The BERT config, for code that emits BERT's own graph (the ONNX exporter).
-    pub fn as_bert(&self) -> Option<&BertConfig> {
+    /// The BERT-shaped config of the families built on BERT's encoder (all of today's),
+    /// for code that emits their graph (the ONNX exporter).
+    pub fn bert_config(&self) -> &BertConfig {
         match self {
-            FamilyConfig::Bert(config) => Some(config),
+            FamilyConfig::Bert(config)
+            | FamilyConfig::XlmRoberta(config)
+            | FamilyConfig::Electra(config) => config,
         }
     }
 
     /// Number of outputs the config declares.
     pub fn num_labels(&self) -> usize {
-        match self {
-            FamilyConfig::Bert(config) => config.num_labels(),
-        }
+        self.bert_config().num_labels()
     }
 
-    /// The longest input the position embeddings allow.
+    /// The longest input the position embeddings allow (XLM-RoBERTa's positions start
+    /// after `padding_idx`, so 514 positions serve 512 tokens).
     pub fn max_position_embeddings(&self) -> usize {
         match self {
-            FamilyConfig::Bert(config) => config.max_position_embeddings,
+            FamilyConfig::XlmRoberta(config) => xlm_roberta::max_input_length(config),
+            FamilyConfig::Bert(config) | FamilyConfig::Electra(config) => {
+                config.max_position_embeddings
+            }
         }
     }
 
     /// Standard deviation of freshly initialised weights.
     pub fn initializer_range(&self) -> f64 {
-        match self {
-            FamilyConfig::Bert(config) => config.initializer_range,
-        }
+        self.bert_config().initializer_range
     }
 
     /// Width of the hidden states (and of sentence embeddings).
     pub fn hidden_size(&self) -> usize {
-        match self {
-            FamilyConfig::Bert(config) => config.hidden_size,
-        }
+        self.bert_config().hidden_size
     }
 
     /// One line on the network's size, for the model card.
     pub fn description(&self) -> String {
-        match self {
-            FamilyConfig::Bert(config) => format!(
-                "{} layers, hidden size {}, {} attention heads, intermediate size {}, \
-                 vocabulary {}",
-                config.num_hidden_layers,
-                config.hidden_size,
-                config.num_attention_heads,
-                config.intermediate_size,
-                config.vocab_size
-            ),
-        }
+        let config = self.bert_config();
+        let embeddings = match config.embedding_size {
+            Some(width) if width != config.hidden_size => format!(", embedding size {width}"),
+            _ => String::new(),
+        };
+        format!(
+            "{} layers, hidden size {}, {} attention heads, intermediate size {}, \
+             vocabulary {}{embeddings}",
+            config.num_hidden_layers,
+            config.hidden_size,
+            config.num_attention_heads,
+            config.intermediate_size,
+            config.vocab_size
+        )
     }
 
     /// The `config.json` to save: `original`'s keys, with the family's architecture and
@@ -213,9 +255,13 @@ impl FamilyConfig {
         original: &Map<String, Value>,
         num_labels: usize,
     ) -> Map<String, Value> {
-        match self {
-            FamilyConfig::Bert(config) => config.to_saved_json(original, num_labels),
-        }
+        let family = self.family();
+        self.bert_config().to_saved_json(
+            original,
+            num_labels,
+            family.architecture(),
+            family.model_type(),
+        )
     }
 }
 
@@ -223,6 +269,8 @@ impl FamilyConfig {
 #[derive(Debug, Clone)]
 pub(crate) enum SequenceClassifier {
     Bert(BertForSequenceClassification),
+    XlmRoberta(XLMRobertaForSequenceClassification),
+    Electra(ElectraForSequenceClassification),
 }
 
 impl SequenceClassifier {
@@ -237,23 +285,34 @@ impl SequenceClassifier {
             FamilyConfig::Bert(config) => Ok(SequenceClassifier::Bert(
                 BertForSequenceClassification::load(vb, config, num_labels, dropout)?,
             )),
+            FamilyConfig::XlmRoberta(config) => Ok(SequenceClassifier::XlmRoberta(
+                XLMRobertaForSequenceClassification::load(vb, config, num_labels, dropout)?,
+            )),
+            FamilyConfig::Electra(config) => Ok(SequenceClassifier::Electra(
+                ElectraForSequenceClassification::load(vb, config, num_labels, dropout)?,
+            )),
         }
     }
 
     pub(crate) fn num_labels(&self) -> usize {
         match self {
             SequenceClassifier::Bert(network) => network.num_labels(),
+            SequenceClassifier::XlmRoberta(network) => network.num_labels(),
+            SequenceClassifier::Electra(network) => network.num_labels(),
         }
     }
 
     pub(crate) fn forward(&self, tokens: &TokenTensors) -> TensorResult<Tensor> {
         match self {
             SequenceClassifier::Bert(network) => network.forward(tokens),
+            SequenceClassifier::XlmRoberta(network) => network.forward(tokens),
+            SequenceClassifier::Electra(network) => network.forward(tokens),
         }
     }
 }
 
 /// A family's encoder without head: one hidden state per token, for sentence embeddings.
+/// Every family so far has BERT's encoder, with its own positions and tensor prefix.
 #[derive(Debug, Clone)]
 pub(crate) enum TokenEncoder {
     Bert(BertEncoder),
@@ -265,13 +324,17 @@ impl TokenEncoder {
         config: &FamilyConfig,
         dropout: &DropoutRng,
     ) -> TensorResult<Self> {
-        match config {
-            FamilyConfig::Bert(config) => Ok(TokenEncoder::Bert(BertEncoder::load(
-                vb.pp(bert::TENSOR_NAMES.prefix),
-                config,
-                dropout,
-            )?)),
-        }
+        Ok(TokenEncoder::Bert(match config {
+            FamilyConfig::Bert(config) => {
+                BertEncoder::load(vb.pp(bert::TENSOR_NAMES.prefix), config, dropout)?
+            }
+            FamilyConfig::XlmRoberta(config) => {
+                XLMRobertaForSequenceClassification::load_encoder(vb, config, dropout)?
+            }
+            FamilyConfig::Electra(config) => {
+                ElectraForSequenceClassification::load_encoder(vb, config, dropout)?
+            }
+        }))
     }
 
     /// `[batch, seq, hidden]` hidden states of the last layer.
@@ -306,28 +369,46 @@ mod tests {
                 ModelFamily::Bert
             );
         }
+        for (raw, family) in [
+            (
+                r#"{"architectures": ["XLMRobertaForSequenceClassification"]}"#,
+                ModelFamily::XlmRoberta,
+            ),
+            (r#"{"model_type": "xlm-roberta"}"#, ModelFamily::XlmRoberta),
+            (
+                r#"{"architectures": ["ElectraForPreTraining"], "model_type": "electra"}"#,
+                ModelFamily::Electra,
+            ),
+        ] {
+            assert_eq!(ModelFamily::of_config(&config(raw), path).unwrap(), family);
+        }
     }
 
     #[test]
     fn an_unsupported_architecture_is_named_with_what_is_supported() {
         let path = Path::new("m/config.json");
         let error = ModelFamily::of_config(
-            &config(r#"{"architectures": ["XLMRobertaForSequenceClassification"], "model_type": "bert"}"#),
+            &config(r#"{"architectures": ["DebertaV2ForSequenceClassification"], "model_type": "bert"}"#),
             path,
         )
         .unwrap_err()
         .to_string();
         assert!(
             error.contains("m/config.json")
-                && error.contains("\"XLMRobertaForSequenceClassification\" is not supported")
+                && error.contains("\"DebertaV2ForSequenceClassification\" is not supported")
                 && error.contains("BERT")
                 && error.contains("BertForSequenceClassification"),
             "{error}"
         );
-        let error = ModelFamily::of_config(&config(r#"{"model_type": "xlm-roberta"}"#), path)
+        let error = ModelFamily::of_config(&config(r#"{"model_type": "deberta-v2"}"#), path)
             .unwrap_err()
             .to_string();
-        assert!(error.contains("model_type \"xlm-roberta\""), "{error}");
+        assert!(error.contains("model_type \"deberta-v2\""), "{error}");
+        assert!(
+            error.contains("XLMRobertaForSequenceClassification")
+                && error.contains("ElectraForSequenceClassification"),
+            "{error}"
+        );
         let error = ModelFamily::of_config(&config("{}"), path)
             .unwrap_err()
             .to_string();

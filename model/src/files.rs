@@ -54,6 +54,29 @@ pub(crate) fn read_json(path: &Path) -> Result<Value, ModelError> {
 /// since transformers' `AutoTokenizer` reads the tokenizer class from it).
 pub(crate) fn default_tokenizer_config(family: ModelFamily) -> Map<String, Value> {
     let config = match family {
+        ModelFamily::XlmRoberta => serde_json::json!({
+            "tokenizer_class": "XLMRobertaTokenizer",
+            "bos_token": "<s>",
+            "cls_token": "<s>",
+            "eos_token": "</s>",
+            "sep_token": "</s>",
+            "pad_token": "<pad>",
+            "unk_token": "<unk>",
+            "mask_token": "<mask>",
+            "padding_side": "right",
+            "truncation_side": "right",
+        }),
+        ModelFamily::Electra => serde_json::json!({
+            "tokenizer_class": "ElectraTokenizer",
+            "do_lower_case": true,
+            "cls_token": "[CLS]",
+            "sep_token": "[SEP]",
+            "pad_token": "[PAD]",
+            "unk_token": "[UNK]",
+            "mask_token": "[MASK]",
+            "padding_side": "right",
+            "truncation_side": "right",
+        }),
         ModelFamily::Bert => serde_json::json!({
         "tokenizer_class": "BertTokenizer",
         "do_lower_case": true,

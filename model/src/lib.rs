@@ -1,4 +1,5 @@
-//! The crosstrain cross-encoder on candle, without the trainer: model families (BERT today),
+//! The crosstrain cross-encoder on candle, without the trainer: model families (BERT,
+//! XLM-RoBERTa, ELECTRA),
 //! Hugging Face model directories in and out (`config.json`, `model.safetensors`,
 //! `tokenizer.json`; hub ids through `hf-hub`), pair tokenization as sentence-transformers
 //! does it, dropout from a seeded stream, and the fused CPU kernels with their portable
@@ -12,9 +13,11 @@
 mod activation;
 pub mod atomic;
 pub mod bert;
+pub mod classification_head;
 mod cross_encoder;
 mod device;
 pub mod dropout;
+pub mod electra;
 mod embedder;
 mod error;
 pub mod family;
@@ -28,6 +31,7 @@ mod test_support;
 pub mod tokenize;
 mod tokens;
 pub mod weights;
+pub mod xlm_roberta;
 
 pub use activation::DefaultActivation;
 pub use cross_encoder::{CrossEncoder, LoadOptions};

@@ -26,4 +26,20 @@ impl TokenTensors {
             attention_mask: tensor(&encoded.attention_mask)?,
         })
     }
+
+    /// The tensors for a model that reads segment ids only if `takes_token_type_ids`:
+    /// otherwise every token gets type 0, as transformers does when a model is called
+    /// without `token_type_ids` (XLM-RoBERTa has one token type, whatever a tokenizer's
+    /// post-processor writes).
+    pub fn for_model(
+        encoded: &EncodedPairs,
+        device: &Device,
+        takes_token_type_ids: bool,
+    ) -> Result<Self> {
+        let mut tensors = Self::new(encoded, device)?;
+        if !takes_token_type_ids {
+            tensors.token_type_ids = tensors.token_type_ids.zeros_like()?;
+        }
+        Ok(tensors)
+    }
 }

@@ -68,6 +68,10 @@ pub struct BertConfig {
     /// Explicit number of labels, when the file gives one.
     #[serde(default)]
     pub num_labels: Option<usize>,
+    /// Width of the embeddings when it differs from `hidden_size` (ELECTRA; an
+    /// `embeddings_project` layer then maps it to the hidden size).
+    #[serde(default)]
+    pub embedding_size: Option<usize>,
 }
 
 fn default_dropout() -> f64 {
@@ -104,6 +108,11 @@ impl BertConfig {
         self.classifier_dropout.unwrap_or(self.hidden_dropout_prob)
     }
 
+    /// Width of the embeddings (`embedding_size`, else `hidden_size`).
+    pub fn embedding_width(&self) -> usize {
+        self.embedding_size.unwrap_or(self.hidden_size)
+    }
+
     /// Width of one attention head.
     pub fn head_size(&self) -> usize {
         self.hidden_size / self.num_attention_heads
@@ -116,6 +125,9 @@ impl BertConfig {
                 "hidden_size {} is not a multiple of num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads
             ));
+        }
+        if self.embedding_size == Some(0) {
+            return Err("embedding_size must be positive".to_string());
         }
         if self.position_embedding_type != "absolute" {
             return Err(format!(
@@ -139,11 +151,15 @@ impl BertConfig {
     }
 
     /// The `config.json` to save: the original file's fields (so nothing we do not model is
-    /// lost), with what a sequence classifier needs set for `num_labels` outputs.
+    /// lost), with what a sequence classifier needs set for `num_labels` outputs, under the
+    /// family's `architecture` and `model_type` (BERT, XLM-RoBERTa and ELECTRA share this
+    /// config).
     pub fn to_saved_json(
         &self,
         original: &Map<String, Value>,
         num_labels: usize,
+        architecture: &str,
+        model_type: &str,
     ) -> Map<String, Value> {
         let mut saved = original.clone();
         let names: Vec<String> = match &self.id2label {
@@ -167,11 +183,8 @@ impl BertConfig {
             .enumerate()
             .map(|(i, name)| (name.clone(), Value::from(i)))
             .collect();
-        saved.insert(
-            "architectures".into(),
-            serde_json::json!(["BertForSequenceClassification"]),
-        );
-        saved.insert("model_type".into(), "bert".into());
+        saved.insert("architectures".into(), serde_json::json!([architecture]));
+        saved.insert("model_type".into(), model_type.into());
         saved.insert("id2label".into(), Value::Object(id2label));
         saved.insert("label2id".into(), Value::Object(label2id));
         saved.remove("num_labels");
@@ -221,7 +234,7 @@ mod tests {
         assert_eq!(config.classifier_dropout(), 0.1);
         assert_eq!(config.layer_norm_eps, 1e-12);
         assert!(config.validate().is_ok());
-        let saved = config.to_saved_json(&Map::new(), 3);
+        let saved = config.to_saved_json(&Map::new(), 3, "BertForSequenceClassification", "bert");
         assert_eq!(saved["id2label"]["2"], "C");
         assert_eq!(saved["label2id"]["B"], 1);
         assert_eq!(saved["architectures"][0], "BertForSequenceClassification");

@@ -3,29 +3,54 @@
 //! sentence embedder used for hard-negative mining mean-pools it.
 
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::VarBuilder;
+use candle_nn::{Linear, VarBuilder};
 
 use super::config::BertConfig;
-use super::embeddings::BertEmbeddings;
+use super::embeddings::{BertEmbeddings, PositionIds};
 use super::layer::BertLayer;
 use crate::dropout::DropoutRng;
 use crate::tokens::TokenTensors;
 
-/// Embeddings plus encoder layers (transformers' `bert.embeddings` and `bert.encoder`).
+/// Embeddings plus encoder layers (transformers' `bert.embeddings` and `bert.encoder`; the
+/// same modules under `roberta.` and `electra.`).
 #[derive(Debug, Clone)]
 pub struct BertEncoder {
     embeddings: BertEmbeddings,
+    /// ELECTRA's `embeddings_project`, when its embeddings are narrower than the layers.
+    embeddings_project: Option<Linear>,
     layers: Vec<BertLayer>,
 }
 
 impl BertEncoder {
-    /// Loads `embeddings.*` and `encoder.layer.N.*` under `vb` (the caller passes `bert`).
+    /// Loads `embeddings.*` and `encoder.layer.N.*` under `vb` (the caller passes `bert`),
+    /// with positions from 0.
     pub fn load(vb: VarBuilder, config: &BertConfig, rng: &DropoutRng) -> Result<Self> {
+        Self::load_with_positions(vb, config, PositionIds::FromZero, rng)
+    }
+
+    /// The same with the family's position ids; `embeddings_project.*` too when
+    /// `embedding_size` differs from `hidden_size`.
+    pub fn load_with_positions(
+        vb: VarBuilder,
+        config: &BertConfig,
+        positions: PositionIds,
+        rng: &DropoutRng,
+    ) -> Result<Self> {
         let layers = (0..config.num_hidden_layers)
             .map(|i| BertLayer::load(vb.pp("encoder").pp("layer").pp(i), config, rng))
             .collect::<Result<_>>()?;
+        let embeddings = BertEmbeddings::load(vb.pp("embeddings"), config, positions, rng)?;
+        let embeddings_project = match config.embedding_width() {
+            width if width != config.hidden_size => Some(candle_nn::linear(
+                width,
+                config.hidden_size,
+                vb.pp("embeddings_project"),
+            )?),
+            _ => None,
+        };
         Ok(Self {
-            embeddings: BertEmbeddings::load(vb.pp("embeddings"), config, rng)?,
+            embeddings,
+            embeddings_project,
             layers,
         })
     }
@@ -47,6 +72,9 @@ impl BertEncoder {
         let mut hidden = self
             .embeddings
             .forward(&tokens.input_ids, &tokens.token_type_ids)?;
+        if let Some(project) = &self.embeddings_project {
+            hidden = project.forward(&hidden)?;
+        }
         let (batch, seq_len) = tokens.attention_mask.dims2()?;
         // 0 where attended, the dtype's lowest value where padded (transformers' convention;
         // any large negative gives the same zero probability).

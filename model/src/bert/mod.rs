@@ -14,6 +14,7 @@ mod pooler;
 
 pub use classifier::BertForSequenceClassification;
 pub use config::{BertConfig, HiddenAct};
+pub use embeddings::PositionIds;
 pub use encoder::BertEncoder;
 pub use layer::BertLayer;
 

@@ -3,8 +3,9 @@
 //! with segments, `token_type_ids` (int64, dynamic batch and sequence axes); output `logits`
 //! `[batch, num_labels]`.
 //!
-//! This module holds the graph builder and the model wrapper; each family's graph is a
-//! submodule (`bert.rs`), and [`export_onnx`] is the one place that picks it.
+//! This module holds the graph builder and the model wrapper; `bert.rs` emits the encoder
+//! that BERT, XLM-RoBERTa and ELECTRA share, and [`export_onnx`] is the one place that says
+//! how each family differs (prefix, positions, token types, head).
 
 use std::collections::HashMap;
 
@@ -16,9 +17,13 @@ use onnx_protobuf::{
     ValueInfoProto,
 };
 
+use crosstrain_model::bert::PositionIds;
+use crosstrain_model::classification_head::HeadActivation;
 use crosstrain_model::{CrossEncoder, FamilyConfig};
 
 mod bert;
+
+use bert::{EncoderGraph, Head};
 
 /// Lowest opset we emit (LayerNormalization appeared in 17).
 pub const MIN_OPSET: i64 = 17;
@@ -95,6 +100,10 @@ impl GraphBuilder {
     }
 
     fn float_tensor(&mut self, name: &str, dims: &[i64], values: &[f32]) -> String {
+        // A named constant is one initializer, however many emitters ask for it.
+        if self.initializers.iter().any(|tensor| tensor.name == name) {
+            return name.to_string();
+        }
         let mut tensor = TensorProto::new();
         tensor.name = name.into();
         tensor.dims = dims.to_vec();
@@ -105,6 +114,10 @@ impl GraphBuilder {
     }
 
     fn int_tensor(&mut self, name: &str, dims: &[i64], values: &[i64]) -> String {
+        // A named constant is one initializer, however many emitters ask for it.
+        if self.initializers.iter().any(|tensor| tensor.name == name) {
+            return name.to_string();
+        }
         let mut tensor = TensorProto::new();
         tensor.name = name.into();
         tensor.dims = dims.to_vec();
@@ -204,9 +217,33 @@ pub fn export_onnx(model: &CrossEncoder, opset: i64) -> Result<Vec<u8>, ExportEr
         .collect();
     let mut graph = GraphBuilder::new();
 
-    match model.config() {
-        FamilyConfig::Bert(config) => bert::emit(&mut graph, &parameters, config, opset)?,
-    }
+    let spec = match model.config() {
+        FamilyConfig::Bert(config) => EncoderGraph {
+            config,
+            prefix: "bert",
+            positions: PositionIds::FromZero,
+            token_types: true,
+            head: Head::Pooler,
+        },
+        FamilyConfig::XlmRoberta(config) => EncoderGraph {
+            config,
+            prefix: "roberta",
+            positions: PositionIds::AfterPadding {
+                padding_idx: crosstrain_model::xlm_roberta::padding_idx(config),
+            },
+            token_types: false,
+            head: Head::Classification(HeadActivation::Tanh),
+        },
+        FamilyConfig::Electra(config) => EncoderGraph {
+            config,
+            prefix: "electra",
+            positions: PositionIds::FromZero,
+            token_types: true,
+            head: Head::Classification(HeadActivation::Gelu),
+        },
+    };
+    debug_assert_eq!(spec.token_types, model.family().takes_token_type_ids());
+    bert::emit(&mut graph, &parameters, &spec, opset)?;
 
     let mut proto = GraphProto::new();
     proto.name = "crosstrain_cross_encoder".into();

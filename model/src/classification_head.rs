@@ -1,0 +1,61 @@
+//! The classification head of RoBERTa-style sequence classifiers (XLM-RoBERTa's
+//! `RobertaClassificationHead`, ELECTRA's `ElectraClassificationHead`): on the first token,
+//! dropout → dense → activation → dropout → out_proj. BERT instead has a pooler (dense → tanh,
+//! part of the base model) and one dropout before its classifier.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Linear, VarBuilder};
+
+use crate::dropout::{Dropout, DropoutRng};
+use crate::kernels::ops::gelu_erf;
+
+/// The activation between the head's two projections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadActivation {
+    /// tanh (RoBERTa, XLM-RoBERTa).
+    Tanh,
+    /// Exact (erf) GELU (ELECTRA: `get_activation("gelu")`).
+    Gelu,
+}
+
+/// `classifier.dense` and `classifier.out_proj` with their dropouts.
+#[derive(Debug, Clone)]
+pub struct ClassificationHead {
+    dense: Linear,
+    out_proj: Linear,
+    activation: HeadActivation,
+    dropout: Dropout,
+}
+
+impl ClassificationHead {
+    /// Loads `dense.*` and `out_proj.*` under `vb` (the caller passes `classifier`).
+    /// `dropout` is `classifier_dropout`, else `hidden_dropout_prob`, as transformers takes it.
+    pub fn load(
+        vb: VarBuilder,
+        hidden_size: usize,
+        num_labels: usize,
+        activation: HeadActivation,
+        dropout: f64,
+        rng: &DropoutRng,
+    ) -> Result<Self> {
+        Ok(Self {
+            dense: candle_nn::linear(hidden_size, hidden_size, vb.pp("dense"))?,
+            out_proj: candle_nn::linear(hidden_size, num_labels, vb.pp("out_proj"))?,
+            activation,
+            dropout: Dropout::new(dropout, rng.clone()),
+        })
+    }
+
+    /// `[batch, num_labels]` logits from `[batch, seq, hidden]` hidden states (only the
+    /// first token is read).
+    pub fn forward(&self, hidden: &Tensor) -> Result<Tensor> {
+        let _span = tracing::trace_span!("classification_head").entered();
+        let first = hidden.narrow(1, 0, 1)?.squeeze(1)?;
+        let dense = self.dense.forward(&self.dropout.forward(&first)?)?;
+        let activated = match self.activation {
+            HeadActivation::Tanh => dense.tanh()?,
+            HeadActivation::Gelu => gelu_erf(&dense)?,
+        };
+        self.out_proj.forward(&self.dropout.forward(&activated)?)
+    }
+}

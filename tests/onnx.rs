@@ -420,3 +420,118 @@ fn training_exports_onnx_and_the_card_reports_parity() {
     let b = scorer.predict(&pairs, 1).unwrap()[0][0];
     assert!((a - b).abs() < 1e-5, "{a} vs {b}");
 }
+
+/// XLM-RoBERTa and ELECTRA through every command: train (with the ONNX export and its
+/// parity check), the saved layout transformers reads, the card, `export-onnx --check`,
+/// `rank` and `eval` on the ONNX backend, `bench predict --from-scratch`.
+#[test]
+fn xlm_roberta_and_electra_train_save_export_rank_and_evaluate() {
+    ensure_onnxruntime();
+    let dir = tempfile::tempdir().unwrap();
+    let train = dir.path().join("train.jsonl");
+    std::fs::write(
+        &train,
+        "{\"query\": \"bake bread\", \"document\": \"knead the dough\", \"label\": 1}\n\
+         {\"query\": \"bake bread\", \"document\": \"oil the bike chain\", \"label\": 0}\n\
+         {\"query\": \"fix a bike\", \"document\": \"oil the bike chain\", \"label\": 1}\n\
+         {\"query\": \"fix a bike\", \"document\": \"knead the dough\", \"label\": 0}\n",
+    )
+    .unwrap();
+    let samples = dir.path().join("samples.jsonl");
+    std::fs::write(
+        &samples,
+        "{\"query\": \"bake bread\", \"positive\": [\"knead the dough\"], \"negative\": [\"oil the bike chain\", \"tune the radio\"]}\n",
+    )
+    .unwrap();
+    let documents = dir.path().join("documents.txt");
+    std::fs::write(&documents, "knead the dough\noil the bike chain\n").unwrap();
+    for (name, architecture, model_type) in [
+        ("tiny-xlmr-ce", "XLMRobertaForSequenceClassification", "xlm-roberta"),
+        ("tiny-electra-ce", "ElectraForSequenceClassification", "electra"),
+    ] {
+        let output = dir.path().join(name);
+        let result = run(&[
+            "train",
+            "--model",
+            fixture("models").join(name).to_str().unwrap(),
+            "--loss",
+            "BinaryCrossEntropyLoss",
+            "--train",
+            train.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+            "--batch-size",
+            "2",
+            "--epochs",
+            "1",
+            "--json",
+        ]);
+        assert!(result.status.success(), "{name}: {}", stderr(&result));
+        let config = read_json(&output.join("config.json"));
+        assert_eq!(config["architectures"][0], architecture, "{name}");
+        assert_eq!(config["model_type"], model_type, "{name}");
+        let weights =
+            candle_core::safetensors::load(output.join("model.safetensors"), &Device::Cpu)
+                .unwrap();
+        let prefix = if name == "tiny-xlmr-ce" { "roberta." } else { "electra." };
+        assert!(weights.keys().all(|k| k.starts_with(prefix) || k.starts_with("classifier.")));
+        assert!(weights.contains_key("classifier.out_proj.weight"), "{name}");
+        let state = read_json(&output.join("trainer_state.json"));
+        let diff = state["onnx"]["max_abs_logit_diff"].as_f64().unwrap();
+        assert!(diff < 1e-5, "{name}: ONNX vs candle after training: {diff}");
+        let card = std::fs::read_to_string(output.join("README.md")).unwrap();
+        assert!(card.contains(&format!("**Architecture:** {architecture}")), "{name}");
+
+        let model_arg = output.to_str().unwrap();
+        let check = run(&["export-onnx", "--model", model_arg, "--check"]);
+        assert!(check.status.success(), "{name}: {}", stderr(&check));
+        for backend in ["candle", "onnx"] {
+            let ranked = run(&[
+                "rank",
+                "--model",
+                model_arg,
+                "--query",
+                "bake bread",
+                "--documents",
+                documents.to_str().unwrap(),
+                "--json",
+                "--backend",
+                backend,
+            ]);
+            assert!(ranked.status.success(), "{name}/{backend}: {}", stderr(&ranked));
+            let evaluated = run(&[
+                "eval",
+                "--model",
+                model_arg,
+                "--evaluator",
+                "reranking",
+                "--data",
+                samples.to_str().unwrap(),
+                "--json",
+                "--backend",
+                backend,
+            ]);
+            assert!(evaluated.status.success(), "{name}/{backend}: {}", stderr(&evaluated));
+            let metrics: serde_json::Value = serde_json::from_str(&stdout(&evaluated)).unwrap();
+            assert!(metrics["map"].as_f64().is_some(), "{name}/{backend}: {metrics}");
+        }
+        // Only config.json and the tokenizer: the weights come from the seed.
+        let config_only = dir.path().join(format!("{name}-config-only"));
+        std::fs::create_dir(&config_only).unwrap();
+        for file in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+            std::fs::copy(fixture("models").join(name).join(file), config_only.join(file))
+                .unwrap();
+        }
+        let bench = run(&[
+            "bench",
+            "predict",
+            "--model",
+            config_only.to_str().unwrap(),
+            "--from-scratch",
+        ]);
+        assert!(bench.status.success(), "{name}: {}", stderr(&bench));
+        let line: serde_json::Value = serde_json::from_str(stdout(&bench).trim()).unwrap();
+        assert_eq!(line["from_scratch"], true);
+        assert!(line["pairs_per_second"].as_f64().unwrap() > 0.0);
+    }
+}

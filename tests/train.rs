@@ -518,3 +518,131 @@ fn best_checkpoint_is_loaded_at_the_end_and_kept_by_the_limit() {
     assert_eq!(kept, vec![best.clone()]);
     assert_eq!(load_weights(&output), load_weights(&output.join(&best)));
 }
+
+/// Trains as sentence-transformers' `CrossEncoderTrainer` did for `trajectories.json` (dropout
+/// zeroed in a copy of the model, the whole training set in one batch per step) and returns
+/// (largest relative loss error, largest final-logit error).
+fn trajectory_errors(run_id: &str) -> (f64, f64) {
+    let trajectories = read_json(&fixture("trajectories.json"));
+    let reference = &trajectories["runs"][run_id];
+    let settings = &reference["settings"];
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    let source = fixture("models").join(
+        reference["model"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("models/"),
+    );
+    for entry in std::fs::read_dir(&source).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), model.join(entry.file_name())).unwrap();
+    }
+    let mut config = read_json(&model.join("config.json"));
+    for key in [
+        "hidden_dropout_prob",
+        "attention_probs_dropout_prob",
+        "classifier_dropout",
+    ] {
+        config[key] = json!(0.0);
+    }
+    std::fs::write(model.join("config.json"), config.to_string()).unwrap();
+    let train_file = dir.path().join("train.jsonl");
+    write_jsonl(&train_file, reference["train"].as_array().unwrap());
+    let pairs_file = dir.path().join("pairs.jsonl");
+    let eval_pairs: Vec<Value> = reference["eval_pairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|pair| json!({"query": pair[0], "document": pair[1]}))
+        .collect();
+    write_jsonl(&pairs_file, &eval_pairs);
+    let output = dir.path().join("out");
+    let text = |value: &Value| value.to_string();
+    let trained = run(&[
+        "train",
+        "--loss",
+        reference["loss"].as_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--train",
+        train_file.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+        "--epochs",
+        &text(&settings["steps"]),
+        "--batch-size",
+        &text(&settings["batch_size"]),
+        "--lr",
+        &text(&settings["lr"]),
+        "--set",
+        &format!("weight_decay={}", settings["weight_decay"]),
+        "--warmup-ratio",
+        &text(&settings["warmup_ratio"]),
+        "--max-length",
+        &text(&settings["max_length"]),
+        "--logging-steps",
+        "1",
+        "--seed",
+        "12",
+        "--no-export-onnx",
+    ]);
+    assert!(trained.status.success(), "{run_id}: {}", stderr(&trained));
+    let losses: Vec<f64> = std::fs::read_to_string(output.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .filter_map(|entry| entry.get("loss").and_then(Value::as_f64))
+        .collect();
+    let expected: Vec<f64> = reference["losses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(losses.len(), expected.len(), "{run_id}: logged losses");
+    let loss_error = losses
+        .iter()
+        .zip(&expected)
+        .map(|(ours, theirs)| (ours - theirs).abs() / theirs.abs().max(1e-12))
+        .fold(0.0, f64::max);
+    let predicted = run(&[
+        "predict",
+        "--model",
+        output.to_str().unwrap(),
+        "--pairs",
+        pairs_file.to_str().unwrap(),
+        "--max-length",
+        &text(&settings["max_length"]),
+        "--json",
+    ]);
+    assert!(predicted.status.success(), "{}", stderr(&predicted));
+    let ours: Vec<Vec<f64>> = serde_json::from_str(&stdout(&predicted)).unwrap();
+    let logit_error = ours
+        .iter()
+        .flatten()
+        .zip(reference["final_logits"].as_array().unwrap().iter().flat_map(|row| {
+            row.as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect::<Vec<_>>()
+        }))
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    eprintln!("{run_id}: loss rel err {loss_error:.1e}, final logits abs err {logit_error:.1e}");
+    (loss_error, logit_error)
+}
+
+/// `trajectories.json`: sentence-transformers' per-step training losses and final logits for
+/// BERT, XLM-RoBERTa and ELECTRA (BinaryCrossEntropyLoss, 8 steps, warm-up, weight decay,
+/// clipping), reproduced by `crosstrain train`.
+#[test]
+fn training_trajectories_match_the_cross_encoder_trainer() {
+    for run_id in ["tiny-bert-ce/bce", "tiny-xlmr-ce/bce", "tiny-electra-ce/bce"] {
+        let (loss_error, logit_error) = trajectory_errors(run_id);
+        assert!(loss_error < 1e-4, "{run_id}: loss rel err {loss_error}");
+        assert!(logit_error < 1e-4, "{run_id}: final logits err {logit_error}");
+    }
+}

@@ -139,6 +139,7 @@ impl CrossEncoder {
                 initializer_range,
             )
         };
+        let backend = backend.with_padding_rows(config.padding_rows());
         let backend_box: Box<dyn candle_nn::var_builder::SimpleBackend> = Box::new(backend);
         let vb = VarBuilder::from_backend(backend_box, options.dtype, options.device.clone());
         let dropout = DropoutRng::default();

@@ -225,6 +225,24 @@ impl FamilyConfig {
         self.bert_config().initializer_range
     }
 
+    /// `(name ending, row)` of the embedding rows transformers keeps at zero when it
+    /// initialises weights (each embedding's `padding_idx`).
+    pub fn padding_rows(&self) -> Vec<(&'static str, usize)> {
+        match self {
+            FamilyConfig::XlmRoberta(config) => {
+                let padding = xlm_roberta::padding_idx(config) as usize;
+                vec![
+                    ("word_embeddings.weight", padding),
+                    ("position_embeddings.weight", padding),
+                ]
+            }
+            FamilyConfig::Bert(config) | FamilyConfig::Electra(config) => vec![(
+                "word_embeddings.weight",
+                config.pad_token_id.unwrap_or(0) as usize,
+            )],
+        }
+    }
+
     /// Width of the hidden states (and of sentence embeddings).
     pub fn hidden_size(&self) -> usize {
         self.bert_config().hidden_size

@@ -61,6 +61,8 @@ pub struct CheckpointBackend {
     rng: Mutex<SeededRng>,
     initializer_range: f64,
     from_scratch: bool,
+    /// `(name ending, row)` of embedding rows that freshly initialised weights keep at zero.
+    padding_rows: Vec<(&'static str, usize)>,
 }
 
 impl CheckpointBackend {
@@ -82,7 +84,15 @@ impl CheckpointBackend {
             rng: Mutex::new(SeededRng::new(seed)),
             initializer_range,
             from_scratch: false,
+            padding_rows: vec![("word_embeddings.weight", 0)],
         }
+    }
+
+    /// Embedding rows that initialisation zeroes, as transformers does for an embedding's
+    /// `padding_idx` (default: row 0 of the word embeddings, BERT's `[PAD]`).
+    pub fn with_padding_rows(mut self, rows: Vec<(&'static str, usize)>) -> Self {
+        self.padding_rows = rows;
+        self
     }
 
     /// A backend without checkpoint that initialises every parameter as transformers'
@@ -130,10 +140,13 @@ impl CheckpointBackend {
             values.push(radius * angle.sin());
         }
         values.truncate(count);
-        if name.ends_with("word_embeddings.weight") {
-            // transformers zeroes the padding row ([PAD] is id 0 in BERT vocabularies).
-            let width = shape.dims().last().copied().unwrap_or(0);
-            values[..width.min(count)].fill(0.0);
+        for &(ending, row) in &self.padding_rows {
+            if name.ends_with(ending) {
+                // transformers zeroes an embedding's padding_idx row.
+                let width = shape.dims().last().copied().unwrap_or(0);
+                let start = (row * width).min(count);
+                values[start..(start + width).min(count)].fill(0.0);
+            }
         }
         Tensor::from_vec(values, shape, device)?.to_dtype(dtype)
     }

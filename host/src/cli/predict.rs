@@ -55,9 +55,16 @@ pub struct ModelArgs {
 impl ModelArgs {
     /// Loads the model.
     pub fn load(&self) -> anyhow::Result<CrossEncoder> {
+        self.load_with(false)
+    }
+
+    /// Loads the model, with every weight drawn from the seed instead of read when
+    /// `from_scratch` (the directory then needs only `config.json` and the tokenizer).
+    pub fn load_with(&self, from_scratch: bool) -> anyhow::Result<CrossEncoder> {
         let options = LoadOptions {
             max_length: self.max_length,
             device: crosstrain::model::parse_device(&self.device)?,
+            from_scratch,
             ..LoadOptions::default()
         };
         CrossEncoder::load(&self.model, &options)

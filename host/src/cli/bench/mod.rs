@@ -70,12 +70,19 @@ pub struct BenchTrainArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Weights from the seed, not model.safetensors: a directory with only config.json and
+    /// tokenizer files benchmarks too (as transformers' `from_config` on the PyTorch side).
+    #[arg(long)]
+    from_scratch: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct BenchPredictArgs {
     #[command(flatten)]
     model: ModelArgs,
+    /// Weights from the seed, not model.safetensors (candle backend only).
+    #[arg(long)]
+    from_scratch: bool,
     /// Pairs file (default: the built-in 512-pair workload).
     #[arg(long)]
     pairs: Option<PathBuf>,
@@ -101,7 +108,14 @@ fn bench_predict(args: BenchPredictArgs, out: &mut String) -> anyhow::Result<()>
         Some(path) => read_pairs(path)?,
         None => parse_pairs(BENCH_PAIRS, Path::new("<built-in bench_pairs.jsonl>"))?,
     };
-    let model = args.model.scorer()?;
+    let model: super::predict::Scorer = if args.from_scratch {
+        if args.model.backend != super::predict::Backend::Candle {
+            anyhow::bail!("--from-scratch benchmarks the candle backend only (export a model for ONNX)");
+        }
+        Box::new(args.model.load_with(true)?)
+    } else {
+        args.model.scorer()?
+    };
     let borrowed: Vec<(&str, &str)> = pairs
         .iter()
         .map(|p| (p.query.as_str(), p.document.as_str()))
@@ -120,8 +134,9 @@ fn bench_predict(args: BenchPredictArgs, out: &mut String) -> anyhow::Result<()>
             super::predict::Backend::Candle => "candle",
             super::predict::Backend::Onnx => "onnx",
         },
-        "device": "cpu",
+        "device": args.model.device,
         "model": args.model.model,
+        "from_scratch": args.from_scratch,
         "pairs": scored,
         "batch_size": batch_size,
         "max_length": model.max_length(),
@@ -152,6 +167,7 @@ fn bench_train(
     let options = LoadOptions {
         max_length: Some(args.max_length),
         device: crosstrain::model::parse_device(&args.device)?,
+        from_scratch: args.from_scratch,
         ..LoadOptions::default()
     };
     let model = CrossEncoder::load(&args.model, &options)
@@ -206,8 +222,9 @@ fn bench_train(
     let per_step = |d: std::time::Duration| d.as_secs_f64() / args.steps.max(1) as f64;
     let line = serde_json::json!({
         "bench": "train",
-        "device": "cpu",
+        "device": args.device,
         "model": args.model,
+        "from_scratch": args.from_scratch,
         "loss": loss.qualified_name(),
         "batch_size": args.batch_size,
         "mini_batch_size": args.mini_batch_size,

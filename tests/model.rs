@@ -656,32 +656,36 @@ fn cuda_device_without_the_feature_is_a_clear_error() {
 /// the mean (a text embedded beside a longer one equals the text embedded alone).
 #[test]
 fn sentence_embeddings_are_unit_length_and_padding_free() {
-    let model = tiny("tiny-bert-ce");
-    let embedder =
-        crosstrain::model::SentenceEmbedder::load_dir(&model, &candle_core::Device::Cpu, None)
-            .unwrap();
-    assert_eq!(embedder.pooling(), crosstrain::model::Pooling::Mean);
-    let dimension = embedder.dimension();
-    let texts = [
-        "mars",
-        "how many moons does mars have, and what are they called?",
-    ];
-    let together = embedder.embed(&texts, 8).unwrap();
-    assert_eq!(together.len(), 2 * dimension);
-    for (index, text) in texts.iter().enumerate() {
-        let alone = embedder.embed(&[text], 8).unwrap();
-        let row = &together[index * dimension..(index + 1) * dimension];
-        let norm: f32 = row.iter().map(|x| x * x).sum::<f32>().sqrt();
-        assert!((norm - 1.0).abs() < 1e-5, "norm {norm}");
-        let gap = row
-            .iter()
-            .zip(&alone)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
-        assert!(gap < 1e-5, "{text}: {gap}");
+    // XLM-RoBERTa (multilingual-e5's family) numbers positions after padding; ELECTRA
+    // projects its embeddings: both must embed a text the same alone and in a padded batch.
+    for name in ["tiny-bert-ce", "tiny-xlmr-ce", "tiny-electra-ce"] {
+        let model = tiny(name);
+        let embedder =
+            crosstrain::model::SentenceEmbedder::load_dir(&model, &candle_core::Device::Cpu, None)
+                .unwrap();
+        assert_eq!(embedder.pooling(), crosstrain::model::Pooling::Mean);
+        let dimension = embedder.dimension();
+        let texts = [
+            "mars",
+            "how many moons does mars have, and what are they called?",
+        ];
+        let together = embedder.embed(&texts, 8).unwrap();
+        assert_eq!(together.len(), 2 * dimension);
+        for (index, text) in texts.iter().enumerate() {
+            let alone = embedder.embed(&[text], 8).unwrap();
+            let row = &together[index * dimension..(index + 1) * dimension];
+            let norm: f32 = row.iter().map(|x| x * x).sum::<f32>().sqrt();
+            assert!((norm - 1.0).abs() < 1e-5, "{name}: norm {norm}");
+            let gap = row
+                .iter()
+                .zip(&alone)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(gap < 1e-5, "{name}: {text}: {gap}");
+        }
+        // Different texts get different vectors.
+        assert!(together[..dimension] != together[dimension..], "{name}");
     }
-    // Different texts get different vectors.
-    assert!(together[..dimension] != together[dimension..]);
 }
 
 #[test]
@@ -737,4 +741,60 @@ fn an_unsupported_architecture_is_refused_before_any_work_naming_what_is_support
         stderr(&output)
     );
     assert!(stdout(&output).is_empty());
+}
+
+#[test]
+fn xlm_roberta_and_electra_save_load_round_trip_and_base_checkpoints_get_a_head() {
+    for (name, prefix, architecture) in [
+        (
+            "tiny-xlmr-ce",
+            "roberta.",
+            "XLMRobertaForSequenceClassification",
+        ),
+        (
+            "tiny-electra-ce",
+            "electra.",
+            "ElectraForSequenceClassification",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let model = CrossEncoder::load_dir(&tiny(name), &LoadOptions::default()).unwrap();
+        assert!(model.initialised_parameters().is_empty(), "{name}");
+        let saved = dir.path().join("saved");
+        model.save(&saved).unwrap();
+        let config = read_json(&saved.join("config.json"));
+        assert_eq!(config["architectures"][0], architecture);
+        let reloaded = CrossEncoder::load_dir(&saved, &LoadOptions::default()).unwrap();
+        let logits = |m: &CrossEncoder| m.logits(&some_pairs()).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(logits(&model), logits(&reloaded), "{name}");
+
+        // A base checkpoint: encoder tensors without the prefix, no classifier.
+        let base = dir.path().join("base");
+        std::fs::create_dir(&base).unwrap();
+        for file in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+            std::fs::copy(tiny(name).join(file), base.join(file)).unwrap();
+        }
+        let tensors = candle_core::safetensors::load(
+            tiny(name).join("model.safetensors"),
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        let base_tensors: std::collections::HashMap<String, Tensor> = tensors
+            .into_iter()
+            .filter(|(name, _)| !name.starts_with("classifier."))
+            .map(|(name, tensor)| (name.trim_start_matches(prefix).to_string(), tensor))
+            .collect();
+        candle_core::safetensors::save(&base_tensors, base.join("model.safetensors")).unwrap();
+        let fresh = CrossEncoder::load_dir(&base, &LoadOptions::default()).unwrap();
+        assert_eq!(
+            fresh.initialised_parameters(),
+            [
+                "classifier.dense.bias",
+                "classifier.dense.weight",
+                "classifier.out_proj.bias",
+                "classifier.out_proj.weight"
+            ],
+            "{name}"
+        );
+    }
 }

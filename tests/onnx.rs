@@ -446,8 +446,16 @@ fn xlm_roberta_and_electra_train_save_export_rank_and_evaluate() {
     let documents = dir.path().join("documents.txt");
     std::fs::write(&documents, "knead the dough\noil the bike chain\n").unwrap();
     for (name, architecture, model_type) in [
-        ("tiny-xlmr-ce", "XLMRobertaForSequenceClassification", "xlm-roberta"),
-        ("tiny-electra-ce", "ElectraForSequenceClassification", "electra"),
+        (
+            "tiny-xlmr-ce",
+            "XLMRobertaForSequenceClassification",
+            "xlm-roberta",
+        ),
+        (
+            "tiny-electra-ce",
+            "ElectraForSequenceClassification",
+            "electra",
+        ),
     ] {
         let output = dir.path().join(name);
         let result = run(&[
@@ -471,16 +479,24 @@ fn xlm_roberta_and_electra_train_save_export_rank_and_evaluate() {
         assert_eq!(config["architectures"][0], architecture, "{name}");
         assert_eq!(config["model_type"], model_type, "{name}");
         let weights =
-            candle_core::safetensors::load(output.join("model.safetensors"), &Device::Cpu)
-                .unwrap();
-        let prefix = if name == "tiny-xlmr-ce" { "roberta." } else { "electra." };
-        assert!(weights.keys().all(|k| k.starts_with(prefix) || k.starts_with("classifier.")));
+            candle_core::safetensors::load(output.join("model.safetensors"), &Device::Cpu).unwrap();
+        let prefix = if name == "tiny-xlmr-ce" {
+            "roberta."
+        } else {
+            "electra."
+        };
+        assert!(weights
+            .keys()
+            .all(|k| k.starts_with(prefix) || k.starts_with("classifier.")));
         assert!(weights.contains_key("classifier.out_proj.weight"), "{name}");
         let state = read_json(&output.join("trainer_state.json"));
         let diff = state["onnx"]["max_abs_logit_diff"].as_f64().unwrap();
         assert!(diff < 1e-5, "{name}: ONNX vs candle after training: {diff}");
         let card = std::fs::read_to_string(output.join("README.md")).unwrap();
-        assert!(card.contains(&format!("**Architecture:** {architecture}")), "{name}");
+        assert!(
+            card.contains(&format!("**Architecture:** {architecture}")),
+            "{name}"
+        );
 
         let model_arg = output.to_str().unwrap();
         let check = run(&["export-onnx", "--model", model_arg, "--check"]);
@@ -498,7 +514,11 @@ fn xlm_roberta_and_electra_train_save_export_rank_and_evaluate() {
                 "--backend",
                 backend,
             ]);
-            assert!(ranked.status.success(), "{name}/{backend}: {}", stderr(&ranked));
+            assert!(
+                ranked.status.success(),
+                "{name}/{backend}: {}",
+                stderr(&ranked)
+            );
             let evaluated = run(&[
                 "eval",
                 "--model",
@@ -511,16 +531,26 @@ fn xlm_roberta_and_electra_train_save_export_rank_and_evaluate() {
                 "--backend",
                 backend,
             ]);
-            assert!(evaluated.status.success(), "{name}/{backend}: {}", stderr(&evaluated));
+            assert!(
+                evaluated.status.success(),
+                "{name}/{backend}: {}",
+                stderr(&evaluated)
+            );
             let metrics: serde_json::Value = serde_json::from_str(&stdout(&evaluated)).unwrap();
-            assert!(metrics["map"].as_f64().is_some(), "{name}/{backend}: {metrics}");
+            assert!(
+                metrics["map"].as_f64().is_some(),
+                "{name}/{backend}: {metrics}"
+            );
         }
         // Only config.json and the tokenizer: the weights come from the seed.
         let config_only = dir.path().join(format!("{name}-config-only"));
         std::fs::create_dir(&config_only).unwrap();
         for file in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
-            std::fs::copy(fixture("models").join(name).join(file), config_only.join(file))
-                .unwrap();
+            std::fs::copy(
+                fixture("models").join(name).join(file),
+                config_only.join(file),
+            )
+            .unwrap();
         }
         let bench = run(&[
             "bench",

@@ -622,13 +622,19 @@ fn trajectory_errors(run_id: &str) -> (f64, f64) {
     let logit_error = ours
         .iter()
         .flatten()
-        .zip(reference["final_logits"].as_array().unwrap().iter().flat_map(|row| {
-            row.as_array()
+        .zip(
+            reference["final_logits"]
+                .as_array()
                 .unwrap()
                 .iter()
-                .map(|v| v.as_f64().unwrap())
-                .collect::<Vec<_>>()
-        }))
+                .flat_map(|row| {
+                    row.as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|v| v.as_f64().unwrap())
+                        .collect::<Vec<_>>()
+                }),
+        )
         .map(|(a, b)| (a - b).abs())
         .fold(0.0, f64::max);
     eprintln!("{run_id}: loss rel err {loss_error:.1e}, final logits abs err {logit_error:.1e}");
@@ -640,9 +646,16 @@ fn trajectory_errors(run_id: &str) -> (f64, f64) {
 /// clipping), reproduced by `crosstrain train`.
 #[test]
 fn training_trajectories_match_the_cross_encoder_trainer() {
-    for run_id in ["tiny-bert-ce/bce", "tiny-xlmr-ce/bce", "tiny-electra-ce/bce"] {
+    for run_id in [
+        "tiny-bert-ce/bce",
+        "tiny-xlmr-ce/bce",
+        "tiny-electra-ce/bce",
+    ] {
         let (loss_error, logit_error) = trajectory_errors(run_id);
         assert!(loss_error < 1e-4, "{run_id}: loss rel err {loss_error}");
-        assert!(logit_error < 1e-4, "{run_id}: final logits err {logit_error}");
+        assert!(
+            logit_error < 1e-4,
+            "{run_id}: final logits err {logit_error}"
+        );
     }
 }

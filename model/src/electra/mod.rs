@@ -59,7 +59,11 @@ impl ElectraForSequenceClassification {
     }
 
     /// The encoder alone (for sentence embeddings).
-    pub fn load_encoder(vb: VarBuilder, config: &BertConfig, rng: &DropoutRng) -> Result<BertEncoder> {
+    pub fn load_encoder(
+        vb: VarBuilder,
+        config: &BertConfig,
+        rng: &DropoutRng,
+    ) -> Result<BertEncoder> {
         BertEncoder::load_with_positions(
             vb.pp(TENSOR_NAMES.prefix),
             config,

@@ -81,7 +81,11 @@ impl XLMRobertaForSequenceClassification {
     }
 
     /// The encoder alone (for sentence embeddings).
-    pub fn load_encoder(vb: VarBuilder, config: &BertConfig, rng: &DropoutRng) -> Result<BertEncoder> {
+    pub fn load_encoder(
+        vb: VarBuilder,
+        config: &BertConfig,
+        rng: &DropoutRng,
+    ) -> Result<BertEncoder> {
         let positions = PositionIds::AfterPadding {
             padding_idx: padding_idx(config),
         };

@@ -110,7 +110,9 @@ fn bench_predict(args: BenchPredictArgs, out: &mut String) -> anyhow::Result<()>
     };
     let model: super::predict::Scorer = if args.from_scratch {
         if args.model.backend != super::predict::Backend::Candle {
-            anyhow::bail!("--from-scratch benchmarks the candle backend only (export a model for ONNX)");
+            anyhow::bail!(
+                "--from-scratch benchmarks the candle backend only (export a model for ONNX)"
+            );
         }
         Box::new(args.model.load_with(true)?)
     } else {

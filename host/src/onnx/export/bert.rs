@@ -73,7 +73,11 @@ pub(super) fn emit(
     };
 
     // Embeddings.
-    let word = weight(graph, &format!("{prefix}.embeddings.word_embeddings.weight"), false)?;
+    let word = weight(
+        graph,
+        &format!("{prefix}.embeddings.word_embeddings.weight"),
+        false,
+    )?;
     let position = weight(
         graph,
         &format!("{prefix}.embeddings.position_embeddings.weight"),

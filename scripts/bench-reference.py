@@ -1,7 +1,11 @@
 """sentence-transformers' side of `crosstrain bench train` and `bench predict`, for a
 same-machine comparison (the reference recipe of ../shared/reference/README.md).
 
-    python3 scripts/bench-reference.py MODEL_DIR [--threads 2]
+    python3 scripts/bench-reference.py MODEL_DIR [--threads 2] [--from-config]
+
+--from-config builds the weights from MODEL_DIR's config.json alone
+(`AutoModelForSequenceClassification.from_config`, seed 12), for the config-only benchmark
+models (the counterpart of `crosstrain bench ... --from-scratch`).
 
 Prints two JSON lines: a training step (host/assets/bench_train_pairs.jsonl, batches of 16 in
 file order, BinaryCrossEntropyLoss, AdamW lr 2e-5 fused, 3 untimed and 20 timed steps,
@@ -33,11 +37,25 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("model")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--from-config", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(12)
 
-    model = CrossEncoder(args.model, max_length=128, device="cpu")
+    model_dir = args.model
+    if args.from_config:
+        import shutil
+        import tempfile
+        from transformers import AutoConfig, AutoModelForSequenceClassification
+
+        model_dir = tempfile.mkdtemp(prefix="bench-from-config-")
+        network = AutoModelForSequenceClassification.from_config(
+            AutoConfig.from_pretrained(args.model))
+        network.save_pretrained(model_dir)
+        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+            if (Path(args.model) / name).is_file():
+                shutil.copy(Path(args.model) / name, Path(model_dir) / name)
+    model = CrossEncoder(model_dir, max_length=128, device="cpu")
     loss = BinaryCrossEntropyLoss(model)
     optimizer = torch.optim.AdamW(model.model.parameters(), lr=2e-5, fused=True)
     train = rows("bench_train_pairs.jsonl")

@@ -690,10 +690,10 @@ fn sentence_embeddings_are_unit_length_and_padding_free() {
 
 #[test]
 fn an_unsupported_architecture_is_refused_before_any_work_naming_what_is_supported() {
-    // A BERT-shaped directory whose config says XLM-RoBERTa: before the model crate, this
-    // was trained as BERT and saved relabelled as BERT.
+    // A BERT-shaped directory whose config says DeBERTa-v2 (not implemented yet): before the
+    // model crate, any such config was trained as BERT and saved relabelled as BERT.
     let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("xlmr");
+    let model = dir.path().join("deberta");
     std::fs::create_dir(&model).unwrap();
     for file in [
         "model.safetensors",
@@ -703,13 +703,13 @@ fn an_unsupported_architecture_is_refused_before_any_work_naming_what_is_support
         std::fs::copy(tiny("tiny-bert-ce").join(file), model.join(file)).unwrap();
     }
     let mut config = read_json(&tiny("tiny-bert-ce").join("config.json"));
-    config["architectures"] = serde_json::json!(["XLMRobertaForSequenceClassification"]);
-    config["model_type"] = "xlm-roberta".into();
+    config["architectures"] = serde_json::json!(["DebertaV2ForSequenceClassification"]);
+    config["model_type"] = "deberta-v2".into();
     std::fs::write(model.join("config.json"), config.to_string()).unwrap();
 
     let error = match CrossEncoder::load_dir(&model, &LoadOptions::default()) {
         Err(error) => error,
-        Ok(_) => panic!("an XLM-RoBERTa config loaded as BERT"),
+        Ok(_) => panic!("a DeBERTa-v2 config loaded as BERT"),
     };
     assert!(
         matches!(error, ModelError::UnsupportedArchitecture { .. }),
@@ -718,7 +718,8 @@ fn an_unsupported_architecture_is_refused_before_any_work_naming_what_is_support
     let message = error.to_string();
     assert!(
         message.contains("config.json")
-            && message.contains("\"XLMRobertaForSequenceClassification\" is not supported")
+            && message.contains("XLMRobertaForSequenceClassification")
+            && message.contains("\"DebertaV2ForSequenceClassification\" is not supported")
             && message.contains("BERT")
             && message.contains("BertForSequenceClassification"),
         "{message}"
@@ -736,7 +737,7 @@ fn an_unsupported_architecture_is_refused_before_any_work_naming_what_is_support
     ]);
     assert!(!output.status.success());
     assert!(
-        stderr(&output).contains("XLMRobertaForSequenceClassification"),
+        stderr(&output).contains("DebertaV2ForSequenceClassification"),
         "{}",
         stderr(&output)
     );

@@ -1,14 +1,15 @@
 //! Element-wise kernels of the fused CPU ops (GELU, softmax), written as plain loops that the
-//! compiler vectorises, and compiled twice: for the build's baseline CPU and for AVX2 + FMA,
-//! picked at run time.
+//! compiler vectorises, and compiled three times: for the build's baseline CPU, for AVX2 + FMA
+//! and for AVX-512, picked at run time. Every variant runs the same operations in the same
+//! order (reductions keep their fixed accumulators), so the results do not depend on which.
 //!
 //! Why: a release build targets baseline x86-64 (SSE2) so the binary runs anywhere, which
 //! leaves these loops at 4 lanes and calls libm's scalar `exp` per element; GELU and softmax
 //! exponentials were 8% of a training step. Here `exp` is a branch-free polynomial that
 //! vectorises, and on AVX2 machines the loops run 8 lanes wide with fused multiply-adds.
 
-/// Defines `pub fn $name(...)` that runs `$body` compiled with AVX2 + FMA when the CPU has
-/// them and for the baseline otherwise.
+/// Defines `pub fn $name(...)` that runs `$body` compiled with AVX-512 or AVX2 + FMA when the
+/// CPU has them, and for the baseline otherwise.
 macro_rules! dispatch {
     ($(#[$meta:meta])* pub fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $body:block) => {
         $(#[$meta])*
@@ -18,6 +19,18 @@ macro_rules! dispatch {
 
             #[cfg(target_arch = "x86_64")]
             {
+                #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+                unsafe fn avx512($($arg: $ty),*) {
+                    generic($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512vl")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: `avx512` only requires AVX-512F/VL, AVX2 and FMA, which the CPU
+                    // was just found to have (AVX-512F implies AVX2).
+                    return unsafe { avx512($($arg),*) };
+                }
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn avx2($($arg: $ty),*) {
                     generic($($arg),*)

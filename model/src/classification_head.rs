@@ -6,8 +6,10 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
+use crate::bert::{BertConfig, BertEncoder, PositionIds};
 use crate::dropout::{Dropout, DropoutRng};
 use crate::kernels::ops::gelu_erf;
+use crate::tokens::TokenTensors;
 
 /// The activation between the head's two projections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,5 +59,52 @@ impl ClassificationHead {
             HeadActivation::Gelu => gelu_erf(&dense)?,
         };
         self.out_proj.forward(&self.dropout.forward(&activated)?)
+    }
+}
+
+/// BERT's encoder with a [`ClassificationHead`] on its first token: the sequence classifier of
+/// XLM-RoBERTa and ELECTRA, which differ only in tensor prefix, position ids and activation.
+#[derive(Debug, Clone)]
+pub struct EncoderWithHead {
+    encoder: BertEncoder,
+    head: ClassificationHead,
+    num_labels: usize,
+}
+
+impl EncoderWithHead {
+    /// Loads `PREFIX.*` (the encoder) and `classifier.*` (the head).
+    pub fn load(
+        vb: VarBuilder,
+        config: &BertConfig,
+        prefix: &str,
+        positions: PositionIds,
+        activation: HeadActivation,
+        num_labels: usize,
+        rng: &DropoutRng,
+    ) -> Result<Self> {
+        Ok(Self {
+            encoder: BertEncoder::load_with_positions(vb.pp(prefix), config, positions, rng)?,
+            head: ClassificationHead::load(
+                vb.pp("classifier"),
+                config.hidden_size,
+                num_labels,
+                activation,
+                config.classifier_dropout(),
+                rng,
+            )?,
+            num_labels,
+        })
+    }
+
+    /// Number of outputs per pair.
+    pub fn num_labels(&self) -> usize {
+        self.num_labels
+    }
+
+    /// `[batch, num_labels]` logits.
+    pub fn forward(&self, tokens: &TokenTensors) -> Result<Tensor> {
+        let _span = tracing::trace_span!("cross_encoder_forward").entered();
+        self.head
+            .forward(&self.encoder.forward_first_token(tokens)?)
     }
 }

@@ -14,12 +14,13 @@ use candle_nn::VarBuilder;
 use serde_json::{Map, Value};
 
 use crate::bert::{self, BertConfig, BertEncoder, BertForSequenceClassification};
+use crate::classification_head::EncoderWithHead;
 use crate::dropout::DropoutRng;
-use crate::electra::{self, ElectraForSequenceClassification};
+use crate::electra;
 use crate::error::ModelError;
 use crate::tokens::TokenTensors;
 use crate::weights::TensorNames;
-use crate::xlm_roberta::{self, XLMRobertaForSequenceClassification};
+use crate::xlm_roberta;
 
 /// A model family crosstrain implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -287,8 +288,8 @@ impl FamilyConfig {
 #[derive(Debug, Clone)]
 pub(crate) enum SequenceClassifier {
     Bert(BertForSequenceClassification),
-    XlmRoberta(XLMRobertaForSequenceClassification),
-    Electra(ElectraForSequenceClassification),
+    /// XLM-RoBERTa's and ELECTRA's: BERT's encoder with a RoBERTa-style head.
+    EncoderWithHead(EncoderWithHead),
 }
 
 impl SequenceClassifier {
@@ -303,11 +304,11 @@ impl SequenceClassifier {
             FamilyConfig::Bert(config) => Ok(SequenceClassifier::Bert(
                 BertForSequenceClassification::load(vb, config, num_labels, dropout)?,
             )),
-            FamilyConfig::XlmRoberta(config) => Ok(SequenceClassifier::XlmRoberta(
-                XLMRobertaForSequenceClassification::load(vb, config, num_labels, dropout)?,
+            FamilyConfig::XlmRoberta(config) => Ok(SequenceClassifier::EncoderWithHead(
+                xlm_roberta::load(vb, config, num_labels, dropout)?,
             )),
-            FamilyConfig::Electra(config) => Ok(SequenceClassifier::Electra(
-                ElectraForSequenceClassification::load(vb, config, num_labels, dropout)?,
+            FamilyConfig::Electra(config) => Ok(SequenceClassifier::EncoderWithHead(
+                electra::load(vb, config, num_labels, dropout)?,
             )),
         }
     }
@@ -315,16 +316,14 @@ impl SequenceClassifier {
     pub(crate) fn num_labels(&self) -> usize {
         match self {
             SequenceClassifier::Bert(network) => network.num_labels(),
-            SequenceClassifier::XlmRoberta(network) => network.num_labels(),
-            SequenceClassifier::Electra(network) => network.num_labels(),
+            SequenceClassifier::EncoderWithHead(network) => network.num_labels(),
         }
     }
 
     pub(crate) fn forward(&self, tokens: &TokenTensors) -> TensorResult<Tensor> {
         match self {
             SequenceClassifier::Bert(network) => network.forward(tokens),
-            SequenceClassifier::XlmRoberta(network) => network.forward(tokens),
-            SequenceClassifier::Electra(network) => network.forward(tokens),
+            SequenceClassifier::EncoderWithHead(network) => network.forward(tokens),
         }
     }
 }
@@ -346,12 +345,8 @@ impl TokenEncoder {
             FamilyConfig::Bert(config) => {
                 BertEncoder::load(vb.pp(bert::TENSOR_NAMES.prefix), config, dropout)?
             }
-            FamilyConfig::XlmRoberta(config) => {
-                XLMRobertaForSequenceClassification::load_encoder(vb, config, dropout)?
-            }
-            FamilyConfig::Electra(config) => {
-                ElectraForSequenceClassification::load_encoder(vb, config, dropout)?
-            }
+            FamilyConfig::XlmRoberta(config) => xlm_roberta::load_encoder(vb, config, dropout)?,
+            FamilyConfig::Electra(config) => electra::load_encoder(vb, config, dropout)?,
         }))
     }
 

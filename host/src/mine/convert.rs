@@ -31,33 +31,11 @@ pub enum ConvertMode {
     PairClass,
 }
 
-impl ConvertMode {
-    /// Every name, as the command line and the reference spell them.
-    pub const NAMES: &'static [&'static str] = &["sentence-class", "pair-class"];
-
-    /// The name of the value.
-    pub fn name(self) -> &'static str {
-        match self {
-            ConvertMode::SentenceClass => "sentence-class",
-            ConvertMode::PairClass => "pair-class",
-        }
-    }
-}
-
-impl std::str::FromStr for ConvertMode {
-    type Err = String;
-
-    fn from_str(name: &str) -> Result<Self, String> {
-        match name {
-            "sentence-class" => Ok(ConvertMode::SentenceClass),
-            "pair-class" => Ok(ConvertMode::PairClass),
-            other => Err(format!(
-                "unknown conversion mode {other:?}; expected one of {}",
-                Self::NAMES.join(", ")
-            )),
-        }
-    }
-}
+super::named_values!(
+    ConvertMode,
+    "conversion mode",
+    [(SentenceClass, "sentence-class"), (PairClass, "pair-class")]
+);
 
 /// Options of a conversion.
 #[derive(Debug, Clone, PartialEq)]

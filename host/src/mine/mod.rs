@@ -28,6 +28,41 @@ use crate::data::dataset::{Dataset, DatasetError, TextValues};
 use crosstrain_model::{ModelError, PairScorer, ScoreError, SentenceEmbedder};
 use crosstrain_rng::derive_seed;
 
+/// The names of an option's values, as the reference and the command line spell them:
+/// `NAMES`, `name()` and `FromStr` (an unknown name is an error listing the known ones), so
+/// the command line parses them without the library knowing clap.
+macro_rules! named_values {
+    ($type:ident, $what:literal, [$(($variant:ident, $name:literal)),+ $(,)?]) => {
+        impl $type {
+            /// Every name, as the command line and the reference spell them.
+            pub const NAMES: &'static [&'static str] = &[$($name),+];
+
+            /// The name of the value.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $($type::$variant => $name),+
+                }
+            }
+        }
+
+        impl std::str::FromStr for $type {
+            type Err = String;
+
+            fn from_str(name: &str) -> Result<Self, String> {
+                match name {
+                    $($name => Ok($type::$variant),)+
+                    other => Err(format!(
+                        concat!("unknown ", $what, " {:?}; expected one of {}"),
+                        other,
+                        Self::NAMES.join(", ")
+                    )),
+                }
+            }
+        }
+    };
+}
+use named_values;
+
 pub use corpus::{read_corpus, Corpus};
 pub use output::OutputFormat;
 pub use select::{SamplingStrategy, Selection, Skipped};
@@ -598,6 +633,31 @@ impl ScoreStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn option_values_parse_by_name_and_unknown_names_list_the_known_ones() {
+        for format in [
+            OutputFormat::Triplet,
+            OutputFormat::NTuple,
+            OutputFormat::LabeledPair,
+            OutputFormat::LabeledList,
+        ] {
+            assert_eq!(format.name().parse::<OutputFormat>(), Ok(format));
+        }
+        assert_eq!(
+            "random".parse::<SamplingStrategy>(),
+            Ok(SamplingStrategy::Random)
+        );
+        assert_eq!(
+            "pair-class".parse::<convert::ConvertMode>(),
+            Ok(convert::ConvertMode::PairClass)
+        );
+        let error = "ntuple".parse::<OutputFormat>().unwrap_err();
+        assert_eq!(
+            error,
+            "unknown output format \"ntuple\"; expected one of triplet, n-tuple, labeled-pair, labeled-list"
+        );
+    }
 
     #[test]
     fn range_max_defaults_like_the_reference() {

@@ -22,40 +22,16 @@ pub enum OutputFormat {
     LabeledList,
 }
 
-impl OutputFormat {
-    /// Every name, as the command line and the reference spell them.
-    pub const NAMES: &'static [&'static str] =
-        &["triplet", "n-tuple", "labeled-pair", "labeled-list"];
-}
-
-impl std::str::FromStr for OutputFormat {
-    type Err = String;
-
-    fn from_str(name: &str) -> Result<Self, String> {
-        match name {
-            "triplet" => Ok(OutputFormat::Triplet),
-            "n-tuple" => Ok(OutputFormat::NTuple),
-            "labeled-pair" => Ok(OutputFormat::LabeledPair),
-            "labeled-list" => Ok(OutputFormat::LabeledList),
-            other => Err(format!(
-                "unknown output format {other:?}; expected one of {}",
-                Self::NAMES.join(", ")
-            )),
-        }
-    }
-}
-
-impl OutputFormat {
-    /// The reference's name of the format.
-    pub fn name(self) -> &'static str {
-        match self {
-            OutputFormat::Triplet => "triplet",
-            OutputFormat::NTuple => "n-tuple",
-            OutputFormat::LabeledPair => "labeled-pair",
-            OutputFormat::LabeledList => "labeled-list",
-        }
-    }
-}
+super::named_values!(
+    OutputFormat,
+    "output format",
+    [
+        (Triplet, "triplet"),
+        (NTuple, "n-tuple"),
+        (LabeledPair, "labeled-pair"),
+        (LabeledList, "labeled-list")
+    ]
+);
 
 /// What was written.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]

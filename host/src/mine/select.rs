@@ -16,33 +16,11 @@ pub enum SamplingStrategy {
     Random,
 }
 
-impl SamplingStrategy {
-    /// Every name, as the command line and the reference spell them.
-    pub const NAMES: &'static [&'static str] = &["top", "random"];
-
-    /// The name of the value.
-    pub fn name(self) -> &'static str {
-        match self {
-            SamplingStrategy::Top => "top",
-            SamplingStrategy::Random => "random",
-        }
-    }
-}
-
-impl std::str::FromStr for SamplingStrategy {
-    type Err = String;
-
-    fn from_str(name: &str) -> Result<Self, String> {
-        match name {
-            "top" => Ok(SamplingStrategy::Top),
-            "random" => Ok(SamplingStrategy::Random),
-            other => Err(format!(
-                "unknown sampling strategy {other:?}; expected one of {}",
-                Self::NAMES.join(", ")
-            )),
-        }
-    }
-}
+super::named_values!(
+    SamplingStrategy,
+    "sampling strategy",
+    [(Top, "top"), (Random, "random")]
+);
 
 /// The filters and window of one mining run.
 #[derive(Debug, Clone, PartialEq)]

@@ -565,3 +565,34 @@ fn xlm_roberta_and_electra_train_save_export_rank_and_evaluate() {
         assert!(line["pairs_per_second"].as_f64().unwrap() > 0.0);
     }
 }
+
+/// Issue 19, class 2: a cut-short ONNX Runtime library in `ORT_DYLIB_PATH` is an error naming
+/// it, not a SIGBUS.
+#[test]
+fn a_truncated_onnx_runtime_library_is_refused_naming_the_file() {
+    ensure_onnxruntime();
+    let dir = tempfile::tempdir().unwrap();
+    let library = crosstrain::onnx::library_path().unwrap();
+    let bytes = std::fs::read(&library).unwrap();
+    let cut = dir.path().join("libonnxruntime_cut.so");
+    std::fs::write(&cut, &bytes[..bytes.len() / 3]).unwrap();
+    let target = dir.path().join("model");
+    exported_copy(&fixture("models/tiny-bert-ce"), &target);
+    let pairs = dir.path().join("pairs.tsv");
+    std::fs::write(&pairs, "how many moons does mars have\tMars has two moons.\n").unwrap();
+    let output = crosstrain()
+        .env("ORT_DYLIB_PATH", &cut)
+        .args([
+            "predict",
+            "--model",
+            target.to_str().unwrap(),
+            "--pairs",
+            pairs.to_str().unwrap(),
+            "--backend",
+            "onnx",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(stderr(&output).contains("libonnxruntime_cut.so"), "{}", stderr(&output));
+}

@@ -212,3 +212,62 @@ fn the_same_library_loaded_twice_is_loaded_once_and_a_second_copy_is_refused() {
         stderr(&output)
     );
 }
+
+/// Issue 19, classes 2, 3 and the `--plugin DIR` case of 10: a cut-short copy of a plugin is
+/// refused with an error naming it (it used to kill the process with SIGBUS), a bare name is a
+/// path in the working directory (never the loader's search path), and a directory is "not a
+/// file".
+#[test]
+fn truncated_libraries_bare_names_and_directories_are_refused_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(plugin_library("crosstrain-example-plugin")).unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    let cut = plugins.join("libfocal_cut.so");
+    std::fs::write(&cut, &bytes[..bytes.len() * 2 / 3]).unwrap();
+    let refused = |output: std::process::Output, needle: &str| {
+        assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+        let message = stderr(&output);
+        assert!(message.contains(needle), "{message}");
+        // Said once, not repeated by the error chain.
+        assert_eq!(message.matches(needle).count(), 1, "{message}");
+    };
+    refused(
+        run(&["--plugin", cut.to_str().unwrap(), "losses", "list"]),
+        "libfocal_cut.so",
+    );
+    refused(
+        crosstrain()
+            .env("CROSSTRAIN_PLUGIN_PATH", &plugins)
+            .args(["losses", "list"])
+            .output()
+            .unwrap(),
+        "libfocal_cut.so",
+    );
+    // `libc.so.6` names ./libc.so.6, which does not exist here, not the system's libc.
+    let output = crosstrain()
+        .current_dir(dir.path())
+        .args(["--plugin", "libc.so.6", "losses", "list"])
+        .output()
+        .unwrap();
+    refused(
+        output,
+        &format!("{}: no such file", dir.path().join("libc.so.6").display()),
+    );
+    // A file of that name in the working directory is the one loaded (and refused, here,
+    // because it is the cut copy).
+    std::fs::copy(&cut, dir.path().join("libc.so.6")).unwrap();
+    let output = crosstrain()
+        .current_dir(dir.path())
+        .args(["--plugin", "libc.so.6", "losses", "list"])
+        .output()
+        .unwrap();
+    refused(
+        output,
+        &format!("{}", dir.path().join("libc.so.6").display()),
+    );
+    refused(
+        run(&["--plugin", plugins.to_str().unwrap(), "losses", "list"]),
+        "not a file",
+    );
+}

@@ -13,6 +13,7 @@ pub mod fsutil;
 pub mod mine;
 pub mod onnx;
 pub mod plugins;
+pub mod shared_library;
 pub mod train;
 pub mod trainer_state;
 

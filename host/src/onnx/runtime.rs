@@ -82,8 +82,10 @@ fn environment() -> Result<&'static Environment, OnnxError> {
             .as_ref()
             .map_err(|message| OnnxError::Runtime(message.clone()));
     }
-    // Looked up first, so a missing library is its own error and nothing is cached for it.
-    let path = library_path()?;
+    // Looked up first, so a missing library is its own error and nothing is cached for it;
+    // checked, so a truncated library is an error rather than a SIGBUS inside dlopen.
+    let path = crate::shared_library::checked_library_path(&library_path()?)
+        .map_err(|error| OnnxError::Runtime(format!("ONNX Runtime library: {error}")))?;
     ENVIRONMENT
         .get_or_init(|| {
             let builder =

@@ -5,6 +5,11 @@ use std::path::PathBuf;
 /// An error from the plugin layer.
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
+    /// The file given or found is missing, not a file, or not a complete shared library.
+    /// (Not a `source`: its text is already in this message, and error chains would print
+    /// it twice.)
+    #[error("plugin {0}")]
+    LibraryFile(crate::shared_library::LibraryFileError),
     /// dlopen refused the file.
     #[error("plugin {path}: not a loadable shared library: {reason}")]
     NotALibrary {
@@ -123,5 +128,11 @@ fn suggestion_text(suggestions: &[String]) -> String {
         "; run `crosstrain losses list` to see the available losses".to_string()
     } else {
         format!("; did you mean {}?", suggestions.join(" or "))
+    }
+}
+
+impl From<crate::shared_library::LibraryFileError> for PluginError {
+    fn from(error: crate::shared_library::LibraryFileError) -> Self {
+        PluginError::LibraryFile(error)
     }
 }

@@ -112,7 +112,10 @@ impl LossRegistry {
     /// Loads one plugin file: abi_stable's version and layout checks, then our contract
     /// version. The library stays loaded for the life of the process (never unloaded).
     pub fn load_file(&mut self, path: &Path) -> Result<(), PluginError> {
-        let header = lib_header_from_path(path).map_err(|error| match error {
+        // A path, never a name for the loader's search; a cut-short file is refused here
+        // rather than crashing the process inside dlopen.
+        let checked = crate::shared_library::checked_library_path(path)?;
+        let header = lib_header_from_path(&checked).map_err(|error| match error {
             LibraryError::OpenError { err, .. } => PluginError::NotALibrary {
                 path: path.to_path_buf(),
                 reason: err.to_string(),

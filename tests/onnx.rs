@@ -579,7 +579,11 @@ fn a_truncated_onnx_runtime_library_is_refused_naming_the_file() {
     let target = dir.path().join("model");
     exported_copy(&fixture("models/tiny-bert-ce"), &target);
     let pairs = dir.path().join("pairs.tsv");
-    std::fs::write(&pairs, "how many moons does mars have\tMars has two moons.\n").unwrap();
+    std::fs::write(
+        &pairs,
+        "how many moons does mars have\tMars has two moons.\n",
+    )
+    .unwrap();
     let output = crosstrain()
         .env("ORT_DYLIB_PATH", &cut)
         .args([
@@ -594,5 +598,9 @@ fn a_truncated_onnx_runtime_library_is_refused_naming_the_file() {
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
-    assert!(stderr(&output).contains("libonnxruntime_cut.so"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("libonnxruntime_cut.so"),
+        "{}",
+        stderr(&output)
+    );
 }

@@ -31,6 +31,20 @@ fn ensure_onnxruntime() {
     });
 }
 
+/// Four (query, document, 0/1 label) rows in `dir/train.jsonl`, for short training runs.
+fn four_labeled_pairs(dir: &Path) -> std::path::PathBuf {
+    let train = dir.join("train.jsonl");
+    std::fs::write(
+        &train,
+        "{\"query\": \"bake bread\", \"document\": \"knead the dough\", \"label\": 1}\n\
+         {\"query\": \"bake bread\", \"document\": \"oil the bike chain\", \"label\": 0}\n\
+         {\"query\": \"fix a bike\", \"document\": \"oil the bike chain\", \"label\": 1}\n\
+         {\"query\": \"fix a bike\", \"document\": \"knead the dough\", \"label\": 0}\n",
+    )
+    .unwrap();
+    train
+}
+
 /// Copies the files of a model directory (plus an empty `onnx/`).
 fn copy_model(source: &Path, target: &Path) {
     std::fs::create_dir_all(target.join("onnx")).unwrap();
@@ -371,15 +385,7 @@ fn a_missing_runtime_library_says_how_to_fetch_it() {
 fn training_exports_onnx_and_the_card_reports_parity() {
     ensure_onnxruntime();
     let dir = tempfile::tempdir().unwrap();
-    let train = dir.path().join("train.jsonl");
-    std::fs::write(
-        &train,
-        "{\"query\": \"bake bread\", \"document\": \"knead the dough\", \"label\": 1}\n\
-         {\"query\": \"bake bread\", \"document\": \"oil the bike chain\", \"label\": 0}\n\
-         {\"query\": \"fix a bike\", \"document\": \"oil the bike chain\", \"label\": 1}\n\
-         {\"query\": \"fix a bike\", \"document\": \"knead the dough\", \"label\": 0}\n",
-    )
-    .unwrap();
+    let train = four_labeled_pairs(dir.path());
     let output = dir.path().join("out");
     let model = fixture("models/tiny-bert-ce");
     let result = run(&[
@@ -428,15 +434,7 @@ fn training_exports_onnx_and_the_card_reports_parity() {
 fn xlm_roberta_and_electra_train_save_export_rank_and_evaluate() {
     ensure_onnxruntime();
     let dir = tempfile::tempdir().unwrap();
-    let train = dir.path().join("train.jsonl");
-    std::fs::write(
-        &train,
-        "{\"query\": \"bake bread\", \"document\": \"knead the dough\", \"label\": 1}\n\
-         {\"query\": \"bake bread\", \"document\": \"oil the bike chain\", \"label\": 0}\n\
-         {\"query\": \"fix a bike\", \"document\": \"oil the bike chain\", \"label\": 1}\n\
-         {\"query\": \"fix a bike\", \"document\": \"knead the dough\", \"label\": 0}\n",
-    )
-    .unwrap();
+    let train = four_labeled_pairs(dir.path());
     let samples = dir.path().join("samples.jsonl");
     std::fs::write(
         &samples,

@@ -799,3 +799,147 @@ fn xlm_roberta_and_electra_save_load_round_trip_and_base_checkpoints_get_a_head(
         );
     }
 }
+
+/// Issue 19, class 7: files that start with a UTF-8 byte-order mark read as without it in
+/// every reader (prediction pairs, evaluation samples, training data), and invalid UTF-8 is an
+/// error that names the file and the line.
+#[test]
+fn byte_order_marks_are_read_and_invalid_utf8_names_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny("tiny-bert-ce");
+    let model_arg = model.to_str().unwrap();
+    let pairs = dir.path().join("pairs.jsonl");
+    std::fs::write(
+        &pairs,
+        "\u{feff}{\"query\": \"how many moons\", \"document\": \"two\"}\n",
+    )
+    .unwrap();
+    let output = run(&[
+        "predict",
+        "--model",
+        model_arg,
+        "--pairs",
+        pairs.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(stdout(&output).lines().count(), 1);
+
+    let samples = dir.path().join("samples.jsonl");
+    std::fs::write(
+        &samples,
+        "\u{feff}{\"query\": \"q\", \"positive\": [\"a\"], \"negative\": [\"b\", \"c\"]}\n",
+    )
+    .unwrap();
+    let output = run(&[
+        "eval",
+        "--model",
+        model_arg,
+        "--evaluator",
+        "reranking",
+        "--data",
+        samples.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+
+    let train = dir.path().join("train.jsonl");
+    std::fs::write(
+        &train,
+        "\u{feff}{\"query\": \"a\", \"document\": \"b\", \"label\": 1}\n\
+         {\"query\": \"a\", \"document\": \"c\", \"label\": 0}\n",
+    )
+    .unwrap();
+    let output = run(&[
+        "train",
+        "--model",
+        model_arg,
+        "--loss",
+        "BinaryCrossEntropyLoss",
+        "--train",
+        train.to_str().unwrap(),
+        "--output",
+        dir.path().join("out").to_str().unwrap(),
+        "--batch-size",
+        "2",
+        "--no-export-onnx",
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+
+    std::fs::write(
+        &pairs,
+        b"{\"query\": \"q\", \"document\": \"d\"}\n{\"query\": \"q\xff\", \"document\": \"d\"}\n",
+    )
+    .unwrap();
+    let output = run(&[
+        "predict",
+        "--model",
+        model_arg,
+        "--pairs",
+        pairs.to_str().unwrap(),
+    ]);
+    assert!(!output.status.success());
+    let message = stderr(&output);
+    assert!(
+        message.contains("pairs.jsonl") && message.contains("invalid UTF-8 on line 2"),
+        "{message}"
+    );
+}
+
+/// Issue 19, class 5: a max length the model cannot take (0, or past its position
+/// embeddings) is refused when the model loads, naming the limit; training writes nothing.
+#[test]
+fn a_max_length_the_model_cannot_take_is_refused_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny("tiny-bert-ce");
+    for length in [0usize, 129, 1000] {
+        let error = match CrossEncoder::load_dir(
+            &model,
+            &LoadOptions {
+                max_length: Some(length),
+                ..LoadOptions::default()
+            },
+        ) {
+            Err(error) => error.to_string(),
+            Ok(_) => panic!("max length {length} accepted"),
+        };
+        assert!(
+            error.contains(&format!("max length {length}")) && error.contains("1 to 128 tokens"),
+            "{error}"
+        );
+    }
+    assert!(CrossEncoder::load_dir(
+        &model,
+        &LoadOptions {
+            max_length: Some(128),
+            ..LoadOptions::default()
+        }
+    )
+    .is_ok());
+    let train = dir.path().join("train.jsonl");
+    std::fs::write(
+        &train,
+        "{\"query\": \"a\", \"document\": \"b\", \"label\": 1}\n{\"query\": \"a\", \"document\": \"c\", \"label\": 0}\n",
+    )
+    .unwrap();
+    let output = dir.path().join("out");
+    let result = run(&[
+        "train",
+        "--model",
+        model.to_str().unwrap(),
+        "--loss",
+        "BinaryCrossEntropyLoss",
+        "--train",
+        train.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+        "--max-length",
+        "1000",
+        "--no-export-onnx",
+    ]);
+    assert!(!result.status.success());
+    assert!(
+        stderr(&result).contains("1 to 128 tokens"),
+        "{}",
+        stderr(&result)
+    );
+    assert!(!output.exists(), "a refused run left {}", output.display());
+}

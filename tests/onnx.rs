@@ -602,3 +602,46 @@ fn a_truncated_onnx_runtime_library_is_refused_naming_the_file() {
         stderr(&output)
     );
 }
+
+/// Issue 19, class 4: NaN weights make `export-onnx --check` fail (a NaN difference used to
+/// count as agreement) and `predict` an error on both backends, not NaN scores with exit 0.
+#[test]
+fn non_finite_logits_fail_the_parity_check_and_prediction() {
+    ensure_onnxruntime();
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("model");
+    copy_model(&fixture("models/tiny-bert-ce"), &target);
+    let weights_file = target.join("model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&weights_file, &Device::Cpu).unwrap();
+    let classifier = tensors["classifier.weight"].clone();
+    let nan = Tensor::full(f32::NAN, classifier.shape(), &Device::Cpu).unwrap();
+    tensors.insert("classifier.weight".to_string(), nan);
+    candle_core::safetensors::save(&tensors, &weights_file).unwrap();
+    let model_arg = target.to_str().unwrap();
+    let check = run(&["export-onnx", "--model", model_arg, "--check"]);
+    assert!(!check.status.success(), "{}", stdout(&check));
+    assert!(
+        stderr(&check).contains("non-finite logit"),
+        "{}",
+        stderr(&check)
+    );
+    let pairs = dir.path().join("pairs.tsv");
+    std::fs::write(&pairs, "how many moons\tTwo.\n").unwrap();
+    for backend in ["candle", "onnx"] {
+        let output = run(&[
+            "predict",
+            "--model",
+            model_arg,
+            "--pairs",
+            pairs.to_str().unwrap(),
+            "--backend",
+            backend,
+        ]);
+        assert!(!output.status.success(), "{backend}: {}", stdout(&output));
+        assert!(
+            stderr(&output).contains("non-finite logit (NaN) for pair 0"),
+            "{backend}: {}",
+            stderr(&output)
+        );
+    }
+}

@@ -68,6 +68,35 @@ pub struct CrossEncoder {
     default_activation: DefaultActivation,
 }
 
+/// The first pair (0-based, input order) with a NaN or infinite logit, and that logit: a
+/// score no ranking or metric can use, so scoring reports it instead of printing it.
+pub fn first_non_finite(logits: &[Vec<f32>]) -> Option<(usize, f32)> {
+    logits.iter().enumerate().find_map(|(pair, row)| {
+        row.iter()
+            .find(|value| !value.is_finite())
+            .map(|&value| (pair, value))
+    })
+}
+
+/// A truncation length the model can take: at least 1, at most what its position embeddings
+/// allow. Checked when the model loads, so a run fails before it writes anything rather than
+/// inside the first forward pass.
+pub(crate) fn check_max_length(
+    dir: &Path,
+    requested: usize,
+    config: &FamilyConfig,
+) -> Result<usize, ModelError> {
+    let limit = config.max_position_embeddings();
+    if requested == 0 || requested > limit {
+        return Err(ModelError::MaxLength {
+            dir: dir.to_path_buf(),
+            requested,
+            limit,
+        });
+    }
+    Ok(requested)
+}
+
 impl CrossEncoder {
     /// Loads a model from a directory or a Hugging Face model id.
     pub fn load(spec: &str, options: &LoadOptions) -> Result<Self, ModelError> {
@@ -100,7 +129,7 @@ impl CrossEncoder {
             });
         }
         let max_length = match options.max_length {
-            Some(length) => length,
+            Some(length) => check_max_length(dir, length, &config)?,
             None => default_max_length(dir, &config)?,
         };
         let tokenizer = load_tokenizer(&tokenizer_path, max_length)?;
@@ -286,13 +315,19 @@ impl CrossEncoder {
         } else {
             1
         };
-        score_longest_first_in_lanes(pairs, batch_size, lanes, |batch| {
+        let logits = score_longest_first_in_lanes(pairs, batch_size, lanes, |batch| {
             let encoded = self.encode(batch)?;
-            Ok(network
-                .forward(&self.token_tensors(&encoded)?)?
-                .to_dtype(DType::F32)?
-                .to_vec2::<f32>()?)
-        })
+            Ok::<_, ModelError>(
+                network
+                    .forward(&self.token_tensors(&encoded)?)?
+                    .to_dtype(DType::F32)?
+                    .to_vec2::<f32>()?,
+            )
+        })?;
+        if let Some((pair, value)) = first_non_finite(&logits) {
+            return Err(ModelError::NonFiniteLogits { pair, value });
+        }
+        Ok(logits)
     }
 
     /// The network over detached views of the parameters (the same storage, without the

@@ -58,7 +58,7 @@ impl SentenceEmbedder {
             }
         }
         let max_length = match max_length {
-            Some(length) => length,
+            Some(length) => crate::cross_encoder::check_max_length(dir, length, &config)?,
             None => sentence_max_length(dir)?.map_or_else(
                 || default_max_length(dir, &config),
                 |n| Ok(n.min(config.max_position_embeddings())),

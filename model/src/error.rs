@@ -22,6 +22,30 @@ pub enum ModelError {
         /// The supported families and their architectures.
         supported: String,
     },
+    /// The model produced a NaN or infinite logit.
+    #[error(
+        "the model produced a non-finite logit ({value}) for pair {pair} (0-based, in input \
+         order); its weights or inputs are broken"
+    )]
+    NonFiniteLogits {
+        /// The pair.
+        pair: usize,
+        /// The logit.
+        value: f32,
+    },
+    /// A truncation length the model cannot take.
+    #[error(
+        "max length {requested} does not fit model {dir}: it takes 1 to {limit} tokens \
+         (its position embeddings)"
+    )]
+    MaxLength {
+        /// The model directory.
+        dir: PathBuf,
+        /// The length asked for.
+        requested: usize,
+        /// The longest input the model takes.
+        limit: usize,
+    },
     /// A required file is missing.
     #[error("model directory {dir}: missing {file}")]
     MissingFile {

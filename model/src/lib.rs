@@ -34,7 +34,7 @@ pub mod weights;
 pub mod xlm_roberta;
 
 pub use activation::DefaultActivation;
-pub use cross_encoder::{CrossEncoder, LoadOptions};
+pub use cross_encoder::{first_non_finite, CrossEncoder, LoadOptions};
 pub use device::{is_device_spec, parse_device};
 pub use dropout::DropoutRng;
 pub use embedder::{Pooling, SentenceEmbedder};

@@ -24,7 +24,7 @@ pub struct RerankingSample {
 }
 
 fn lines(path: &Path) -> Result<Vec<(usize, Value)>, DataError> {
-    let text = std::fs::read_to_string(path).map_err(|source| DataError::Io {
+    let text = super::read_text(path).map_err(|source| DataError::Io {
         path: path.to_path_buf(),
         source,
     })?;

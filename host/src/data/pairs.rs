@@ -38,7 +38,7 @@ pub struct TextPair {
 }
 
 fn read(path: &Path) -> Result<String, DataError> {
-    std::fs::read_to_string(path).map_err(|source| DataError::Io {
+    super::read_text(path).map_err(|source| DataError::Io {
         path: path.to_path_buf(),
         source,
     })

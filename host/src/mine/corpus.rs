@@ -131,7 +131,11 @@ pub fn read_corpus(
             let reader = std::io::BufReader::new(std::fs::File::open(path).map_err(io)?);
             let mut read = 0usize;
             for (index, line) in reader.lines().enumerate() {
-                let line = line.map_err(io)?;
+                let line = line.map_err(|error| match error.kind() {
+                    std::io::ErrorKind::InvalidData => malformed(index + 1, "invalid UTF-8".into()),
+                    _ => io(error),
+                })?;
+                let line = crate::data::strip_byte_order_mark(&line, index == 0);
                 let line = line.trim_end_matches('\r');
                 if line.trim().is_empty() {
                     continue;

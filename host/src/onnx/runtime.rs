@@ -31,6 +31,14 @@ pub enum OnnxError {
     /// Tokenization failed.
     #[error(transparent)]
     Tokenize(#[from] TokenizeError),
+    /// The graph produced a NaN or infinite logit.
+    #[error("ONNX Runtime produced a non-finite logit ({value}) for pair {pair} (0-based, in input order)")]
+    NonFiniteLogits {
+        /// The pair.
+        pair: usize,
+        /// The logit.
+        value: f32,
+    },
 }
 
 fn runtime_error(error: impl std::fmt::Display) -> OnnxError {
@@ -200,10 +208,14 @@ impl OnnxScorer {
         pairs: &[(&str, &str)],
         batch_size: usize,
     ) -> Result<Vec<Vec<f32>>, OnnxError> {
-        score_longest_first(pairs, batch_size, |batch| {
+        let logits = score_longest_first(pairs, batch_size, |batch| {
             let encoded = self.tokenizer.encode_pairs(batch)?;
             self.logits(&encoded)
-        })
+        })?;
+        if let Some((pair, value)) = crosstrain_model::first_non_finite(&logits) {
+            return Err(OnnxError::NonFiniteLogits { pair, value });
+        }
+        Ok(logits)
     }
 }
 

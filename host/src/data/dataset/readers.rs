@@ -62,7 +62,7 @@ pub(super) struct RawRow {
 pub(super) type RowResult = Result<RawRow, DatasetError>;
 
 pub(super) fn read_jsonl(path: &Path, _spec: &DatasetSpec) -> Result<Vec<RowResult>, DatasetError> {
-    let text = std::fs::read_to_string(path).map_err(|e| io_error(path, e))?;
+    let text = crate::data::read_text(path).map_err(|e| io_error(path, e))?;
     Ok(parse_jsonl(&text, path))
 }
 

@@ -187,7 +187,12 @@ impl Builder {
         Ok(())
     }
 
-    pub(super) fn finish(self, files: Vec<PathBuf>, skipped_rows: usize) -> Dataset {
+    pub(super) fn finish(
+        self,
+        files: Vec<PathBuf>,
+        skipped_rows: usize,
+        origins: Vec<RowOrigin>,
+    ) -> Dataset {
         let label_index = self.label_index;
         let text_names: Vec<String> = self
             .names
@@ -208,6 +213,7 @@ impl Builder {
                 values: self.labels,
             }),
             skipped_rows,
+            origins,
         }
     }
 }

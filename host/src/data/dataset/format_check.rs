@@ -91,7 +91,8 @@ impl Dataset {
     fn check_label(&self, kind: LabelKind, num_labels: usize) -> Result<(), String> {
         let name = self.label.as_ref().map_or("label", |l| l.name.as_str());
         let values = self.label.as_ref().map(|l| &l.values);
-        let row_error = |row: usize, what: String| format!("row {}: {name} {what}", row + 1);
+        let row_error =
+            |row: usize, what: String| format!("{}: {name} {what}", self.row_location(row));
         match (kind, values) {
             (LabelKind::None, None) => Ok(()),
             (LabelKind::None, Some(_)) => Err(format!("takes no label, but there is {name:?}")),

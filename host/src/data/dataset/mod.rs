@@ -107,6 +107,33 @@ pub struct Dataset {
     pub label: Option<LabelColumn>,
     /// Malformed rows skipped with `skip_invalid_rows`.
     pub skipped_rows: usize,
+    /// Where each row came from, so a row-level error names its own file and line.
+    pub(crate) origins: Vec<RowOrigin>,
+}
+
+impl RowOrigin {
+    /// From a reader's location text (`line N` or `row N`).
+    fn of(file: usize, location: &str) -> Self {
+        let number = location
+            .rsplit(' ')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        Self {
+            file: file as u32,
+            number,
+            parquet: location.starts_with("row"),
+        }
+    }
+}
+
+/// The file (index into [`Dataset::files`]) and line (row, for Parquet) a row was read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RowOrigin {
+    file: u32,
+    /// `line N` or `row N`: the reader's own count, blank lines and headers included.
+    number: u32,
+    parquet: bool,
 }
 
 /// Reads a dataset.
@@ -149,7 +176,8 @@ fn build_dataset(
     let mut builder: Option<Builder> = None;
     let mut skipped = 0usize;
     let mut rows_read = 0usize;
-    'files: for path in &spec.files {
+    let mut origins = Vec::new();
+    'files: for (file_index, path) in spec.files.iter().enumerate() {
         for row in rows_of(path)? {
             let row = match row {
                 Ok(row) => row,
@@ -167,7 +195,10 @@ fn build_dataset(
                 None => builder.insert(Builder::new(&cells, path, &row.location)?),
             };
             match builder.push(cells, spec.label_scale, path, &row.location) {
-                Ok(()) => rows_read += 1,
+                Ok(()) => {
+                    rows_read += 1;
+                    origins.push(RowOrigin::of(file_index, &row.location));
+                }
                 Err(error) if spec.skip_invalid_rows => {
                     tracing::warn!("skipping a malformed row: {error}");
                     skipped += 1;
@@ -190,7 +221,7 @@ fn build_dataset(
         path: first_file.clone(),
         message: "no rows".into(),
     })?;
-    Ok(builder.finish(spec.files.clone(), skipped))
+    Ok(builder.finish(spec.files.clone(), skipped, origins))
 }
 
 fn rename_and_select(
@@ -297,6 +328,21 @@ impl Dataset {
                     .sum()
             })
             .collect()
+    }
+
+    /// `FILE: line N` (or `row N` for Parquet) of dataset row `row` (0-based).
+    pub fn row_location(&self, row: usize) -> String {
+        match self.origins.get(row) {
+            Some(origin) => {
+                let file = self
+                    .files
+                    .get(origin.file as usize)
+                    .map_or_else(|| "<dataset>".to_string(), |f| f.display().to_string());
+                let unit = if origin.parquet { "row" } else { "line" };
+                format!("{file}: {unit} {}", origin.number)
+            }
+            None => format!("{}: row {}", self.origin(), row + 1),
+        }
     }
 
     /// The first file, for messages.

@@ -238,7 +238,34 @@ fn binary_label_out_of_range_names_the_row() {
         .unwrap_err()
         .to_string();
     assert!(
-        error.contains("row 2: label = 4 is not in [0, 1]"),
+        error.contains("train.jsonl: line 2: label = 4 is not in [0, 1]"),
+        "{error}"
+    );
+
+    // Issue 19, class 6: in the second of two files, after a blank line, the error names
+    // that file and its own line (not the first file and a row counted across both).
+    let first = write(
+        dir.path(),
+        "first.jsonl",
+        "{\"q\": \"a\", \"d\": \"b\", \"label\": 1}\n{\"q\": \"a\", \"d\": \"c\", \"label\": 0}\n",
+    );
+    let second = write(
+        dir.path(),
+        "second.jsonl",
+        "{\"q\": \"a\", \"d\": \"b\", \"label\": 1}\n\n{\"q\": \"a\", \"d\": \"b\", \"label\": 7}\n",
+    );
+    let dataset = read_dataset(&DatasetSpec::from_files(vec![first, second])).unwrap();
+    let error = dataset
+        .check_format(
+            "BinaryCrossEntropyLoss",
+            &[DataFormat::pair_binary_label()],
+            0,
+            1,
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("second.jsonl: line 3: label = 7 is not in [0, 1]"),
         "{error}"
     );
 }

@@ -6,7 +6,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
-use crate::bert::{BertConfig, BertEncoder, PositionIds};
+use crate::bert::{BertConfig, BertEncoder};
 use crate::dropout::{Dropout, DropoutRng};
 use crate::kernels::ops::gelu_erf;
 use crate::tokens::TokenTensors;
@@ -72,18 +72,17 @@ pub struct EncoderWithHead {
 }
 
 impl EncoderWithHead {
-    /// Loads `PREFIX.*` (the encoder) and `classifier.*` (the head).
+    /// `encoder` with `classifier.*` (the head) loaded under `vb`.
     pub fn load(
         vb: VarBuilder,
         config: &BertConfig,
-        prefix: &str,
-        positions: PositionIds,
+        encoder: BertEncoder,
         activation: HeadActivation,
         num_labels: usize,
         rng: &DropoutRng,
     ) -> Result<Self> {
         Ok(Self {
-            encoder: BertEncoder::load_with_positions(vb.pp(prefix), config, positions, rng)?,
+            encoder,
             head: ClassificationHead::load(
                 vb.pp("classifier"),
                 config.hidden_size,

@@ -13,8 +13,9 @@ use candle_core::{Result as TensorResult, Tensor};
 use candle_nn::VarBuilder;
 use serde_json::{Map, Value};
 
+use crate::bert::PositionIds;
 use crate::bert::{self, BertConfig, BertEncoder, BertForSequenceClassification};
-use crate::classification_head::EncoderWithHead;
+use crate::classification_head::{EncoderWithHead, HeadActivation};
 use crate::dropout::DropoutRng;
 use crate::electra;
 use crate::error::ModelError;
@@ -241,6 +242,24 @@ impl FamilyConfig {
                 "word_embeddings.weight",
                 config.pad_token_id.unwrap_or(0) as usize,
             )],
+        }
+    }
+
+    /// How the family numbers positions.
+    pub fn position_ids(&self) -> PositionIds {
+        match self {
+            FamilyConfig::XlmRoberta(config) => xlm_roberta::positions(config),
+            FamilyConfig::Bert(_) | FamilyConfig::Electra(_) => PositionIds::FromZero,
+        }
+    }
+
+    /// The activation of the family's RoBERTa-style classification head; `None` for BERT,
+    /// whose head is its pooler (dense → tanh) and classifier.
+    pub fn head_activation(&self) -> Option<HeadActivation> {
+        match self {
+            FamilyConfig::Bert(_) => None,
+            FamilyConfig::XlmRoberta(_) => Some(xlm_roberta::HEAD_ACTIVATION),
+            FamilyConfig::Electra(_) => Some(electra::HEAD_ACTIVATION),
         }
     }
 

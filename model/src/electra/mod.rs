@@ -27,6 +27,9 @@ pub const ARCHITECTURES: &[&str] = &[
     "ElectraForMaskedLM",
 ];
 
+/// The activation of ELECTRA's classification head (`get_activation("gelu")`).
+pub const HEAD_ACTIVATION: HeadActivation = HeadActivation::Gelu;
+
 /// `ElectraForSequenceClassification`: `electra.*` and `classifier.*`, GELU head.
 pub fn load(
     vb: VarBuilder,
@@ -34,15 +37,8 @@ pub fn load(
     num_labels: usize,
     rng: &DropoutRng,
 ) -> Result<EncoderWithHead> {
-    EncoderWithHead::load(
-        vb,
-        config,
-        TENSOR_NAMES.prefix,
-        PositionIds::FromZero,
-        HeadActivation::Gelu,
-        num_labels,
-        rng,
-    )
+    let encoder = load_encoder(vb.clone(), config, rng)?;
+    EncoderWithHead::load(vb, config, encoder, HEAD_ACTIVATION, num_labels, rng)
 }
 
 /// The encoder alone (for sentence embeddings).

@@ -41,8 +41,11 @@ pub fn max_input_length(config: &BertConfig) -> usize {
         .saturating_sub(padding_idx(config) as usize + 1)
 }
 
+/// The activation of XLM-RoBERTa's classification head (`RobertaClassificationHead`).
+pub const HEAD_ACTIVATION: HeadActivation = HeadActivation::Tanh;
+
 /// XLM-RoBERTa's position ids: real tokens from `padding_idx + 1`.
-fn positions(config: &BertConfig) -> PositionIds {
+pub fn positions(config: &BertConfig) -> PositionIds {
     PositionIds::AfterPadding {
         padding_idx: padding_idx(config),
     }
@@ -55,15 +58,8 @@ pub fn load(
     num_labels: usize,
     rng: &DropoutRng,
 ) -> Result<EncoderWithHead> {
-    EncoderWithHead::load(
-        vb,
-        config,
-        TENSOR_NAMES.prefix,
-        positions(config),
-        HeadActivation::Tanh,
-        num_labels,
-        rng,
-    )
+    let encoder = load_encoder(vb.clone(), config, rng)?;
+    EncoderWithHead::load(vb, config, encoder, HEAD_ACTIVATION, num_labels, rng)
 }
 
 /// The encoder alone (for sentence embeddings: multilingual-e5).

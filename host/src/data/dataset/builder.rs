@@ -18,7 +18,7 @@ impl Builder {
     pub(super) fn new(
         cells: &[(String, Cell)],
         path: &Path,
-        location: &str,
+        location: Location,
     ) -> Result<Self, DatasetError> {
         let names: Vec<String> = cells.iter().map(|(n, _)| n.clone()).collect();
         let label_index = LABEL_COLUMNS
@@ -75,7 +75,7 @@ impl Builder {
         cells: Vec<(String, Cell)>,
         label_scale: f64,
         path: &Path,
-        location: &str,
+        location: Location,
     ) -> Result<(), DatasetError> {
         let row_error = |column: &str, message: String| DatasetError::Row {
             path: path.to_path_buf(),

@@ -111,29 +111,11 @@ pub struct Dataset {
     pub(crate) origins: Vec<RowOrigin>,
 }
 
-impl RowOrigin {
-    /// From a reader's location text (`line N` or `row N`).
-    fn of(file: usize, location: &str) -> Self {
-        let number = location
-            .rsplit(' ')
-            .next()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0);
-        Self {
-            file: file as u32,
-            number,
-            parquet: location.starts_with("row"),
-        }
-    }
-}
-
 /// The file (index into [`Dataset::files`]) and line (row, for Parquet) a row was read from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct RowOrigin {
     file: u32,
-    /// `line N` or `row N`: the reader's own count, blank lines and headers included.
-    number: u32,
-    parquet: bool,
+    location: Location,
 }
 
 /// Reads a dataset.
@@ -188,16 +170,19 @@ fn build_dataset(
                 }
                 Err(error) => return Err(error),
             };
-            let mut cells = rename_and_select(row.cells, spec, path, &row.location)?;
+            let mut cells = rename_and_select(row.cells, spec, path, row.location)?;
             cells.retain(|(name, _)| !DROPPED_COLUMNS.contains(&name.as_str()));
             let builder = match &mut builder {
                 Some(builder) => builder,
-                None => builder.insert(Builder::new(&cells, path, &row.location)?),
+                None => builder.insert(Builder::new(&cells, path, row.location)?),
             };
-            match builder.push(cells, spec.label_scale, path, &row.location) {
+            match builder.push(cells, spec.label_scale, path, row.location) {
                 Ok(()) => {
                     rows_read += 1;
-                    origins.push(RowOrigin::of(file_index, &row.location));
+                    origins.push(RowOrigin {
+                        file: file_index as u32,
+                        location: row.location,
+                    });
                 }
                 Err(error) if spec.skip_invalid_rows => {
                     tracing::warn!("skipping a malformed row: {error}");
@@ -228,7 +213,7 @@ fn rename_and_select(
     cells: Vec<(String, Cell)>,
     spec: &DatasetSpec,
     path: &Path,
-    location: &str,
+    location: Location,
 ) -> Result<Vec<(String, Cell)>, DatasetError> {
     let renamed: Vec<(String, Cell)> = cells
         .into_iter()
@@ -330,7 +315,8 @@ impl Dataset {
             .collect()
     }
 
-    /// `FILE: line N` (or `row N` for Parquet) of dataset row `row` (0-based).
+    /// `FILE:line N` (or `row N` for Parquet) of dataset row `row` (0-based), as row errors
+    /// write it.
     pub fn row_location(&self, row: usize) -> String {
         match self.origins.get(row) {
             Some(origin) => {
@@ -338,10 +324,9 @@ impl Dataset {
                     .files
                     .get(origin.file as usize)
                     .map_or_else(|| "<dataset>".to_string(), |f| f.display().to_string());
-                let unit = if origin.parquet { "row" } else { "line" };
-                format!("{file}: {unit} {}", origin.number)
+                format!("{file}:{}", origin.location)
             }
-            None => format!("{}: row {}", self.origin(), row + 1),
+            None => format!("{}:row {}", self.origin(), row + 1),
         }
     }
 

@@ -53,9 +53,42 @@ impl Cell {
     }
 }
 
+/// Where a row is in its file: the reader's own count (blank lines and CSV headers
+/// included), as `line N`, or `row N` for Parquet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Location {
+    pub(super) number: u32,
+    pub(super) parquet: bool,
+}
+
+impl Location {
+    /// Line `number` of a text file.
+    pub(super) fn line(number: usize) -> Self {
+        Self {
+            number: number as u32,
+            parquet: false,
+        }
+    }
+
+    /// Row `number` of a Parquet file.
+    pub(super) fn row(number: usize) -> Self {
+        Self {
+            number: number as u32,
+            parquet: true,
+        }
+    }
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let unit = if self.parquet { "row" } else { "line" };
+        write!(f, "{unit} {}", self.number)
+    }
+}
+
 /// One raw row with where it came from.
 pub(super) struct RawRow {
-    pub(super) location: String,
+    pub(super) location: Location,
     pub(super) cells: Vec<(String, Cell)>,
 }
 
@@ -71,7 +104,7 @@ pub(super) fn parse_jsonl(text: &str, path: &Path) -> Vec<RowResult> {
         .enumerate()
         .filter(|(_, line)| !line.trim().is_empty())
         .map(|(index, line)| {
-            let location = format!("line {}", index + 1);
+            let location = Location::line(index + 1);
             match serde_json::from_str::<Value>(line) {
                 Ok(Value::Object(object)) => Ok(RawRow {
                     location,
@@ -82,13 +115,13 @@ pub(super) fn parse_jsonl(text: &str, path: &Path) -> Vec<RowResult> {
                 }),
                 Ok(_) => Err(DatasetError::Row {
                     path: path.to_path_buf(),
-                    location,
+                    location: location.to_string(),
                     column: "<row>".into(),
                     message: "expected a JSON object".into(),
                 }),
                 Err(e) => Err(DatasetError::Row {
                     path: path.to_path_buf(),
-                    location,
+                    location: location.to_string(),
                     column: "<row>".into(),
                     message: format!("not valid JSON: {e}"),
                 }),
@@ -153,11 +186,11 @@ pub(super) fn read_delimited(
         .map(|record| {
             let record = record.map_err(|e| io_error(path, e))?;
             let line = record.position().map_or(0, |p| p.line());
-            let location = format!("line {line}");
+            let location = Location::line(line as usize);
             if record.len() < names.len() {
                 return Err(DatasetError::Row {
                     path: path.to_path_buf(),
-                    location,
+                    location: location.to_string(),
                     column: names[record.len()].clone(),
                     message: format!(
                         "missing: the line has {} fields, the header {}",
@@ -169,7 +202,7 @@ pub(super) fn read_delimited(
             if record.len() > names.len() && !spec.ignore_extra_fields {
                 return Err(DatasetError::Row {
                     path: path.to_path_buf(),
-                    location,
+                    location: location.to_string(),
                     column: format!("#{}", names.len() + 1),
                     message: format!(
                         "the line has {} fields but there are {} columns (set \
@@ -263,7 +296,7 @@ pub(super) fn read_parquet(path: &Path) -> Result<Vec<RowResult>, DatasetError> 
         .map(|(index, row)| {
             let row = row.map_err(|e| io_error(path, e))?;
             Ok(RawRow {
-                location: format!("row {}", index + 1),
+                location: Location::row(index + 1),
                 cells: row
                     .get_column_iter()
                     .map(|(name, field)| (name.clone(), cell(field)))

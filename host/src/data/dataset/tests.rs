@@ -238,7 +238,7 @@ fn binary_label_out_of_range_names_the_row() {
         .unwrap_err()
         .to_string();
     assert!(
-        error.contains("train.jsonl: line 2: label = 4 is not in [0, 1]"),
+        error.contains("train.jsonl:line 2: label = 4 is not in [0, 1]"),
         "{error}"
     );
 
@@ -265,7 +265,7 @@ fn binary_label_out_of_range_names_the_row() {
         .unwrap_err()
         .to_string();
     assert!(
-        error.contains("second.jsonl: line 3: label = 7 is not in [0, 1]"),
+        error.contains("second.jsonl:line 3: label = 7 is not in [0, 1]"),
         "{error}"
     );
 }

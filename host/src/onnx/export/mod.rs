@@ -4,8 +4,8 @@
 //! `[batch, num_labels]`.
 //!
 //! This module holds the graph builder and the model wrapper; `bert.rs` emits the encoder
-//! that BERT, XLM-RoBERTa and ELECTRA share, and [`export_onnx`] is the one place that says
-//! how each family differs (prefix, positions, token types, head).
+//! that BERT, XLM-RoBERTa and ELECTRA share, told by the family interface how each differs
+//! (prefix, positions, token types, head).
 
 use std::collections::HashMap;
 
@@ -17,9 +17,7 @@ use onnx_protobuf::{
     ValueInfoProto,
 };
 
-use crosstrain_model::bert::PositionIds;
-use crosstrain_model::classification_head::HeadActivation;
-use crosstrain_model::{CrossEncoder, FamilyConfig};
+use crosstrain_model::CrossEncoder;
 
 mod bert;
 
@@ -217,32 +215,18 @@ pub fn export_onnx(model: &CrossEncoder, opset: i64) -> Result<Vec<u8>, ExportEr
         .collect();
     let mut graph = GraphBuilder::new();
 
-    let spec = match model.config() {
-        FamilyConfig::Bert(config) => EncoderGraph {
-            config,
-            prefix: "bert",
-            positions: PositionIds::FromZero,
-            token_types: true,
-            head: Head::Pooler,
-        },
-        FamilyConfig::XlmRoberta(config) => EncoderGraph {
-            config,
-            prefix: "roberta",
-            positions: PositionIds::AfterPadding {
-                padding_idx: crosstrain_model::xlm_roberta::padding_idx(config),
-            },
-            token_types: false,
-            head: Head::Classification(HeadActivation::Tanh),
-        },
-        FamilyConfig::Electra(config) => EncoderGraph {
-            config,
-            prefix: "electra",
-            positions: PositionIds::FromZero,
-            token_types: true,
-            head: Head::Classification(HeadActivation::Gelu),
+    // Every family so far is BERT's encoder; the family says how it differs.
+    let family = model.family();
+    let spec = EncoderGraph {
+        config: model.config().bert_config(),
+        prefix: family.tensor_names().prefix,
+        positions: model.config().position_ids(),
+        token_types: family.takes_token_type_ids(),
+        head: match model.config().head_activation() {
+            None => Head::Pooler,
+            Some(activation) => Head::Classification(activation),
         },
     };
-    debug_assert_eq!(spec.token_types, model.family().takes_token_type_ids());
     bert::emit(&mut graph, &parameters, &spec, opset)?;
 
     let mut proto = GraphProto::new();

@@ -497,7 +497,7 @@ fn predict_and_rank_from_the_command_line() {
     let pairs = dir.path().join("pairs.tsv");
     std::fs::write(
         &pairs,
-        "how many moons does mars have\tMars has two moons.\nwhat is rust\tA language.\n",
+        "query\tdocument\nhow many moons does mars have\tMars has two moons.\nwhat is rust\tA language.\n",
     )
     .unwrap();
     let model = tiny("tiny-bert-ce-3labels");
@@ -579,7 +579,7 @@ fn predict_and_rank_from_the_command_line() {
     ]);
     assert!(!output.status.success());
     assert!(
-        stderr(&output).contains("bad.jsonl:2: missing field \"document\""),
+        stderr(&output).contains("bad.jsonl:line 2: column \"document\": missing"),
         "{}",
         stderr(&output)
     );
@@ -619,7 +619,7 @@ fn bench_predict_prints_one_json_line() {
 fn cuda_device_without_the_feature_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let pairs = dir.path().join("pairs.tsv");
-    std::fs::write(&pairs, "q\td\n").unwrap();
+    std::fs::write(&pairs, "query\tdocument\nq\td\n").unwrap();
     let model = tiny("tiny-bert-ce");
     let output = run(&[
         "predict",

@@ -298,7 +298,7 @@ fn export_check_predict_and_bench_on_the_onnx_backend() {
     let pairs = dir.path().join("pairs.tsv");
     std::fs::write(
         &pairs,
-        "how many moons does mars have\tMars has two moons.\nwhat is rust\tA language.\n",
+        "query\tdocument\nhow many moons does mars have\tMars has two moons.\nwhat is rust\tA language.\n",
     )
     .unwrap();
     let scores = |backend: &str| -> Vec<Vec<f64>> {
@@ -342,7 +342,7 @@ fn a_missing_runtime_library_says_how_to_fetch_it() {
     copy_model(&fixture("models/tiny-bert-ce"), &target);
     std::fs::write(target.join("onnx/model.onnx"), b"not used").unwrap();
     let pairs = dir.path().join("pairs.tsv");
-    std::fs::write(&pairs, "q\td\n").unwrap();
+    std::fs::write(&pairs, "query\tdocument\nq\td\n").unwrap();
     let output = crosstrain()
         .env_remove("ORT_DYLIB_PATH")
         .env("CROSSTRAIN_CACHE", dir.path().join("empty-cache"))
@@ -579,7 +579,7 @@ fn a_truncated_onnx_runtime_library_is_refused_naming_the_file() {
     let pairs = dir.path().join("pairs.tsv");
     std::fs::write(
         &pairs,
-        "how many moons does mars have\tMars has two moons.\n",
+        "query\tdocument\nhow many moons does mars have\tMars has two moons.\n",
     )
     .unwrap();
     let output = crosstrain()
@@ -626,7 +626,7 @@ fn non_finite_logits_fail_the_parity_check_and_prediction() {
         stderr(&check)
     );
     let pairs = dir.path().join("pairs.tsv");
-    std::fs::write(&pairs, "how many moons\tTwo.\n").unwrap();
+    std::fs::write(&pairs, "query\tdocument\nhow many moons\tTwo.\n").unwrap();
     for backend in ["candle", "onnx"] {
         let output = run(&[
             "predict",

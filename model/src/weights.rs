@@ -223,11 +223,60 @@ pub fn save_safetensors(varmap: &VarMap, path: &Path) -> Result<()> {
             ))
         })
         .collect::<Result<_>>()?;
-    candle_core::safetensors::save(&tensors, path)
+    save_tensors(&tensors, path)
+}
+
+/// Writes `tensors` as a safetensors file whose permissions follow the umask like every other
+/// file of a model directory. (The safetensors crate writes through a private temporary file
+/// and renames it, which would leave the weights readable by their owner only: a model
+/// directory shared with a serving user or group would have unreadable weights.)
+/// Errors name the file (a full disk otherwise says only "No space left on device").
+pub fn save_tensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
+    candle_core::safetensors::save(tensors, path)
+        .map_err(|e| candle_core::Error::Msg(format!("writing {}: {e}", path.display())))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = 0o666 & !process_umask();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| candle_core::Error::Msg(format!("{}: {e}", path.display())))?;
+    }
+    Ok(())
+}
+
+/// The process's file-creation mask, read from `/proc/self/status` (Linux) without changing
+/// it; elsewhere the common 022.
+#[cfg(unix)]
+fn process_umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("Umask:"))?;
+            u32::from_str_radix(line.split_whitespace().nth(1)?, 8).ok()
+        })
+        .unwrap_or(0o022)
 }
 
 #[cfg(test)]
 mod tests {
+    #[cfg(unix)]
+    #[test]
+    fn saved_tensors_follow_the_umask() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weights.safetensors");
+        let tensors: HashMap<String, Tensor> = [(
+            "w".to_string(),
+            Tensor::zeros(2, DType::F32, &Device::Cpu).unwrap(),
+        )]
+        .into();
+        save_tensors(&tensors, &path).unwrap();
+        let plain = dir.path().join("plain.json");
+        std::fs::write(&plain, "{}").unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), mode(&plain));
+    }
+
     use super::*;
     use crate::bert::TENSOR_NAMES;
 

@@ -86,20 +86,61 @@ pub trait LossPlugin: Sized + Send + Sync + 'static {
     ) -> LossResult<LossOutput>;
 }
 
-/// Runs `body`, turning a panic into an error that names what was being done (`loss::call`;
-/// formatted only when it panicked, since this wraps every loss call).
+/// Runs `body`, turning a panic into an error that names what was being done (`loss::call`)
+/// and where it panicked (formatted only when it panicked, since this wraps every loss call).
+/// The panic hook stays quiet for a caught panic, so the message is printed once, in the
+/// host's error, rather than a second time (with a backtrace) by the hook.
 pub fn catch_panic<T>(
     loss: &str,
     call: &str,
     body: impl FnOnce() -> Result<T, LossError>,
 ) -> RResult<T, RString> {
-    match catch_unwind(AssertUnwindSafe(body)) {
+    install_quiet_hook();
+    let outer = CATCHING.with(|catching| catching.replace(true));
+    let result = catch_unwind(AssertUnwindSafe(body));
+    CATCHING.with(|catching| catching.set(outer));
+    match result {
         Ok(Ok(value)) => RResult::ROk(value),
         Ok(Err(error)) => RResult::RErr(error.to_string().into()),
-        Err(payload) => RResult::RErr(
-            format!("panicked in {loss}::{call}: {}", panic_message(&*payload)).into(),
-        ),
+        Err(payload) => {
+            let location = PANIC_LOCATION
+                .with(|location| location.take())
+                .map(|at| format!(" at {at}"))
+                .unwrap_or_default();
+            RResult::RErr(
+                format!(
+                    "panicked in {loss}::{call}{location}: {}",
+                    panic_message(&*payload)
+                )
+                .into(),
+            )
+        }
     }
+}
+
+thread_local! {
+    /// Whether this thread is inside [`catch_panic`].
+    static CATCHING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Where the last caught panic of this thread happened.
+    static PANIC_LOCATION: std::cell::Cell<Option<String>> = const { std::cell::Cell::new(None) };
+}
+
+/// Wraps the panic hook once (per copy of std: a plugin library has its own): inside
+/// [`catch_panic`] it records the location instead of printing; elsewhere it defers to the
+/// hook that was there before.
+fn install_quiet_hook() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if CATCHING.with(std::cell::Cell::get) {
+                let at = info.location().map(ToString::to_string);
+                PANIC_LOCATION.with(|location| location.set(at));
+            } else {
+                previous(info);
+            }
+        }));
+    });
 }
 
 fn panic_message(payload: &(dyn Any + Send)) -> String {

@@ -4,7 +4,8 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
-use crosstrain::data::eval_sets::{read_labeled_pairs, read_reranking_samples};
+use crosstrain::data::eval_sets::read_reranking_samples;
+use crosstrain::data::pairs::read_labeled_pairs;
 use crosstrain::eval::reranking::RerankingEvaluator;
 use crosstrain::eval::{run, Metrics};
 
@@ -28,8 +29,9 @@ pub struct EvalArgs {
     /// The evaluator.
     #[arg(long, value_enum)]
     evaluator: EvaluatorKind,
-    /// JSONL: reranking {query, positive, negative|documents} or {query, documents, labels};
-    /// classification {query, document, label}; correlation {query, document, score}.
+    /// Reranking: JSONL {query, positive, negative|documents} or {query, documents, labels}.
+    /// Classification and correlation: any file `train` reads (.jsonl, .csv, .tsv, .parquet),
+    /// the first two text columns under any names and a label/score column.
     #[arg(long)]
     data: PathBuf,
     /// Cut-off for MRR and NDCG (reranking).
@@ -62,12 +64,7 @@ pub fn run(args: EvalArgs, out: &mut String) -> anyhow::Result<()> {
             run::reranking(&evaluator, &samples, scorer.as_ref(), batch_size)?
         }
         EvaluatorKind::Classification | EvaluatorKind::Correlation => {
-            let label_fields: &[&str] = if args.evaluator == EvaluatorKind::Classification {
-                &["label", "labels"]
-            } else {
-                &["score", "label", "scores", "labels"]
-            };
-            let rows = read_labeled_pairs(&args.data, label_fields)?;
+            let rows = read_labeled_pairs(&args.data)?;
             let pairs: Vec<(&str, &str)> = rows
                 .iter()
                 .map(|(p, _)| (p.query.as_str(), p.document.as_str()))

@@ -7,6 +7,7 @@ mod export;
 mod losses;
 mod mine;
 mod predict;
+mod signals;
 mod train;
 
 use std::io::Write as _;
@@ -71,17 +72,40 @@ pub fn run() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a terminal: in a log file or a CI page they are noise.
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none(),
+        )
         .init();
     let mut out = String::new();
     let code = match dispatch(cli, &mut out) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", error_message(&error));
             ExitCode::FAILURE
         }
     };
     write_stdout(&out);
     code
+}
+
+/// The error and its causes, joined with `: `, leaving out a cause whose text the message
+/// already carries (the library's errors name their source in their own text, so anyhow's
+/// `{:#}` would print `No such file or directory (os error 2)` twice).
+fn error_message(error: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if message.contains(&text) {
+            continue;
+        }
+        if !message.is_empty() {
+            message.push_str(": ");
+        }
+        message.push_str(&text);
+    }
+    message
 }
 
 /// Writes the command's output; a reader that went away (`| head`) is not an error.
@@ -104,7 +128,7 @@ fn dispatch(cli: Cli, out: &mut String) -> anyhow::Result<ExitCode> {
     };
     match cli.command {
         Command::Losses { command } => losses::run(&registry()?, command, out),
-        Command::Train(args) => train::run(*args, &registry()?, out).map(|()| ExitCode::SUCCESS),
+        Command::Train(args) => train::run(*args, &registry()?, out),
         Command::Card(args) => card::run(args, out).map(|()| ExitCode::SUCCESS),
         Command::Predict(args) => predict::predict(args, out).map(|()| ExitCode::SUCCESS),
         Command::Rank(args) => predict::rank(args, out).map(|()| ExitCode::SUCCESS),
@@ -145,4 +169,21 @@ where
         name.parse::<T>()
             .expect("clap accepted only one of the names")
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn causes_already_in_the_message_are_not_repeated() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file (os error 2)");
+        let error = anyhow::Error::new(crosstrain::data::pairs::DataError::Io {
+            path: "docs.txt".into(),
+            source: io,
+        })
+        .context("ranking");
+        assert_eq!(
+            super::error_message(&error),
+            "ranking: docs.txt: no such file (os error 2)"
+        );
+    }
 }

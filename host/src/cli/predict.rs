@@ -99,7 +99,8 @@ impl ModelArgs {
 pub struct PredictArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// JSONL with {"query", "document"} (or {"text_a", "text_b"}) per line, or a two-column TSV.
+    /// Pairs: any file `train` reads (.jsonl, .csv, .tsv with a header, .parquet); the first
+    /// two text columns are the query and the document, whatever their names.
     #[arg(long)]
     pairs: PathBuf,
     /// Applied to the logits before printing.
@@ -117,7 +118,8 @@ pub struct RankArgs {
     /// The query.
     #[arg(long)]
     query: String,
-    /// Documents: one per line, or JSONL (strings or {"document"}/{"text"}).
+    /// Documents: one per line of plain text, or the first text column of a .jsonl (bare
+    /// strings too), .csv, .tsv or .parquet file.
     #[arg(long)]
     documents: PathBuf,
     /// Only the best N.

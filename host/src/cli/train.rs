@@ -3,6 +3,7 @@
 use std::fmt::Write as _;
 use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
@@ -90,6 +91,10 @@ pub struct TrainArgs {
     /// Continue from a checkpoint (default: the latest under the output directory).
     #[arg(long, num_args = 0..=1, value_name = "CHECKPOINT")]
     resume: Option<Option<PathBuf>>,
+    /// With --resume: let this setting differ from the checkpoint's (e.g. lr); repeatable.
+    /// Each change is logged; any other change is refused.
+    #[arg(long = "allow-change", value_name = "KEY")]
+    allow_change: Vec<String>,
     /// Print the config's JSON schema and exit.
     #[arg(long)]
     print_schema: bool,
@@ -208,22 +213,43 @@ fn build_config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
     Ok(TrainConfig::from_table(table, &origin, &base)?)
 }
 
-pub fn run(args: TrainArgs, registry: &LossRegistry, out: &mut String) -> anyhow::Result<()> {
+pub fn run(args: TrainArgs, registry: &LossRegistry, out: &mut String) -> anyhow::Result<ExitCode> {
     if args.print_schema {
         writeln!(
             out,
             "{}",
             serde_json::to_string_pretty(&TrainConfig::schema())?
         )?;
-        return Ok(());
+        return Ok(ExitCode::SUCCESS);
     }
     let config = build_config(&args)?;
     let options = RunOptions {
         overwrite: args.overwrite,
         resume: args.resume.clone(),
         progress: (std::io::stderr().is_terminal() && !args.json).then(progress_bar),
+        other_inputs: args.config.iter().cloned().collect(),
+        allowed_changes: args.allow_change.clone(),
+        stop_signal: Some(super::signals::install()),
     };
     let report = train(&config, registry, &options)?;
+    if let Some(signal) = report.interrupted {
+        let step = report.state.global_step;
+        let message = match &report.last_checkpoint {
+            Some(checkpoint) if step > 0 => format!(
+                "stopped by {} after step {step} of {}; checkpoint {}\ncontinue with: {}",
+                super::signals::name(signal),
+                report.state.max_steps,
+                checkpoint.display(),
+                resume_command()
+            ),
+            _ => format!(
+                "stopped by {} before the first step; nothing was trained or written",
+                super::signals::name(signal)
+            ),
+        };
+        eprintln!("{message}");
+        return Ok(ExitCode::from((128 + signal).clamp(0, 255) as u8));
+    }
     let state = &report.state;
     let seconds = state.train_seconds;
     let pairs_per_second = state.pairs_seen as f64 / seconds.max(1e-9);
@@ -247,7 +273,7 @@ pub fn run(args: TrainArgs, registry: &LossRegistry, out: &mut String) -> anyhow
             "onnx": state.onnx,
         });
         writeln!(out, "{summary}")?;
-        return Ok(());
+        return Ok(ExitCode::SUCCESS);
     }
     if report.stopped_early {
         writeln!(
@@ -278,7 +304,30 @@ pub fn run(args: TrainArgs, registry: &LossRegistry, out: &mut String) -> anyhow
         }
     }
     writeln!(out, "model: {}", report.output.display())?;
-    Ok(())
+    Ok(ExitCode::SUCCESS)
+}
+
+/// This process's command line as one to paste: without `--overwrite`, with `--resume`.
+fn resume_command() -> String {
+    let quote = |arg: String| {
+        if !arg.is_empty()
+            && arg
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))
+        {
+            arg
+        } else {
+            format!("'{}'", arg.replace('\'', "'\\''"))
+        }
+    };
+    let mut args: Vec<String> = std::env::args()
+        .filter(|arg| arg != "--overwrite")
+        .map(quote)
+        .collect();
+    if !args.iter().any(|arg| arg == "--resume") {
+        args.push("--resume".into());
+    }
+    args.join(" ")
 }
 
 /// The progress bar on stderr, drawn from the trainer's progress reports.

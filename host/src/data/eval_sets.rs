@@ -1,11 +1,12 @@
-//! Evaluation sets: reranking samples and labeled pairs, from JSONL.
+//! Reranking evaluation samples, from JSONL (labeled pairs for the classification and
+//! correlation evaluators are read by [`super::pairs::read_labeled_pairs`]).
 
 use std::path::Path;
 
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::pairs::{DataError, TextPair};
+use super::pairs::DataError;
 
 /// One evaluation query: its positives, and either negatives or a retrieved document list.
 #[derive(Debug, Clone, Deserialize)]
@@ -55,8 +56,18 @@ fn strings(value: &Value) -> Option<Vec<String>> {
 /// `{query, positive, documents}` (the reference's two) and `{query, documents, labels}` (the
 /// trainer's listwise format: documents with a label > 0 are the positives, and the given order
 /// is the retriever's, so `base_*` metrics are reported).
+/// A file without a sample is an error: an evaluation of nothing would print no metrics and
+/// look like success.
 pub fn read_reranking_samples(path: &Path) -> Result<Vec<RerankingSample>, DataError> {
-    lines(path)?
+    let lines = lines(path)?;
+    if lines.is_empty() {
+        return Err(DataError::Malformed {
+            path: path.to_path_buf(),
+            line: 1,
+            message: "no samples to evaluate (the file is empty)".into(),
+        });
+    }
+    lines
         .into_iter()
         .map(|(line, value)| {
             let malformed = |message: String| DataError::Malformed {
@@ -103,54 +114,6 @@ pub fn read_reranking_samples(path: &Path) -> Result<Vec<RerankingSample>, DataE
                      or {{query, documents, labels}}"
                 ))
             })
-        })
-        .collect()
-}
-
-/// Pairs with a numeric label: `{query|text_a, document|text_b, <label field>}`, where the
-/// label field is the first present of `label_fields`.
-pub fn read_labeled_pairs(
-    path: &Path,
-    label_fields: &[&str],
-) -> Result<Vec<(TextPair, f64)>, DataError> {
-    lines(path)?
-        .into_iter()
-        .map(|(line, value)| {
-            let malformed = |message: String| DataError::Malformed {
-                path: path.to_path_buf(),
-                line,
-                message,
-            };
-            let text = |names: [&str; 2]| {
-                names
-                    .iter()
-                    .find_map(|name| value.get(*name))
-                    .and_then(Value::as_str)
-                    .map(str::to_string)
-                    .ok_or_else(|| {
-                        malformed(format!(
-                            "missing string field \"{}\" (or \"{}\")",
-                            names[0], names[1]
-                        ))
-                    })
-            };
-            let label = label_fields
-                .iter()
-                .find_map(|name| value.get(*name))
-                .and_then(Value::as_f64)
-                .ok_or_else(|| {
-                    malformed(format!(
-                        "missing numeric field \"{}\"",
-                        label_fields.join("\" or \"")
-                    ))
-                })?;
-            Ok((
-                TextPair {
-                    query: text(["query", "text_a"])?,
-                    document: text(["document", "text_b"])?,
-                },
-                label,
-            ))
         })
         .collect()
 }

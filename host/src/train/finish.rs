@@ -38,14 +38,17 @@ impl Run<'_> {
         write_dir_atomically(&target, io_error, |staging| {
             self.model.write_to(staging)?;
             let optimizer_file = staging.join("optimizer.safetensors");
-            candle_core::safetensors::save(&optimizer_tensors, &optimizer_file)
-                .map_err(|e| io_error(&optimizer_file, e))?;
+            // The error names the file itself.
+            crosstrain_model::weights::save_tensors(&optimizer_tensors, &optimizer_file)?;
             let state_file = staging.join("trainer_state.json");
             std::fs::write(&state_file, state_json + "\n").map_err(|e| io_error(&state_file, e))?;
             write_training_args(self.config, staging)
         })?;
         tracing::info!(step, "wrote {}", target.display());
         self.last_checkpoint = Some(target);
+        if let Some(previous) = self.previous_output.take() {
+            previous.discard()?;
+        }
         if let Some(limit) = self.config.save_total_limit {
             let mut existing = checkpoints(&self.config.output);
             let best = self.state.best_checkpoint.clone();
@@ -101,6 +104,11 @@ impl Run<'_> {
             std::fs::rename(entry.path(), &target).map_err(|e| io_error(&target, e))?;
         }
         std::fs::remove_dir(&staging).map_err(|e| io_error(&staging, e))?;
+        if let Some(previous) = self.previous_output.take() {
+            previous.discard()?;
+        }
+        // A resumed run ends with no staging folder of an earlier, killed one.
+        output::remove_stale_partials(&output)?;
         Ok(())
     }
 

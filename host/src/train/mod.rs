@@ -11,6 +11,8 @@ pub mod summary;
 mod evaluation;
 mod finish;
 mod order;
+mod output;
+mod resume;
 mod training_loop;
 
 pub use order::{epoch_order, length_grouped_order};
@@ -137,6 +139,32 @@ pub enum TrainError {
         /// What failed.
         source: crate::eval::run::EvalRunError,
     },
+    /// The output directory is, or holds, one of the run's inputs.
+    #[error(
+        "output {output} {relation} the {what} {input}; choose an output directory apart from \
+         the run's inputs (--overwrite would delete it, the final model would be written over it)"
+    )]
+    OutputHoldsInput {
+        /// The output directory.
+        output: PathBuf,
+        /// `is` or `holds`.
+        relation: &'static str,
+        /// What the input is (`model`, `training data`, ...).
+        what: String,
+        /// The input.
+        input: PathBuf,
+    },
+    /// `--resume` with settings that differ from the checkpoint's.
+    #[error(
+        "checkpoint {path} was trained with {changes}; resume with the same settings, or allow \
+         a change on purpose with --allow-change KEY"
+    )]
+    ResumeChanged {
+        /// The checkpoint.
+        path: PathBuf,
+        /// `key = old (this run: new)`, joined.
+        changes: String,
+    },
     /// A file could not be written.
     #[error("{path}: {message}")]
     Io {
@@ -164,6 +192,16 @@ pub struct RunOptions {
     /// Told where the run stands after every step; the command line draws its progress bar
     /// from it (the library draws nothing).
     pub progress: Option<std::sync::Arc<dyn Fn(TrainProgress) + Send + Sync>>,
+    /// Files the run reads that the config does not name (the recipe file itself): like the
+    /// config's inputs, the output may not be or hold them.
+    pub other_inputs: Vec<PathBuf>,
+    /// Settings (top-level config keys) that `--resume` may change from the checkpoint's;
+    /// each change is logged. Any other change is refused.
+    pub allowed_changes: Vec<String>,
+    /// Set to a signal's number when the process is asked to stop (SIGINT, SIGTERM). The loop
+    /// looks after every optimizer step: it writes a checkpoint and returns
+    /// [`TrainReport::interrupted`]. The library installs no handler; the binary does.
+    pub stop_signal: Option<&'static std::sync::atomic::AtomicI32>,
 }
 
 impl std::fmt::Debug for RunOptions {
@@ -172,6 +210,9 @@ impl std::fmt::Debug for RunOptions {
             .field("overwrite", &self.overwrite)
             .field("resume", &self.resume)
             .field("progress", &self.progress.is_some())
+            .field("other_inputs", &self.other_inputs)
+            .field("allowed_changes", &self.allowed_changes)
+            .field("stop_signal", &self.stop_signal)
             .finish()
     }
 }
@@ -215,6 +256,10 @@ pub struct TrainReport {
     pub state: TrainerState,
     /// Whether the run stopped at `stop_at_step` before the end.
     pub stopped_early: bool,
+    /// The signal that stopped the run before its end, if one did.
+    pub interrupted: Option<i32>,
+    /// The run's last checkpoint (the one to resume from after a stop).
+    pub last_checkpoint: Option<PathBuf>,
     /// Metrics of the last evaluation.
     pub final_metrics: BTreeMap<String, f64>,
     /// Where training time went (tokenize/forward/loss/backward), summed.
@@ -242,6 +287,8 @@ struct Run<'a> {
     format_name: String,
     primaries: Vec<String>,
     last_checkpoint: Option<PathBuf>,
+    /// What `--overwrite` moved aside, until this run has a checkpoint or its final model.
+    previous_output: Option<output::PreviousOutput>,
     last_metrics: BTreeMap<String, f64>,
     times: PhaseTimes,
     optimizer_seconds: f64,
@@ -254,13 +301,16 @@ pub fn train(
     options: &RunOptions,
 ) -> Result<TrainReport, TrainError> {
     let output = config.output.clone();
+    output::check_output_holds_no_input(&output, &run_inputs(config, registry, options))?;
+    let mut replace_previous = false;
     let resume_from = match &options.resume {
         None => {
             if is_non_empty_dir(&output) {
                 if !options.overwrite {
                     return Err(TrainError::OutputExists { path: output });
                 }
-                std::fs::remove_dir_all(&output).map_err(|e| io_error(&output, e))?;
+                // Moved aside only once everything below has loaded and checked out.
+                replace_previous = true;
             }
             None
         }
@@ -275,6 +325,9 @@ pub fn train(
                 })?,
         ),
     };
+    if let Some(checkpoint) = &resume_from {
+        resume::check_unchanged(config, checkpoint, &options.allowed_changes)?;
+    }
 
     let loss = registry.build(&config.loss, &config.loss_config)?;
     let loss_library = registry.library_of(registry.find(&config.loss)?).clone();
@@ -380,7 +433,10 @@ pub fn train(
                 let tensors = candle_core::safetensors::load(&optimizer_file, model.device())
                     .map_err(|e| TrainError::Checkpoint {
                         path: checkpoint.clone(),
-                        message: e.to_string(),
+                        message: format!(
+                            "{}: unreadable ({e}); resume from an earlier checkpoint",
+                            optimizer_file.display()
+                        ),
                     })?;
                 optimizer
                     .load_state(&tensors, state.global_step as u64)
@@ -420,7 +476,13 @@ pub fn train(
             }
         };
 
+    let previous_output = if replace_previous {
+        Some(output::PreviousOutput::move_aside(&output)?)
+    } else {
+        None
+    };
     std::fs::create_dir_all(&output).map_err(|e| io_error(&output, e))?;
+    output::remove_stale_partials(&output)?;
     let metrics_log = output.join("metrics.jsonl");
     // The log mirrors the state's history, so a resumed run's log has no lines from after
     // its checkpoint.
@@ -449,20 +511,101 @@ pub fn train(
         format_name: format.name.to_string(),
         primaries: Vec::new(),
         last_checkpoint: resume_from,
+        previous_output,
         last_metrics: BTreeMap::new(),
         times: PhaseTimes::default(),
         optimizer_seconds: 0.0,
     };
-    let stopped_early = run.train_loop(options.progress.as_deref())?;
-    if !stopped_early {
-        run.finish()?;
+    let ended = run
+        .train_loop(options.progress.as_deref(), options.stop_signal)
+        .and_then(|ended| {
+            if ended == LoopEnd::Finished {
+                run.finish()?;
+            }
+            Ok(ended)
+        });
+    let ended = match ended {
+        Ok(ended) => ended,
+        Err(error) => {
+            if let Some(previous) = run.previous_output.take() {
+                let aside = previous.aside().to_path_buf();
+                if let Err(restore_error) = previous.restore() {
+                    tracing::error!(
+                        "the previous output is kept at {}: {restore_error}",
+                        aside.display()
+                    );
+                }
+            }
+            return Err(error);
+        }
+    };
+    if let Some(previous) = run.previous_output.take() {
+        // Stopped before its first checkpoint (a signal before step 1): nothing of the new
+        // run is worth more than what it would replace.
+        previous.restore()?;
     }
     Ok(TrainReport {
         output,
         state: run.state,
-        stopped_early,
+        stopped_early: ended == LoopEnd::StoppedAtStep,
+        interrupted: match ended {
+            LoopEnd::Interrupted(signal) => Some(signal),
+            _ => None,
+        },
+        last_checkpoint: run.last_checkpoint,
         final_metrics: run.last_metrics,
         times: run.times,
         optimizer_seconds: run.optimizer_seconds,
     })
+}
+
+/// How the loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LoopEnd {
+    /// It ran every step; the final model is still to write.
+    Finished,
+    /// It stopped at `stop_at_step`, after that step's checkpoint.
+    StoppedAtStep,
+    /// A signal stopped it, after a checkpoint of the last finished step (if any).
+    Interrupted(i32),
+}
+
+/// Every file and folder the run reads, named for messages: the output may hold none.
+fn run_inputs(
+    config: &TrainConfig,
+    registry: &LossRegistry,
+    options: &RunOptions,
+) -> Vec<(String, PathBuf)> {
+    let mut inputs = Vec::new();
+    if Path::new(&config.model).exists() {
+        inputs.push(("model".to_string(), PathBuf::from(&config.model)));
+    }
+    let datasets = std::iter::once(("training data".to_string(), &config.train))
+        .chain(
+            config
+                .eval
+                .iter()
+                .map(|e| ("evaluation data".to_string(), e)),
+        )
+        .chain(
+            config
+                .evaluators
+                .iter()
+                .map(|e| ("evaluator data".to_string(), &e.data)),
+        );
+    for (what, spec) in datasets {
+        inputs.extend(spec.files.iter().map(|f| (what.clone(), f.clone())));
+    }
+    for library in registry.libraries() {
+        if let crate::plugins::LibrarySource::File(path) = &library.source {
+            inputs.push(("loss plugin".to_string(), path.clone()));
+        }
+    }
+    inputs.extend(
+        options
+            .other_inputs
+            .iter()
+            .map(|f| ("recipe".to_string(), f.clone())),
+    );
+    inputs
 }

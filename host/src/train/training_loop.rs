@@ -5,11 +5,19 @@
 use super::*;
 
 impl Run<'_> {
-    /// The loop; returns whether it stopped at `stop_at_step`.
+    /// The loop; returns how it ended. `stop_signal` is looked at after every optimizer step
+    /// (a step is finished, never abandoned half-way, so a checkpoint is always of a whole
+    /// step).
     pub(super) fn train_loop(
         &mut self,
         progress: Option<&(dyn Fn(TrainProgress) + Send + Sync)>,
-    ) -> Result<bool, TrainError> {
+        stop_signal: Option<&std::sync::atomic::AtomicI32>,
+    ) -> Result<LoopEnd, TrainError> {
+        let stop_requested = || {
+            stop_signal
+                .map(|s| s.load(std::sync::atomic::Ordering::SeqCst))
+                .filter(|&signal| signal != 0)
+        };
         let report = |event: TrainProgress| {
             if let Some(progress) = progress {
                 progress(event);
@@ -29,6 +37,13 @@ impl Run<'_> {
         let mut micro = 0usize;
         if config.eval_on_start && self.state.global_step == 0 {
             self.evaluate_and_log()?;
+        }
+        if let Some(signal) = stop_requested() {
+            // Before the first step of this run: nothing new to keep.
+            report(TrainProgress::Stopped {
+                step: self.state.global_step,
+            });
+            return Ok(LoopEnd::Interrupted(signal));
         }
         while self.state.global_step < self.state.max_steps {
             let order = match &self.row_lengths {
@@ -136,19 +151,25 @@ impl Run<'_> {
                     _ => false,
                 };
                 let stop_here = config.stop_at_step == Some(global_step) && !last;
+                let signal = stop_requested();
                 if (config.save_steps > 0 && global_step % config.save_steps == 0 && !last)
                     || stop_here
+                    || signal.is_some()
                 {
                     self.save_checkpoint(evaluated)?;
                 }
+                if let Some(signal) = signal {
+                    report(TrainProgress::Stopped { step: global_step });
+                    return Ok(LoopEnd::Interrupted(signal));
+                }
                 if stop_here {
                     report(TrainProgress::Stopped { step: global_step });
-                    return Ok(true);
+                    return Ok(LoopEnd::StoppedAtStep);
                 }
             }
         }
         report(TrainProgress::Finished);
-        Ok(false)
+        Ok(LoopEnd::Finished)
     }
 
     /// The error for a NaN or infinite value at `step`, naming the last good checkpoint.

@@ -156,19 +156,18 @@ fn build_dataset(
             message: "no files given".into(),
         })?;
     let mut builder: Option<Builder> = None;
-    let mut skipped = 0usize;
+    let mut skipped = SkippedRows::default();
     let mut rows_read = 0usize;
     let mut origins = Vec::new();
     'files: for (file_index, path) in spec.files.iter().enumerate() {
         for row in rows_of(path)? {
             let row = match row {
                 Ok(row) => row,
-                Err(error) if spec.skip_invalid_rows => {
-                    tracing::warn!("skipping a malformed row: {error}");
-                    skipped += 1;
+                Err(bad) if spec.skip_invalid_rows => {
+                    skipped.add(bad.error, bad.lines);
                     continue;
                 }
-                Err(error) => return Err(error),
+                Err(bad) => return Err(bad.error),
             };
             let mut cells = rename_and_select(row.cells, spec, path, row.location)?;
             cells.retain(|(name, _)| !DROPPED_COLUMNS.contains(&name.as_str()));
@@ -184,10 +183,7 @@ fn build_dataset(
                         location: row.location,
                     });
                 }
-                Err(error) if spec.skip_invalid_rows => {
-                    tracing::warn!("skipping a malformed row: {error}");
-                    skipped += 1;
-                }
+                Err(error) if spec.skip_invalid_rows => skipped.add(error, 1),
                 Err(error) => return Err(error),
             }
             if spec.limit.is_some_and(|limit| rows_read >= limit) {
@@ -195,18 +191,54 @@ fn build_dataset(
             }
         }
     }
-    if skipped > 0 {
-        tracing::warn!(
-            skipped,
-            "skipped {skipped} malformed rows in {}",
-            first_file.display()
-        );
-    }
+    skipped.report();
+    let skipped = skipped.rows;
     let builder = builder.ok_or_else(|| DatasetError::Columns {
         path: first_file.clone(),
         message: "no rows".into(),
     })?;
     Ok(builder.finish(spec.files.clone(), skipped, origins))
+}
+
+/// The rows `skip_invalid_rows` dropped: counted as rows of the file (a record that ran on
+/// over several lines counts each), with the first few errors kept to show.
+#[derive(Default)]
+struct SkippedRows {
+    rows: usize,
+    first: Vec<String>,
+    errors: usize,
+}
+
+impl SkippedRows {
+    /// How many errors are shown.
+    const SHOWN: usize = 3;
+
+    fn add(&mut self, error: DatasetError, lines: usize) {
+        self.rows += lines;
+        self.errors += 1;
+        if self.first.len() < Self::SHOWN {
+            self.first.push(error.to_string());
+        }
+    }
+
+    /// One warning for them all, with the first few errors.
+    fn report(&self) {
+        if self.rows == 0 {
+            return;
+        }
+        let more = if self.errors > self.first.len() {
+            format!("; and {} more", self.errors - self.first.len())
+        } else {
+            String::new()
+        };
+        tracing::warn!(
+            skipped = self.rows,
+            "skip_invalid_rows: skipped {} malformed row{}: {}{more}",
+            self.rows,
+            if self.rows == 1 { "" } else { "s" },
+            self.first.join("; ")
+        );
+    }
 }
 
 fn rename_and_select(

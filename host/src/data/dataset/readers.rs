@@ -92,7 +92,21 @@ pub(super) struct RawRow {
     pub(super) cells: Vec<(String, Cell)>,
 }
 
-pub(super) type RowResult = Result<RawRow, DatasetError>;
+/// A row that could not be read, and how many lines of the file it took with it (more than
+/// one when a quote opened in it is never closed and the CSV reader ran on to the end).
+#[derive(Debug)]
+pub(super) struct BadRow {
+    pub(super) error: DatasetError,
+    pub(super) lines: usize,
+}
+
+impl From<DatasetError> for BadRow {
+    fn from(error: DatasetError) -> Self {
+        Self { error, lines: 1 }
+    }
+}
+
+pub(super) type RowResult = Result<RawRow, BadRow>;
 
 pub(super) fn read_jsonl(path: &Path, _spec: &DatasetSpec) -> Result<Vec<RowResult>, DatasetError> {
     let text = crate::data::read_text(path).map_err(|e| io_error(path, e))?;
@@ -118,13 +132,15 @@ pub(super) fn parse_jsonl(text: &str, path: &Path) -> Vec<RowResult> {
                     location: location.to_string(),
                     column: "<row>".into(),
                     message: "expected a JSON object".into(),
-                }),
+                }
+                .into()),
                 Err(e) => Err(DatasetError::Row {
                     path: path.to_path_buf(),
                     location: location.to_string(),
                     column: "<row>".into(),
                     message: format!("not valid JSON: {e}"),
-                }),
+                }
+                .into()),
             }
         })
         .collect()
@@ -143,20 +159,24 @@ pub(super) fn read_delimited(
     spec: &DatasetSpec,
     delimiter: u8,
 ) -> Result<Vec<RowResult>, DatasetError> {
+    // Read whole, like every other text reader: the byte-order mark goes, invalid UTF-8 is
+    // located, and lines are counted from the bytes themselves (the CSV reader's own count
+    // leaves out blank lines).
+    let text = crate::data::read_text(path).map_err(|e| io_error(path, e))?;
+    let lines = LineIndex::new(&text);
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(delimiter)
         .has_headers(false)
         .quoting(spec.quoting)
         .flexible(true)
-        .from_path(path)
-        .map_err(|e| io_error(path, e))?;
-    let mut records = reader.records();
+        .from_reader(text.as_bytes());
+    let mut record = csv::StringRecord::new();
     let names: Vec<String> = match (&spec.column_names, spec.header) {
         (Some(names), false) => names.clone(),
-        (None, true) => match records.next() {
-            Some(Ok(header)) => header.iter().map(|s| s.trim().to_string()).collect(),
-            Some(Err(e)) => return Err(io_error(path, e)),
-            None => return Ok(Vec::new()),
+        (None, true) => match reader.read_record(&mut record) {
+            Ok(true) => record.iter().map(|s| s.trim().to_string()).collect(),
+            Ok(false) => return Ok(Vec::new()),
+            Err(e) => return Err(io_error(path, e)),
         },
         (Some(_), true) => {
             return Err(DatasetError::Columns {
@@ -182,52 +202,122 @@ pub(super) fn read_delimited(
                 .map_or_else(|| label.to_string(), |(old, _)| old.clone())
         })
         .collect();
-    Ok(records
-        .map(|record| {
-            let record = record.map_err(|e| io_error(path, e))?;
-            let line = record.position().map_or(0, |p| p.line());
-            let location = Location::line(line as usize);
-            if record.len() < names.len() {
-                return Err(DatasetError::Row {
-                    path: path.to_path_buf(),
-                    location: location.to_string(),
-                    column: names[record.len()].clone(),
-                    message: format!(
-                        "missing: the line has {} fields, the header {}",
-                        record.len(),
-                        names.len()
-                    ),
-                });
+    let mut rows = Vec::new();
+    loop {
+        let start = reader.position().byte() as usize;
+        let read = reader.read_record(&mut record);
+        // Where the next record starts: a record running past its own line (a quote never
+        // closed) took the rows in between with it.
+        let next = reader.position().byte() as usize;
+        match read {
+            Ok(false) => break,
+            Ok(true) => {}
+            Err(e) => {
+                rows.push(Err(BadRow {
+                    error: io_error(path, e),
+                    lines: lines.rows_between(&text, start, next),
+                }));
+                continue;
             }
-            if record.len() > names.len() && !spec.ignore_extra_fields {
-                return Err(DatasetError::Row {
-                    path: path.to_path_buf(),
-                    location: location.to_string(),
-                    column: format!("#{}", names.len() + 1),
-                    message: format!(
-                        "the line has {} fields but there are {} columns (set \
-                         `ignore_extra_fields = true` to drop the rest)",
-                        record.len(),
-                        names.len()
-                    ),
-                });
-            }
-            let cells = names
-                .iter()
-                .zip(record.iter())
-                .map(|(name, field)| {
-                    let field = field.trim_end_matches('\r');
-                    let cell = if label_names.contains(name) {
-                        parse_label_field(field)
-                    } else {
-                        Cell::Text(field.to_string())
-                    };
-                    (name.clone(), cell)
-                })
-                .collect();
-            Ok(RawRow { location, cells })
-        })
-        .collect())
+        }
+        let mut start = record.position().map_or(start, |p| p.byte() as usize);
+        // The reader may place a record's start on the line break before it (the `\n` of a
+        // `\r\n`, or blank lines it skipped).
+        while matches!(text.as_bytes().get(start), Some(b'\r' | b'\n')) && start < next {
+            start += 1;
+        }
+        let line = lines.line_of(start);
+        let spanned = lines.rows_between(&text, start, next);
+        let last_line = lines.line_of(next.saturating_sub(1).max(start));
+        let location = Location::line(line);
+        let runs_on = if spanned > 1 {
+            format!(
+                " (the record runs on to line {last_line}: is a quote opened on line {line} \
+                 never closed? set `quoting = false` for files that use \" as a plain character)"
+            )
+        } else {
+            String::new()
+        };
+        let bad = |column: String, message: String| BadRow {
+            error: DatasetError::Row {
+                path: path.to_path_buf(),
+                location: location.to_string(),
+                column,
+                message: message + &runs_on,
+            },
+            lines: spanned,
+        };
+        if record.len() < names.len() {
+            rows.push(Err(bad(
+                names[record.len()].clone(),
+                format!(
+                    "missing: the line has {} fields, the header {}",
+                    record.len(),
+                    names.len()
+                ),
+            )));
+            continue;
+        }
+        if record.len() > names.len() && !spec.ignore_extra_fields {
+            rows.push(Err(bad(
+                format!("#{}", names.len() + 1),
+                format!(
+                    "the line has {} fields but there are {} columns (set \
+                     `ignore_extra_fields = true` to drop the rest)",
+                    record.len(),
+                    names.len()
+                ),
+            )));
+            continue;
+        }
+        let cells = names
+            .iter()
+            .zip(record.iter())
+            .map(|(name, field)| {
+                let field = field.trim_end_matches('\r');
+                let cell = if label_names.contains(name) {
+                    parse_label_field(field)
+                } else {
+                    Cell::Text(field.to_string())
+                };
+                (name.clone(), cell)
+            })
+            .collect();
+        rows.push(Ok(RawRow { location, cells }));
+    }
+    Ok(rows)
+}
+
+/// Line numbers of byte offsets in a text.
+struct LineIndex {
+    newlines: Vec<usize>,
+}
+
+impl LineIndex {
+    fn new(text: &str) -> Self {
+        Self {
+            newlines: text
+                .bytes()
+                .enumerate()
+                .filter(|&(_, b)| b == b'\n')
+                .map(|(i, _)| i)
+                .collect(),
+        }
+    }
+
+    /// The 1-based line holding byte `offset`.
+    fn line_of(&self, offset: usize) -> usize {
+        self.newlines.partition_point(|&newline| newline < offset) + 1
+    }
+
+    /// The non-blank lines of `text[start..end]`: the rows a bad record there stands for.
+    fn rows_between(&self, text: &str, start: usize, end: usize) -> usize {
+        text.get(start..end.max(start))
+            .map_or(1, |span| {
+                span.lines().filter(|l| !l.trim().is_empty()).count()
+            })
+            .max(1)
+    }
 }
 
 /// A CSV label: a number, or a JSON list of numbers.
@@ -294,7 +384,7 @@ pub(super) fn read_parquet(path: &Path) -> Result<Vec<RowResult>, DatasetError> 
     Ok(rows
         .enumerate()
         .map(|(index, row)| {
-            let row = row.map_err(|e| io_error(path, e))?;
+            let row = row.map_err(|e| BadRow::from(io_error(path, e)))?;
             Ok(RawRow {
                 location: Location::row(index + 1),
                 cells: row

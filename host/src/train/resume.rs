@@ -1,0 +1,124 @@
+//! What `--resume` may and may not change: a resumed run is exact only with the recipe it
+//! was checkpointed with, so a different loss, model, data, learning rate or seed is refused
+//! (naming each change) unless the user allows that key on purpose, and then it is logged.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use super::config::TrainConfig;
+use super::TrainError;
+
+/// The top-level settings that decide the numbers of a run. The others (where and how often
+/// to log, evaluate, save and export, the device, the output) may differ on resume.
+const RECIPE_KEYS: [&str; 23] = [
+    "model",
+    "from_scratch",
+    "num_labels",
+    "max_length",
+    "loss",
+    "loss_config",
+    "train",
+    "epochs",
+    "max_steps",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "adam_beta1",
+    "adam_beta2",
+    "adam_epsilon",
+    "warmup_ratio",
+    "warmup_steps",
+    "lr_scheduler",
+    "max_grad_norm",
+    "gradient_accumulation_steps",
+    "mini_batch_size",
+    "group_by_length",
+    "seed",
+];
+
+/// Compares `config` with the `training_args.json` of `checkpoint`; a checkpoint without one
+/// (written by hand, or by an older crosstrain) is not checked.
+pub(super) fn check_unchanged(
+    config: &TrainConfig,
+    checkpoint: &Path,
+    allowed: &[String],
+) -> Result<(), TrainError> {
+    let args_file = checkpoint.join("training_args.json");
+    let Ok(text) = std::fs::read_to_string(&args_file) else {
+        return Ok(());
+    };
+    let saved: Value = serde_json::from_str(&text).map_err(|e| TrainError::Checkpoint {
+        path: checkpoint.to_path_buf(),
+        message: format!("{}: not valid JSON: {e}", args_file.display()),
+    })?;
+    let current = serde_json::to_value(config).map_err(|e| TrainError::Checkpoint {
+        path: checkpoint.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    if let Some(unknown) = allowed.iter().find(|k| !RECIPE_KEYS.contains(&k.as_str())) {
+        return Err(TrainError::Checkpoint {
+            path: checkpoint.to_path_buf(),
+            message: format!(
+                "--allow-change {unknown}: not a setting that resuming checks; those are {}",
+                RECIPE_KEYS.join(", ")
+            ),
+        });
+    }
+    let mut refused = Vec::new();
+    for key in RECIPE_KEYS {
+        let old = normalized(key, saved.get(key));
+        let new = normalized(key, current.get(key));
+        if old == new {
+            continue;
+        }
+        let change = format!("{key} = {} (this run: {})", show(&old), show(&new));
+        if allowed.iter().any(|k| k == key) {
+            tracing::warn!(
+                "resuming {} with a changed setting, as --allow-change {key} allows: {change}",
+                checkpoint.display()
+            );
+        } else {
+            refused.push(change);
+        }
+    }
+    if refused.is_empty() {
+        Ok(())
+    } else {
+        Err(TrainError::ResumeChanged {
+            path: checkpoint.to_path_buf(),
+            changes: refused.join(", "),
+        })
+    }
+}
+
+/// A setting as compared: file paths resolved, so `./model` and `/abs/model` are one model.
+fn normalized(key: &str, value: Option<&Value>) -> Value {
+    let resolve = |path: &str| {
+        std::fs::canonicalize(path)
+            .map_or_else(|_| path.to_string(), |real| real.display().to_string())
+    };
+    match (key, value) {
+        (_, None) => Value::Null,
+        ("model", Some(Value::String(model))) => Value::String(resolve(model)),
+        ("train", Some(Value::Object(spec))) => {
+            let mut spec = spec.clone();
+            if let Some(Value::Array(files)) = spec.get_mut("files") {
+                for file in files.iter_mut() {
+                    if let Value::String(path) = file {
+                        *path = resolve(path);
+                    }
+                }
+            }
+            Value::Object(spec)
+        }
+        (_, Some(value)) => value.clone(),
+    }
+}
+
+fn show(value: &Value) -> String {
+    match value {
+        Value::Null => "unset".into(),
+        other => other.to_string(),
+    }
+}

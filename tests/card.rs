@@ -183,12 +183,18 @@ fn card_of_a_third_party_loss_matches_the_run() {
     // Hyperparameters: every recipe value, the changed ones first.
     let non_default = &body[body.find("#### Non-Default Hyperparameters").unwrap()
         ..body.find("#### All Hyperparameters").unwrap()];
-    assert!(non_default.contains("- `batch_size`: 4"), "{non_default}");
-    assert!(non_default.contains("- `lr`: 0.001"), "{non_default}");
+    assert!(
+        non_default.contains("- `per_device_train_batch_size`: 4"),
+        "{non_default}"
+    );
+    assert!(
+        non_default.contains("- `learning_rate`: 0.001"),
+        "{non_default}"
+    );
     assert!(!non_default.contains("`adam_beta1`"), "{non_default}");
     let all = &body[body.find("#### All Hyperparameters").unwrap()..];
     for key in [
-        "epochs",
+        "num_train_epochs",
         "adam_beta1",
         "max_grad_norm",
         "seed",

@@ -292,6 +292,117 @@ fn load_weights(dir: &Path) -> std::collections::HashMap<String, Vec<f32>> {
         .collect()
 }
 
+/// Issue 20: a recipe in TrainingArguments names trains exactly as the same recipe in
+/// crosstrain's short names (and the flags of either name agree).
+#[test]
+fn training_arguments_names_train_identically() {
+    let dir = tempfile::tempdir().unwrap();
+    write_jsonl(&dir.path().join("train.jsonl"), &family_rows("pointwise"));
+    let recipe = |name: &str, body: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "model = {:?}\nloss = \"BinaryCrossEntropyLoss\"\n\
+                 train = {{ files = \"train.jsonl\" }}\nexport_onnx = false\nsave_steps = 0\n\
+                 logging_steps = 1\n{body}",
+                tiny_model()
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let short = recipe(
+        "short.toml",
+        "lr = 1e-3\nepochs = 2\nbatch_size = 3\nlr_scheduler = \"cosine\"\nwarmup_ratio = 0.2\n",
+    );
+    let long = recipe(
+        "long.toml",
+        "learning_rate = 1e-3\nnum_train_epochs = 2\nper_device_train_batch_size = 3\n\
+         lr_scheduler_type = \"cosine\"\nwarmup_ratio = 0.2\n",
+    );
+    let flags = recipe("flags.toml", "warmup_ratio = 0.2\n");
+    let out = |name: &str| dir.path().join(name);
+    for (config, output, more) in [
+        (&short, out("a"), vec![]),
+        (&long, out("b"), vec![]),
+        (
+            &flags,
+            out("c"),
+            vec![
+                "--learning-rate",
+                "1e-3",
+                "--num-train-epochs",
+                "2",
+                "--per-device-train-batch-size",
+                "3",
+                "--lr-scheduler-type",
+                "cosine",
+            ],
+        ),
+    ] {
+        let result = train_cli(config, &output, &more);
+        assert!(result.status.success(), "{}", stderr(&result));
+    }
+    let a = load_weights(&out("a"));
+    for other in ["b", "c"] {
+        let b = load_weights(&out(other));
+        for (name, values) in &a {
+            assert_eq!(values, &b[name], "{name} differs in run {other}");
+        }
+    }
+    let args = read_json(&out("a").join("training_args.json"));
+    assert_eq!(args["learning_rate"], 1e-3);
+    assert_eq!(args["lr_scheduler_type"], "cosine");
+    // The cosine schedule ran: 6 steps, warm-up 2 (ceil of 1.2), so step 3 is at the peak.
+    let log = std::fs::read_to_string(out("a").join("metrics.jsonl")).unwrap();
+    let rates: Vec<f64> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok()?["learning_rate"].as_f64())
+        .collect();
+    assert_eq!(rates.len(), 6, "{log}");
+    assert!((rates[2] - 1e-3).abs() < 1e-12, "{rates:?}");
+    let half = 0.5 * (1.0 + (std::f64::consts::PI * 0.5 * 2.0 * 0.25).cos()) * 1e-3;
+    assert!((rates[3] - half).abs() < 1e-12, "{rates:?}");
+}
+
+/// Issue 20: `no_duplicates` batches resume exactly like the plain sampler.
+#[test]
+fn no_duplicates_sampler_resumes_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    // Anchors repeated across rows: the sampler has to defer some.
+    let rows: Vec<Value> = family_rows("mnrl")
+        .into_iter()
+        .chain(family_rows("mnrl"))
+        .collect();
+    write_jsonl(&dir.path().join("train.jsonl"), &rows);
+    let config = dir.path().join("train.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "model = {:?}\nloss = \"MultipleNegativesRankingLoss\"\n\
+             train = {{ files = \"train.jsonl\" }}\nexport_onnx = false\nsave_steps = 2\n\
+             per_device_train_batch_size = 4\nnum_train_epochs = 2\nbatch_sampler = \"no_duplicates\"\n\
+             logging_steps = 1\n",
+            tiny_model()
+        ),
+    )
+    .unwrap();
+    let full = dir.path().join("full");
+    let split = dir.path().join("split");
+    let result = train_cli(&config, &full, &[]);
+    assert!(result.status.success(), "{}", stderr(&result));
+    let first = train_cli(&config, &split, &["--stop-at-step", "3"]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let resumed = train_cli(&config, &split, &["--resume"]);
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    let a = load_weights(&full);
+    let b = load_weights(&split);
+    for (name, values) in &a {
+        assert_eq!(values, &b[name], "{name} differs after resuming");
+    }
+}
+
 #[test]
 fn resumed_run_ends_with_the_same_weights() {
     let dir = tempfile::tempdir().unwrap();
@@ -468,7 +579,11 @@ fn output_directory_is_a_model_directory_with_training_args() {
         assert!(output.join(file).is_file(), "missing {file}");
     }
     let args = read_json(&output.join("training_args.json"));
-    assert_eq!(args["batch_size"], 3);
+    assert_eq!(args["per_device_train_batch_size"], 3);
+    assert!(
+        args.get("batch_size").is_none(),
+        "written under the TrainingArguments name"
+    );
     assert_eq!(args["loss"], "BinaryCrossEntropyLoss");
     // The trained directory loads again and scores pairs.
     let model = CrossEncoder::load_dir(&output, &LoadOptions::default()).unwrap();

@@ -263,8 +263,11 @@ mod tests {
     fn a_failed_save_names_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("missing/optimizer.safetensors");
-        let tensors: HashMap<String, Tensor> =
-            [("w".to_string(), Tensor::zeros(2, DType::F32, &Device::Cpu).unwrap())].into();
+        let tensors: HashMap<String, Tensor> = [(
+            "w".to_string(),
+            Tensor::zeros(2, DType::F32, &Device::Cpu).unwrap(),
+        )]
+        .into();
         let message = save_tensors(&tensors, &path).unwrap_err().to_string();
         assert!(message.contains(&path.display().to_string()), "{message}");
     }

@@ -40,17 +40,17 @@ pub struct TrainArgs {
     /// Evaluation-loss data file (`eval.files`).
     #[arg(long = "eval")]
     eval_files: Vec<PathBuf>,
-    /// `epochs`.
-    #[arg(long)]
+    /// `num_train_epochs` (alias `epochs`).
+    #[arg(long, visible_alias = "num-train-epochs")]
     epochs: Option<usize>,
     /// `max_steps`.
     #[arg(long)]
     max_steps: Option<usize>,
-    /// `batch_size`.
-    #[arg(long)]
+    /// `per_device_train_batch_size` (alias `batch_size`).
+    #[arg(long, visible_alias = "per-device-train-batch-size")]
     batch_size: Option<usize>,
-    /// `lr`.
-    #[arg(long)]
+    /// `learning_rate` (alias `lr`).
+    #[arg(long, visible_alias = "learning-rate")]
     lr: Option<f64>,
     /// `warmup_ratio`.
     #[arg(long)]
@@ -79,6 +79,9 @@ pub struct TrainArgs {
     /// `stop_at_step`: stop after this step's checkpoint, as an interruption would.
     #[arg(long)]
     stop_at_step: Option<usize>,
+    /// TrainingArguments settings by their names, each a TOML value like `--set`'s.
+    #[command(flatten)]
+    named: NamedSettings,
     /// Skip the ONNX export (`export_onnx = false`).
     #[arg(long)]
     no_export_onnx: bool,
@@ -101,6 +104,101 @@ pub struct TrainArgs {
     /// Print the summary as one JSON object.
     #[arg(long)]
     json: bool,
+}
+
+/// The TrainingArguments settings that have no crosstrain flag of their own, as long flags of
+/// the same names (`--weight-decay 0.01`, `--lr-scheduler-type cosine`).
+#[derive(Debug, Args)]
+struct NamedSettings {
+    /// `per_device_eval_batch_size`.
+    #[arg(long, value_name = "N")]
+    per_device_eval_batch_size: Option<String>,
+    /// `weight_decay`.
+    #[arg(long, value_name = "X")]
+    weight_decay: Option<String>,
+    /// `warmup_steps`.
+    #[arg(long, value_name = "N")]
+    warmup_steps: Option<String>,
+    /// `adam_beta1`.
+    #[arg(long, value_name = "X")]
+    adam_beta1: Option<String>,
+    /// `adam_beta2`.
+    #[arg(long, value_name = "X")]
+    adam_beta2: Option<String>,
+    /// `adam_epsilon`.
+    #[arg(long, value_name = "X")]
+    adam_epsilon: Option<String>,
+    /// `max_grad_norm`.
+    #[arg(long, value_name = "X")]
+    max_grad_norm: Option<String>,
+    /// `lr_scheduler_type`: linear, constant, constant_with_warmup, cosine,
+    /// cosine_with_restarts, polynomial.
+    #[arg(long, value_name = "NAME")]
+    lr_scheduler_type: Option<String>,
+    /// `eval_strategy`: no, steps, epoch.
+    #[arg(long, value_name = "WHEN")]
+    eval_strategy: Option<String>,
+    /// `save_strategy`: no, steps, epoch.
+    #[arg(long, value_name = "WHEN")]
+    save_strategy: Option<String>,
+    /// `save_total_limit`.
+    #[arg(long, value_name = "N")]
+    save_total_limit: Option<String>,
+    /// `load_best_model_at_end` (true/false).
+    #[arg(long, value_name = "BOOL")]
+    load_best_model_at_end: Option<String>,
+    /// `metric_for_best_model`.
+    #[arg(long, value_name = "NAME")]
+    metric_for_best_model: Option<String>,
+    /// `greater_is_better` (true/false).
+    #[arg(long, value_name = "BOOL")]
+    greater_is_better: Option<String>,
+    /// `eval_on_start` (true/false).
+    #[arg(long, value_name = "BOOL")]
+    eval_on_start: Option<String>,
+    /// `batch_sampler`: batch_sampler, no_duplicates, group_by_label.
+    #[arg(long, value_name = "NAME")]
+    batch_sampler: Option<String>,
+    /// `multi_dataset_batch_sampler`: proportional, round_robin.
+    #[arg(long, value_name = "NAME")]
+    multi_dataset_batch_sampler: Option<String>,
+}
+
+impl NamedSettings {
+    /// Each setting's key and the value given, if any.
+    fn pairs(&self) -> [(&'static str, Option<&str>); 17] {
+        [
+            (
+                "per_device_eval_batch_size",
+                self.per_device_eval_batch_size.as_deref(),
+            ),
+            ("weight_decay", self.weight_decay.as_deref()),
+            ("warmup_steps", self.warmup_steps.as_deref()),
+            ("adam_beta1", self.adam_beta1.as_deref()),
+            ("adam_beta2", self.adam_beta2.as_deref()),
+            ("adam_epsilon", self.adam_epsilon.as_deref()),
+            ("max_grad_norm", self.max_grad_norm.as_deref()),
+            ("lr_scheduler_type", self.lr_scheduler_type.as_deref()),
+            ("eval_strategy", self.eval_strategy.as_deref()),
+            ("save_strategy", self.save_strategy.as_deref()),
+            ("save_total_limit", self.save_total_limit.as_deref()),
+            (
+                "load_best_model_at_end",
+                self.load_best_model_at_end.as_deref(),
+            ),
+            (
+                "metric_for_best_model",
+                self.metric_for_best_model.as_deref(),
+            ),
+            ("greater_is_better", self.greater_is_better.as_deref()),
+            ("eval_on_start", self.eval_on_start.as_deref()),
+            ("batch_sampler", self.batch_sampler.as_deref()),
+            (
+                "multi_dataset_batch_sampler",
+                self.multi_dataset_batch_sampler.as_deref(),
+            ),
+        ]
+    }
 }
 
 /// The recipe: the file's table with the flags merged over it.
@@ -168,9 +266,9 @@ fn build_config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
         put("eval.files", toml::Value::Array(files))?;
     }
     let integers: [(&str, Option<usize>); 11] = [
-        ("epochs", args.epochs),
+        ("num_train_epochs", args.epochs),
         ("max_steps", args.max_steps),
-        ("batch_size", args.batch_size),
+        ("per_device_train_batch_size", args.batch_size),
         ("max_length", args.max_length),
         (
             "gradient_accumulation_steps",
@@ -188,13 +286,21 @@ fn build_config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
             put(key, toml::Value::Integer(value as i64))?;
         }
     }
-    for (key, value) in [("lr", args.lr), ("warmup_ratio", args.warmup_ratio)] {
+    for (key, value) in [
+        ("learning_rate", args.lr),
+        ("warmup_ratio", args.warmup_ratio),
+    ] {
         if let Some(value) = value {
             put(key, toml::Value::Float(value))?;
         }
     }
     if args.no_export_onnx {
         put("export_onnx", false.into())?;
+    }
+    for (key, value) in args.named.pairs() {
+        if let Some(value) = value {
+            set_key(&mut table, key, value)?;
+        }
     }
     for assignment in &args.set {
         let (key, value) = assignment

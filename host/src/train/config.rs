@@ -80,14 +80,124 @@ fn default_true() -> bool {
     true
 }
 
-/// The learning-rate schedule after warm-up.
+/// The learning-rate schedule (transformers' `lr_scheduler_type`, with its definitions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LrScheduler {
+    /// Linear warm-up, then linear decay to 0 at the last step (the reference's default).
+    Linear,
+    /// The peak rate throughout: no warm-up, as transformers' `constant` (warm-up settings
+    /// are ignored; use `constant_with_warmup`).
+    Constant,
+    /// Linear warm-up, then the peak rate.
+    ConstantWithWarmup,
+    /// Linear warm-up, then a cosine from the peak to 0 over `num_cycles` (0.5) periods.
+    Cosine,
+    /// Linear warm-up, then `num_cycles` (1) cosine decays to 0, each restarting at the peak.
+    CosineWithRestarts,
+    /// Linear warm-up, then a polynomial decay of `power` (1.0) to `lr_end` (1e-7).
+    Polynomial,
+}
+
+/// The schedules' parameters (transformers' `lr_scheduler_kwargs`); each has the default of
+/// the transformers schedule that uses it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LrSchedulerKwargs {
+    /// Cosine periods (`cosine`: 0.5, `cosine_with_restarts`: 1).
+    #[serde(default)]
+    pub num_cycles: Option<f64>,
+    /// `polynomial`: the exponent (1.0).
+    #[serde(default = "default_power")]
+    pub power: f64,
+    /// `polynomial`: the final learning rate (1e-7).
+    #[serde(default = "default_lr_end")]
+    pub lr_end: f64,
+}
+
+impl Default for LrSchedulerKwargs {
+    fn default() -> Self {
+        Self {
+            num_cycles: None,
+            power: default_power(),
+            lr_end: default_lr_end(),
+        }
+    }
+}
+
+fn default_power() -> f64 {
+    1.0
+}
+fn default_lr_end() -> f64 {
+    1e-7
+}
+
+/// When to evaluate or save (transformers' `IntervalStrategy`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
-pub enum LrScheduler {
-    /// Linear decay to 0 at the last step (the reference's default).
-    Linear,
-    /// Constant after warm-up.
-    Constant,
+pub enum IntervalStrategy {
+    /// Never during training (evaluation still runs once after it).
+    No,
+    /// Every `eval_steps` / `save_steps` optimiser steps.
+    Steps,
+    /// At the end of every epoch.
+    Epoch,
+}
+
+/// How a dataset's rows are cut into batches (sentence-transformers' `batch_sampler`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchSampler {
+    /// Consecutive rows of the seeded epoch order (the default).
+    BatchSampler,
+    /// No text twice in a batch (what in-batch negatives need): a row whose texts are
+    /// already in the batch waits for a later one.
+    NoDuplicates,
+    /// Batches of rows with the same label, several labels per batch (batch-hard triplet
+    /// losses).
+    GroupByLabel,
+}
+
+/// How batches of several datasets are interleaved (`multi_dataset_batch_sampler`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MultiDatasetBatchSampler {
+    /// Every batch of every dataset once per epoch, in a seeded order proportional to the
+    /// datasets' batch counts (the default).
+    Proportional,
+    /// One batch of each dataset in turn, until the smallest is exhausted.
+    RoundRobin,
+}
+
+/// crosstrain's short keys and the TrainingArguments names they stand for. The long names
+/// are the ones written (`training_args.json`, the card); either is read, not both.
+pub const KEY_ALIASES: [(&str, &str); 5] = [
+    ("lr", "learning_rate"),
+    ("epochs", "num_train_epochs"),
+    ("batch_size", "per_device_train_batch_size"),
+    ("eval_batch_size", "per_device_eval_batch_size"),
+    ("lr_scheduler", "lr_scheduler_type"),
+];
+
+/// The key a setting is written under: the TrainingArguments name of a short key.
+pub fn canonical_key(key: &str) -> &str {
+    KEY_ALIASES
+        .iter()
+        .find(|(short, _)| *short == key)
+        .map_or(key, |(_, long)| long)
+}
+
+/// The other spelling of a setting, if it has one.
+pub fn twin_key(key: &str) -> Option<&'static str> {
+    KEY_ALIASES.iter().find_map(|&(short, long)| {
+        if short == key {
+            Some(long)
+        } else if long == key {
+            Some(short)
+        } else {
+            None
+        }
+    })
 }
 
 /// A training run. Defaults are those of the reference (`CrossEncoderTrainingArguments`,
@@ -128,21 +238,24 @@ pub struct TrainConfig {
     /// Evaluators run every `eval_steps` and after training.
     #[serde(default)]
     pub evaluators: Vec<EvaluatorConfig>,
-    /// Passes over the training data (`num_train_epochs`, 3).
-    #[serde(default = "default_epochs")]
+    /// Passes over the training data (3). Also read as `epochs`.
+    #[serde(rename = "num_train_epochs", default = "default_epochs")]
     pub epochs: usize,
     /// Stop after this many optimiser steps, overriding `epochs` (`max_steps`).
     #[serde(default)]
     pub max_steps: Option<usize>,
-    /// Rows per batch (`per_device_train_batch_size`, 8).
-    #[serde(default = "default_batch_size")]
+    /// Rows per batch (8). Also read as `batch_size`.
+    #[serde(rename = "per_device_train_batch_size", default = "default_batch_size")]
     pub batch_size: usize,
-    /// Pairs per forward pass when scoring for evaluation (`per_device_eval_batch_size` is 8;
-    /// the evaluators' own default is 32, which we use for both).
-    #[serde(default = "default_eval_batch_size")]
+    /// Pairs per forward pass when scoring for evaluation (TrainingArguments' default is 8;
+    /// the evaluators' own is 32, which we use for both). Also read as `eval_batch_size`.
+    #[serde(
+        rename = "per_device_eval_batch_size",
+        default = "default_eval_batch_size"
+    )]
     pub eval_batch_size: usize,
-    /// Peak learning rate (`learning_rate`, 5e-5).
-    #[serde(default = "default_lr")]
+    /// Peak learning rate (5e-5). Also read as `lr`.
+    #[serde(rename = "learning_rate", default = "default_lr")]
     pub lr: f64,
     /// Decoupled weight decay of AdamW, not applied to biases and LayerNorm weights (0).
     #[serde(default)]
@@ -162,9 +275,14 @@ pub struct TrainConfig {
     /// Warm-up in optimiser steps; overrides `warmup_ratio`.
     #[serde(default)]
     pub warmup_steps: Option<usize>,
-    /// Schedule after warm-up (linear).
-    #[serde(default = "default_scheduler")]
+    /// The schedule (`linear`; also `constant`, `constant_with_warmup`, `cosine`,
+    /// `cosine_with_restarts`, `polynomial`, as transformers defines them). Also read as
+    /// `lr_scheduler`.
+    #[serde(rename = "lr_scheduler_type", default = "default_scheduler")]
     pub lr_scheduler: LrScheduler,
+    /// The schedule's parameters: `num_cycles`, `power`, `lr_end`.
+    #[serde(default)]
+    pub lr_scheduler_kwargs: LrSchedulerKwargs,
     /// Clip the global gradient norm to this (1.0; 0 turns clipping off).
     #[serde(default = "default_max_grad_norm")]
     pub max_grad_norm: f64,
@@ -180,18 +298,34 @@ pub struct TrainConfig {
     /// `group_by_length`, default false).
     #[serde(default)]
     pub group_by_length: bool,
+    /// How rows are cut into batches: `batch_sampler` (default), `no_duplicates` (no text
+    /// twice in a batch) or `group_by_label`.
+    #[serde(default = "default_batch_sampler")]
+    pub batch_sampler: BatchSampler,
+    /// How several training datasets share the epoch: `proportional` (default) or
+    /// `round_robin`.
+    #[serde(default = "default_multi_dataset_batch_sampler")]
+    pub multi_dataset_batch_sampler: MultiDatasetBatchSampler,
     /// Seed of shuffling, dropout, in-batch negatives and new weights (42).
     #[serde(default = "default_seed")]
     pub seed: u64,
     /// Log the mean training loss every this many steps (500, as the reference).
     #[serde(default = "default_steps")]
     pub logging_steps: usize,
-    /// Evaluate every this many steps; unset: only after training.
+    /// When to evaluate during training: `no`, `steps` (every `eval_steps`; its default is
+    /// `logging_steps`, as in transformers) or `epoch`. Unset: `steps` when `eval_steps` is
+    /// set, else `no`. There is always an evaluation after training.
+    #[serde(default)]
+    pub eval_strategy: Option<IntervalStrategy>,
+    /// Evaluate every this many steps (with `eval_strategy = "steps"`).
     #[serde(default)]
     pub eval_steps: Option<usize>,
     /// Also evaluate before the first step, to log the untrained model's metrics.
     #[serde(default)]
     pub eval_on_start: bool,
+    /// When to checkpoint: `steps` (every `save_steps`, the default), `epoch` or `no`.
+    #[serde(default = "default_save_strategy")]
+    pub save_strategy: IntervalStrategy,
     /// Write a checkpoint every this many steps (500); 0 turns checkpoints off.
     #[serde(default = "default_steps")]
     pub save_steps: usize,
@@ -254,6 +388,15 @@ fn default_eps() -> f64 {
 fn default_scheduler() -> LrScheduler {
     LrScheduler::Linear
 }
+fn default_save_strategy() -> IntervalStrategy {
+    IntervalStrategy::Steps
+}
+fn default_batch_sampler() -> BatchSampler {
+    BatchSampler::BatchSampler
+}
+fn default_multi_dataset_batch_sampler() -> MultiDatasetBatchSampler {
+    MultiDatasetBatchSampler::Proportional
+}
 fn default_max_grad_norm() -> f64 {
     1.0
 }
@@ -282,7 +425,25 @@ impl TrainConfig {
     }
 
     /// Builds the config from a TOML table after command-line overrides were merged in.
-    pub fn from_table(table: toml::Table, origin: &str, base: &Path) -> Result<Self, ConfigError> {
+    pub fn from_table(
+        mut table: toml::Table,
+        origin: &str,
+        base: &Path,
+    ) -> Result<Self, ConfigError> {
+        for (short, long) in KEY_ALIASES {
+            if table.contains_key(short) && table.contains_key(long) {
+                return Err(ConfigError::Parse {
+                    origin: origin.to_string(),
+                    message: format!(
+                        "both `{short}` and `{long}` are given; they are one setting (crosstrain's \
+                         name and TrainingArguments'): keep one"
+                    ),
+                });
+            }
+            if let Some(value) = table.remove(short) {
+                table.insert(long.to_string(), value);
+            }
+        }
         let mut config: TrainConfig =
             toml::Value::Table(table)
                 .try_into()
@@ -326,19 +487,25 @@ impl TrainConfig {
             );
         }
         if self.batch_size == 0 {
-            return invalid("batch_size", "must be at least 1".into());
+            return invalid("per_device_train_batch_size", "must be at least 1".into());
         }
         if self.eval_batch_size == 0 {
-            return invalid("eval_batch_size", "must be at least 1".into());
+            return invalid("per_device_eval_batch_size", "must be at least 1".into());
         }
         if self.epochs == 0 && self.max_steps.is_none() {
-            return invalid("epochs", "must be at least 1 (or set max_steps)".into());
+            return invalid(
+                "num_train_epochs",
+                "must be at least 1 (or set max_steps)".into(),
+            );
         }
         if self.max_steps == Some(0) {
             return invalid("max_steps", "must be at least 1".into());
         }
         if !(self.lr.is_finite() && self.lr > 0.0) {
-            return invalid("lr", format!("{} is not a positive number", self.lr));
+            return invalid(
+                "learning_rate",
+                format!("{} is not a positive number", self.lr),
+            );
         }
         if !(0.0..1.0).contains(&self.warmup_ratio) {
             return invalid(
@@ -387,36 +554,120 @@ impl TrainConfig {
         if !self.loss_config.is_object() {
             return invalid("loss_config", "must be a table".into());
         }
-        if self.load_best_model_at_end && self.save_steps == 0 {
+        if let Some(cycles) = self.lr_scheduler_kwargs.num_cycles {
+            if !(cycles.is_finite() && cycles > 0.0) {
+                return invalid(
+                    "lr_scheduler_kwargs",
+                    format!("num_cycles = {cycles} is not positive"),
+                );
+            }
+        }
+        let kwargs = &self.lr_scheduler_kwargs;
+        if !(kwargs.power.is_finite() && kwargs.power > 0.0) {
             return invalid(
-                "load_best_model_at_end",
-                "needs checkpoints (save_steps > 0)".into(),
+                "lr_scheduler_kwargs",
+                format!("power = {} is not positive", kwargs.power),
             );
         }
-        if self.load_best_model_at_end && self.eval_steps.is_none() {
+        if self.lr_scheduler == LrScheduler::Polynomial
+            && !(kwargs.lr_end >= 0.0 && kwargs.lr_end < self.lr)
+        {
             return invalid(
-                "load_best_model_at_end",
-                "needs evaluations during training (eval_steps)".into(),
+                "lr_scheduler_kwargs",
+                format!(
+                    "lr_end = {} must be in [0, learning_rate = {})",
+                    kwargs.lr_end, self.lr
+                ),
             );
         }
-        if self.load_best_model_at_end && self.eval.is_none() && self.evaluators.is_empty() {
-            return invalid(
-                "load_best_model_at_end",
-                "needs `eval` data or an evaluator".into(),
+        if self.load_best_model_at_end {
+            let (eval, save) = (
+                self.effective_eval_strategy(),
+                self.effective_save_strategy(),
             );
-        }
-        if let (Some(eval_steps), true) = (self.eval_steps, self.load_best_model_at_end) {
-            if self.save_steps % eval_steps != 0 {
+            if save == IntervalStrategy::No {
+                return invalid(
+                    "load_best_model_at_end",
+                    "needs checkpoints (save_strategy \"steps\" with save_steps > 0, or \"epoch\")"
+                        .into(),
+                );
+            }
+            if eval == IntervalStrategy::No {
+                return invalid(
+                    "load_best_model_at_end",
+                    "needs evaluations during training (eval_strategy or eval_steps)".into(),
+                );
+            }
+            if eval != save {
+                return invalid(
+                    "load_best_model_at_end",
+                    format!(
+                        "needs the same eval_strategy and save_strategy, as transformers does \
+                         (they are {eval:?} and {save:?})"
+                    ),
+                );
+            }
+            if self.eval.is_none() && self.evaluators.is_empty() {
+                return invalid(
+                    "load_best_model_at_end",
+                    "needs `eval` data or an evaluator".into(),
+                );
+            }
+            if eval == IntervalStrategy::Steps && self.save_steps % self.eval_every() != 0 {
                 return invalid(
                     "save_steps",
                     format!(
                         "with load_best_model_at_end, must be a multiple of eval_steps \
-                         ({eval_steps}), so every checkpoint has metrics"
+                         ({}), so every checkpoint has metrics",
+                        self.eval_every()
                     ),
                 );
             }
         }
         Ok(())
+    }
+
+    /// The evaluation strategy in force: `eval_strategy`, else `steps` when `eval_steps` is
+    /// set, else `no`.
+    pub fn effective_eval_strategy(&self) -> IntervalStrategy {
+        self.eval_strategy.unwrap_or(if self.eval_steps.is_some() {
+            IntervalStrategy::Steps
+        } else {
+            IntervalStrategy::No
+        })
+    }
+
+    /// Steps between evaluations under `steps`: `eval_steps`, else `logging_steps` (as
+    /// transformers).
+    pub fn eval_every(&self) -> usize {
+        self.eval_steps.unwrap_or(self.logging_steps)
+    }
+
+    /// The checkpoint strategy in force (`steps` with `save_steps = 0` is `no`).
+    pub fn effective_save_strategy(&self) -> IntervalStrategy {
+        match self.save_strategy {
+            IntervalStrategy::Steps if self.save_steps == 0 => IntervalStrategy::No,
+            strategy => strategy,
+        }
+    }
+
+    /// Whether to evaluate after optimiser step `step` (1-based), `epoch_done` when it ended
+    /// an epoch. The last step's evaluation is the final one, so it is not counted here.
+    pub fn evaluates_after(&self, step: usize, epoch_done: bool) -> bool {
+        match self.effective_eval_strategy() {
+            IntervalStrategy::No => false,
+            IntervalStrategy::Steps => step % self.eval_every() == 0,
+            IntervalStrategy::Epoch => epoch_done,
+        }
+    }
+
+    /// Whether to checkpoint after optimiser step `step` (1-based).
+    pub fn saves_after(&self, step: usize, epoch_done: bool) -> bool {
+        match self.effective_save_strategy() {
+            IntervalStrategy::No => false,
+            IntervalStrategy::Steps => step % self.save_steps == 0,
+            IntervalStrategy::Epoch => epoch_done,
+        }
     }
 
     /// The JSON schema of the config file.
@@ -486,6 +737,10 @@ pub fn set_value(
             }
         };
     }
+    // A flag or `--set` overrides the setting under either of its names.
+    if let Some(twin) = twin_key(last).filter(|_| !key.contains('.')) {
+        current.remove(twin);
+    }
     current.insert(last.to_string(), value);
     Ok(())
 }
@@ -532,12 +787,12 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named() {
-        let text = format!("{MINIMAL}\nlearning_rate = 1e-5\n");
+        let text = format!("{MINIMAL}\nlearning_rat = 1e-5\n");
         let error = TrainConfig::from_toml(&text, "t.toml", Path::new("."))
             .unwrap_err()
             .to_string();
         assert!(error.contains("t.toml"), "{error}");
-        assert!(error.contains("learning_rate"), "{error}");
+        assert!(error.contains("learning_rat"), "{error}");
     }
 
     #[test]
@@ -559,6 +814,67 @@ mod tests {
         assert_eq!(config.train.limit, Some(10));
         assert_eq!(config.lr, 2e-5);
         assert_eq!(config.loss, "MSELoss");
+    }
+
+    #[test]
+    fn training_arguments_names_are_the_same_settings_and_not_both() {
+        let short = format!("{MINIMAL}\nlr = 2e-5\nepochs = 2\nbatch_size = 16\neval_batch_size = 4\nlr_scheduler = \"cosine\"\n");
+        let long = format!(
+            "{MINIMAL}\nlearning_rate = 2e-5\nnum_train_epochs = 2\nper_device_train_batch_size = 16\n\
+             per_device_eval_batch_size = 4\nlr_scheduler_type = \"cosine\"\n"
+        );
+        let short = TrainConfig::from_toml(&short, "t", Path::new(".")).unwrap();
+        let long = TrainConfig::from_toml(&long, "t", Path::new(".")).unwrap();
+        assert_eq!(short, long);
+        assert_eq!(long.lr, 2e-5);
+        assert_eq!(long.lr_scheduler, LrScheduler::Cosine);
+        // Written under the TrainingArguments names.
+        let written = serde_json::to_value(&long).unwrap();
+        assert_eq!(written["learning_rate"], 2e-5);
+        assert_eq!(written["per_device_train_batch_size"], 16);
+        assert!(written.get("lr").is_none());
+        let both = format!("{MINIMAL}\nlr = 2e-5\nlearning_rate = 3e-5\n");
+        let error = TrainConfig::from_toml(&both, "t.toml", Path::new("."))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("both `lr` and `learning_rate`"), "{error}");
+        // A flag overrides the file's value under either name.
+        let mut table: toml::Table =
+            toml::from_str(&format!("{MINIMAL}\nlearning_rate = 3e-5\n")).unwrap();
+        set_key(&mut table, "lr", "1e-4").unwrap();
+        assert_eq!(
+            TrainConfig::from_table(table, "t", Path::new("."))
+                .unwrap()
+                .lr,
+            1e-4
+        );
+    }
+
+    #[test]
+    fn strategies_decide_evaluations_and_checkpoints() {
+        let config = |extra: &str| {
+            TrainConfig::from_toml(&format!("{MINIMAL}\n{extra}\n"), "t", Path::new(".")).unwrap()
+        };
+        let epoch = config("eval_strategy = \"epoch\"\nsave_strategy = \"epoch\"");
+        assert!(epoch.evaluates_after(7, true) && !epoch.evaluates_after(8, false));
+        assert!(epoch.saves_after(7, true) && !epoch.saves_after(500, false));
+        let steps = config("eval_strategy = \"steps\"\nlogging_steps = 5");
+        assert!(steps.evaluates_after(10, false) && !steps.evaluates_after(11, true));
+        assert!(!config("").evaluates_after(500, true));
+        assert!(config("eval_steps = 4").evaluates_after(8, false));
+        assert!(!config("save_strategy = \"no\"").saves_after(500, true));
+        assert!(!config("save_steps = 0").saves_after(500, true));
+        let mismatch = format!(
+            "{MINIMAL}\neval = {{ files = \"e.jsonl\" }}\nload_best_model_at_end = true\n\
+             eval_strategy = \"epoch\"\n"
+        );
+        let error = TrainConfig::from_toml(&mismatch, "t", Path::new("."))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("same eval_strategy and save_strategy"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@ mod output;
 mod resume;
 mod training_loop;
 
-pub use order::{epoch_order, length_grouped_order};
+pub use order::{epoch_batches, epoch_order, length_grouped_order};
 
 use evaluation::{load_evaluator, LoadedEvaluator};
 
@@ -36,7 +36,7 @@ use crate::plugins::{Loss, LossRegistry, PluginError};
 use crosstrain_model::{CrossEncoder, LoadOptions, ModelError, PairScorer};
 
 use config::{EvaluatorConfig, EvaluatorKind, TrainConfig};
-use optim::{clip_grad_norm, learning_rate, AdamW};
+use optim::{clip_grad_norm, learning_rate_with, AdamW};
 use state::{checkpoints, derive_seed, LogEntry, LossSums, OnnxReport, TrainerState};
 use step::{accumulate_batch, batch_loss, GradAccumulator, PhaseTimes, StepError};
 
@@ -386,7 +386,21 @@ pub fn train(
         .map(load_evaluator)
         .collect::<Result<Vec<_>, _>>()?;
 
-    let batches_per_epoch = train.len().div_ceil(config.batch_size);
+    // The sampler's length, as the reference's trainer counts steps from it: rows / batch
+    // size for the plain and no-duplicates samplers, the label stream's batches for
+    // group_by_label (which also checks, before any work, that the data suits it).
+    let batches_per_epoch = match config.batch_sampler {
+        config::BatchSampler::GroupByLabel => epoch_batches(
+            config.batch_sampler,
+            &train,
+            None,
+            config.seed,
+            0,
+            config.batch_size,
+        )?
+        .len(),
+        _ => train.len().div_ceil(config.batch_size),
+    };
     let updates_per_epoch = batches_per_epoch
         .div_ceil(config.gradient_accumulation_steps)
         .max(1);

@@ -7,7 +7,7 @@ use rayon::prelude::*;
 use crosstrain_model::kernels::ops::with_cpu_values;
 use crosstrain_model::kernels::simd::{self, AdamwStep};
 
-use super::config::LrScheduler;
+use super::config::{LrScheduler, LrSchedulerKwargs};
 
 /// Adam's moments of one parameter: plain vectors updated in one fused loop for f32
 /// parameters on the CPU (a handful of tensor ops would each allocate and sweep memory), and
@@ -321,16 +321,61 @@ pub fn learning_rate(
     warmup: usize,
     total: usize,
 ) -> f64 {
+    learning_rate_with(
+        scheduler,
+        &LrSchedulerKwargs::default(),
+        peak,
+        step,
+        warmup,
+        total,
+    )
+}
+
+/// The learning rate of optimiser step `step` (0-based, as `LambdaLR` counts) of `total`
+/// with `warmup` warm-up steps: transformers' `get_scheduler` schedules, factor by factor.
+pub fn learning_rate_with(
+    scheduler: LrScheduler,
+    kwargs: &LrSchedulerKwargs,
+    peak: f64,
+    step: usize,
+    warmup: usize,
+    total: usize,
+) -> f64 {
+    if scheduler == LrScheduler::Constant {
+        return peak;
+    }
     if step < warmup {
         return peak * step as f64 / warmup.max(1) as f64;
     }
-    match scheduler {
-        LrScheduler::Constant => peak,
+    let progress = (step - warmup) as f64 / (total.saturating_sub(warmup)).max(1) as f64;
+    let factor = match scheduler {
+        LrScheduler::Constant | LrScheduler::ConstantWithWarmup => 1.0,
         LrScheduler::Linear => {
-            peak * (total.saturating_sub(step)) as f64
-                / (total.saturating_sub(warmup)).max(1) as f64
+            total.saturating_sub(step) as f64 / (total.saturating_sub(warmup)).max(1) as f64
         }
-    }
+        LrScheduler::Cosine => {
+            let cycles = kwargs.num_cycles.unwrap_or(0.5);
+            (0.5 * (1.0 + (std::f64::consts::PI * cycles * 2.0 * progress).cos())).max(0.0)
+        }
+        LrScheduler::CosineWithRestarts => {
+            let cycles = kwargs.num_cycles.unwrap_or(1.0);
+            if progress >= 1.0 {
+                0.0
+            } else {
+                (0.5 * (1.0 + (std::f64::consts::PI * ((cycles * progress) % 1.0)).cos())).max(0.0)
+            }
+        }
+        LrScheduler::Polynomial => {
+            let lr_end = kwargs.lr_end;
+            if step > total {
+                lr_end / peak
+            } else {
+                let remaining = 1.0 - progress;
+                ((peak - lr_end) * remaining.powf(kwargs.power) + lr_end) / peak
+            }
+        }
+    };
+    peak * factor
 }
 
 /// The global L2 norm of the gradients; when it exceeds `max_norm` (> 0) they are scaled by
@@ -363,6 +408,115 @@ pub fn clip_grad_norm(grads: &mut [Option<Tensor>], max_norm: f64) -> Result<f64
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// transformers 5.24 `get_scheduler(name, AdamW(lr=1e-3), num_warmup_steps=3,
+    /// num_training_steps=10, scheduler_specific_kwargs=...)`, the lr of each of the 10 steps.
+    #[test]
+    fn schedules_equal_transformers() {
+        let reference: [(LrScheduler, LrSchedulerKwargs, [f64; 10]); 6] = [
+            (
+                LrScheduler::Linear,
+                LrSchedulerKwargs::default(),
+                [
+                    0.0,
+                    0.0003333333333333333,
+                    0.0006666666666666666,
+                    0.001,
+                    0.0008571428571428571,
+                    0.0007142857142857143,
+                    0.0005714285714285714,
+                    0.00042857142857142855,
+                    0.0002857142857142857,
+                    0.00014285714285714284,
+                ],
+            ),
+            (
+                LrScheduler::Constant,
+                LrSchedulerKwargs::default(),
+                [0.001; 10],
+            ),
+            (
+                LrScheduler::ConstantWithWarmup,
+                LrSchedulerKwargs::default(),
+                [
+                    0.0,
+                    0.0003333333333333333,
+                    0.0006666666666666666,
+                    0.001,
+                    0.001,
+                    0.001,
+                    0.001,
+                    0.001,
+                    0.001,
+                    0.001,
+                ],
+            ),
+            (
+                LrScheduler::Cosine,
+                LrSchedulerKwargs::default(),
+                [
+                    0.0,
+                    0.0003333333333333333,
+                    0.0006666666666666666,
+                    0.001,
+                    0.0009504844339512095,
+                    0.0008117449009293668,
+                    0.0006112604669781572,
+                    0.00038873953302184284,
+                    0.00018825509907063325,
+                    4.9515566048790485e-05,
+                ],
+            ),
+            (
+                LrScheduler::CosineWithRestarts,
+                LrSchedulerKwargs {
+                    num_cycles: Some(2.0),
+                    ..LrSchedulerKwargs::default()
+                },
+                [
+                    0.0,
+                    0.0003333333333333333,
+                    0.0006666666666666666,
+                    0.001,
+                    0.0008117449009293668,
+                    0.00038873953302184284,
+                    4.9515566048790485e-05,
+                    0.0009504844339512096,
+                    0.0006112604669781572,
+                    0.00018825509907063342,
+                ],
+            ),
+            (
+                LrScheduler::Polynomial,
+                LrSchedulerKwargs {
+                    power: 2.0,
+                    lr_end: 1e-6,
+                    ..LrSchedulerKwargs::default()
+                },
+                [
+                    0.0,
+                    0.0003333333333333333,
+                    0.0006666666666666666,
+                    0.001,
+                    0.0007349591836734695,
+                    0.0005106938775510205,
+                    0.0003272040816326531,
+                    0.0001844897959183674,
+                    8.255102040816327e-05,
+                    2.138775510204083e-05,
+                ],
+            ),
+        ];
+        for (scheduler, kwargs, expected) in reference {
+            for (step, want) in expected.iter().enumerate() {
+                let got = learning_rate_with(scheduler, &kwargs, 1e-3, step, 3, 10);
+                assert!(
+                    (got - want).abs() < 1e-15,
+                    "{scheduler:?} step {step}: {got} vs {want}"
+                );
+            }
+        }
+    }
     use candle_core::Device;
 
     #[test]

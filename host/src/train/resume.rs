@@ -11,7 +11,7 @@ use super::TrainError;
 
 /// The top-level settings that decide the numbers of a run. The others (where and how often
 /// to log, evaluate, save and export, the device, the output) may differ on resume.
-const RECIPE_KEYS: [&str; 23] = [
+const RECIPE_KEYS: [&str; 26] = [
     "model",
     "from_scratch",
     "num_labels",
@@ -19,17 +19,20 @@ const RECIPE_KEYS: [&str; 23] = [
     "loss",
     "loss_config",
     "train",
-    "epochs",
+    "num_train_epochs",
     "max_steps",
-    "batch_size",
-    "lr",
+    "per_device_train_batch_size",
+    "learning_rate",
     "weight_decay",
     "adam_beta1",
     "adam_beta2",
     "adam_epsilon",
     "warmup_ratio",
     "warmup_steps",
-    "lr_scheduler",
+    "lr_scheduler_type",
+    "lr_scheduler_kwargs",
+    "batch_sampler",
+    "multi_dataset_batch_sampler",
     "max_grad_norm",
     "gradient_accumulation_steps",
     "mini_batch_size",
@@ -56,7 +59,11 @@ pub(super) fn check_unchanged(
         path: checkpoint.to_path_buf(),
         message: e.to_string(),
     })?;
-    if let Some(unknown) = allowed.iter().find(|k| !RECIPE_KEYS.contains(&k.as_str())) {
+    let allowed: Vec<&str> = allowed
+        .iter()
+        .map(|key| super::config::canonical_key(key))
+        .collect();
+    if let Some(unknown) = allowed.iter().find(|k| !RECIPE_KEYS.contains(k)) {
         return Err(TrainError::Checkpoint {
             path: checkpoint.to_path_buf(),
             message: format!(
@@ -67,13 +74,17 @@ pub(super) fn check_unchanged(
     }
     let mut refused = Vec::new();
     for key in RECIPE_KEYS {
-        let old = normalized(key, saved.get(key));
+        // A checkpoint written before the TrainingArguments names has the short one.
+        let old_value = saved
+            .get(key)
+            .or_else(|| super::config::twin_key(key).and_then(|twin| saved.get(twin)));
+        let old = normalized(key, old_value);
         let new = normalized(key, current.get(key));
         if old == new {
             continue;
         }
         let change = format!("{key} = {} (this run: {})", show(&old), show(&new));
-        if allowed.iter().any(|k| k == key) {
+        if allowed.contains(&key) {
             tracing::warn!(
                 "resuming {} with a changed setting, as --allow-change {key} allows: {change}",
                 checkpoint.display()

@@ -46,13 +46,14 @@ impl Run<'_> {
             return Ok(LoopEnd::Interrupted(signal));
         }
         while self.state.global_step < self.state.max_steps {
-            let order = match &self.row_lengths {
-                Some(lengths) => {
-                    length_grouped_order(lengths, config.seed, self.state.epoch, config.batch_size)
-                }
-                None => epoch_order(self.train.len(), config.seed, self.state.epoch),
-            };
-            let batches: Vec<&[usize]> = order.chunks(config.batch_size).collect();
+            let batches = epoch_batches(
+                config.batch_sampler,
+                &self.train,
+                self.row_lengths.as_deref(),
+                config.seed,
+                self.state.epoch,
+                config.batch_size,
+            )?;
             if batches.is_empty() {
                 break;
             }
@@ -62,7 +63,7 @@ impl Run<'_> {
                 && self.state.global_step < self.state.max_steps
             {
                 let batch_index = self.state.batch_in_epoch;
-                let rows = batches[batch_index];
+                let rows = batches[batch_index].as_slice();
                 let step = self.state.global_step + 1;
                 let plan_seed = derive_seed(
                     config.seed,
@@ -103,8 +104,9 @@ impl Run<'_> {
                 micro = 0;
 
                 let optimizer_started = Instant::now();
-                let lr = learning_rate(
+                let lr = learning_rate_with(
                     config.lr_scheduler,
+                    &config.lr_scheduler_kwargs,
                     config.lr,
                     self.state.global_step,
                     self.state.warmup_steps,
@@ -143,16 +145,13 @@ impl Run<'_> {
                         self.state.since_log = LossSums::default();
                     }
                 }
-                let evaluated = match config.eval_steps {
-                    Some(every) if global_step % every == 0 && !last => {
-                        self.evaluate_and_log()?;
-                        true
-                    }
-                    _ => false,
-                };
+                let evaluated = config.evaluates_after(global_step, epoch_done) && !last;
+                if evaluated {
+                    self.evaluate_and_log()?;
+                }
                 let stop_here = config.stop_at_step == Some(global_step) && !last;
                 let signal = stop_requested();
-                if (config.save_steps > 0 && global_step % config.save_steps == 0 && !last)
+                if (config.saves_after(global_step, epoch_done) && !last)
                     || stop_here
                     || signal.is_some()
                 {

@@ -2,7 +2,7 @@
 
 mod support;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use support::*;
 
 const BUILTIN_LOSSES: [&str; 12] = [
@@ -163,6 +163,30 @@ fn golden_cases_from_sentence_transformers_all_pass() {
         fixture("golden_losses_adrmse.json").to_str().unwrap(),
     ]);
     assert!(stdout(&output).lines().any(|l| l == "4 passed, 0 failed"));
+}
+
+/// Issue 20: probability labels for CrossEntropyLoss and the layout's `*_kwargs`, with
+/// expectations from torch (scripts/make-soft-label-cases.py); an unsupported kwarg is named.
+#[test]
+fn probability_label_and_kwargs_cases_pass_and_unknown_kwargs_are_named() {
+    let extra = fixture("golden_losses_extra.json");
+    let output = run(&["losses", "check", extra.to_str().unwrap()]);
+    let text = stdout(&output);
+    assert!(output.status.success(), "{text}\n{}", stderr(&output));
+    assert!(text.lines().any(|l| l == "7 passed, 0 failed"), "{text}");
+
+    let mut cases: Value = serde_json::from_str(&std::fs::read_to_string(&extra).unwrap()).unwrap();
+    cases["cases"][6]["config"] = json!({"mse_kwargs": {"reduction": "sum", "size_average": true}});
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cases.json");
+    std::fs::write(&path, cases.to_string()).unwrap();
+    let output = run(&["losses", "check", path.to_str().unwrap()]);
+    assert!(!output.status.success());
+    let text = stdout(&output) + &stderr(&output);
+    assert!(
+        text.contains("mse_kwargs.size_average: the loss has no setting `size_average`"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -22,6 +22,9 @@ pub enum LabelKind {
     /// Per row: one margin (with one negative), n margins, or n + 1 teacher scores
     /// `[positive, negative_1..negative_n]`.
     Margins = 5,
+    /// A list of `num_labels` class probabilities per row (soft labels, e.g. a teacher's
+    /// distribution), as torch's cross-entropy takes float targets of shape `[B, C]`.
+    ClassProbabilities = 6,
 }
 
 impl LabelKind {
@@ -34,6 +37,7 @@ impl LabelKind {
             LabelKind::Score => "a float score",
             LabelKind::ScoreList => "a list of scores, one per document",
             LabelKind::Margins => "margins or teacher scores [positive, negatives..]",
+            LabelKind::ClassProbabilities => "a list of num_labels class probabilities",
         }
     }
 }
@@ -87,6 +91,17 @@ impl DataFormat {
             (2, 2),
             false,
             LabelKind::ClassId,
+        )
+    }
+
+    /// `(text_a, text_b)` with a probability per class (soft labels, distillation).
+    pub fn pair_class_probabilities() -> Self {
+        Self::new(
+            "pair-class-probabilities",
+            "(text_a, text_b) with a list of num_labels class probabilities (soft labels)",
+            (2, 2),
+            false,
+            LabelKind::ClassProbabilities,
         )
     }
 

@@ -145,6 +145,8 @@ fn run_case(
         None | Some(Value::Null) => Value::Object(Default::default()),
         Some(config) => config.clone(),
     };
+    let schema = &registry.find(&result.loss)?.description.config_schema;
+    let config = flatten_kwargs(&config, schema)?;
     let loss = registry.build(&result.loss, &config)?;
     let prepared = prepare(case)?;
     let seed = case.get("seed").and_then(Value::as_u64).unwrap_or(0);
@@ -325,6 +327,50 @@ fn cell_values(
 }
 
 /// Labels as f32 rows.
+/// The case layout's `*_kwargs` (`bce_kwargs`, `ce_kwargs`, `mse_kwargs`: keyword arguments
+/// the reference passes on to the torch loss) merged into the loss's own config, where each
+/// is a key of the same name (`reduction`, `weight`, `label_smoothing`, `ignore_index`). A
+/// kwarg the loss's config schema does not have, or one given twice, is an error naming it.
+fn flatten_kwargs(config: &Value, schema: &Value) -> Result<Value, CaseError> {
+    let Value::Object(entries) = config else {
+        return Err(CaseError::Layout(format!(
+            "config is not an object: {config}"
+        )));
+    };
+    let settings = schema.get("properties").and_then(Value::as_object);
+    let mut flat = serde_json::Map::new();
+    let mut forwarded = Vec::new();
+    for (key, value) in entries {
+        match (key.strip_suffix("_kwargs"), value) {
+            (Some(_), Value::Object(kwargs)) => forwarded.push((key, kwargs)),
+            (Some(_), Value::Null) => {}
+            _ => {
+                flat.insert(key.clone(), value.clone());
+            }
+        }
+    }
+    for (group, kwargs) in forwarded {
+        for (name, value) in kwargs {
+            if settings.is_some_and(|s| !s.contains_key(name)) {
+                let known: Vec<&str> = settings
+                    .map(|s| s.keys().map(String::as_str).collect())
+                    .unwrap_or_default();
+                return Err(CaseError::Layout(format!(
+                    "config {group}.{name}: the loss has no setting `{name}` to take it (its \
+                     settings: {})",
+                    known.join(", ")
+                )));
+            }
+            if flat.insert(name.clone(), value.clone()).is_some() {
+                return Err(CaseError::Layout(format!(
+                    "config {group}.{name}: `{name}` is also given outside {group}"
+                )));
+            }
+        }
+    }
+    Ok(Value::Object(flat))
+}
+
 fn label_rows(labels: &Value) -> Result<Vec<Vec<f32>>, String> {
     labels
         .as_array()
@@ -376,13 +422,13 @@ fn prepare(case: &Value) -> Result<PreparedCase, CaseError> {
                 Kind::Multiclass => logits.first().and_then(Value::as_array).map_or(1, Vec::len),
                 _ => 1,
             };
-            let labels = label_rows(labels_value)?.into_iter().flatten().collect();
-            (
-                BatchShape::texts(rows_u32, 2),
-                Labels::per_row(labels),
-                num_labels,
-                true,
-            )
+            // Multiclass labels are class ids, or `[B][C]` class probabilities.
+            let rows_of_labels = label_rows(labels_value)?;
+            let labels = match labels_value.as_array().and_then(|l| l.first()) {
+                Some(Value::Array(_)) => Labels::per_row_lists(&rows_of_labels),
+                _ => Labels::per_row(rows_of_labels.into_iter().flatten().collect()),
+            };
+            (BatchShape::texts(rows_u32, 2), labels, num_labels, true)
         }
         Kind::Margin => {
             let width = logits.first().and_then(Value::as_array).map_or(0, Vec::len);

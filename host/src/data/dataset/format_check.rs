@@ -121,6 +121,26 @@ impl Dataset {
                 }
             }
             (LabelKind::Score | LabelKind::Margins, Some(LabelValues::Scalars(_))) => Ok(()),
+            (LabelKind::ClassProbabilities, Some(LabelValues::Lists(lists))) => {
+                for (row, probabilities) in lists.iter().enumerate() {
+                    if probabilities.len() != num_labels {
+                        return Err(row_error(
+                            row,
+                            format!(
+                                "has {} class probabilities for num_labels = {num_labels}",
+                                probabilities.len()
+                            ),
+                        ));
+                    }
+                    if let Some(p) = probabilities.iter().find(|p| !(0.0..=1.0).contains(*p)) {
+                        return Err(row_error(
+                            row,
+                            format!("holds {p}, not a probability in [0, 1]"),
+                        ));
+                    }
+                }
+                Ok(())
+            }
             (LabelKind::Margins, Some(LabelValues::Lists(_))) => Ok(()),
             (LabelKind::ScoreList, Some(LabelValues::Lists(lists))) => {
                 let Some(TextValues::Lists(documents)) = self.columns.last().map(|c| &c.values)

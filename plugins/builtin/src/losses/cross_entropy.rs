@@ -2,7 +2,8 @@
 //! (sentence-transformers `cross_encoder/losses/cross_entropy.py`).
 
 use crosstrain_plugin_api::{
-    BatchShape, DataFormat, Labels, LossError, LossOutput, LossPlugin, LossResult, PairPlan,
+    BatchShape, DataFormat, LabelLayout, Labels, LossError, LossOutput, LossPlugin, LossResult,
+    PairPlan,
 };
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -60,12 +61,15 @@ pub struct CrossEntropyLoss {
 impl LossPlugin for CrossEntropyLoss {
     type Config = CrossEntropyConfig;
     const NAME: &'static str = "CrossEntropyLoss";
-    const SUMMARY: &'static str =
-        "Softmax cross-entropy over num_labels classes per pair, with integer class labels.";
+    const SUMMARY: &'static str = "Softmax cross-entropy over num_labels classes per pair, with \
+         integer class labels or class probabilities (soft labels).";
     const NUM_LABELS: u32 = 0;
 
     fn formats() -> Vec<DataFormat> {
-        vec![DataFormat::pair_class_label()]
+        vec![
+            DataFormat::pair_class_label(),
+            DataFormat::pair_class_probabilities(),
+        ]
     }
 
     fn from_config(config: Self::Config) -> LossResult<Self> {
@@ -120,6 +124,9 @@ impl LossPlugin for CrossEntropyLoss {
             }
         }
         let class_weight = |class: usize| self.config.weight.as_ref().map_or(1.0, |w| w[class]);
+        if labels.layout == LabelLayout::PerRowList {
+            return self.compute_with_probabilities(plan, logits, classes, labels);
+        }
         let targets = labels_per_row(Self::NAME, labels, plan.rows as usize)?;
         let epsilon = self.config.label_smoothing;
         let activation = self.config.activation_fn;
@@ -183,6 +190,60 @@ impl LossPlugin for CrossEntropyLoss {
             let total: f64 = d_log_probs.iter().sum();
             for c in 0..classes {
                 let d_activated = d_log_probs[c] - log_probs[c].exp() * total;
+                grad[index * classes + c] = d_activated * activation.derivative(f64::from(raw[c]));
+            }
+        }
+        Ok(LossOutput::new(loss, grad))
+    }
+}
+
+impl CrossEntropyLoss {
+    /// Float targets `[B, C]`, as torch treats them: `ℓ_i = −Σ_c w_c·q'_ic·log p_ic` with
+    /// `q' = (1−ε)·q + ε/C`; the mean divides by the number of pairs (not by the weights, and
+    /// `ignore_index` does not apply), as torch's `cross_entropy` does for probabilities.
+    fn compute_with_probabilities(
+        &self,
+        plan: &PairPlan,
+        logits: &[f32],
+        classes: usize,
+        labels: &Labels,
+    ) -> LossResult<LossOutput> {
+        let class_weight = |class: usize| self.config.weight.as_ref().map_or(1.0, |w| w[class]);
+        let epsilon = self.config.label_smoothing;
+        let activation = self.config.activation_fn;
+        let norm = match self.config.reduction {
+            Reduction::Mean => 1.0 / plan.len().max(1) as f64,
+            Reduction::Sum => 1.0,
+        };
+        let mut loss = 0.0;
+        let mut grad = vec![0.0; logits.len()];
+        for (index, pair) in plan.pairs.iter().enumerate() {
+            let row = pair.text_a.row as usize;
+            let target = labels.row(row);
+            if target.len() != classes {
+                return Err(LossError::new(format!(
+                    "CrossEntropyLoss: row {row} has {} class probabilities for {classes} labels",
+                    target.len()
+                )));
+            }
+            let raw = &logits[index * classes..(index + 1) * classes];
+            let activated: Vec<f64> = raw
+                .iter()
+                .map(|&s| activation.apply(f64::from(s)))
+                .collect();
+            let lse = log_sum_exp(&activated);
+            let d_log_probs: Vec<f64> = (0..classes)
+                .map(|c| {
+                    let smoothed =
+                        (1.0 - epsilon) * f64::from(target[c]) + epsilon / classes as f64;
+                    -class_weight(c) * smoothed * norm
+                })
+                .collect();
+            let total: f64 = d_log_probs.iter().sum();
+            for c in 0..classes {
+                let log_prob = activated[c] - lse;
+                loss += log_prob * d_log_probs[c];
+                let d_activated = d_log_probs[c] - log_prob.exp() * total;
                 grad[index * classes + c] = d_activated * activation.derivative(f64::from(raw[c]));
             }
         }

@@ -354,7 +354,7 @@ fn resume_refuses_a_changed_recipe_unless_allowed_and_names_a_corrupt_optimizer_
     assert!(!changed.status.success());
     let message = stderr(&changed);
     assert!(
-        message.contains("lr = 0.00005 (this run: 0.001)"),
+        message.contains("learning_rate = 0.00005 (this run: 0.001)"),
         "{message}"
     );
     assert!(message.contains("--allow-change"), "{message}");
@@ -398,7 +398,7 @@ fn resume_refuses_a_changed_recipe_unless_allowed_and_names_a_corrupt_optimizer_
     );
     assert!(allowed.status.success(), "{}", stderr(&allowed));
     assert!(
-        stderr(&allowed).contains("as --allow-change lr allows"),
+        stderr(&allowed).contains("as --allow-change learning_rate allows"),
         "{}",
         stderr(&allowed)
     );

@@ -366,6 +366,89 @@ fn training_arguments_names_train_identically() {
     assert!((rates[3] - half).abs() < 1e-12, "{rates:?}");
 }
 
+/// Issue 20: two named datasets with their own losses (pairs with BCE, triplets with MNRL),
+/// under both multi-dataset samplers: the reference's step counts, each dataset's loss logged,
+/// exact resumption, and a card that lists both datasets and losses.
+#[test]
+fn two_named_datasets_train_with_their_losses_under_both_samplers() {
+    let dir = tempfile::tempdir().unwrap();
+    write_jsonl(&dir.path().join("pairs.jsonl"), &family_rows("pointwise"));
+    let triplets: Vec<Value> = family_rows("distillation")
+        .into_iter()
+        .chain(family_rows("distillation").into_iter().take(1))
+        .map(|row| json!({"anchor": row["query"], "positive": row["positive"], "negative": row["negative"]}))
+        .collect();
+    assert_eq!(triplets.len(), 5);
+    write_jsonl(&dir.path().join("triplets.jsonl"), &triplets);
+    for (sampler, expected_steps) in [("proportional", 10), ("round_robin", 8)] {
+        let config = dir.path().join(format!("{sampler}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "model = {:?}\nloss = \"BinaryCrossEntropyLoss\"\nexport_onnx = false\n\
+                 per_device_train_batch_size = 3\nnum_train_epochs = 2\nlogging_steps = 1\n\
+                 save_steps = 3\nmulti_dataset_batch_sampler = {sampler:?}\n\
+                 [train.pairs]\nfiles = \"pairs.jsonl\"\n\
+                 [train.triplets]\nfiles = \"triplets.jsonl\"\n\
+                 loss = \"MultipleNegativesRankingLoss\"\nloss_config = {{ scale = 10.0 }}\n\
+                 [eval.triplets]\nfiles = \"triplets.jsonl\"\n",
+                tiny_model()
+            ),
+        )
+        .unwrap();
+        let full = dir.path().join(format!("{sampler}-full"));
+        let result = train_cli(&config, &full, &["--json"]);
+        assert!(result.status.success(), "{}", stderr(&result));
+        let summary: Value = serde_json::from_str(stdout(&result).trim()).unwrap();
+        // pairs: 8 rows → 3 batches, triplets: 5 rows → 2; proportional 3 + 2 per epoch,
+        // round robin 2 × min(3, 2).
+        assert_eq!(summary["global_step"], expected_steps, "{sampler}");
+        let log = std::fs::read_to_string(full.join("metrics.jsonl")).unwrap();
+        let mut seen = std::collections::BTreeSet::new();
+        for line in log.lines() {
+            let entry: Value = serde_json::from_str(line).unwrap();
+            if let Some(losses) = entry["dataset_losses"].as_object() {
+                assert_eq!(losses.len(), 1, "one batch per step: {line}");
+                seen.extend(losses.keys().cloned());
+            }
+        }
+        assert_eq!(seen.into_iter().collect::<Vec<_>>(), ["pairs", "triplets"]);
+        // A named evaluation set takes the loss of the training set of its name.
+        assert!(
+            summary["metrics"]["eval_triplets_loss"].as_f64().is_some(),
+            "{summary}"
+        );
+
+        let split = dir.path().join(format!("{sampler}-split"));
+        let first = train_cli(&config, &split, &["--stop-at-step", "4"]);
+        assert!(first.status.success(), "{}", stderr(&first));
+        let resumed = train_cli(&config, &split, &["--resume"]);
+        assert!(resumed.status.success(), "{}", stderr(&resumed));
+        let a = load_weights(&full);
+        let b = load_weights(&split);
+        for (name, values) in &a {
+            assert_eq!(values, &b[name], "{sampler}: {name} differs after resuming");
+        }
+        let card = std::fs::read_to_string(full.join("README.md")).unwrap();
+        for needle in [
+            "### Training Dataset `pairs`",
+            "### Training Dataset `triplets`",
+            "* Loss: `BinaryCrossEntropyLoss`",
+            "* Loss: `MultipleNegativesRankingLoss`",
+            "loss:MultipleNegativesRankingLoss",
+            "loss:BinaryCrossEntropyLoss\"",
+            "dataset_size:13",
+        ] {
+            assert!(card.contains(needle), "{sampler}: card lacks {needle:?}");
+        }
+        let args = read_json(&full.join("training_args.json"));
+        assert_eq!(
+            args["train"]["triplets"]["loss"],
+            "MultipleNegativesRankingLoss"
+        );
+    }
+}
+
 /// Issue 20: `no_duplicates` batches resume exactly like the plain sampler.
 #[test]
 fn no_duplicates_sampler_resumes_exactly() {

@@ -21,6 +21,10 @@ pub struct LogEntry {
     /// Mean of each named loss component since the previous log.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub loss_components: BTreeMap<String, f64>,
+    /// With several named training datasets: each one's mean batch loss since the previous
+    /// log (datasets without a batch in that span are left out).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub dataset_losses: BTreeMap<String, f64>,
     /// Learning rate of the last step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub learning_rate: Option<f64>,
@@ -41,16 +45,33 @@ pub struct LossSums {
     pub components: BTreeMap<String, f64>,
     /// Batches summed.
     pub batches: usize,
+    /// Per named dataset: the sum of its batch losses and its batch count.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub datasets: BTreeMap<String, (f64, usize)>,
 }
 
 impl LossSums {
-    /// Adds one batch.
-    pub fn add(&mut self, loss: f64, components: &[(String, f64)]) {
+    /// Adds one batch (of the named dataset `dataset`, when the run has several).
+    pub fn add(&mut self, loss: f64, components: &[(String, f64)], dataset: Option<&str>) {
         self.loss += loss;
         for (name, value) in components {
             *self.components.entry(name.clone()).or_default() += value;
         }
         self.batches += 1;
+        if let Some(name) = dataset {
+            let entry = self.datasets.entry(name.to_string()).or_default();
+            entry.0 += loss;
+            entry.1 += 1;
+        }
+    }
+
+    /// Each named dataset's mean batch loss.
+    pub fn dataset_means(&self) -> BTreeMap<String, f64> {
+        self.datasets
+            .iter()
+            .filter(|(_, (_, batches))| *batches > 0)
+            .map(|(name, (sum, batches))| (name.clone(), sum / *batches as f64))
+            .collect()
     }
 
     /// The means, or `None` without batches.
@@ -176,8 +197,8 @@ mod tests {
     fn loss_sums_average() {
         let mut sums = LossSums::default();
         assert!(sums.means().is_none());
-        sums.add(1.0, &[("a".into(), 0.25)]);
-        sums.add(3.0, &[("a".into(), 0.75)]);
+        sums.add(1.0, &[("a".into(), 0.25)], None);
+        sums.add(3.0, &[("a".into(), 0.75)], None);
         let (loss, components) = sums.means().unwrap();
         assert_eq!(loss, 2.0);
         assert_eq!(components["a"], 0.5);

@@ -79,11 +79,16 @@ pub fn render(
     let _ = writeln!(
         md,
         "This is a Cross Encoder model {origin}{on_data} with \
-         [crosstrain](#citation), using {} from {}. It computes scores for pairs of texts, \
+         [crosstrain](#citation), using {}. It computes scores for pairs of texts, \
          which can be used for {task}. The directory loads in crosstrain, in \
          sentence-transformers (`CrossEncoder`) and in transformers \
          (`AutoModelForSequenceClassification`).\n",
-        summary.loss.name, summary.loss.library
+        summary
+            .losses()
+            .iter()
+            .map(|l| format!("{} from {}", l.name, l.library))
+            .collect::<Vec<_>>()
+            .join(" and "),
     );
 
     md.push_str("## Model Details\n\n### Model Description\n");
@@ -205,10 +210,12 @@ pub fn render(
 
     md.push_str("## Training Details\n");
     for dataset in &summary.datasets {
-        let heading = match dataset.split.as_str() {
-            "train" => "Training Dataset".to_string(),
-            "eval" => "Evaluation Dataset".to_string(),
-            other => format!("Evaluator Dataset `{other}`"),
+        let heading = match (dataset.split.as_str(), &dataset.name) {
+            ("train", Some(name)) => format!("Training Dataset `{name}`"),
+            ("train", None) => "Training Dataset".to_string(),
+            ("eval", Some(name)) => format!("Evaluation Dataset `{name}`"),
+            ("eval", None) => "Evaluation Dataset".to_string(),
+            (other, _) => format!("Evaluator Dataset `{other}`"),
         };
         let files: Vec<String> = dataset.files.iter().map(|f| format!("`{f}`")).collect();
         let _ = writeln!(
@@ -267,14 +274,16 @@ pub fn render(
             }
         }
         if dataset.split == "train" {
+            // With several named datasets each carries its own loss.
+            let loss = dataset.loss.as_ref().unwrap_or(&summary.loss);
             let _ = writeln!(
                 md,
                 "* Loss: `{}` from `{}` {} (data format `{}`) with these parameters:\n\n```json\n{}\n```",
-                summary.loss.name,
-                summary.loss.library,
-                summary.loss.library_version,
-                summary.loss.format,
-                code_json(&summary.loss.config)
+                loss.name,
+                loss.library,
+                loss.library_version,
+                loss.format,
+                code_json(&loss.config)
             );
         }
     }
@@ -330,13 +339,15 @@ pub fn render(
     md.push_str("\n```\n\n#### Sentence Transformers\n```bibtex\n");
     md.push_str(SENTENCE_BERT_CITATION);
     md.push_str("\n```\n");
-    if let Some(citation) = &summary.loss.citation {
-        let _ = writeln!(
-            md,
-            "\n#### {}\n```bibtex\n{}\n```",
-            summary.loss.name,
-            citation.trim()
-        );
+    for loss in summary.losses() {
+        if let Some(citation) = &loss.citation {
+            let _ = writeln!(
+                md,
+                "\n#### {}\n```bibtex\n{}\n```",
+                loss.name,
+                citation.trim()
+            );
+        }
     }
     md
 }

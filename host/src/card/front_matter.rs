@@ -45,19 +45,28 @@ pub(super) fn front_matter(summary: &TrainingSummary) -> String {
         let _ = writeln!(yaml, "license: {}", yaml_string(license));
     }
     yaml.push_str("tags:\n");
-    let train_rows = summary
+    let train_rows: usize = summary
         .datasets
         .iter()
-        .find(|d| d.split == "train")
-        .map_or(0, |d| d.rows);
-    for tag in [
+        .filter(|d| d.split == "train")
+        .map(|d| d.rows)
+        .sum();
+    let tags = [
         "cross-encoder".to_string(),
         "reranker".to_string(),
         "crosstrain".to_string(),
         "generated_from_trainer".to_string(),
         format!("dataset_size:{train_rows}"),
-        format!("loss:{}", summary.loss.name),
-    ] {
+    ]
+    .into_iter()
+    .chain(
+        summary
+            .losses()
+            .into_iter()
+            .map(|l| format!("loss:{}", l.name)),
+    )
+    .collect::<Vec<_>>();
+    for tag in tags {
         let _ = writeln!(yaml, "- {}", yaml_string(&tag));
     }
     let pipeline = if summary.num_labels == 1 {

@@ -135,6 +135,13 @@ pub struct DatasetSummary {
     pub columns: Vec<ColumnSummary>,
     /// The first rows, column → value.
     pub samples: Vec<BTreeMap<String, Value>>,
+    /// The dataset's name, when the run had several by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The loss this dataset trained, when the run had several named datasets (otherwise
+    /// the summary's `loss`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<LossSummary>,
 }
 
 /// An evaluator and its final metrics.
@@ -150,6 +157,23 @@ pub struct EvaluatorSummary {
     pub metrics: BTreeMap<String, f64>,
     /// The primary metric's key.
     pub primary_metric: String,
+}
+
+impl TrainingSummary {
+    /// Every distinct loss the run trained (by qualified name): the summary's, then those of
+    /// the named datasets.
+    pub fn losses(&self) -> Vec<&LossSummary> {
+        let mut losses = vec![&self.loss];
+        for loss in self.datasets.iter().filter_map(|d| d.loss.as_ref()) {
+            if !losses
+                .iter()
+                .any(|l| l.qualified_name == loss.qualified_name)
+            {
+                losses.push(loss);
+            }
+        }
+        losses
+    }
 }
 
 /// `training_summary.json`: what the card needs beyond the recipe and the trainer state.

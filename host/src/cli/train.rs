@@ -308,7 +308,7 @@ fn build_config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
             .with_context(|| format!("--set {assignment}: expected KEY=VALUE"))?;
         set_key(&mut table, key.trim(), value.trim())?;
     }
-    for required in ["model", "output", "loss", "train"] {
+    for required in ["model", "output", "train"] {
         if !table.contains_key(required) {
             anyhow::bail!(
                 "{origin}: missing `{required}` (set it in --config or with --{})",

@@ -8,6 +8,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::datasets::Datasets;
 use crate::data::dataset::DatasetSpec;
 
 /// What can be wrong with a config.
@@ -224,17 +225,24 @@ pub struct TrainConfig {
     pub max_length: Option<usize>,
     /// The output directory: the trained model directory, its logs and checkpoints.
     pub output: PathBuf,
-    /// The loss: a name from `crosstrain losses list` (or `library/name`).
+    /// The loss: a name from `crosstrain losses list` (or `library/name`). May be left out
+    /// when every named training dataset names its own.
+    #[serde(default)]
     pub loss: String,
     /// The loss's config (see `crosstrain losses show NAME`); default: the loss's defaults.
     #[serde(default = "empty_object")]
     #[schemars(with = "serde_json::Map<String, Value>")]
     pub loss_config: Value,
-    /// The training data.
-    pub train: DatasetSpec,
-    /// Data for the evaluation loss (`eval_loss`), in the training data's format.
+    /// The training data: a data spec (`files`, ...), or several named ones
+    /// (`[train.NAME]`, each with an optional `loss` and `loss_config`); each batch comes
+    /// from one dataset and goes to its loss.
+    #[schemars(with = "super::datasets::DatasetsSchema")]
+    pub train: Datasets,
+    /// Data for the evaluation loss (`eval_loss`, or `eval_NAME_loss` per named set), in the
+    /// format of the training data (of the same name).
     #[serde(default)]
-    pub eval: Option<DatasetSpec>,
+    #[schemars(with = "Option<super::datasets::DatasetsSchema>")]
+    pub eval: Option<Datasets>,
     /// Evaluators run every `eval_steps` and after training.
     #[serde(default)]
     pub evaluators: Vec<EvaluatorConfig>,
@@ -551,6 +559,22 @@ impl TrainConfig {
         if self.num_labels == Some(0) {
             return invalid("num_labels", "must be at least 1".into());
         }
+        if let Some(entry) = self
+            .train
+            .entries
+            .iter()
+            .find(|e| self.loss.is_empty() && e.loss.is_none())
+        {
+            let message = if self.train.named {
+                format!(
+                    "missing: set `loss`, or a `loss` in [train.{}] (and every other dataset)",
+                    entry.name
+                )
+            } else {
+                "missing: name the loss (`loss = \"BinaryCrossEntropyLoss\"`, --loss)".into()
+            };
+            return invalid("loss", message);
+        }
         if !self.loss_config.is_object() {
             return invalid("loss_config", "must be a table".into());
         }
@@ -765,7 +789,10 @@ mod tests {
         assert_eq!(config.max_grad_norm, 1.0);
         assert_eq!(config.seed, 42);
         assert_eq!(config.adam_epsilon, 1e-8);
-        assert_eq!(config.train.files, vec![PathBuf::from("/base/train.jsonl")]);
+        assert_eq!(
+            config.train.entries[0].spec.files,
+            vec![PathBuf::from("/base/train.jsonl")]
+        );
         assert_eq!(config.output, PathBuf::from("/base/out"));
         assert!(config.export_onnx);
         assert_eq!(config.device, "cpu");
@@ -811,7 +838,7 @@ mod tests {
         set_key(&mut table, "lr", "2e-5").unwrap();
         set_key(&mut table, "loss", "MSELoss").unwrap();
         let config = TrainConfig::from_table(table, "t", Path::new(".")).unwrap();
-        assert_eq!(config.train.limit, Some(10));
+        assert_eq!(config.train.entries[0].spec.limit, Some(10));
         assert_eq!(config.lr, 2e-5);
         assert_eq!(config.loss, "MSELoss");
     }

@@ -84,6 +84,11 @@ pub(super) fn load_evaluator(config: &EvaluatorConfig) -> Result<LoadedEvaluator
 }
 
 impl Run<'_> {
+    /// Whether there is anything to evaluate: eval-loss data or an evaluator.
+    pub(super) fn evaluates(&self) -> bool {
+        !self.eval_sources.is_empty() || !self.evaluators.is_empty()
+    }
+
     /// Runs the eval loss and every evaluator in eval mode; also returns each evaluator's
     /// primary metric key.
     pub(super) fn evaluate(&self) -> Result<(BTreeMap<String, f64>, Vec<String>), TrainError> {
@@ -93,14 +98,20 @@ impl Run<'_> {
         let saved = dropout.snapshot();
         dropout.eval();
         let result = (|| {
-            if let Some(eval) = &self.eval {
+            for (set, source) in self.eval_sources.iter().enumerate() {
+                let eval = &source.dataset;
                 let order: Vec<usize> = (0..eval.len()).collect();
                 let mut weighted = 0.0;
                 for (index, rows) in order.chunks(self.config.batch_size).enumerate() {
-                    let seed = derive_seed(self.config.seed, EVAL_PLAN, index as u64);
+                    // The first set keeps the seeds a one-set run always had.
+                    let seed = derive_seed(
+                        self.config.seed,
+                        EVAL_PLAN,
+                        (index + set * order.len()) as u64,
+                    );
                     let value = batch_loss(
                         &self.model,
-                        &self.loss,
+                        &source.loss,
                         eval,
                         rows,
                         seed,
@@ -112,7 +123,10 @@ impl Run<'_> {
                     })?;
                     weighted += value * rows.len() as f64;
                 }
-                metrics.insert("eval_loss".to_string(), weighted / eval.len().max(1) as f64);
+                metrics.insert(
+                    source.metric_key.clone(),
+                    weighted / eval.len().max(1) as f64,
+                );
             }
             let batch_size = self.config.eval_batch_size;
             let scorer: &dyn PairScorer = &self.model;
@@ -165,14 +179,19 @@ impl Run<'_> {
     }
 
     pub(super) fn evaluate_and_log(&mut self) -> Result<(), TrainError> {
-        if self.eval.is_none() && self.evaluators.is_empty() {
+        if !self.evaluates() {
             return Ok(());
         }
         let (metrics, primaries) = self.evaluate()?;
         if self.state.best_metric_name.is_empty() {
-            self.state.best_metric_name = primaries
-                .first()
-                .map_or_else(|| "eval_loss".into(), |p| format!("eval_{p}"));
+            self.state.best_metric_name = primaries.first().map_or_else(
+                || {
+                    self.eval_sources
+                        .first()
+                        .map_or_else(|| "eval_loss".into(), |s| s.metric_key.clone())
+                },
+                |p| format!("eval_{p}"),
+            );
         }
         self.primaries = primaries;
         self.last_metrics = metrics.clone();
@@ -181,6 +200,7 @@ impl Run<'_> {
             epoch: self.state.epoch_fraction(),
             loss: None,
             loss_components: BTreeMap::new(),
+            dataset_losses: BTreeMap::new(),
             learning_rate: None,
             grad_norm: None,
             metrics,

@@ -69,7 +69,7 @@ impl Run<'_> {
     /// Final evaluation, best-model reload, and the output directory.
     pub(super) fn finish(&mut self) -> Result<(), TrainError> {
         let config = self.config;
-        if self.eval.is_some() || !self.evaluators.is_empty() {
+        if self.evaluates() {
             self.evaluate_and_log()?;
         }
         if config.load_best_model_at_end {
@@ -77,7 +77,7 @@ impl Run<'_> {
                 let path = config.output.join(&best);
                 self.load_weights(&path)?;
                 tracing::info!("loaded the best checkpoint {best}");
-                if self.eval.is_some() || !self.evaluators.is_empty() {
+                if self.evaluates() {
                     self.last_metrics = self.evaluate()?.0;
                 }
             }
@@ -175,11 +175,39 @@ impl Run<'_> {
     pub(super) fn training_summary(&self) -> Result<crate::card::TrainingSummary, TrainError> {
         use crate::card::{EvaluatorSummary, LossSummary, TrainingSummary};
         let config = self.config;
-        let description = self.loss.description();
         let tokenizer = self.model.tokenizer();
-        let mut datasets = vec![summary::summarize_dataset("train", &self.train, tokenizer)];
-        if let Some(eval) = &self.eval {
-            datasets.push(summary::summarize_dataset("eval", eval, tokenizer));
+        let loss_summary = |source: &sources::TrainSource| {
+            let description = source.loss.description();
+            LossSummary {
+                name: description.name.clone(),
+                qualified_name: source.loss.qualified_name().to_string(),
+                library: source.library.name.clone(),
+                library_version: source.library.version.clone(),
+                summary: description.summary.clone(),
+                config: source.loss.effective_config(),
+                citation: description.citation.clone(),
+                format: source.format_name.clone(),
+            }
+        };
+        let named = config.train.named;
+        let mut datasets: Vec<crate::card::DatasetSummary> = self
+            .sources
+            .iter()
+            .map(|source| {
+                let mut summary = summary::summarize_dataset("train", &source.dataset, tokenizer);
+                if named {
+                    summary.name = Some(source.name.clone());
+                    summary.loss = Some(loss_summary(source));
+                }
+                summary
+            })
+            .collect();
+        for source in &self.eval_sources {
+            let mut summary = summary::summarize_dataset("eval", &source.dataset, tokenizer);
+            if config.eval.as_ref().is_some_and(|e| e.named) {
+                summary.name = Some(source.name.clone());
+            }
+            datasets.push(summary);
         }
         let mut evaluators = Vec::new();
         for (index, loaded) in self.evaluators.iter().enumerate() {
@@ -228,7 +256,11 @@ impl Run<'_> {
                 primary_metric: self.primaries.get(index).cloned().unwrap_or_default(),
             });
         }
-        let pairs = summary::example_pairs(self.eval.as_ref().unwrap_or(&self.train), 5);
+        let example_data = self
+            .eval_sources
+            .first()
+            .map_or(&self.sources[0].dataset, |s| &s.dataset);
+        let pairs = summary::example_pairs(example_data, 5);
         let borrowed: Vec<(&str, &str)> = pairs
             .iter()
             .map(|(a, b)| (a.as_str(), b.as_str()))
@@ -249,16 +281,7 @@ impl Run<'_> {
             parameters: self.vars.iter().map(|v| v.elem_count()).sum(),
             max_length: self.model.max_length(),
             num_labels: self.model.num_labels(),
-            loss: LossSummary {
-                name: description.name.clone(),
-                qualified_name: self.loss.qualified_name().to_string(),
-                library: self.loss_library.name.clone(),
-                library_version: self.loss_library.version.clone(),
-                summary: description.summary.clone(),
-                config: self.loss.effective_config(),
-                citation: description.citation.clone(),
-                format: self.format_name.clone(),
-            },
+            loss: loss_summary(&self.sources[0]),
             datasets,
             evaluators,
             versions: summary::framework_versions(&self.plugin_versions),

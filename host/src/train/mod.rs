@@ -3,6 +3,7 @@
 //! checkpoints with exact resumption, the metrics log and the final ONNX export.
 
 pub mod config;
+pub mod datasets;
 pub mod optim;
 pub mod state;
 pub mod step;
@@ -13,6 +14,7 @@ mod finish;
 mod order;
 mod output;
 mod resume;
+mod sources;
 mod training_loop;
 
 pub use order::{epoch_batches, epoch_order, length_grouped_order};
@@ -272,19 +274,16 @@ pub struct TrainReport {
 struct Run<'a> {
     config: &'a TrainConfig,
     model: CrossEncoder,
-    loss: Loss,
     vars: Vec<Var>,
     optimizer: AdamW,
-    train: Dataset,
-    eval: Option<Dataset>,
+    /// The training datasets with their losses.
+    sources: Vec<sources::TrainSource>,
+    /// The evaluation-loss datasets with their losses.
+    eval_sources: Vec<sources::EvalSource>,
     evaluators: Vec<LoadedEvaluator>,
     state: TrainerState,
     metrics_log: PathBuf,
-    /// Characters per row, for `group_by_length`.
-    row_lengths: Option<Vec<usize>>,
-    loss_library: crate::plugins::LibraryInfo,
     plugin_versions: Vec<(String, String)>,
-    format_name: String,
     primaries: Vec<String>,
     last_checkpoint: Option<PathBuf>,
     /// What `--overwrite` moved aside, until this run has a checkpoint or its final model.
@@ -329,8 +328,6 @@ pub fn train(
         resume::check_unchanged(config, checkpoint, &options.allowed_changes)?;
     }
 
-    let loss = registry.build(&config.loss, &config.loss_config)?;
-    let loss_library = registry.library_of(registry.find(&config.loss)?).clone();
     let plugin_versions: Vec<(String, String)> = registry
         .libraries()
         .iter()
@@ -349,58 +346,17 @@ pub fn train(
         None => CrossEncoder::load(&config.model, &load_options)?,
     };
 
-    let train = read_dataset(&config.train)?;
-    let description = loss.description().clone();
-    let format = train
-        .check_format(
-            loss.qualified_name(),
-            &description.formats,
-            description.num_labels,
-            model.num_labels(),
-        )?
-        .clone();
-    tracing::info!(
-        rows = train.len(),
-        format = %format.name,
-        "training data {}: {}",
-        train.origin(),
-        train.describe()
-    );
-    let eval = match &config.eval {
-        Some(spec) => {
-            let eval = read_dataset(spec)?;
-            eval.check_format(
-                loss.qualified_name(),
-                &description.formats,
-                description.num_labels,
-                model.num_labels(),
-            )
-            .map_err(|e| DatasetError::Format(format!("evaluation data: {e}")))?;
-            Some(eval)
-        }
-        None => None,
-    };
+    let train_sources = sources::load_train_sources(config, registry, model.num_labels())?;
+    let eval_sources = sources::load_eval_sources(config, registry, model.num_labels())?;
     let evaluators = config
         .evaluators
         .iter()
         .map(load_evaluator)
         .collect::<Result<Vec<_>, _>>()?;
 
-    // The sampler's length, as the reference's trainer counts steps from it: rows / batch
-    // size for the plain and no-duplicates samplers, the label stream's batches for
-    // group_by_label (which also checks, before any work, that the data suits it).
-    let batches_per_epoch = match config.batch_sampler {
-        config::BatchSampler::GroupByLabel => epoch_batches(
-            config.batch_sampler,
-            &train,
-            None,
-            config.seed,
-            0,
-            config.batch_size,
-        )?
-        .len(),
-        _ => train.len().div_ceil(config.batch_size),
-    };
+    // The sampler's length, as the reference's trainer counts steps from it (which for
+    // group_by_label also checks, before any work, that the data suits it).
+    let batches_per_epoch = sources::batches_per_epoch(config, &train_sources)?;
     let updates_per_epoch = batches_per_epoch
         .div_ceil(config.gradient_accumulation_steps)
         .max(1);
@@ -507,22 +463,17 @@ pub fn train(
     }
     std::fs::write(&metrics_log, lines).map_err(|e| io_error(&metrics_log, e))?;
 
-    let row_lengths = config.group_by_length.then(|| train.row_lengths());
     let mut run = Run {
         config,
         model,
-        loss,
         vars,
         optimizer,
-        train,
-        eval,
+        sources: train_sources,
+        eval_sources,
         evaluators,
         state,
         metrics_log,
-        row_lengths,
-        loss_library,
         plugin_versions,
-        format_name: format.name.to_string(),
         primaries: Vec::new(),
         last_checkpoint: resume_from,
         previous_output,
@@ -594,20 +545,21 @@ fn run_inputs(
     if Path::new(&config.model).exists() {
         inputs.push(("model".to_string(), PathBuf::from(&config.model)));
     }
-    let datasets = std::iter::once(("training data".to_string(), &config.train))
-        .chain(
-            config
-                .eval
-                .iter()
-                .map(|e| ("evaluation data".to_string(), e)),
-        )
-        .chain(
-            config
-                .evaluators
-                .iter()
-                .map(|e| ("evaluator data".to_string(), &e.data)),
-        );
-    for (what, spec) in datasets {
+    let train = config
+        .train
+        .entries
+        .iter()
+        .map(|e| ("training data".to_string(), &e.spec));
+    let eval = config
+        .eval
+        .iter()
+        .flat_map(|e| &e.entries)
+        .map(|e| ("evaluation data".to_string(), &e.spec));
+    let evaluators = config
+        .evaluators
+        .iter()
+        .map(|e| ("evaluator data".to_string(), &e.data));
+    for (what, spec) in train.chain(eval).chain(evaluators) {
         inputs.extend(spec.files.iter().map(|f| (what.clone(), f.clone())));
     }
     for library in registry.libraries() {

@@ -106,6 +106,8 @@ pub fn summarize_dataset(
         skipped_rows: dataset.skipped_rows,
         columns,
         samples,
+        name: None,
+        loss: None,
     }
 }
 

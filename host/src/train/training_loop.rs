@@ -46,14 +46,7 @@ impl Run<'_> {
             return Ok(LoopEnd::Interrupted(signal));
         }
         while self.state.global_step < self.state.max_steps {
-            let batches = epoch_batches(
-                config.batch_sampler,
-                &self.train,
-                self.row_lengths.as_deref(),
-                config.seed,
-                self.state.epoch,
-                config.batch_size,
-            )?;
+            let batches = sources::epoch_plan(config, &self.sources, self.state.epoch)?;
             if batches.is_empty() {
                 break;
             }
@@ -63,7 +56,9 @@ impl Run<'_> {
                 && self.state.global_step < self.state.max_steps
             {
                 let batch_index = self.state.batch_in_epoch;
-                let rows = batches[batch_index].as_slice();
+                let (source_index, rows) = &batches[batch_index];
+                let source = &self.sources[*source_index];
+                let rows = rows.as_slice();
                 let step = self.state.global_step + 1;
                 let plan_seed = derive_seed(
                     config.seed,
@@ -73,8 +68,8 @@ impl Run<'_> {
                 let outcome = accumulate_batch(
                     &self.model,
                     &self.vars,
-                    &self.loss,
-                    &self.train,
+                    &source.loss,
+                    &source.dataset,
                     rows,
                     plan_seed,
                     config.mini_batch_size,
@@ -92,8 +87,16 @@ impl Run<'_> {
                     return Err(self.non_finite(step, batch_index, outcome.loss));
                 }
                 self.times += outcome.times;
-                self.state.since_log.add(outcome.loss, &outcome.components);
-                self.state.total.add(outcome.loss, &outcome.components);
+                // Several named datasets: each one's loss is logged too.
+                let dataset_name = config.train.named.then(|| source.name.clone());
+                self.state.since_log.add(
+                    outcome.loss,
+                    &outcome.components,
+                    dataset_name.as_deref(),
+                );
+                self.state
+                    .total
+                    .add(outcome.loss, &outcome.components, dataset_name.as_deref());
                 self.state.pairs_seen += outcome.pairs;
                 self.state.batch_in_epoch += 1;
                 micro += 1;
@@ -133,11 +136,13 @@ impl Run<'_> {
                 let last = global_step == self.state.max_steps;
                 if global_step % config.logging_steps == 0 || last {
                     if let Some((loss, components)) = self.state.since_log.means() {
+                        let dataset_losses = self.state.since_log.dataset_means();
                         self.log(LogEntry {
                             step: global_step,
                             epoch: self.state.epoch_fraction(),
                             loss: Some(loss),
                             loss_components: components,
+                            dataset_losses,
                             learning_rate: Some(lr),
                             grad_norm: Some(grad_norm),
                             metrics: BTreeMap::new(),

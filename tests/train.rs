@@ -449,6 +449,55 @@ fn two_named_datasets_train_with_their_losses_under_both_samplers() {
     }
 }
 
+/// Issue 20: CrossEntropyLoss trains on probability labels (soft labels), and a row whose
+/// list does not have num_labels entries is named before training.
+#[test]
+fn cross_entropy_trains_on_class_probabilities() {
+    let dir = tempfile::tempdir().unwrap();
+    let rows: Vec<Value> = family_rows("pointwise")
+        .into_iter()
+        .enumerate()
+        .map(|(i, row)| {
+            let p = (i % 4) as f64 * 0.25;
+            json!({"query": row["query"], "document": row["document"], "label": [p, 1.0 - p, 0.0]})
+        })
+        .collect();
+    write_jsonl(&dir.path().join("train.jsonl"), &rows);
+    let model = fixture("models/tiny-bert-ce-3labels");
+    let args = |output: &Path, data: &Path| {
+        run(&[
+            "train",
+            "--model",
+            model.to_str().unwrap(),
+            "--loss",
+            "CrossEntropyLoss",
+            "--train",
+            data.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+            "--no-export-onnx",
+            "--max-steps",
+            "2",
+            "--json",
+        ])
+    };
+    let result = args(&dir.path().join("out"), &dir.path().join("train.jsonl"));
+    assert!(result.status.success(), "{}", stderr(&result));
+    let summary: Value = serde_json::from_str(stdout(&result).trim()).unwrap();
+    assert!(summary["train_loss"].as_f64().unwrap().is_finite());
+    let mut bad = rows.clone();
+    bad[3]["label"] = json!([0.5, 0.5]);
+    write_jsonl(&dir.path().join("bad.jsonl"), &bad);
+    let result = args(&dir.path().join("out2"), &dir.path().join("bad.jsonl"));
+    assert!(!result.status.success());
+    assert!(
+        stderr(&result)
+            .contains("bad.jsonl:line 4: label has 2 class probabilities for num_labels = 3"),
+        "{}",
+        stderr(&result)
+    );
+}
+
 /// Issue 20: `no_duplicates` batches resume exactly like the plain sampler.
 #[test]
 fn no_duplicates_sampler_resumes_exactly() {

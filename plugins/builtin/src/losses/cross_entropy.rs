@@ -164,13 +164,6 @@ impl LossPlugin for CrossEntropyLoss {
         let mut grad = vec![0.0; logits.len()];
         for (index, class) in pair_classes.iter().enumerate() {
             let Some(class) = *class else { continue };
-            let raw = &logits[index * classes..(index + 1) * classes];
-            let activated: Vec<f64> = raw
-                .iter()
-                .map(|&s| activation.apply(f64::from(s)))
-                .collect();
-            let lse = log_sum_exp(&activated);
-            let log_probs: Vec<f64> = activated.iter().map(|a| a - lse).collect();
             // d loss / d log p_c: the NLL part on the target, the smoothing part on every class.
             let d_log_probs: Vec<f64> = (0..classes)
                 .map(|c| {
@@ -182,16 +175,13 @@ impl LossPlugin for CrossEntropyLoss {
                     (nll - epsilon / classes as f64 * class_weight(c)) * norm
                 })
                 .collect();
-            loss += log_probs
-                .iter()
-                .zip(&d_log_probs)
-                .map(|(lp, d)| lp * d)
-                .sum::<f64>();
-            let total: f64 = d_log_probs.iter().sum();
-            for c in 0..classes {
-                let d_activated = d_log_probs[c] - log_probs[c].exp() * total;
-                grad[index * classes + c] = d_activated * activation.derivative(f64::from(raw[c]));
-            }
+            let pair = index * classes..(index + 1) * classes;
+            loss += through_log_softmax(
+                &logits[pair.clone()],
+                &d_log_probs,
+                activation,
+                &mut grad[pair],
+            );
         }
         Ok(LossOutput::new(loss, grad))
     }
@@ -226,12 +216,6 @@ impl CrossEntropyLoss {
                     target.len()
                 )));
             }
-            let raw = &logits[index * classes..(index + 1) * classes];
-            let activated: Vec<f64> = raw
-                .iter()
-                .map(|&s| activation.apply(f64::from(s)))
-                .collect();
-            let lse = log_sum_exp(&activated);
             let d_log_probs: Vec<f64> = (0..classes)
                 .map(|c| {
                     let smoothed =
@@ -239,16 +223,40 @@ impl CrossEntropyLoss {
                     -class_weight(c) * smoothed * norm
                 })
                 .collect();
-            let total: f64 = d_log_probs.iter().sum();
-            for c in 0..classes {
-                let log_prob = activated[c] - lse;
-                loss += log_prob * d_log_probs[c];
-                let d_activated = d_log_probs[c] - log_prob.exp() * total;
-                grad[index * classes + c] = d_activated * activation.derivative(f64::from(raw[c]));
-            }
+            let pair = index * classes..(index + 1) * classes;
+            loss += through_log_softmax(
+                &logits[pair.clone()],
+                &d_log_probs,
+                activation,
+                &mut grad[pair],
+            );
         }
         Ok(LossOutput::new(loss, grad))
     }
+}
+
+/// For one pair: with `d_log_probs` = dLoss/d log softmax(act(raw)) (a loss linear in the
+/// log-probabilities), returns that loss, `Σ_c d_c · log p_c`, and writes dLoss/d raw into
+/// `grad`.
+fn through_log_softmax(
+    raw: &[f32],
+    d_log_probs: &[f64],
+    activation: Activation,
+    grad: &mut [f64],
+) -> f64 {
+    let activated: Vec<f64> = raw
+        .iter()
+        .map(|&s| activation.apply(f64::from(s)))
+        .collect();
+    let lse = log_sum_exp(&activated);
+    let total: f64 = d_log_probs.iter().sum();
+    let mut loss = 0.0;
+    for (c, (&d, a)) in d_log_probs.iter().zip(&activated).enumerate() {
+        let log_prob = a - lse;
+        loss += log_prob * d;
+        grad[c] = (d - log_prob.exp() * total) * activation.derivative(f64::from(raw[c]));
+    }
+    loss
 }
 
 #[cfg(test)]

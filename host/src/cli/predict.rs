@@ -50,6 +50,10 @@ pub struct ModelArgs {
     /// candle's device: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// With --backend onnx: the exported file to run, relative to the model directory
+    /// (e.g. onnx/model_qint8_avx512_vnni.onnx from `export-onnx --quantize int8`).
+    #[arg(long, default_value = "onnx/model.onnx")]
+    pub onnx_file: PathBuf,
 }
 
 impl ModelArgs {
@@ -77,14 +81,17 @@ impl ModelArgs {
         match self.backend {
             Backend::Candle => Ok(Box::new(model)),
             Backend::Onnx => {
-                let onnx = resolve_model_dir(&self.model)?
-                    .join("onnx")
-                    .join("model.onnx");
+                let onnx = resolve_model_dir(&self.model)?.join(&self.onnx_file);
                 if !onnx.is_file() {
                     anyhow::bail!(
-                        "{} does not exist; create it with `crosstrain export-onnx --model {}`",
+                        "{} does not exist; create it with `crosstrain export-onnx --model {}`{}",
                         onnx.display(),
-                        self.model
+                        self.model,
+                        if onnx.to_string_lossy().contains("qint8") {
+                            " --quantize int8"
+                        } else {
+                            ""
+                        }
                     );
                 }
                 let scorer = OnnxScorer::for_model(&model, &onnx)

@@ -43,11 +43,36 @@ pub enum ExportError {
     Protobuf(String),
 }
 
+/// How the weights of the linear layers are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Quantization {
+    /// float32, as trained.
+    #[default]
+    None,
+    /// Dynamic int8 quantization as ONNX Runtime's `quantize_dynamic` does it: int8 weights
+    /// with a symmetric scale per output channel for every linear layer of the encoder and
+    /// head, activations quantized to uint8 at run time (`DynamicQuantizeLinear` +
+    /// `MatMulInteger`, which ONNX Runtime fuses into `DynamicQuantizeMatMul`); embeddings and
+    /// norms stay float32.
+    Int8,
+}
+
+impl Quantization {
+    /// The file name sentence-transformers gives the model in `MODEL/onnx/`.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            Quantization::None => "model.onnx",
+            Quantization::Int8 => "model_qint8_avx512_vnni.onnx",
+        }
+    }
+}
+
 /// Builds the graph node by node.
 struct GraphBuilder {
     nodes: Vec<NodeProto>,
     initializers: Vec<TensorProto>,
     counter: usize,
+    quantization: Quantization,
 }
 
 fn attribute_int(name: &str, value: i64) -> AttributeProto {
@@ -75,26 +100,54 @@ fn attribute_float(name: &str, value: f32) -> AttributeProto {
 }
 
 impl GraphBuilder {
-    fn new() -> Self {
+    fn new(quantization: Quantization) -> Self {
         Self {
             nodes: Vec::new(),
             initializers: Vec::new(),
             counter: 0,
+            quantization,
         }
     }
 
     /// Adds a node with one output and returns the output's name.
     fn node(&mut self, op: &str, inputs: &[&str], attributes: Vec<AttributeProto>) -> String {
+        self.node_outputs(op, inputs, 1, attributes).remove(0)
+    }
+
+    /// Adds a node with `outputs` outputs and returns their names.
+    fn node_outputs(
+        &mut self,
+        op: &str,
+        inputs: &[&str],
+        outputs: usize,
+        attributes: Vec<AttributeProto>,
+    ) -> Vec<String> {
         self.counter += 1;
-        let output = format!("{}_{}", op.to_lowercase(), self.counter);
+        let names: Vec<String> = (0..outputs)
+            .map(|i| match i {
+                0 => format!("{}_{}", op.to_lowercase(), self.counter),
+                i => format!("{}_{}_{i}", op.to_lowercase(), self.counter),
+            })
+            .collect();
         let mut node = NodeProto::new();
         node.op_type = op.into();
         node.name = format!("{op}_{}", self.counter);
         node.input = inputs.iter().map(|s| s.to_string()).collect();
-        node.output = vec![output.clone()];
+        node.output = names.clone();
         node.attribute = attributes;
         self.nodes.push(node);
-        output
+        names
+    }
+
+    /// An int8 initializer.
+    fn int8_tensor(&mut self, name: &str, dims: &[i64], values: &[i8]) -> String {
+        let mut tensor = TensorProto::new();
+        tensor.name = name.into();
+        tensor.dims = dims.to_vec();
+        tensor.data_type = DataType::INT8 as i32;
+        tensor.raw_data = values.iter().map(|&v| v as u8).collect();
+        self.initializers.push(tensor);
+        name.to_string()
     }
 
     fn float_tensor(&mut self, name: &str, dims: &[i64], values: &[f32]) -> String {
@@ -170,17 +223,94 @@ fn initializer(
     Ok(graph.float_tensor(name, &dims, &values))
 }
 
-/// `x·Wᵀ + b` for the Linear layer `prefix`.
+/// `x·Wᵀ + b` for the Linear layer `prefix`, in float32 or, with [`Quantization::Int8`], as
+/// a dynamically quantized product.
 fn linear(
     graph: &mut GraphBuilder,
     parameters: &HashMap<String, Tensor>,
     input: &str,
     prefix: &str,
 ) -> Result<String, ExportError> {
-    let w = initializer(graph, parameters, &format!("{prefix}.weight"), true)?;
     let b = initializer(graph, parameters, &format!("{prefix}.bias"), false)?;
-    let product = graph.node("MatMul", &[input, &w], vec![]);
+    let product = match graph.quantization {
+        Quantization::None => {
+            let w = initializer(graph, parameters, &format!("{prefix}.weight"), true)?;
+            graph.node("MatMul", &[input, &w], vec![])
+        }
+        Quantization::Int8 => quantized_product(graph, parameters, input, prefix)?,
+    };
     Ok(graph.node("Add", &[&product, &b], vec![]))
+}
+
+/// The int8 weights of a Linear `[out, in]`, transposed to `[in, out]` for MatMulInteger,
+/// with a symmetric scale per output channel (`max |w| / 127`), and the scales.
+pub(crate) fn quantize_per_channel(
+    weight: &[f32],
+    out: usize,
+    inputs: usize,
+) -> (Vec<i8>, Vec<f32>) {
+    let scales: Vec<f32> = (0..out)
+        .map(|o| {
+            let max = weight[o * inputs..(o + 1) * inputs]
+                .iter()
+                .fold(0f32, |m, w| m.max(w.abs()));
+            if max > 0.0 {
+                max / 127.0
+            } else {
+                1.0
+            }
+        })
+        .collect();
+    let mut quantized = vec![0i8; out * inputs];
+    for o in 0..out {
+        for i in 0..inputs {
+            let q = (weight[o * inputs + i] / scales[o])
+                .round()
+                .clamp(-127.0, 127.0);
+            quantized[i * out + o] = q as i8;
+        }
+    }
+    (quantized, scales)
+}
+
+/// `x·Wᵀ` as ONNX Runtime's dynamic quantization writes it: `DynamicQuantizeLinear(x)` →
+/// `MatMulInteger(x_q, W_q, x_zero, 0)` → `Cast` → `Mul` by `x_scale · w_scale`.
+fn quantized_product(
+    graph: &mut GraphBuilder,
+    parameters: &HashMap<String, Tensor>,
+    input: &str,
+    prefix: &str,
+) -> Result<String, ExportError> {
+    let name = format!("{prefix}.weight");
+    let tensor = parameters
+        .get(&name)
+        .ok_or_else(|| ExportError::MissingParameter(name.clone()))?
+        .to_dtype(candle_core::DType::F32)?
+        .to_device(&candle_core::Device::Cpu)?;
+    let (out, inputs) = tensor.dims2()?;
+    let values: Vec<f32> = tensor.flatten_all()?.to_vec1()?;
+    let (quantized, scales) = quantize_per_channel(&values, out, inputs);
+    let w = graph.int8_tensor(
+        &format!("{name}_quantized"),
+        &[inputs as i64, out as i64],
+        &quantized,
+    );
+    let w_scale = graph.float_tensor(&format!("{name}_scale"), &[out as i64], &scales);
+    let w_zero = graph.int8_tensor(&format!("{name}_zero_point"), &[out as i64], &vec![0; out]);
+    let quantized_input = graph.node_outputs("DynamicQuantizeLinear", &[input], 3, vec![]);
+    let [x_q, x_scale, x_zero] = [
+        &quantized_input[0],
+        &quantized_input[1],
+        &quantized_input[2],
+    ];
+    let integer = graph.node("MatMulInteger", &[x_q, &w, x_zero, &w_zero], vec![]);
+    let float = graph.node(
+        "Cast",
+        &[&integer],
+        vec![attribute_int("to", DataType::FLOAT as i64)],
+    );
+    let scale = graph.node("Mul", &[x_scale, &w_scale], vec![]);
+    Ok(graph.node("Mul", &[&float, &scale], vec![]))
 }
 
 /// LayerNormalization over the last axis with the layer `prefix`'s weight and bias.
@@ -203,8 +333,17 @@ fn layer_norm(
     ))
 }
 
-/// The serialised ONNX model of `model` at `opset`.
+/// The serialised ONNX model of `model` at `opset`, with float32 weights.
 pub fn export_onnx(model: &CrossEncoder, opset: i64) -> Result<Vec<u8>, ExportError> {
+    export_onnx_with(model, opset, Quantization::None)
+}
+
+/// The serialised ONNX model of `model` at `opset`, its linear layers as `quantization` says.
+pub fn export_onnx_with(
+    model: &CrossEncoder,
+    opset: i64,
+    quantization: Quantization,
+) -> Result<Vec<u8>, ExportError> {
     if opset < MIN_OPSET {
         return Err(ExportError::Opset(opset));
     }
@@ -213,7 +352,7 @@ pub fn export_onnx(model: &CrossEncoder, opset: i64) -> Result<Vec<u8>, ExportEr
         .into_iter()
         .map(|(name, var)| (name, var.as_tensor().clone()))
         .collect();
-    let mut graph = GraphBuilder::new();
+    let mut graph = GraphBuilder::new(quantization);
 
     // Every family so far is BERT's encoder; the family says how it differs.
     let family = model.family();

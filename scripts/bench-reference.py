@@ -1,7 +1,7 @@
 """sentence-transformers' side of `crosstrain bench train` and `bench predict`, for a
 same-machine comparison (the reference recipe of ../shared/reference/README.md).
 
-    python3 scripts/bench-reference.py MODEL_DIR [--threads 2] [--from-config]
+    python3 scripts/bench-reference.py MODEL_DIR [--threads 2] [--from-config] [--onnx] [--skip-train]
 
 --from-config builds the weights from MODEL_DIR's config.json alone
 (`AutoModelForSequenceClassification.from_config`, seed 12), for the config-only benchmark
@@ -10,6 +10,12 @@ models (the counterpart of `crosstrain bench ... --from-scratch`).
 Prints two JSON lines: a training step (host/assets/bench_train_pairs.jsonl, batches of 16 in
 file order, BinaryCrossEntropyLoss, AdamW lr 2e-5 fused, 3 untimed and 20 timed steps,
 max_length 128) and predict (host/assets/bench_pairs.jsonl, batch 32), with tokenisation.
+
+--onnx adds the path a Python user serves with on CPU: the model exported by torch.onnx and
+run in ONNX Runtime, in float32 and after `onnxruntime.quantization.quantize_dynamic(
+weight_type=QInt8)`, on the same 512 pairs, batch 32, longest first as CrossEncoder.predict
+sorts them, `threads` intra-op threads (the counterpart of `crosstrain bench predict --backend
+onnx [--onnx-file onnx/model_qint8_avx512_vnni.onnx]`; needs `pip install onnx onnxruntime`).
 """
 
 import argparse
@@ -38,6 +44,8 @@ def main():
     parser.add_argument("model")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--from-config", action="store_true")
+    parser.add_argument("--onnx", action="store_true")
+    parser.add_argument("--skip-train", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(12)
@@ -77,21 +85,24 @@ def main():
         done = time.perf_counter()
         return forward - started, backward - forward, done - backward
 
+    if args.skip_train:
+        batches = []
     for batch in batches[:3]:
         step(batch)
-    timed = [batches[(3 + i) % len(batches)] for i in range(20)]
+    timed = [batches[(3 + i) % len(batches)] for i in range(20)] if batches else []
     started = time.perf_counter()
     phases = [step(batch) for batch in timed]
     seconds = time.perf_counter() - started
     pairs = sum(len(b) for b in timed)
-    print(json.dumps({
+    if timed:
+      print(json.dumps({
         "bench": "train", "engine": "sentence-transformers", "torch": torch.__version__,
         "pairs": pairs, "seconds": seconds, "pairs_per_second": pairs / seconds,
         "forward_s": sum(p[0] for p in phases) / len(phases),
         "backward_s": sum(p[1] for p in phases) / len(phases),
         "optimizer_s": sum(p[2] for p in phases) / len(phases),
         "peak_rss_mb": peak_rss_mb(), "threads": torch.get_num_threads(),
-    }))
+      }))
 
     model.model.eval()
     pairs = [(r["query"], r["document"]) for r in rows("bench_pairs.jsonl")]
@@ -104,6 +115,51 @@ def main():
         "seconds": seconds, "pairs_per_second": len(pairs) / seconds,
         "peak_rss_mb": peak_rss_mb(), "threads": torch.get_num_threads(),
     }))
+    if args.onnx:
+        bench_onnx(model, pairs, args.threads)
+
+
+def bench_onnx(model, pairs, threads):
+    import tempfile
+
+    import numpy as np
+    import onnxruntime
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    folder = Path(tempfile.mkdtemp(prefix="bench-onnx-"))
+    fp32 = folder / "model.onnx"
+    names = ["input_ids", "attention_mask"]
+    sample = model.tokenizer(["a query"], ["a document"], return_tensors="pt")
+    if "token_type_ids" in sample:
+        names.append("token_type_ids")
+    axes = {name: {0: "batch", 1: "sequence"} for name in names}
+    axes["logits"] = {0: "batch"}
+    torch.onnx.export(model.model, tuple(sample[n] for n in names), str(fp32), input_names=names,
+                      output_names=["logits"], dynamic_axes=axes, opset_version=17, dynamo=False)
+    int8 = folder / "model_qint8.onnx"
+    quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
+    order = sorted(range(len(pairs)), key=lambda i: -len(pairs[i][0] + pairs[i][1]))
+    ordered = [pairs[i] for i in order]
+    for label, path in (("float32", fp32), ("int8 quantize_dynamic", int8)):
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+        def score(batch):
+            features = model.tokenizer([q for q, _ in batch], [d for _, d in batch], padding=True,
+                                       truncation="longest_first", max_length=128, return_tensors="np")
+            return session.run(None, {n: features[n].astype(np.int64) for n in names})[0]
+
+        score(ordered[:32])
+        started = time.perf_counter()
+        for i in range(0, len(ordered), 32):
+            score(ordered[i:i + 32])
+        seconds = time.perf_counter() - started
+        print(json.dumps({
+            "bench": "predict", "engine": "onnxruntime (python)", "model": label,
+            "onnxruntime": onnxruntime.__version__, "pairs": len(ordered), "seconds": seconds,
+            "pairs_per_second": len(ordered) / seconds, "threads": threads,
+        }))
 
 
 if __name__ == "__main__":

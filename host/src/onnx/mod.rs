@@ -26,19 +26,7 @@ pub fn parity(
     onnx_file: &Path,
     pairs: &[TextPair],
 ) -> Result<f64, ParityError> {
-    let borrowed: Vec<(&str, &str)> = pairs
-        .iter()
-        .map(|p| (p.query.as_str(), p.document.as_str()))
-        .collect();
-    let candle = model.predict(&borrowed, 32)?;
-    let onnx = OnnxScorer::for_model(model, onnx_file)?;
-    let runtime = onnx.predict(&borrowed, 32)?;
-    Ok(candle
-        .iter()
-        .flatten()
-        .zip(runtime.iter().flatten())
-        .map(|(a, b)| f64::from((a - b).abs()))
-        .fold(0.0f64, f64::max))
+    Ok(agreement(model, onnx_file, pairs)?.max_abs_diff)
 }
 
 /// How an exported model agrees with candle on a set of pairs.

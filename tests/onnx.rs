@@ -425,6 +425,43 @@ fn training_exports_onnx_and_the_card_reports_parity() {
     let a = trained.predict(&pairs, 1).unwrap()[0][0];
     let b = scorer.predict(&pairs, 1).unwrap()[0][0];
     assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+
+    // The int8 export of a trained directory goes into its card with its agreement.
+    let result = run(&[
+        "export-onnx",
+        "--model",
+        output.to_str().unwrap(),
+        "--quantize",
+        "int8",
+        "--check",
+        "--min-spearman",
+        "0.9",
+    ]);
+    assert!(
+        result.status.success(),
+        "{}{}",
+        stdout(&result),
+        stderr(&result)
+    );
+    assert!(
+        stdout(&result).contains("updated the model card"),
+        "{}",
+        stdout(&result)
+    );
+    let card = std::fs::read_to_string(output.join("README.md")).unwrap();
+    assert!(
+        card.contains("`onnx/model_qint8_avx512_vnni.onnx` (int8"),
+        "the card mentions the int8 file"
+    );
+    assert!(
+        card.contains("Spearman rank correlation **"),
+        "and its agreement"
+    );
+    // The figures survive a rebuild of the card.
+    let rebuilt = run(&["card", "--model", output.to_str().unwrap()]);
+    assert!(rebuilt.status.success(), "{}", stderr(&rebuilt));
+    let card = std::fs::read_to_string(output.join("README.md")).unwrap();
+    assert!(card.contains("model_qint8_avx512_vnni.onnx"));
 }
 
 /// XLM-RoBERTa and ELECTRA through every command: train (with the ONNX export and its
@@ -655,7 +692,11 @@ fn int8_export_quantizes_every_linear_layer_and_keeps_the_ranking() {
     let dir = tempfile::tempdir().unwrap();
     // Random tiny models spread their logits little, so int8 noise reorders a few of the 24
     // parity pairs; the bar is lower than for a trained model (README: the STS-B figures).
-    for (name, min_spearman) in [("tiny-bert-ce", "0.99"), ("tiny-xlmr-ce", "0.95")] {
+    for (name, min_spearman) in [
+        ("tiny-bert-ce", "0.99"),
+        ("tiny-xlmr-ce", "0.95"),
+        ("tiny-electra-ce", "0.95"),
+    ] {
         let target = dir.path().join(name);
         copy_model(&fixture(&format!("models/{name}")), &target);
         let model_arg = target.to_str().unwrap();
@@ -685,10 +726,17 @@ fn int8_export_quantizes_every_linear_layer_and_keeps_the_ranking() {
         let config: Value =
             serde_json::from_str(&std::fs::read_to_string(target.join("config.json")).unwrap())
                 .unwrap();
-        // q, k, v, attention output, intermediate, output per layer; then the head's two.
+        // q, k, v, attention output, intermediate, output per layer; the head's two; and
+        // ELECTRA's embedding projection when its embeddings are narrower.
         let layers = config["num_hidden_layers"].as_u64().unwrap() as usize;
-        assert_eq!(count("MatMulInteger"), 6 * layers + 2, "{name}");
-        assert_eq!(count("DynamicQuantizeLinear"), 6 * layers + 2, "{name}");
+        let projection = usize::from(
+            config
+                .get("embedding_size")
+                .is_some_and(|size| *size != config["hidden_size"]),
+        );
+        let linears = 6 * layers + 2 + projection;
+        assert_eq!(count("MatMulInteger"), linears, "{name}");
+        assert_eq!(count("DynamicQuantizeLinear"), linears, "{name}");
         // The remaining float MatMuls are attention's, which have no weights.
         assert_eq!(count("MatMul"), 2 * layers, "{name}");
 

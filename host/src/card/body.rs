@@ -329,6 +329,23 @@ pub fn render(
             }
         }
     }
+    if let Some(quantized) = &summary.quantized_onnx {
+        if state.onnx.is_none() {
+            md.push_str("\n### ONNX\n");
+        }
+        let _ = writeln!(
+            md,
+            "- `{}` (int8, dynamic quantization of every linear layer): Spearman rank correlation \
+             **{:.4}** with the float32 model's logits and largest absolute difference {:.2e} on \
+             {} pairs. In Python: `CrossEncoder(\"path/to/model\", backend=\"onnx\", \
+             model_kwargs={{\"file_name\": \"{}\"}})`.",
+            quantized.file,
+            quantized.spearman,
+            quantized.max_abs_logit_diff,
+            quantized.pairs,
+            quantized.file
+        );
+    }
     md.push_str("\n### Framework Versions\n");
     for (name, version) in &summary.versions {
         let _ = writeln!(md, "- {name}: {version}");

@@ -210,6 +210,49 @@ pub struct TrainingSummary {
     /// The card's metadata.
     #[serde(default)]
     pub metadata: CardMetadata,
+    /// The int8 export (`export-onnx --quantize int8 --check`) and how it agreed with the
+    /// float32 model, once made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantized_onnx: Option<QuantizedOnnxSummary>,
+}
+
+/// A quantized ONNX export and its measured agreement with the float32 model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuantizedOnnxSummary {
+    /// The file, relative to the model directory.
+    pub file: String,
+    /// Pairs compared.
+    pub pairs: usize,
+    /// Largest |logit difference| against candle's float32 logits.
+    pub max_abs_logit_diff: f64,
+    /// Spearman rank correlation with candle's float32 logits.
+    pub spearman: f64,
+}
+
+/// Records a quantized export in a trained model directory's `training_summary.json` and
+/// rebuilds its card; `Ok(false)` when `dir` was not written by `crosstrain train` (nothing
+/// to update).
+pub fn record_quantized_export(
+    dir: &Path,
+    export: QuantizedOnnxSummary,
+    defaults: &Map<String, Value>,
+) -> Result<bool, CardError> {
+    let summary_path = dir.join("training_summary.json");
+    if !summary_path.is_file() || !dir.join("trainer_state.json").is_file() {
+        return Ok(false);
+    }
+    let mut summary: TrainingSummary = read_json(&summary_path)?;
+    summary.quantized_onnx = Some(export);
+    let text = serde_json::to_string_pretty(&summary).map_err(|e| CardError {
+        path: summary_path.clone(),
+        message: e.to_string(),
+    })?;
+    std::fs::write(&summary_path, text + "\n").map_err(|e| CardError {
+        path: summary_path,
+        message: e.to_string(),
+    })?;
+    rebuild(dir, &CardMetadata::default(), defaults)?;
+    Ok(true)
 }
 
 /// A card that could not be built.

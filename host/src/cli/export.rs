@@ -88,6 +88,30 @@ pub fn run(args: ExportArgs, out: &mut String) -> anyhow::Result<bool> {
     };
     let agreement = agreement(&model, &output, &pairs)?;
     let max_diff = agreement.max_abs_diff;
+    // A trained directory's card mentions the int8 file with its measured agreement.
+    if quantization == Quantization::Int8 {
+        if let Ok(dir) = resolve_model_dir(&args.model) {
+            if let Ok(file) = output.strip_prefix(&dir) {
+                let export = crosstrain::card::QuantizedOnnxSummary {
+                    file: file.display().to_string(),
+                    pairs: pairs.len(),
+                    max_abs_logit_diff: max_diff,
+                    spearman: agreement.spearman,
+                };
+                if crosstrain::card::record_quantized_export(
+                    &dir,
+                    export,
+                    &crosstrain::train::config::default_values(),
+                )? {
+                    writeln!(
+                        out,
+                        "updated the model card {}",
+                        dir.join("README.md").display()
+                    )?;
+                }
+            }
+        }
+    }
     // A quantized model cannot match float32 to 1e-5; what must hold is the ranking.
     let (passed, criterion) = match quantization {
         Quantization::None => (

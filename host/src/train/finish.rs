@@ -287,6 +287,7 @@ impl Run<'_> {
             versions: summary::framework_versions(&self.plugin_versions),
             example_scores,
             metadata: config.card.clone(),
+            quantized_onnx: None,
         })
     }
 

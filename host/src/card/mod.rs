@@ -243,14 +243,7 @@ pub fn record_quantized_export(
     }
     let mut summary: TrainingSummary = read_json(&summary_path)?;
     summary.quantized_onnx = Some(export);
-    let text = serde_json::to_string_pretty(&summary).map_err(|e| CardError {
-        path: summary_path.clone(),
-        message: e.to_string(),
-    })?;
-    std::fs::write(&summary_path, text + "\n").map_err(|e| CardError {
-        path: summary_path,
-        message: e.to_string(),
-    })?;
+    write_summary(&summary_path, &summary)?;
     rebuild(dir, &CardMetadata::default(), defaults)?;
     Ok(true)
 }
@@ -291,14 +284,16 @@ pub fn rebuild(
     let mut summary: TrainingSummary = read_json(&summary_path)?;
     summary.metadata = summary.metadata.merged(metadata);
     write_files(dir, &args, &state, &summary, defaults)?;
-    let text = serde_json::to_string_pretty(&summary).map_err(|e| CardError {
-        path: summary_path.clone(),
-        message: e.to_string(),
-    })?;
-    std::fs::write(&summary_path, text + "\n").map_err(|e| CardError {
-        path: summary_path,
-        message: e.to_string(),
-    })
+    write_summary(&summary_path, &summary)
+}
+
+fn write_summary(path: &Path, summary: &TrainingSummary) -> Result<(), CardError> {
+    let error = |message: String| CardError {
+        path: path.to_path_buf(),
+        message,
+    };
+    let text = serde_json::to_string_pretty(summary).map_err(|e| error(e.to_string()))?;
+    std::fs::write(path, text + "\n").map_err(|e| error(e.to_string()))
 }
 
 /// Writes `README.md` and `loss_curve.svg` into `dir`; `defaults` as in [`rebuild`].

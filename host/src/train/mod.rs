@@ -5,6 +5,8 @@
 pub mod config;
 pub mod datasets;
 pub mod optim;
+mod recipe_keys;
+mod settings;
 pub mod state;
 pub mod step;
 pub mod summary;
@@ -38,7 +40,7 @@ use crate::plugins::{Loss, LossRegistry, PluginError};
 use crosstrain_model::{CrossEncoder, LoadOptions, ModelError, PairScorer};
 
 use config::{EvaluatorConfig, EvaluatorKind, TrainConfig};
-use optim::{clip_grad_norm, learning_rate_with, AdamW};
+use optim::{clip_grad_norm, learning_rate, AdamW};
 use state::{checkpoints, derive_seed, LogEntry, LossSums, OnnxReport, TrainerState};
 use step::{accumulate_batch, batch_loss, GradAccumulator, PhaseTimes, StepError};
 

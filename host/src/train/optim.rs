@@ -311,29 +311,9 @@ pub enum OptimizerStateError {
     Tensor(#[from] candle_core::Error),
 }
 
-/// The learning rate of optimiser step `step` (0-based): linear warm-up from 0 over
-/// `warmup` steps, then linear decay to 0 at `total` (or constant). This is transformers'
-/// `get_linear_schedule_with_warmup`, so the first step has learning rate 0.
-pub fn learning_rate(
-    scheduler: LrScheduler,
-    peak: f64,
-    step: usize,
-    warmup: usize,
-    total: usize,
-) -> f64 {
-    learning_rate_with(
-        scheduler,
-        &LrSchedulerKwargs::default(),
-        peak,
-        step,
-        warmup,
-        total,
-    )
-}
-
 /// The learning rate of optimiser step `step` (0-based, as `LambdaLR` counts) of `total`
 /// with `warmup` warm-up steps: transformers' `get_scheduler` schedules, factor by factor.
-pub fn learning_rate_with(
+pub fn learning_rate(
     scheduler: LrScheduler,
     kwargs: &LrSchedulerKwargs,
     peak: f64,
@@ -509,7 +489,7 @@ mod tests {
         ];
         for (scheduler, kwargs, expected) in reference {
             for (step, want) in expected.iter().enumerate() {
-                let got = learning_rate_with(scheduler, &kwargs, 1e-3, step, 3, 10);
+                let got = learning_rate(scheduler, &kwargs, 1e-3, step, 3, 10);
                 assert!(
                     (got - want).abs() < 1e-15,
                     "{scheduler:?} step {step}: {got} vs {want}"
@@ -522,7 +502,16 @@ mod tests {
     #[test]
     fn schedule_matches_the_reference_stsb_run() {
         // 360 steps, warm-up ceil(0.1 × 360) = 36, lr 2e-5 (reference README).
-        let lr = |t| learning_rate(LrScheduler::Linear, 2e-5, t, 36, 360);
+        let lr = |t| {
+            learning_rate(
+                LrScheduler::Linear,
+                &LrSchedulerKwargs::default(),
+                2e-5,
+                t,
+                36,
+                360,
+            )
+        };
         assert_eq!(lr(0), 0.0);
         assert!((lr(18) - 1e-5).abs() < 1e-18);
         assert!((lr(36) - 2e-5).abs() < 1e-18);

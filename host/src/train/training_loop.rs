@@ -107,7 +107,7 @@ impl Run<'_> {
                 micro = 0;
 
                 let optimizer_started = Instant::now();
-                let lr = learning_rate_with(
+                let lr = learning_rate(
                     config.lr_scheduler,
                     &config.lr_scheduler_kwargs,
                     config.lr,

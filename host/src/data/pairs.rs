@@ -125,34 +125,23 @@ fn pairs_of(dataset: &Dataset) -> Result<Vec<TextPair>, DatasetError> {
 pub fn read_documents(path: &Path) -> Result<Vec<String>, DataError> {
     use super::dataset::FileFormat;
     let documents = match FileFormat::from_path(path) {
-        None => super::read_text(path)
-            .map_err(|source| DataError::Io {
-                path: path.to_path_buf(),
-                source,
-            })?
+        None => read(path)?
             .lines()
             .map(|line| line.trim_end_matches('\r'))
             .filter(|line| !line.trim().is_empty())
             .map(str::to_string)
             .collect(),
-        Some(FileFormat::Jsonl) if first_line_is_a_string(path)? => json_strings(path)?,
-        Some(_) => {
-            let dataset = read_dataset(&DatasetSpec::from_files(vec![path.to_path_buf()]))?;
-            let column = dataset
-                .columns
-                .first()
-                .filter(|c| !c.is_list())
-                .ok_or_else(|| DatasetError::Columns {
-                    path: path.to_path_buf(),
-                    message: format!(
-                        "needs a text column with one document per row, has {}",
-                        dataset.describe()
-                    ),
-                })?;
-            (0..dataset.len())
-                .map(|row| column.text(row, 0).unwrap_or_default().to_string())
-                .collect()
+        Some(FileFormat::Jsonl) => {
+            let text = read(path)?;
+            if first_line_is_a_string(&text) {
+                json_strings(&text, path)?
+            } else {
+                first_text_column(&parse_jsonl_dataset(&text, path)?)?
+            }
         }
+        Some(_) => first_text_column(&read_dataset(&DatasetSpec::from_files(vec![
+            path.to_path_buf()
+        ]))?)?,
     };
     if documents.is_empty() {
         return Err(DatasetError::Columns {
@@ -164,6 +153,24 @@ pub fn read_documents(path: &Path) -> Result<Vec<String>, DataError> {
     Ok(documents)
 }
 
+/// The first text column of a file the training reader takes, one document per row.
+fn first_text_column(dataset: &Dataset) -> Result<Vec<String>, DataError> {
+    let column = dataset
+        .columns
+        .first()
+        .filter(|c| !c.is_list())
+        .ok_or_else(|| DatasetError::Columns {
+            path: dataset.files.first().cloned().unwrap_or_default(),
+            message: format!(
+                "needs a text column with one document per row, has {}",
+                dataset.describe()
+            ),
+        })?;
+    Ok((0..dataset.len())
+        .map(|row| column.text(row, 0).unwrap_or_default().to_string())
+        .collect())
+}
+
 fn read(path: &Path) -> Result<String, DataError> {
     super::read_text(path).map_err(|source| DataError::Io {
         path: path.to_path_buf(),
@@ -171,16 +178,14 @@ fn read(path: &Path) -> Result<String, DataError> {
     })
 }
 
-fn first_line_is_a_string(path: &Path) -> Result<bool, DataError> {
-    Ok(read(path)?
-        .lines()
+fn first_line_is_a_string(text: &str) -> bool {
+    text.lines()
         .find(|line| !line.trim().is_empty())
-        .is_some_and(|line| line.trim_start().starts_with('"')))
+        .is_some_and(|line| line.trim_start().starts_with('"'))
 }
 
 /// A JSONL file of bare strings, one document per line.
-fn json_strings(path: &Path) -> Result<Vec<String>, DataError> {
-    let text = read(path)?;
+fn json_strings(text: &str, path: &Path) -> Result<Vec<String>, DataError> {
     let mut documents = Vec::new();
     for (index, line) in text.lines().enumerate() {
         if line.trim().is_empty() {

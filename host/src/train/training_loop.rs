@@ -88,15 +88,13 @@ impl Run<'_> {
                 }
                 self.times += outcome.times;
                 // Several named datasets: each one's loss is logged too.
-                let dataset_name = config.train.named.then(|| source.name.clone());
-                self.state.since_log.add(
-                    outcome.loss,
-                    &outcome.components,
-                    dataset_name.as_deref(),
-                );
+                let dataset_name = config.train.named.then_some(source.name.as_str());
+                self.state
+                    .since_log
+                    .add(outcome.loss, &outcome.components, dataset_name);
                 self.state
                     .total
-                    .add(outcome.loss, &outcome.components, dataset_name.as_deref());
+                    .add(outcome.loss, &outcome.components, dataset_name);
                 self.state.pairs_seen += outcome.pairs;
                 self.state.batch_in_epoch += 1;
                 micro += 1;

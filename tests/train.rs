@@ -906,3 +906,103 @@ fn training_trajectories_match_the_cross_encoder_trainer() {
         );
     }
 }
+
+/// Issue 23: a dataset kept on disk (a memory-mapped Arrow cache) trains bit for bit as the
+/// same file read into memory, length grouping and an exact resume included; the second read
+/// is a cache hit, and `--json` reports the rows and the cache file.
+#[test]
+fn disk_storage_trains_bit_identically_to_memory_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    write_jsonl(&dir.path().join("train.jsonl"), &family_rows("pointwise"));
+    write_jsonl(
+        &dir.path().join("eval.jsonl"),
+        &family_rows("pointwise")[..4],
+    );
+    let cache = dir.path().join("cache");
+    let recipe = |storage: &str| {
+        let path = dir.path().join(format!("{storage}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "model = {:?}\nloss = \"BinaryCrossEntropyLoss\"\n\
+                 train = {{ files = \"train.jsonl\", storage = {storage:?} }}\n\
+                 eval = {{ files = \"eval.jsonl\", storage = {storage:?} }}\n\
+                 batch_size = 3\nepochs = 3\nlr = 1e-3\nwarmup_ratio = 0.2\n\
+                 group_by_length = true\nsave_steps = 4\neval_steps = 4\n\
+                 eval_strategy = \"steps\"\nexport_onnx = false\nlogging_steps = 1\n",
+                tiny_model()
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let train = |recipe: &Path, output: &Path, more: &[&str]| {
+        let output = support::crosstrain()
+            .env("CROSSTRAIN_CACHE", &cache)
+            .arg("train")
+            .arg("--config")
+            .arg(recipe)
+            .arg("--output")
+            .arg(output)
+            .arg("--json")
+            .args(more)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", stderr(&output));
+        output
+    };
+    let memory_dir = dir.path().join("memory");
+    let memory = train(&recipe("memory"), &memory_dir, &[]);
+    let memory: Value = serde_json::from_str(stdout(&memory).trim()).unwrap();
+    assert_eq!(memory["datasets"][0]["cache"], Value::Null);
+    assert!(!cache.exists(), "memory storage wrote a cache");
+
+    let disk_dir = dir.path().join("disk");
+    let disk = train(&recipe("disk"), &disk_dir, &[]);
+    let disk: Value = serde_json::from_str(stdout(&disk).trim()).unwrap();
+    let datasets = disk["datasets"].as_array().unwrap();
+    assert_eq!(datasets.len(), 2, "{disk}");
+    assert_eq!(datasets[0]["split"], "train");
+    assert_eq!(datasets[0]["rows"], 8);
+    assert_eq!(datasets[1]["split"], "eval");
+    assert_eq!(datasets[1]["rows"], 4);
+    let entry = PathBuf::from(datasets[0]["cache"].as_str().unwrap());
+    assert!(
+        entry.starts_with(cache.join("datasets")),
+        "{}",
+        entry.display()
+    );
+    assert!(entry.is_file());
+    let written = std::fs::metadata(&entry).unwrap().modified().unwrap();
+
+    let log = |dir: &Path| std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    let same_weights = |a: &Path, b: &Path| {
+        let (a, b) = (load_weights(a), load_weights(b));
+        assert_eq!(a.len(), b.len());
+        for (name, values) in &a {
+            assert_eq!(values, &b[name], "{name} differs");
+        }
+    };
+    same_weights(&memory_dir, &disk_dir);
+    assert_eq!(log(&memory_dir), log(&disk_dir));
+    assert!(log(&disk_dir).contains("eval_loss"));
+
+    // Stopped and resumed on the cached rows (a cache hit: the entry is not rewritten).
+    let split_dir = dir.path().join("split");
+    train(&recipe("disk"), &split_dir, &["--stop-at-step", "5"]);
+    let resumed = train(&recipe("disk"), &split_dir, &["--resume"]);
+    let resumed: Value = serde_json::from_str(stdout(&resumed).trim()).unwrap();
+    assert_eq!(resumed["datasets"][0]["cache"], datasets[0]["cache"]);
+    assert_eq!(
+        std::fs::metadata(&entry).unwrap().modified().unwrap(),
+        written
+    );
+    same_weights(&memory_dir, &split_dir);
+    assert_eq!(log(&memory_dir), log(&split_dir));
+
+    // Resuming with the rows kept elsewhere is no change of recipe.
+    let switched = dir.path().join("switched");
+    train(&recipe("disk"), &switched, &["--stop-at-step", "5"]);
+    train(&recipe("memory"), &switched, &["--resume"]);
+    same_weights(&memory_dir, &switched);
+}

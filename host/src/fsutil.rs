@@ -33,6 +33,25 @@ pub fn is_non_empty_dir(dir: &Path) -> bool {
     std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some())
 }
 
+/// The process id in a staging name (`.checkpoint-4.partial-1234`, `.x.arrow.partial-99`),
+/// if it is one: a dot file ending in `.partial-PID`.
+pub fn staging_owner(name: &str) -> Option<u32> {
+    let (stem, pid) = name.rsplit_once(".partial-")?;
+    if !stem.starts_with('.') {
+        return None;
+    }
+    pid.parse().ok()
+}
+
+/// Whether process `pid` is running (Linux: `/proc`); elsewhere only this process counts as
+/// running, so a staging file is kept only while the process that writes it is this one.
+pub fn is_running(pid: u32) -> bool {
+    if pid == std::process::id() {
+        return true;
+    }
+    cfg!(target_os = "linux") && Path::new("/proc").join(pid.to_string()).exists()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -366,6 +366,7 @@ pub fn run(args: TrainArgs, registry: &LossRegistry, out: &mut String) -> anyhow
             "global_step": state.global_step,
             "stopped_early": report.stopped_early,
             "train_loss": train_loss,
+            "startup_seconds": report.startup_seconds,
             "train_seconds": seconds,
             "pairs_per_second": pairs_per_second,
             "metrics": report.final_metrics,
@@ -377,6 +378,7 @@ pub fn run(args: TrainArgs, registry: &LossRegistry, out: &mut String) -> anyhow
                 "optimizer": report.optimizer_seconds,
             },
             "onnx": state.onnx,
+            "datasets": report.datasets,
         });
         writeln!(out, "{summary}")?;
         return Ok(ExitCode::SUCCESS);

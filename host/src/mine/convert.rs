@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use crosstrain_plugin_api::rng::SeededRng;
 
 use super::MineError;
-use crate::data::dataset::{Dataset, LabelValues, TextValues};
+use crate::data::dataset::{Dataset, LabelValues, TextValues, Texts};
 use crosstrain_rng::derive_seed;
 
 const CONVERT_STREAM: u64 = 0x434F_4E56; // "CONV"
@@ -155,13 +155,13 @@ fn class_key(label: f32) -> u32 {
     label.to_bits()
 }
 
-fn sentence_class(columns: &[&Vec<String>], labels: &[f32], options: &ConvertOptions) -> Converted {
+fn sentence_class(columns: &[&Texts], labels: &[f32], options: &ConvertOptions) -> Converted {
     // Distinct (text, class) members in first-seen order, grouped by class.
     let mut seen: HashMap<(&str, u32), ()> = HashMap::new();
     let mut members: Vec<(&str, u32)> = Vec::new();
     for (row, &label) in labels.iter().enumerate() {
         for column in columns {
-            let key = (column[row].as_str(), class_key(label));
+            let key = (&column[row], class_key(label));
             if seen.insert(key, ()).is_none() {
                 members.push(key);
             }
@@ -211,8 +211,8 @@ fn draw(rng: &mut SeededRng, pool: &[usize], count: usize) -> Vec<usize> {
 }
 
 fn pair_class(
-    first: &[String],
-    second: &[String],
+    first: &Texts,
+    second: &Texts,
     labels: &[f32],
     options: &ConvertOptions,
 ) -> Converted {
@@ -222,7 +222,7 @@ fn pair_class(
     let mut other_rows: Vec<usize> = Vec::new();
     for (row, &label) in labels.iter().enumerate() {
         if class_key(label) != positive {
-            hard.entry(first[row].as_str()).or_default().push(row);
+            hard.entry(&first[row]).or_default().push(row);
             other_rows.push(row);
         }
     }
@@ -232,7 +232,7 @@ fn pair_class(
             continue;
         }
         let pool = hard
-            .get(first[row].as_str())
+            .get(&first[row])
             .filter(|rows| !rows.is_empty())
             .unwrap_or(&other_rows);
         if pool.is_empty() {
@@ -242,9 +242,9 @@ fn pair_class(
         let mut rng = SeededRng::new(derive_seed(options.seed, CONVERT_STREAM, row as u64));
         for negative in draw(&mut rng, pool, options.triplets_per_anchor) {
             converted.triplets.push(Triplet {
-                anchor: first[row].clone(),
-                positive: second[row].clone(),
-                negative: second[negative].clone(),
+                anchor: first[row].to_string(),
+                positive: second[row].to_string(),
+                negative: second[negative].to_string(),
             });
         }
     }

@@ -328,8 +328,8 @@ impl MiningInput {
         let mut grouped: Vec<Vec<u32>> = Vec::new();
         let mut rows_per_query: Vec<usize> = Vec::new();
         for (anchor, positive) in anchors.iter().zip(positives) {
-            let query = *query_index.entry(anchor.as_str()).or_insert_with(|| {
-                queries.push(anchor.clone());
+            let query = *query_index.entry(anchor).or_insert_with(|| {
+                queries.push(anchor.to_string());
                 grouped.push(Vec::new());
                 rows_per_query.push(0);
                 queries.len() - 1

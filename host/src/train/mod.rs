@@ -270,6 +270,26 @@ pub struct TrainReport {
     pub times: PhaseTimes,
     /// Optimiser time, summed (seconds).
     pub optimizer_seconds: f64,
+    /// The datasets the run read, training sets first.
+    pub datasets: Vec<DatasetRead>,
+    /// Seconds from the start of [`train`] to its first step (model, plugins and data
+    /// loaded, the dataset cache written or opened).
+    pub startup_seconds: f64,
+}
+
+/// One dataset a run read: how many rows, and where its texts were kept.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DatasetRead {
+    /// `train` or `eval`.
+    pub split: &'static str,
+    /// The dataset's name (`train`/`eval` for an unnamed one).
+    pub name: String,
+    /// Its rows.
+    pub rows: usize,
+    /// Rows `skip_invalid_rows` dropped.
+    pub skipped_rows: usize,
+    /// The memory-mapped cache file, when `storage` put it on disk.
+    pub cache: Option<PathBuf>,
 }
 
 /// A training run in progress.
@@ -301,6 +321,7 @@ pub fn train(
     registry: &LossRegistry,
     options: &RunOptions,
 ) -> Result<TrainReport, TrainError> {
+    let started = std::time::Instant::now();
     let output = config.output.clone();
     output::check_output_holds_no_input(&output, &run_inputs(config, registry, options))?;
     let mut replace_previous = false;
@@ -483,6 +504,7 @@ pub fn train(
         times: PhaseTimes::default(),
         optimizer_seconds: 0.0,
     };
+    let startup_seconds = started.elapsed().as_secs_f64();
     let ended = run
         .train_loop(options.progress.as_deref(), options.stop_signal)
         .and_then(|ended| {
@@ -511,8 +533,27 @@ pub fn train(
         // run is worth more than what it would replace.
         previous.restore()?;
     }
+    let datasets = run
+        .sources
+        .iter()
+        .map(|source| ("train", source.name.clone(), &source.dataset))
+        .chain(
+            run.eval_sources
+                .iter()
+                .map(|source| ("eval", source.name.clone(), &source.dataset)),
+        )
+        .map(|(split, name, dataset)| DatasetRead {
+            split,
+            name,
+            rows: dataset.len(),
+            skipped_rows: dataset.skipped_rows,
+            cache: dataset.cache.clone(),
+        })
+        .collect();
     Ok(TrainReport {
         output,
+        datasets,
+        startup_seconds,
         state: run.state,
         stopped_early: ended == LoopEnd::StoppedAtStep,
         interrupted: match ended {

@@ -131,24 +131,6 @@ impl PreviousOutput {
     }
 }
 
-/// The process id in a staging folder's name (`.checkpoint-4.partial-1234`), if it is one.
-fn staging_owner(name: &str) -> Option<u32> {
-    let (stem, pid) = name.rsplit_once(".partial-")?;
-    if !stem.starts_with('.') {
-        return None;
-    }
-    pid.parse().ok()
-}
-
-/// Whether process `pid` is running (Linux: `/proc`); elsewhere only this process counts as
-/// running, so a folder is kept only while the run that stages into it is this one.
-fn is_running(pid: u32) -> bool {
-    if pid == std::process::id() {
-        return true;
-    }
-    cfg!(target_os = "linux") && Path::new("/proc").join(pid.to_string()).exists()
-}
-
 /// Removes the staging folders (`.checkpoint-N.partial-PID`, `.final.partial-PID`) that a run
 /// killed mid-write left in `output`; a folder whose process still runs is left alone.
 /// Returns how many were removed.
@@ -159,10 +141,10 @@ pub(super) fn remove_stale_partials(output: &Path) -> Result<usize, TrainError> 
     let mut removed = 0;
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = staging_owner(&name) else {
+        let Some(pid) = crate::fsutil::staging_owner(&name) else {
             continue;
         };
-        if is_running(pid) {
+        if crate::fsutil::is_running(pid) {
             continue;
         }
         let path = entry.path();
@@ -253,7 +235,7 @@ mod tests {
         for name in stale {
             assert!(!root.path().join(name).exists());
         }
-        assert_eq!(staging_owner("checkpoint-2.partial-5"), None);
-        assert_eq!(staging_owner(".final.partial-x"), None);
+        assert_eq!(crate::fsutil::staging_owner("checkpoint-2.partial-5"), None);
+        assert_eq!(crate::fsutil::staging_owner(".final.partial-x"), None);
     }
 }

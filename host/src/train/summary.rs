@@ -79,8 +79,11 @@ pub fn summarize_dataset(
                 .iter()
                 .map(|column| {
                     let value = match &column.values {
-                        TextValues::Texts(values) => json!(values[row]),
-                        TextValues::Lists(values) => json!(values[row]),
+                        TextValues::Texts(values) => json!(&values[row]),
+                        TextValues::Lists(values) => json!(values
+                            .get(row)
+                            .map(|list| list.iter().collect::<Vec<_>>())
+                            .unwrap_or_default()),
                     };
                     (column.name.clone(), value)
                 })

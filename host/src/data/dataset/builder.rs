@@ -9,9 +9,76 @@ pub(super) struct Builder {
     pub(super) names: Vec<String>,
     pub(super) label_index: Option<usize>,
     pub(super) text_kinds: Vec<bool>,
-    pub(super) texts: Vec<TextValues>,
+    pub(super) texts: Vec<ColumnTexts>,
     pub(super) label_is_list: bool,
     pub(super) labels: LabelValues,
+    /// Bytes of text pushed since the last [`Builder::take_chunk`].
+    pub(super) chunk_bytes: usize,
+    /// Rows pushed since the last [`Builder::take_chunk`].
+    pub(super) chunk_rows: usize,
+}
+
+/// The texts of one input column while it is being built.
+#[derive(Debug)]
+pub(super) enum ColumnTexts {
+    Texts(Vec<String>),
+    Lists(Vec<Vec<String>>),
+}
+
+/// The rows pushed since the last chunk was taken, to be written to the cache.
+pub(super) struct Chunk {
+    pub(super) texts: Vec<ColumnTexts>,
+    pub(super) labels: Option<LabelValues>,
+}
+
+impl Builder {
+    /// A chunk is written once it holds this many rows (3 in unit tests, so that small test
+    /// files make several record batches)...
+    pub(super) const CHUNK_ROWS: usize = if cfg!(test) { 3 } else { 1 << 16 };
+    /// ...or this many bytes of text, whichever comes first.
+    pub(super) const CHUNK_BYTES: usize = 32 << 20;
+
+    /// Whether the rows pushed since the last chunk should be written out now.
+    pub(super) fn chunk_is_full(&self) -> bool {
+        self.chunk_rows >= Self::CHUNK_ROWS || self.chunk_bytes >= Self::CHUNK_BYTES
+    }
+
+    /// Takes the rows pushed since the last chunk, leaving the builder empty but with its
+    /// column layout.
+    pub(super) fn take_chunk(&mut self) -> Chunk {
+        self.chunk_bytes = 0;
+        self.chunk_rows = 0;
+        let texts = self
+            .texts
+            .iter_mut()
+            .map(|column| match column {
+                ColumnTexts::Texts(values) => ColumnTexts::Texts(std::mem::take(values)),
+                ColumnTexts::Lists(values) => ColumnTexts::Lists(std::mem::take(values)),
+            })
+            .collect();
+        let labels = self.label_index.map(|_| match &mut self.labels {
+            LabelValues::Scalars(values) => LabelValues::Scalars(std::mem::take(values)),
+            LabelValues::Lists(values) => LabelValues::Lists(std::mem::take(values)),
+        });
+        Chunk { texts, labels }
+    }
+
+    /// The names of the text columns, in order, and whether each holds lists.
+    pub(super) fn text_columns(&self) -> Vec<(String, bool)> {
+        self.names
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| Some(*i) != self.label_index)
+            .map(|(_, name)| name.clone())
+            .zip(self.text_kinds.iter().copied())
+            .collect()
+    }
+
+    /// The label column's name and whether it holds lists.
+    pub(super) fn label_column(&self) -> Option<(String, bool)> {
+        self.label_index
+            .map(|i| (self.names[i].clone(), self.label_is_list))
+    }
 }
 
 impl Builder {
@@ -52,9 +119,9 @@ impl Builder {
                 .iter()
                 .map(|&is_list| {
                     if is_list {
-                        TextValues::Lists(Vec::new())
+                        ColumnTexts::Lists(Vec::new())
                     } else {
-                        TextValues::Texts(Vec::new())
+                        ColumnTexts::Texts(Vec::new())
                     }
                 })
                 .collect(),
@@ -67,6 +134,8 @@ impl Builder {
             } else {
                 LabelValues::Scalars(Vec::new())
             },
+            chunk_bytes: 0,
+            chunk_rows: 0,
         })
     }
 
@@ -179,11 +248,18 @@ impl Builder {
         }
         for (column, cell) in self.texts.iter_mut().zip(text_cells) {
             match (column, cell) {
-                (TextValues::Texts(values), TextCell::Text(text)) => values.push(text),
-                (TextValues::Lists(values), TextCell::List(texts)) => values.push(texts),
+                (ColumnTexts::Texts(values), TextCell::Text(text)) => {
+                    self.chunk_bytes += text.len();
+                    values.push(text)
+                }
+                (ColumnTexts::Lists(values), TextCell::List(texts)) => {
+                    self.chunk_bytes += texts.iter().map(String::len).sum::<usize>();
+                    values.push(texts)
+                }
                 _ => unreachable!("types were checked above"),
             }
         }
+        self.chunk_rows += 1;
         Ok(())
     }
 
@@ -191,7 +267,7 @@ impl Builder {
         self,
         files: Vec<PathBuf>,
         skipped_rows: usize,
-        origins: Vec<RowOrigin>,
+        origins: Origins,
     ) -> Dataset {
         let label_index = self.label_index;
         let text_names: Vec<String> = self
@@ -206,7 +282,13 @@ impl Builder {
             columns: text_names
                 .into_iter()
                 .zip(self.texts)
-                .map(|(name, values)| TextColumn { name, values })
+                .map(|(name, values)| TextColumn {
+                    name,
+                    values: match values {
+                        ColumnTexts::Texts(texts) => TextValues::Texts(texts.into()),
+                        ColumnTexts::Lists(lists) => TextValues::Lists(lists.into()),
+                    },
+                })
                 .collect(),
             label: label_index.map(|i| LabelColumn {
                 name: self.names[i].clone(),
@@ -214,6 +296,7 @@ impl Builder {
             }),
             skipped_rows,
             origins,
+            cache: None,
         }
     }
 }

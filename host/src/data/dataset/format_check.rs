@@ -147,7 +147,7 @@ impl Dataset {
                 else {
                     return Err("needs a document list column".into());
                 };
-                for (row, (labels, docs)) in lists.iter().zip(documents).enumerate() {
+                for (row, (labels, docs)) in lists.iter().zip(documents.iter()).enumerate() {
                     if labels.len() != docs.len() {
                         return Err(row_error(
                             row,

@@ -11,14 +11,18 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 mod builder;
+mod cache;
 mod format_check;
 mod readers;
 mod spec;
+mod storage;
 #[cfg(test)]
 mod tests;
 
+pub use cache::{cache_dir, CACHE_ENV};
 pub use readers::parse_jsonl_dataset;
-pub use spec::{DatasetSpec, FileFormat, LABEL_COLUMNS};
+pub use spec::{DatasetSpec, FileFormat, Storage, LABEL_COLUMNS};
+pub use storage::{TextList, TextLists, Texts};
 
 use builder::*;
 use readers::*;
@@ -64,9 +68,9 @@ pub enum DatasetError {
 #[derive(Debug, Clone, PartialEq)]
 pub enum TextValues {
     /// One text per row.
-    Texts(Vec<String>),
+    Texts(Texts),
     /// A list of documents per row.
-    Lists(Vec<Vec<String>>),
+    Lists(TextLists),
 }
 
 /// One input column.
@@ -108,44 +112,107 @@ pub struct Dataset {
     /// Malformed rows skipped with `skip_invalid_rows`.
     pub skipped_rows: usize,
     /// Where each row came from, so a row-level error names its own file and line.
-    pub(crate) origins: Vec<RowOrigin>,
+    pub(crate) origins: Origins,
+    /// The memory-mapped cache file the texts are read from (`storage = "disk"`), if any.
+    pub cache: Option<PathBuf>,
 }
 
-/// The file (index into [`Dataset::files`]) and line (row, for Parquet) a row was read from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct RowOrigin {
-    file: u32,
-    location: Location,
+/// The file and line (row, for Parquet) each row was read from, in 4 bytes a row: a file's
+/// rows are consecutive, so the file is a range and only the line number is per row.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Origins {
+    /// One past each file's last row (cumulative), for the files that gave rows so far.
+    file_ends: Vec<usize>,
+    /// Whether each file is Parquet (its locations are rows, not lines).
+    parquet: Vec<bool>,
+    /// The line (or row) number of every row.
+    numbers: Vec<u32>,
 }
 
-/// Reads a dataset.
-pub fn read_dataset(spec: &DatasetSpec) -> Result<Dataset, DatasetError> {
-    build_dataset(spec, |path| {
-        let format = match spec.format.or_else(|| FileFormat::from_path(path)) {
-            Some(format) => format,
-            None => {
-                return Err(DatasetError::Columns {
-                    path: path.to_path_buf(),
-                    message: "unknown file type; use .jsonl, .csv, .tsv or .parquet, or set \
-                              `format`"
-                        .into(),
-                })
-            }
-        };
-        match format {
-            FileFormat::Jsonl => read_jsonl(path, spec),
-            FileFormat::Csv => read_delimited(path, spec, b','),
-            FileFormat::Tsv => read_delimited(path, spec, b'\t'),
-            FileFormat::Parquet => read_parquet(path),
+impl Origins {
+    /// Records that the next row came from file `file` (files in order) at `location`.
+    fn push(&mut self, file: usize, location: Location) {
+        while self.file_ends.len() <= file {
+            self.file_ends.push(self.numbers.len());
+            self.parquet.push(location.parquet);
         }
-    })
+        self.numbers.push(location.number);
+        self.file_ends[file] = self.numbers.len();
+    }
+
+    /// The file index and location of `row`.
+    fn get(&self, row: usize) -> Option<(usize, Location)> {
+        let number = *self.numbers.get(row)?;
+        let file = self.file_ends.partition_point(|&end| end <= row);
+        Some((
+            file,
+            Location {
+                number,
+                parquet: *self.parquet.get(file)?,
+            },
+        ))
+    }
+
+    /// Number of rows recorded.
+    pub(crate) fn len(&self) -> usize {
+        self.numbers.len()
+    }
+}
+
+/// Reads a dataset, into memory or through the on-disk cache as `spec.storage` says.
+pub fn read_dataset(spec: &DatasetSpec) -> Result<Dataset, DatasetError> {
+    read_dataset_cached_in(spec, &cache_dir())
+}
+
+/// [`read_dataset`] with the cache in `cache_dir`.
+fn read_dataset_cached_in(spec: &DatasetSpec, cache_dir: &Path) -> Result<Dataset, DatasetError> {
+    if !cache::wants_disk(spec) {
+        return build_dataset(spec, |path, progress| read_file(spec, path, progress), None);
+    }
+    let entry = cache::CacheEntry::for_spec(spec, cache_dir)?;
+    if let Some(dataset) = entry.open_if_current()? {
+        return Ok(dataset);
+    }
+    let writer = entry.writer()?;
+    build_dataset(
+        spec,
+        |path, progress| read_file(spec, path, progress),
+        Some(writer),
+    )
+}
+
+/// The raw rows of one of `spec`'s files, by its format.
+fn read_file<'a>(
+    spec: &'a DatasetSpec,
+    path: &'a Path,
+    progress: &indicatif::ProgressBar,
+) -> Result<Rows<'a>, DatasetError> {
+    match file_format(spec, path)? {
+        FileFormat::Jsonl => read_jsonl(path, progress),
+        FileFormat::Csv => read_delimited(path, spec, b',', progress),
+        FileFormat::Tsv => read_delimited(path, spec, b'\t', progress),
+        FileFormat::Parquet => read_parquet(path, progress),
+    }
+}
+
+/// The format of one of `spec`'s files: `spec.format`, else its extension.
+fn file_format(spec: &DatasetSpec, path: &Path) -> Result<FileFormat, DatasetError> {
+    spec.format
+        .or_else(|| FileFormat::from_path(path))
+        .ok_or_else(|| DatasetError::Columns {
+            path: path.to_path_buf(),
+            message: "unknown file type; use .jsonl, .csv, .tsv or .parquet, or set `format`"
+                .into(),
+        })
 }
 
 /// Builds a dataset from the raw rows `rows_of` gives for each of `spec.files`, applying the
-/// spec's selection, renames, label scale, row skipping and limit.
-fn build_dataset(
-    spec: &DatasetSpec,
-    mut rows_of: impl FnMut(&Path) -> Result<Vec<RowResult>, DatasetError>,
+/// spec's selection, renames, label scale, row skipping and limit. With a cache writer, the
+/// rows go to the cache file a chunk at a time and the dataset is read back from it mapped.
+fn build_dataset<'a>(
+    spec: &'a DatasetSpec,
+    mut rows_of: impl FnMut(&'a Path, &indicatif::ProgressBar) -> Result<Rows<'a>, DatasetError>,
+    mut cache: Option<cache::CacheWriter>,
 ) -> Result<Dataset, DatasetError> {
     let first_file = spec
         .files
@@ -158,10 +225,15 @@ fn build_dataset(
     let mut builder: Option<Builder> = None;
     let mut skipped = SkippedRows::default();
     let mut rows_read = 0usize;
-    let mut origins = Vec::new();
+    let mut origins = Origins::default();
     'files: for (file_index, path) in spec.files.iter().enumerate() {
-        for row in rows_of(path)? {
-            let row = match row {
+        let progress = cache
+            .as_ref()
+            .map_or_else(indicatif::ProgressBar::hidden, |cache| {
+                cache.progress_for(path)
+            });
+        for row in rows_of(path, &progress)? {
+            let row = match row? {
                 Ok(row) => row,
                 Err(bad) if spec.skip_invalid_rows => {
                     skipped.add(bad.error, bad.lines);
@@ -178,26 +250,35 @@ fn build_dataset(
             match builder.push(cells, spec.label_scale, path, row.location) {
                 Ok(()) => {
                     rows_read += 1;
-                    origins.push(RowOrigin {
-                        file: file_index as u32,
-                        location: row.location,
-                    });
+                    origins.push(file_index, row.location);
+                    if let Some(cache) = &mut cache {
+                        if builder.chunk_is_full() {
+                            cache.write_chunk(builder, &origins)?;
+                        }
+                    }
                 }
                 Err(error) if spec.skip_invalid_rows => skipped.add(error, 1),
                 Err(error) => return Err(error),
             }
             if spec.limit.is_some_and(|limit| rows_read >= limit) {
+                progress.finish_and_clear();
                 break 'files;
             }
         }
+        progress.finish_and_clear();
     }
-    skipped.report();
-    let skipped = skipped.rows;
-    let builder = builder.ok_or_else(|| DatasetError::Columns {
+    let skipped_report = skipped.report();
+    let mut builder = builder.ok_or_else(|| DatasetError::Columns {
         path: first_file.clone(),
         message: "no rows".into(),
     })?;
-    Ok(builder.finish(spec.files.clone(), skipped, origins))
+    match cache {
+        None => Ok(builder.finish(spec.files.clone(), skipped.rows, origins)),
+        Some(mut cache) => {
+            cache.write_chunk(&mut builder, &origins)?;
+            cache.finish(&builder, &origins, skipped.rows, skipped_report)
+        }
+    }
 }
 
 /// The rows `skip_invalid_rows` dropped: counted as rows of the file (a record that ran on
@@ -221,23 +302,25 @@ impl SkippedRows {
         }
     }
 
-    /// One warning for them all, with the first few errors.
-    fn report(&self) {
+    /// One warning for them all, with the first few errors; returns it (the cache keeps it
+    /// to repeat when the dataset is read from there).
+    fn report(&self) -> Option<String> {
         if self.rows == 0 {
-            return;
+            return None;
         }
         let more = if self.errors > self.first.len() {
             format!("; and {} more", self.errors - self.first.len())
         } else {
             String::new()
         };
-        tracing::warn!(
-            skipped = self.rows,
+        let report = format!(
             "skip_invalid_rows: skipped {} malformed row{}: {}{more}",
             self.rows,
             if self.rows == 1 { "" } else { "s" },
             self.first.join("; ")
         );
+        tracing::warn!(skipped = self.rows, "{report}");
+        Some(report)
     }
 }
 
@@ -292,8 +375,8 @@ impl TextColumn {
     /// The text at `(row, item)`.
     pub fn text(&self, row: usize, item: usize) -> Option<&str> {
         match &self.values {
-            TextValues::Texts(values) => values.get(row).map(String::as_str),
-            TextValues::Lists(values) => values.get(row)?.get(item).map(String::as_str),
+            TextValues::Texts(values) => values.get(row),
+            TextValues::Lists(values) => values.get(row)?.get(item),
         }
     }
 
@@ -305,10 +388,10 @@ impl TextColumn {
     /// Every text of a row (one, or the row's list).
     pub fn row_texts(&self, row: usize) -> Vec<&str> {
         match &self.values {
-            TextValues::Texts(values) => values.get(row).map(String::as_str).into_iter().collect(),
+            TextValues::Texts(values) => values.get(row).into_iter().collect(),
             TextValues::Lists(values) => values
                 .get(row)
-                .map(|l| l.iter().map(String::as_str).collect())
+                .map(|list| list.iter().collect())
                 .unwrap_or_default(),
         }
     }
@@ -351,12 +434,12 @@ impl Dataset {
     /// write it.
     pub fn row_location(&self, row: usize) -> String {
         match self.origins.get(row) {
-            Some(origin) => {
+            Some((file, location)) => {
                 let file = self
                     .files
-                    .get(origin.file as usize)
+                    .get(file)
                     .map_or_else(|| "<dataset>".to_string(), |f| f.display().to_string());
-                format!("{file}:{}", origin.location)
+                format!("{file}:{location}")
             }
             None => format!("{}:row {}", self.origin(), row + 1),
         }
@@ -380,9 +463,11 @@ impl Dataset {
                 .iter()
                 .map(|column| match &column.values {
                     TextValues::Texts(_) => ColumnShape::texts(),
-                    TextValues::Lists(values) => {
-                        ColumnShape::lists(rows.iter().map(|&r| values[r].len() as u32).collect())
-                    }
+                    TextValues::Lists(values) => ColumnShape::lists(
+                        rows.iter()
+                            .map(|&r| values.get(r).map_or(0, |list| list.len() as u32))
+                            .collect(),
+                    ),
                 })
                 .collect(),
         }

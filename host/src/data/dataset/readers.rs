@@ -4,6 +4,11 @@
 #![allow(unused_imports)]
 use super::*;
 
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read};
+use std::rc::Rc;
+
 /// One cell before typing.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum Cell {
@@ -108,75 +113,317 @@ impl From<DatasetError> for BadRow {
 
 pub(super) type RowResult = Result<RawRow, BadRow>;
 
-pub(super) fn read_jsonl(path: &Path, _spec: &DatasetSpec) -> Result<Vec<RowResult>, DatasetError> {
-    let text = crate::data::read_text(path).map_err(|e| io_error(path, e))?;
-    Ok(parse_jsonl(&text, path))
+/// The rows of one file as they are read. An outer error ends the file whatever
+/// `skip_invalid_rows` says (unreadable bytes, invalid UTF-8); an inner one is one bad row.
+pub(super) type Rows<'a> = Box<dyn Iterator<Item = Result<RowResult, DatasetError>> + 'a>;
+
+/// Counts the bytes read from a file on a progress bar (hidden unless converting to the cache
+/// on a terminal).
+pub(super) struct ProgressReader<R> {
+    inner: R,
+    progress: indicatif::ProgressBar,
 }
 
-pub(super) fn parse_jsonl(text: &str, path: &Path) -> Vec<RowResult> {
-    text.lines()
-        .enumerate()
-        .filter(|(_, line)| !line.trim().is_empty())
-        .map(|(index, line)| {
-            let location = Location::line(index + 1);
-            match serde_json::from_str::<Value>(line) {
-                Ok(Value::Object(object)) => Ok(RawRow {
-                    location,
-                    cells: object
-                        .iter()
-                        .map(|(name, value)| (name.clone(), Cell::from_json(value)))
-                        .collect(),
-                }),
-                Ok(_) => Err(DatasetError::Row {
-                    path: path.to_path_buf(),
-                    location: location.to_string(),
-                    column: "<row>".into(),
-                    message: "expected a JSON object".into(),
+impl<R> ProgressReader<R> {
+    pub(super) fn new(inner: R, progress: indicatif::ProgressBar) -> Self {
+        Self { inner, progress }
+    }
+}
+
+impl<R: Read> Read for ProgressReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let read = self.inner.read(buf)?;
+        self.progress.inc(read as u64);
+        Ok(read)
+    }
+}
+
+/// A file opened for streaming, its bytes counted on `progress`.
+fn open_counted(
+    path: &Path,
+    progress: &indicatif::ProgressBar,
+) -> Result<BufReader<ProgressReader<std::fs::File>>, DatasetError> {
+    let file = std::fs::File::open(path).map_err(|e| io_error(path, e))?;
+    Ok(BufReader::with_capacity(
+        1 << 16,
+        ProgressReader::new(file, progress.clone()),
+    ))
+}
+
+/// The error for invalid UTF-8 at byte `bad` (0-based) of line `line`.
+fn invalid_utf8(line: usize, bad: usize) -> String {
+    format!(
+        "invalid UTF-8 on line {line} (byte {} of the line)",
+        bad + 1
+    )
+}
+
+pub(super) fn read_jsonl<'a>(
+    path: &'a Path,
+    progress: &indicatif::ProgressBar,
+) -> Result<Rows<'a>, DatasetError> {
+    Ok(Box::new(JsonlRows::new(
+        open_counted(path, progress)?,
+        path,
+    )))
+}
+
+/// JSONL rows read a line at a time, so a file of any size takes one line of memory.
+pub(super) struct JsonlRows<'a, R> {
+    reader: R,
+    path: &'a Path,
+    line: usize,
+    bytes: Vec<u8>,
+    failed: bool,
+}
+
+impl<'a, R: BufRead> JsonlRows<'a, R> {
+    pub(super) fn new(reader: R, path: &'a Path) -> Self {
+        Self {
+            reader,
+            path,
+            line: 0,
+            bytes: Vec::new(),
+            failed: false,
+        }
+    }
+}
+
+impl<R: BufRead> Iterator for JsonlRows<'_, R> {
+    type Item = Result<RowResult, DatasetError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        let path = self.path;
+        loop {
+            self.bytes.clear();
+            match self.reader.read_until(b'\n', &mut self.bytes) {
+                Ok(0) => return None,
+                Ok(_) => {}
+                Err(e) => {
+                    self.failed = true;
+                    return Some(Err(io_error(path, e)));
                 }
-                .into()),
-                Err(e) => Err(DatasetError::Row {
-                    path: path.to_path_buf(),
-                    location: location.to_string(),
-                    column: "<row>".into(),
-                    message: format!("not valid JSON: {e}"),
-                }
-                .into()),
             }
-        })
-        .collect()
+            self.line += 1;
+            let text = match std::str::from_utf8(&self.bytes) {
+                Ok(text) => text,
+                Err(e) => {
+                    self.failed = true;
+                    return Some(Err(io_error(
+                        path,
+                        invalid_utf8(self.line, e.valid_up_to()),
+                    )));
+                }
+            };
+            let text = crate::data::strip_byte_order_mark(text, self.line == 1);
+            let text = text.strip_suffix('\n').unwrap_or(text);
+            let text = text.strip_suffix('\r').unwrap_or(text);
+            if text.trim().is_empty() {
+                continue;
+            }
+            return Some(Ok(parse_jsonl_line(text, path, Location::line(self.line))));
+        }
+    }
+}
+
+fn parse_jsonl_line(line: &str, path: &Path, location: Location) -> RowResult {
+    match serde_json::from_str::<Value>(line) {
+        Ok(Value::Object(object)) => Ok(RawRow {
+            location,
+            cells: object
+                .iter()
+                .map(|(name, value)| (name.clone(), Cell::from_json(value)))
+                .collect(),
+        }),
+        Ok(_) => Err(DatasetError::Row {
+            path: path.to_path_buf(),
+            location: location.to_string(),
+            column: "<row>".into(),
+            message: "expected a JSON object".into(),
+        }
+        .into()),
+        Err(e) => Err(DatasetError::Row {
+            path: path.to_path_buf(),
+            location: location.to_string(),
+            column: "<row>".into(),
+            message: format!("not valid JSON: {e}"),
+        }
+        .into()),
+    }
 }
 
 /// A dataset from JSONL text (built-in workloads); `origin` names it in errors.
 pub fn parse_jsonl_dataset(text: &str, origin: &Path) -> Result<Dataset, DatasetError> {
+    let mut spec = DatasetSpec::from_files(vec![origin.to_path_buf()]);
+    spec.storage = Storage::Memory;
     build_dataset(
-        &DatasetSpec::from_files(vec![origin.to_path_buf()]),
-        |path| Ok(parse_jsonl(text, path)),
+        &spec,
+        |path, _| Ok(Box::new(JsonlRows::new(text.as_bytes(), path))),
+        None,
     )
 }
 
-pub(super) fn read_delimited(
-    path: &Path,
-    spec: &DatasetSpec,
+/// The lines a CSV reader has been given, from the first one a record may still start on:
+/// where each starts, where its content ends (before `\r\n`/`\n`) and whether it is blank.
+/// Positions are bytes after the byte-order mark, as the CSV reader counts them.
+#[derive(Default)]
+struct LineLog {
+    /// The 1-based number of `lines[0]`.
+    first_line: usize,
+    lines: VecDeque<LoggedLine>,
+    /// Invalid UTF-8 met while reading ahead: it ends the file.
+    fatal: Option<String>,
+}
+
+#[derive(Clone, Copy)]
+struct LoggedLine {
+    start: u64,
+    content_end: u64,
+    blank: bool,
+}
+
+impl LineLog {
+    /// The index in `lines` of the line holding byte `offset`.
+    fn index_of(&self, offset: u64) -> usize {
+        self.lines
+            .partition_point(|line| line.start <= offset)
+            .saturating_sub(1)
+    }
+
+    /// The 1-based line holding byte `offset`.
+    fn line_of(&self, offset: u64) -> usize {
+        self.first_line + self.index_of(offset)
+    }
+
+    /// The non-blank lines of bytes `start..end`: the rows a bad record there stands for.
+    fn rows_between(&self, start: u64, end: u64) -> usize {
+        if end <= start {
+            return 1;
+        }
+        let (first, last) = (self.index_of(start), self.index_of(end - 1));
+        (first..=last)
+            .filter(|&index| self.lines.get(index).is_some_and(|line| !line.blank))
+            .count()
+            .max(1)
+    }
+
+    /// `offset` moved past line breaks and blank lines (where the reader may place a record's
+    /// start: on the `\n` of a `\r\n`, or before blank lines it skipped), but not past `end`.
+    fn skip_line_breaks(&self, mut offset: u64, end: u64) -> u64 {
+        while offset < end {
+            let index = self.index_of(offset);
+            let Some(line) = self.lines.get(index) else {
+                break;
+            };
+            if offset < line.content_end {
+                break;
+            }
+            match self.lines.get(index + 1) {
+                Some(next) => offset = next.start.min(end),
+                None => break,
+            }
+        }
+        offset
+    }
+
+    /// Forgets the lines before the one holding `offset`: no record starts there any more.
+    fn forget_before(&mut self, offset: u64) {
+        let index = self.index_of(offset);
+        self.lines.drain(..index);
+        self.first_line += index;
+    }
+}
+
+/// A reader that hands its input on a line at a time, checking each line is UTF-8, dropping
+/// the byte-order mark, and logging where every line starts for [`LineLog`].
+struct LoggedLines<R> {
+    inner: R,
+    log: Rc<RefCell<LineLog>>,
+    pending: Vec<u8>,
+    sent: usize,
+    line: usize,
+    offset: u64,
+}
+
+impl<R: BufRead> Read for LoggedLines<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.sent == self.pending.len() {
+            self.pending.clear();
+            self.sent = 0;
+            if self.inner.read_until(b'\n', &mut self.pending)? == 0 {
+                return Ok(0);
+            }
+            self.line += 1;
+            if let Err(e) = std::str::from_utf8(&self.pending) {
+                let message = invalid_utf8(self.line, e.valid_up_to());
+                self.log.borrow_mut().fatal = Some(message.clone());
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    message,
+                ));
+            }
+            if self.line == 1 && self.pending.starts_with(BYTE_ORDER_MARK_BYTES) {
+                self.pending.drain(..BYTE_ORDER_MARK_BYTES.len());
+            }
+            let content = self.pending.strip_suffix(b"\n").unwrap_or(&self.pending);
+            let content = content.strip_suffix(b"\r").unwrap_or(content);
+            self.log.borrow_mut().lines.push_back(LoggedLine {
+                start: self.offset,
+                content_end: self.offset + content.len() as u64,
+                blank: content.iter().all(u8::is_ascii_whitespace),
+            });
+            self.offset += self.pending.len() as u64;
+        }
+        let count = buf.len().min(self.pending.len() - self.sent);
+        buf[..count].copy_from_slice(&self.pending[self.sent..self.sent + count]);
+        self.sent += count;
+        Ok(count)
+    }
+}
+
+/// The UTF-8 byte-order mark.
+const BYTE_ORDER_MARK_BYTES: &[u8] = "\u{feff}".as_bytes();
+
+pub(super) fn read_delimited<'a>(
+    path: &'a Path,
+    spec: &'a DatasetSpec,
     delimiter: u8,
-) -> Result<Vec<RowResult>, DatasetError> {
-    // Read whole, like every other text reader: the byte-order mark goes, invalid UTF-8 is
-    // located, and lines are counted from the bytes themselves (the CSV reader's own count
-    // leaves out blank lines).
-    let text = crate::data::read_text(path).map_err(|e| io_error(path, e))?;
-    let lines = LineIndex::new(&text);
+    progress: &indicatif::ProgressBar,
+) -> Result<Rows<'a>, DatasetError> {
+    // Lines are counted from the bytes themselves (the CSV reader's own count leaves out
+    // blank lines), as the reader pulls them, so the file is never held whole.
+    let log = Rc::new(RefCell::new(LineLog {
+        first_line: 1,
+        ..LineLog::default()
+    }));
+    let lines = LoggedLines {
+        inner: open_counted(path, progress)?,
+        log: log.clone(),
+        pending: Vec::new(),
+        sent: 0,
+        line: 0,
+        offset: 0,
+    };
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(delimiter)
         .has_headers(false)
         .quoting(spec.quoting)
         .flexible(true)
-        .from_reader(text.as_bytes());
+        .from_reader(lines);
     let mut record = csv::StringRecord::new();
+    let fatal_or = |log: &Rc<RefCell<LineLog>>, e: csv::Error| match log.borrow().fatal.clone() {
+        Some(message) => io_error(path, message),
+        None => io_error(path, e),
+    };
     let names: Vec<String> = match (&spec.column_names, spec.header) {
         (Some(names), false) => names.clone(),
         (None, true) => match reader.read_record(&mut record) {
             Ok(true) => record.iter().map(|s| s.trim().to_string()).collect(),
-            Ok(false) => return Ok(Vec::new()),
-            Err(e) => return Err(io_error(path, e)),
+            Ok(false) => return Ok(Box::new(std::iter::empty())),
+            Err(e) => return Err(fatal_or(&log, e)),
         },
         (Some(_), true) => {
             return Err(DatasetError::Columns {
@@ -202,33 +449,36 @@ pub(super) fn read_delimited(
                 .map_or_else(|| label.to_string(), |(old, _)| old.clone())
         })
         .collect();
-    let mut rows = Vec::new();
-    loop {
-        let start = reader.position().byte() as usize;
+    let mut failed = false;
+    Ok(Box::new(std::iter::from_fn(move || {
+        if failed {
+            return None;
+        }
+        let start = reader.position().byte();
+        log.borrow_mut().forget_before(start);
         let read = reader.read_record(&mut record);
         // Where the next record starts: a record running past its own line (a quote never
         // closed) took the rows in between with it.
-        let next = reader.position().byte() as usize;
+        let next = reader.position().byte();
+        let log = log.borrow();
         match read {
-            Ok(false) => break,
+            Ok(false) => return None,
             Ok(true) => {}
             Err(e) => {
-                rows.push(Err(BadRow {
+                if let Some(message) = log.fatal.clone() {
+                    failed = true;
+                    return Some(Err(io_error(path, message)));
+                }
+                return Some(Ok(Err(BadRow {
                     error: io_error(path, e),
-                    lines: lines.rows_between(&text, start, next),
-                }));
-                continue;
+                    lines: log.rows_between(start, next),
+                })));
             }
         }
-        let mut start = record.position().map_or(start, |p| p.byte() as usize);
-        // The reader may place a record's start on the line break before it (the `\n` of a
-        // `\r\n`, or blank lines it skipped).
-        while matches!(text.as_bytes().get(start), Some(b'\r' | b'\n')) && start < next {
-            start += 1;
-        }
-        let line = lines.line_of(start);
-        let spanned = lines.rows_between(&text, start, next);
-        let last_line = lines.line_of(next.saturating_sub(1).max(start));
+        let start = log.skip_line_breaks(record.position().map_or(start, |p| p.byte()), next);
+        let line = log.line_of(start);
+        let spanned = log.rows_between(start, next);
+        let last_line = log.line_of(next.saturating_sub(1).max(start));
         let location = Location::line(line);
         let runs_on = if spanned > 1 {
             format!(
@@ -248,18 +498,17 @@ pub(super) fn read_delimited(
             lines: spanned,
         };
         if record.len() < names.len() {
-            rows.push(Err(bad(
+            return Some(Ok(Err(bad(
                 names[record.len()].clone(),
                 format!(
                     "missing: the line has {} fields, the header {}",
                     record.len(),
                     names.len()
                 ),
-            )));
-            continue;
+            ))));
         }
         if record.len() > names.len() && !spec.ignore_extra_fields {
-            rows.push(Err(bad(
+            return Some(Ok(Err(bad(
                 format!("#{}", names.len() + 1),
                 format!(
                     "the line has {} fields but there are {} columns (set \
@@ -267,8 +516,7 @@ pub(super) fn read_delimited(
                     record.len(),
                     names.len()
                 ),
-            )));
-            continue;
+            ))));
         }
         let cells = names
             .iter()
@@ -283,41 +531,8 @@ pub(super) fn read_delimited(
                 (name.clone(), cell)
             })
             .collect();
-        rows.push(Ok(RawRow { location, cells }));
-    }
-    Ok(rows)
-}
-
-/// Line numbers of byte offsets in a text.
-struct LineIndex {
-    newlines: Vec<usize>,
-}
-
-impl LineIndex {
-    fn new(text: &str) -> Self {
-        Self {
-            newlines: text
-                .bytes()
-                .enumerate()
-                .filter(|&(_, b)| b == b'\n')
-                .map(|(i, _)| i)
-                .collect(),
-        }
-    }
-
-    /// The 1-based line holding byte `offset`.
-    fn line_of(&self, offset: usize) -> usize {
-        self.newlines.partition_point(|&newline| newline < offset) + 1
-    }
-
-    /// The non-blank lines of `text[start..end]`: the rows a bad record there stands for.
-    fn rows_between(&self, text: &str, start: usize, end: usize) -> usize {
-        text.get(start..end.max(start))
-            .map_or(1, |span| {
-                span.lines().filter(|l| !l.trim().is_empty()).count()
-            })
-            .max(1)
-    }
+        Some(Ok(Ok(RawRow { location, cells })))
+    })))
 }
 
 /// A CSV label: a number, or a JSON list of numbers.
@@ -332,12 +547,17 @@ pub(super) fn parse_label_field(field: &str) -> Cell {
         .map_or(Cell::Text(field.to_string()), Cell::Number)
 }
 
-pub(super) fn read_parquet(path: &Path) -> Result<Vec<RowResult>, DatasetError> {
+pub(super) fn read_parquet<'a>(
+    path: &'a Path,
+    progress: &indicatif::ProgressBar,
+) -> Result<Rows<'a>, DatasetError> {
     use parquet::file::reader::{FileReader, SerializedFileReader};
     use parquet::record::Field;
     let file = std::fs::File::open(path).map_err(|e| io_error(path, e))?;
     let reader = SerializedFileReader::new(file).map_err(|e| io_error(path, e))?;
-    let rows = reader.get_row_iter(None).map_err(|e| io_error(path, e))?;
+    let total_rows = reader.metadata().file_metadata().num_rows().max(0) as u64;
+    progress.set_length(total_rows);
+    let rows = parquet::record::reader::RowIter::from_file_into(Box::new(reader));
     pub(super) fn number(field: &Field) -> Option<f64> {
         Some(match field {
             Field::Bool(b) => f64::from(u8::from(*b)),
@@ -381,17 +601,17 @@ pub(super) fn read_parquet(path: &Path) -> Result<Vec<RowResult>, DatasetError> 
             other => number(other).map_or(Cell::Other("an unsupported Parquet type"), Cell::Number),
         }
     }
-    Ok(rows
-        .enumerate()
-        .map(|(index, row)| {
-            let row = row.map_err(|e| BadRow::from(io_error(path, e)))?;
-            Ok(RawRow {
+    let progress = progress.clone();
+    Ok(Box::new(rows.enumerate().map(move |(index, row)| {
+        progress.inc(1);
+        Ok(row
+            .map_err(|e| BadRow::from(io_error(path, e)))
+            .map(|row| RawRow {
                 location: Location::row(index + 1),
                 cells: row
                     .get_column_iter()
                     .map(|(name, field)| (name.clone(), cell(field)))
                     .collect(),
-            })
-        })
-        .collect())
+            }))
+    })))
 }

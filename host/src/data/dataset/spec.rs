@@ -49,6 +49,30 @@ pub struct DatasetSpec {
     /// Use only the first this many rows.
     #[serde(default)]
     pub limit: Option<usize>,
+    /// Where the rows are kept: `memory`, `disk` (converted once into a memory-mapped Arrow
+    /// file in the cache, `$CROSSTRAIN_CACHE`, and reused while the files are unchanged), or
+    /// `auto` (default: `disk` when the files add up to 128 MiB or more).
+    #[serde(default)]
+    pub storage: Storage,
+}
+
+/// Where a dataset's rows are kept while it is used.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Storage {
+    /// `disk` when the files add up to [`Storage::AUTO_DISK_BYTES`] or more, else `memory`.
+    #[default]
+    Auto,
+    /// Every row read into memory (about three times the file's size).
+    Memory,
+    /// Texts read from a memory-mapped Arrow IPC file that is written on first use.
+    Disk,
+}
+
+impl Storage {
+    /// The size from which `auto` keeps a dataset on disk: below it, the conversion's cost
+    /// (one more pass over the file, a cache entry) buys nothing.
+    pub const AUTO_DISK_BYTES: u64 = 128 << 20;
 }
 
 pub(super) fn default_true() -> bool {
@@ -74,6 +98,7 @@ impl DatasetSpec {
             label_scale: 1.0,
             skip_invalid_rows: false,
             limit: None,
+            storage: Storage::Auto,
         }
     }
 

@@ -208,7 +208,7 @@ fn parquet_lists_become_document_lists() {
     assert_eq!(dataset.columns[0].name, "query");
     assert_eq!(
         dataset.columns[1].values,
-        TextValues::Lists(vec![vec!["a".into(), "b".into()], vec!["c".into()]])
+        TextValues::Lists(vec![vec!["a".into(), "b".into()], vec!["c".into()]].into())
     );
     assert_eq!(
         dataset.label.as_ref().unwrap().values,
@@ -268,4 +268,203 @@ fn binary_label_out_of_range_names_the_row() {
         error.contains("second.jsonl:line 3: label = 7 is not in [0, 1]"),
         "{error}"
     );
+}
+
+/// Everything of a dataset but where it is kept: texts, labels, row origins, skipped rows.
+fn assert_same_rows(disk: &Dataset, memory: &Dataset) {
+    assert_eq!(disk.files, memory.files);
+    assert_eq!(disk.columns, memory.columns);
+    assert_eq!(disk.label, memory.label);
+    assert_eq!(disk.skipped_rows, memory.skipped_rows);
+    assert_eq!(disk.len(), memory.len());
+    for row in 0..memory.len() {
+        assert_eq!(disk.row_location(row), memory.row_location(row));
+    }
+}
+
+fn with_storage(files: Vec<PathBuf>, storage: Storage) -> DatasetSpec {
+    let mut spec = DatasetSpec::from_files(files);
+    spec.storage = storage;
+    spec
+}
+
+#[test]
+fn disk_storage_reads_the_same_rows_as_memory_in_several_record_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    // Two files, a blank line, a bad row skipped, a list column and list labels: eight rows
+    // make three record batches of at most three rows (`CHUNK_ROWS` in unit tests).
+    let first = write(
+        dir.path(),
+        "lists.jsonl",
+        "{\"query\": \"q1\", \"docs\": [\"a\", \"b\"], \"labels\": [1, 0]}\n\n\
+         {\"query\": \"q2\", \"docs\": [\"c\"], \"labels\": [0.5]}\n\
+         {\"query\": \"q3\", \"docs\": 5, \"labels\": [1]}\n\
+         {\"query\": \"q4 \u{e9}\u{4e2d}\", \"docs\": [\"d\", \"e\", \"f\"], \"labels\": [1, 0, 0]}\n\
+         {\"query\": \"q5\", \"docs\": [], \"labels\": []}\n",
+    );
+    let second = write(
+        dir.path(),
+        "more.jsonl",
+        "{\"query\": \"q6\", \"docs\": [\"g\"], \"labels\": [1]}\n\
+         {\"query\": \"q7\", \"docs\": [\"h\", \"i\"], \"labels\": [0, 1]}\n\
+         {\"query\": \"q8\", \"docs\": [\"j\"], \"labels\": [0]}\n\
+         {\"query\": \"q9\", \"docs\": [\"k\"], \"labels\": [1]}\n",
+    );
+    let mut memory_spec = with_storage(vec![first.clone(), second.clone()], Storage::Memory);
+    memory_spec.skip_invalid_rows = true;
+    let mut disk_spec = memory_spec.clone();
+    disk_spec.storage = Storage::Disk;
+    let memory = read_dataset_cached_in(&memory_spec, &cache).unwrap();
+    assert_eq!(memory.cache, None);
+    let disk = read_dataset_cached_in(&disk_spec, &cache).unwrap();
+    assert_eq!(disk.len(), 8);
+    assert_eq!(disk.skipped_rows, 1);
+    assert_same_rows(&disk, &memory);
+    assert_eq!(disk.row_location(5), format!("{}:line 2", second.display()));
+    assert_eq!(
+        disk.text(&[2], TextRef::cell(0, 0)),
+        Some("q4 \u{e9}\u{4e2d}")
+    );
+    assert_eq!(disk.batch_shape(&[2, 3]), memory.batch_shape(&[2, 3]));
+    let cache_file = disk.cache.clone().unwrap();
+    assert!(cache_file.starts_with(&cache), "{}", cache_file.display());
+    // Nothing but the entry is left in the cache folder.
+    let entries: Vec<_> = std::fs::read_dir(&cache).unwrap().collect();
+    assert_eq!(entries.len(), 1);
+
+    // Read again: the same entry, not rewritten.
+    let written = std::fs::metadata(&cache_file).unwrap().modified().unwrap();
+    let again = read_dataset_cached_in(&disk_spec, &cache).unwrap();
+    assert_eq!(again.cache.as_ref(), Some(&cache_file));
+    assert_eq!(
+        std::fs::metadata(&cache_file).unwrap().modified().unwrap(),
+        written
+    );
+    assert_same_rows(&again, &memory);
+
+    // Another option (a limit) is another entry; so is a changed file.
+    let mut limited = disk_spec.clone();
+    limited.limit = Some(2);
+    let limited = read_dataset_cached_in(&limited, &cache).unwrap();
+    assert_eq!(limited.len(), 2);
+    assert_ne!(limited.cache.as_ref(), Some(&cache_file));
+    std::fs::write(
+        &second,
+        std::fs::read_to_string(&second).unwrap()
+            + "{\"query\": \"q10\", \"docs\": [\"l\"], \"labels\": [1]}\n",
+    )
+    .unwrap();
+    let changed = read_dataset_cached_in(&disk_spec, &cache).unwrap();
+    assert_eq!(changed.len(), 9);
+    assert_eq!(changed.text(&[8], TextRef::cell(0, 0)), Some("q10"));
+    assert_ne!(changed.cache.as_ref(), Some(&cache_file));
+}
+
+#[test]
+fn disk_storage_of_csv_and_parquet_matches_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let csv = write(
+        dir.path(),
+        "pairs.csv",
+        "\u{feff}query,document,score\r\nq1,\"d, one\",0.5\r\n\r\nq2,\"two\nlines\",1\r\nq3,d3,0\r\nq4,d4,1\r\n",
+    );
+    let parquet = dir.path().join("pairs.parquet");
+    write_parquet(&parquet);
+    for files in [vec![csv], vec![parquet]] {
+        let memory =
+            read_dataset_cached_in(&with_storage(files.clone(), Storage::Memory), &cache).unwrap();
+        let disk = read_dataset_cached_in(&with_storage(files, Storage::Disk), &cache).unwrap();
+        assert!(disk.cache.is_some());
+        assert_same_rows(&disk, &memory);
+    }
+}
+
+#[test]
+fn disk_storage_errors_name_the_row_and_leave_no_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let path = write(
+        dir.path(),
+        "train.jsonl",
+        "{\"query\": \"q1\", \"document\": \"d1\", \"label\": 1}\n\
+         {\"query\": \"q2\", \"document\": \"d2\", \"label\": 0}\n\
+         {\"query\": \"q3\", \"document\": \"d3\", \"label\": 1}\n\
+         {\"query\": \"q4\", \"document\": \"d4\", \"label\": 0}\n\
+         {\"query\": \"q5\", \"document\": 7, \"label\": 0}\n",
+    );
+    let memory = read_dataset_cached_in(&with_storage(vec![path.clone()], Storage::Memory), &cache)
+        .unwrap_err()
+        .to_string();
+    let disk = read_dataset_cached_in(&with_storage(vec![path.clone()], Storage::Disk), &cache)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(disk, memory);
+    assert!(
+        disk.contains("train.jsonl:line 5: column \"document\""),
+        "{disk}"
+    );
+    // A chunk was written before the bad row; its partial file is gone.
+    assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 0);
+
+    // Invalid UTF-8 ends the file whatever `skip_invalid_rows` says, as in memory.
+    std::fs::write(
+        &path,
+        b"{\"query\": \"q1\", \"document\": \"d\xff\", \"label\": 1}\n",
+    )
+    .unwrap();
+    let mut spec = with_storage(vec![path], Storage::Disk);
+    spec.skip_invalid_rows = true;
+    let error = read_dataset_cached_in(&spec, &cache)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("invalid UTF-8 on line 1 (byte 31 of the line)"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_damaged_cache_entry_is_converted_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let path = write(
+        dir.path(),
+        "train.jsonl",
+        "{\"query\": \"q1\", \"document\": \"d1\", \"label\": 1}\n\
+         {\"query\": \"q2\", \"document\": \"d2\", \"label\": 0}\n",
+    );
+    let spec = with_storage(vec![path], Storage::Disk);
+    let first = read_dataset_cached_in(&spec, &cache).unwrap();
+    let entry = first.cache.clone().unwrap();
+    drop(first);
+    let bytes = std::fs::read(&entry).unwrap();
+    std::fs::write(&entry, &bytes[..bytes.len() / 2]).unwrap();
+    // A conversion killed mid-write left its partial file; the next conversion removes it.
+    let name = entry.file_name().unwrap().to_string_lossy().into_owned();
+    let stale = cache.join(format!(".{name}.partial-4294967295"));
+    std::fs::write(&stale, b"half").unwrap();
+    let again = read_dataset_cached_in(&spec, &cache).unwrap();
+    assert!(!stale.exists());
+    assert_eq!(again.len(), 2);
+    assert_eq!(again.text(&[1], TextRef::cell(1, 0)), Some("d2"));
+    assert_eq!(std::fs::read(&entry).unwrap(), bytes);
+}
+
+#[test]
+fn auto_storage_keeps_small_files_in_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "a.jsonl",
+        "{\"query\": \"q\", \"document\": \"d\"}\n",
+    );
+    let dataset = read_dataset_cached_in(
+        &with_storage(vec![path], Storage::Auto),
+        &dir.path().join("cache"),
+    )
+    .unwrap();
+    assert_eq!(dataset.cache, None);
+    assert!(!dir.path().join("cache").exists());
 }

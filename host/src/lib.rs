@@ -8,6 +8,7 @@
 pub mod card;
 pub mod cite;
 pub mod data;
+pub mod distributed;
 pub mod eval;
 pub mod fsutil;
 pub mod mine;

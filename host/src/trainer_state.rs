@@ -121,8 +121,12 @@ pub struct TrainerState {
     pub epoch: usize,
     /// Batches of that epoch already consumed.
     pub batch_in_epoch: usize,
-    /// Position of the dropout stream.
+    /// Position of the dropout stream (rank 0's in a job of several ranks).
     pub dropout_state: Option<u64>,
+    /// Every rank's dropout stream position, in rank order, when the run has several ranks
+    /// (each draws its own masks).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rank_dropout_states: Vec<Option<u64>>,
     /// Sums since the last log.
     pub since_log: LossSums,
     /// Sums over the whole run.
@@ -153,6 +157,14 @@ impl TrainerState {
             return self.epoch as f64;
         }
         self.epoch as f64 + self.batch_in_epoch as f64 / self.batches_per_epoch as f64
+    }
+
+    /// The dropout stream position of `rank` to resume from.
+    pub fn dropout_state_of(&self, rank: usize) -> Option<u64> {
+        match self.rank_dropout_states.get(rank) {
+            Some(state) => *state,
+            None => self.dropout_state,
+        }
     }
 
     /// Reads a state file.

@@ -304,8 +304,17 @@ pub fn render(
     }
     let _ = writeln!(
         md,
-        "\n### Training Time\n- **Training**: {:.1} seconds ({} optimiser steps, {} pairs scored)",
-        state.train_seconds, state.global_step, state.pairs_seen
+        "\n### Training Time\n- **Training**: {:.1} seconds ({} optimiser steps, {} pairs scored{})",
+        state.train_seconds,
+        state.global_step,
+        state.pairs_seen,
+        match args.get("world_size").and_then(Value::as_u64) {
+            Some(ranks) if ranks > 1 => format!(
+                "; data-parallel on {ranks} ranks, each with per_device_train_batch_size rows \
+                 of every batch, gradients averaged"
+            ),
+            _ => String::new(),
+        }
     );
     if let Some(onnx) = &state.onnx {
         md.push_str("\n### ONNX\n");
@@ -397,7 +406,9 @@ fn hyperparameters(args: &Value, defaults: &Map<String, Value>) -> (Settings, Se
                 Value::Null => "None".to_string(),
                 other => other.to_string(),
             };
-            if defaults.get(key) != Some(value) {
+            // One process is the default of a setting the recipe does not hold.
+            let single_process = key == "world_size" && value.as_u64() == Some(1);
+            if defaults.get(key) != Some(value) && !single_process {
                 changed.push((key.clone(), text.clone()));
             }
             all.push((key.clone(), text));

@@ -329,6 +329,7 @@ pub fn run(args: TrainArgs, registry: &LossRegistry, out: &mut String) -> anyhow
         return Ok(ExitCode::SUCCESS);
     }
     let config = build_config(&args)?;
+    let world = crosstrain::distributed::World::from_launcher().map_err(anyhow::Error::msg)?;
     let options = RunOptions {
         overwrite: args.overwrite,
         resume: args.resume.clone(),
@@ -336,8 +337,31 @@ pub fn run(args: TrainArgs, registry: &LossRegistry, out: &mut String) -> anyhow
         other_inputs: args.config.iter().cloned().collect(),
         allowed_changes: args.allow_change.clone(),
         stop_signal: Some(super::signals::install()),
+        world: world.clone(),
     };
-    let report = train(&config, registry, &options)?;
+    let report = match train(&config, registry, &options) {
+        Ok(report) => report,
+        // One rank's error ends the whole job (the others would wait for it forever at the
+        // next collective); the message says which rank.
+        // A check every rank made alike (another rank's inputs differ): each rank ends on
+        // its own, rank 0 saying why.
+        Err(error @ crosstrain::train::TrainError::RankMismatch { .. }) => {
+            if world.is_main() {
+                return Err(error.into());
+            }
+            return Ok(ExitCode::FAILURE);
+        }
+        Err(error) if world.is_distributed() => {
+            eprintln!(
+                "error: rank {} of {}: {}",
+                world.rank(),
+                world.size(),
+                super::error_message(&anyhow::Error::new(error))
+            );
+            world.abort(1)
+        }
+        Err(error) => return Err(error.into()),
+    };
     if let Some(signal) = report.interrupted {
         let step = report.state.global_step;
         let message = match &report.last_checkpoint {
@@ -353,8 +377,14 @@ pub fn run(args: TrainArgs, registry: &LossRegistry, out: &mut String) -> anyhow
                 super::signals::name(signal)
             ),
         };
-        eprintln!("{message}");
+        if world.is_main() {
+            eprintln!("{message}");
+        }
         return Ok(ExitCode::from((128 + signal).clamp(0, 255) as u8));
+    }
+    if !world.is_main() {
+        // Rank 0 reports for the job.
+        return Ok(ExitCode::SUCCESS);
     }
     let state = &report.state;
     let seconds = state.train_seconds;

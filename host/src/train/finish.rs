@@ -31,6 +31,13 @@ impl Run<'_> {
             }
         }
         self.state.dropout_state = self.model.dropout().snapshot();
+        // Every rank takes part in this gather; then only rank 0 writes.
+        self.state.rank_dropout_states =
+            world::gather_dropout_states(&self.world, self.state.dropout_state);
+        if !self.world.is_main() {
+            self.last_checkpoint = Some(target);
+            return Ok(());
+        }
         let state_json =
             serde_json::to_string_pretty(&self.state).map_err(|e| io_error(&target, e))?;
         let optimizer_tensors: std::collections::HashMap<String, Tensor> =
@@ -42,7 +49,7 @@ impl Run<'_> {
             crosstrain_model::weights::save_tensors(&optimizer_tensors, &optimizer_file)?;
             let state_file = staging.join("trainer_state.json");
             std::fs::write(&state_file, state_json + "\n").map_err(|e| io_error(&state_file, e))?;
-            write_training_args(self.config, staging)
+            write_training_args(self.config, staging, self.world.size())
         })?;
         tracing::info!(step, "wrote {}", target.display());
         self.last_checkpoint = Some(target);
@@ -69,6 +76,10 @@ impl Run<'_> {
     /// Final evaluation, best-model reload, and the output directory.
     pub(super) fn finish(&mut self) -> Result<(), TrainError> {
         let config = self.config;
+        if !self.world.is_main() {
+            // Rank 0 evaluates and writes; the others are done.
+            return Ok(());
+        }
         if self.evaluates() {
             self.evaluate_and_log()?;
         }
@@ -115,7 +126,7 @@ impl Run<'_> {
     pub(super) fn write_final(&mut self, staging: &Path) -> Result<(), TrainError> {
         let config = self.config;
         self.model.write_to(staging)?;
-        write_training_args(config, staging)?;
+        write_training_args(config, staging, self.world.size())?;
         if config.export_onnx {
             let onnx_dir = staging.join("onnx");
             std::fs::create_dir_all(&onnx_dir).map_err(|e| io_error(&onnx_dir, e))?;
@@ -157,7 +168,11 @@ impl Run<'_> {
         let text =
             serde_json::to_string_pretty(&summary).map_err(|e| io_error(&summary_file, e))?;
         std::fs::write(&summary_file, text + "\n").map_err(|e| io_error(&summary_file, e))?;
-        let args = serde_json::to_value(config).map_err(|e| io_error(&summary_file, e))?;
+        let mut args = serde_json::to_value(config).map_err(|e| io_error(&summary_file, e))?;
+        if let Value::Object(map) = &mut args {
+            // As in training_args.json, which `crosstrain card` reads back.
+            map.insert("world_size".into(), json!(self.world.size()));
+        }
         crate::card::write_files(
             staging,
             &args,
@@ -311,7 +326,13 @@ impl Run<'_> {
 }
 
 /// `training_args.json`: the resolved config, as the run used it.
-pub(super) fn write_training_args(config: &TrainConfig, dir: &Path) -> Result<(), TrainError> {
+/// `world_size` is the number of ranks (recorded as transformers' `TrainingArguments` has
+/// it, so a resume can check it).
+pub(super) fn write_training_args(
+    config: &TrainConfig,
+    dir: &Path,
+    world_size: usize,
+) -> Result<(), TrainError> {
     let path = dir.join("training_args.json");
     let mut value = serde_json::to_value(config).map_err(|e| io_error(&path, e))?;
     if let Value::Object(map) = &mut value {
@@ -319,6 +340,7 @@ pub(super) fn write_training_args(config: &TrainConfig, dir: &Path) -> Result<()
             "crosstrain_version".into(),
             json!(env!("CARGO_PKG_VERSION")),
         );
+        map.insert("world_size".into(), json!(world_size));
     }
     let text = serde_json::to_string_pretty(&value).map_err(|e| io_error(&path, e))?;
     std::fs::write(&path, text + "\n").map_err(|e| io_error(&path, e))

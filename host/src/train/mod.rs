@@ -18,6 +18,7 @@ mod output;
 mod resume;
 mod sources;
 mod training_loop;
+mod world;
 
 pub use order::{epoch_batches, epoch_order, length_grouped_order};
 
@@ -107,6 +108,21 @@ pub enum TrainError {
     CheckpointExists {
         /// The directory.
         path: PathBuf,
+    },
+    /// A rank of a distributed job was started with other inputs than rank 0.
+    #[error(
+        "rank {rank} of {ranks} has another {what} than rank 0 ({detail}); every rank must \
+         start with the same recipe, model and data"
+    )]
+    RankMismatch {
+        /// The rank that differs.
+        rank: usize,
+        /// The ranks.
+        ranks: usize,
+        /// `recipe`, `model` or `data`.
+        what: &'static str,
+        /// Which part, when known.
+        detail: String,
     },
     /// A checkpoint cannot be used.
     #[error("checkpoint {path}: {message}")]
@@ -206,6 +222,10 @@ pub struct RunOptions {
     /// looks after every optimizer step: it writes a checkpoint and returns
     /// [`TrainReport::interrupted`]. The library installs no handler; the binary does.
     pub stop_signal: Option<&'static std::sync::atomic::AtomicI32>,
+    /// The ranks of a data-parallel job (a world of one unless launched by MPI): each takes
+    /// its share of every global batch, gradients are averaged across ranks, and rank 0
+    /// alone writes the output.
+    pub world: crate::distributed::World,
 }
 
 impl std::fmt::Debug for RunOptions {
@@ -313,6 +333,10 @@ struct Run<'a> {
     last_metrics: BTreeMap<String, f64>,
     times: PhaseTimes,
     optimizer_seconds: f64,
+    /// The job's ranks (a world of one unless launched by MPI).
+    world: crate::distributed::World,
+    /// Rows of a global batch: `batch_size` for each rank.
+    batch_size: usize,
 }
 
 /// Trains as `config` says. See [`RunOptions`] for resuming and overwriting.
@@ -322,10 +346,14 @@ pub fn train(
     options: &RunOptions,
 ) -> Result<TrainReport, TrainError> {
     let started = std::time::Instant::now();
+    let world = &options.world;
     let output = config.output.clone();
     output::check_output_holds_no_input(&output, &run_inputs(config, registry, options))?;
     let mut replace_previous = false;
     let resume_from = match &options.resume {
+        // Only rank 0 writes the output, so only rank 0 decides about an existing one (the
+        // others would see it half moved aside).
+        None if !world.is_main() => None,
         None => {
             if is_non_empty_dir(&output) {
                 if !options.overwrite {
@@ -349,6 +377,7 @@ pub fn train(
     };
     if let Some(checkpoint) = &resume_from {
         resume::check_unchanged(config, checkpoint, &options.allowed_changes)?;
+        resume::check_world_size(checkpoint, world.size())?;
     }
 
     let plugin_versions: Vec<(String, String)> = registry
@@ -377,9 +406,13 @@ pub fn train(
         .map(load_evaluator)
         .collect::<Result<Vec<_>, _>>()?;
 
+    world::check_same_job(world, config, &model, &train_sources, &eval_sources)?;
+
     // The sampler's length, as the reference's trainer counts steps from it (which for
-    // group_by_label also checks, before any work, that the data suits it).
-    let batches_per_epoch = sources::batches_per_epoch(config, &train_sources)?;
+    // group_by_label also checks, before any work, that the data suits it). A global batch
+    // is `batch_size` rows for each rank.
+    let batch_size = config.batch_size * world.size();
+    let batches_per_epoch = sources::batches_per_epoch(config, &train_sources, batch_size)?;
     let updates_per_epoch = batches_per_epoch
         .div_ceil(config.gradient_accumulation_steps)
         .max(1);
@@ -437,7 +470,9 @@ pub fn train(
                         path: optimizer_file.clone(),
                         source,
                     })?;
-                model.dropout().restore(state.dropout_state);
+                model
+                    .dropout()
+                    .restore(state.dropout_state_of(world.rank()));
                 tracing::info!(
                     step = state.global_step,
                     "resuming from {}",
@@ -446,7 +481,10 @@ pub fn train(
                 state
             }
             None => {
-                model.dropout().train(derive_seed(config.seed, DROPOUT, 0));
+                // Each rank draws its own masks (rank 0 the single-process stream).
+                model
+                    .dropout()
+                    .train(derive_seed(config.seed, DROPOUT, world.rank() as u64));
                 TrainerState {
                     global_step: 0,
                     max_steps,
@@ -455,6 +493,7 @@ pub fn train(
                     epoch: 0,
                     batch_in_epoch: 0,
                     dropout_state: None,
+                    rank_dropout_states: Vec::new(),
                     since_log: LossSums::default(),
                     total: LossSums::default(),
                     pairs_seen: 0,
@@ -474,17 +513,30 @@ pub fn train(
     } else {
         None
     };
-    std::fs::create_dir_all(&output).map_err(|e| io_error(&output, e))?;
-    output::remove_stale_partials(&output)?;
     let metrics_log = output.join("metrics.jsonl");
-    // The log mirrors the state's history, so a resumed run's log has no lines from after
-    // its checkpoint.
-    let mut lines = String::new();
-    for entry in &state.log_history {
-        lines.push_str(&serde_json::to_string(entry).unwrap_or_default());
-        lines.push('\n');
+    if world.is_main() {
+        std::fs::create_dir_all(&output).map_err(|e| io_error(&output, e))?;
+        output::remove_stale_partials(&output)?;
+        // The log mirrors the state's history, so a resumed run's log has no lines from after
+        // its checkpoint.
+        let mut lines = String::new();
+        for entry in &state.log_history {
+            lines.push_str(&serde_json::to_string(entry).unwrap_or_default());
+            lines.push('\n');
+        }
+        std::fs::write(&metrics_log, lines).map_err(|e| io_error(&metrics_log, e))?;
     }
-    std::fs::write(&metrics_log, lines).map_err(|e| io_error(&metrics_log, e))?;
+    if world.is_distributed() {
+        tracing::info!(
+            rank = world.rank(),
+            ranks = world.size(),
+            "rank {} of {} on {}: {} rows of each global batch of {batch_size}",
+            world.rank(),
+            world.size(),
+            world.engine(),
+            config.batch_size
+        );
+    }
 
     let mut run = Run {
         config,
@@ -503,6 +555,8 @@ pub fn train(
         last_metrics: BTreeMap::new(),
         times: PhaseTimes::default(),
         optimizer_seconds: 0.0,
+        world: world.clone(),
+        batch_size,
     };
     let startup_seconds = started.elapsed().as_secs_f64();
     let ended = run

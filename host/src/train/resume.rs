@@ -103,6 +103,30 @@ pub(super) fn check_unchanged(
     }
 }
 
+/// Refuses a checkpoint written by a job of another number of ranks: its global batches, and
+/// so its step count and position in the epoch, were of another size. A checkpoint without
+/// the figure was written by one process.
+pub(super) fn check_world_size(checkpoint: &Path, world_size: usize) -> Result<(), TrainError> {
+    let args_file = checkpoint.join("training_args.json");
+    let saved = std::fs::read_to_string(&args_file)
+        .ok()
+        .and_then(|text| serde_json::from_str::<Value>(&text).ok())
+        .and_then(|args| args.get("world_size").and_then(Value::as_u64))
+        .unwrap_or(1) as usize;
+    if saved == world_size {
+        return Ok(());
+    }
+    Err(TrainError::Checkpoint {
+        path: checkpoint.to_path_buf(),
+        message: format!(
+            "it was written by a job of {saved} rank{} and this one has {world_size}; resume \
+             with `mpirun -np {saved}` (a global batch is per_device_train_batch_size rows \
+             for each rank)",
+            if saved == 1 { "" } else { "s" }
+        ),
+    })
+}
+
 /// A setting as compared: file paths resolved, so `./model` and `/abs/model` are one model.
 fn normalized(key: &str, value: Option<&Value>) -> Value {
     let resolve = |path: &str| {

@@ -192,6 +192,7 @@ fn per_source_batches(
     config: &TrainConfig,
     sources: &[TrainSource],
     epoch: usize,
+    batch_size: usize,
 ) -> Result<Vec<Vec<Vec<usize>>>, TrainError> {
     sources
         .iter()
@@ -202,7 +203,7 @@ fn per_source_batches(
                 source.row_lengths.as_deref(),
                 source.seed,
                 epoch,
-                config.batch_size,
+                batch_size,
             )
             .map_err(TrainError::from)
         })
@@ -211,7 +212,11 @@ fn per_source_batches(
 
 /// The length of a dataset's batch sampler, as the reference's trainer counts it: rows /
 /// batch size, or the label stream's batches for `group_by_label`.
-fn sampler_len(config: &TrainConfig, source: &TrainSource) -> Result<usize, TrainError> {
+fn sampler_len(
+    config: &TrainConfig,
+    source: &TrainSource,
+    batch_size: usize,
+) -> Result<usize, TrainError> {
     Ok(match config.batch_sampler {
         config::BatchSampler::GroupByLabel => epoch_batches(
             config.batch_sampler,
@@ -219,23 +224,24 @@ fn sampler_len(config: &TrainConfig, source: &TrainSource) -> Result<usize, Trai
             None,
             source.seed,
             0,
-            config.batch_size,
+            batch_size,
         )?
         .len(),
-        _ => source.dataset.len().div_ceil(config.batch_size),
+        _ => source.dataset.len().div_ceil(batch_size),
     })
 }
 
 /// Batches per epoch, as the reference's trainer counts them: the sum of the datasets'
 /// sampler lengths (proportional) or the smallest times the number of datasets (round
-/// robin).
+/// robin). `batch_size` is the global batch's (every rank's rows).
 pub(super) fn batches_per_epoch(
     config: &TrainConfig,
     sources: &[TrainSource],
+    batch_size: usize,
 ) -> Result<usize, TrainError> {
     let lengths = sources
         .iter()
-        .map(|s| sampler_len(config, s))
+        .map(|s| sampler_len(config, s, batch_size))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(match config.multi_dataset_batch_sampler {
         _ if lengths.len() == 1 => lengths[0],
@@ -246,13 +252,14 @@ pub(super) fn batches_per_epoch(
     })
 }
 
-/// The batches of epoch `epoch`, in the order they are trained.
+/// The global batches of epoch `epoch`, in the order they are trained.
 pub(super) fn epoch_plan(
     config: &TrainConfig,
     sources: &[TrainSource],
     epoch: usize,
+    batch_size: usize,
 ) -> Result<Vec<PlannedBatch>, TrainError> {
-    let per_source = per_source_batches(config, sources, epoch)?;
+    let per_source = per_source_batches(config, sources, epoch, batch_size)?;
     if per_source.len() == 1 {
         let batches = per_source.into_iter().next().unwrap_or_default();
         return Ok(batches.into_iter().map(|rows| (0, rows)).collect());

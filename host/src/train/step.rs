@@ -77,7 +77,7 @@ impl std::ops::AddAssign for PhaseTimes {
 }
 
 /// The result of one batch.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct BatchOutcome {
     /// The loss value.
     pub loss: f64,

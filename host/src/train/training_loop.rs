@@ -35,10 +35,10 @@ impl Run<'_> {
         let seconds_before = self.state.train_seconds;
         let pairs_before = self.state.pairs_seen;
         let mut micro = 0usize;
-        if config.eval_on_start && self.state.global_step == 0 {
+        if config.eval_on_start && self.state.global_step == 0 && self.world.is_main() {
             self.evaluate_and_log()?;
         }
-        if let Some(signal) = stop_requested() {
+        if let Some(signal) = world::agreed_signal(&self.world, stop_requested()) {
             // Before the first step of this run: nothing new to keep.
             report(TrainProgress::Stopped {
                 step: self.state.global_step,
@@ -46,7 +46,8 @@ impl Run<'_> {
             return Ok(LoopEnd::Interrupted(signal));
         }
         while self.state.global_step < self.state.max_steps {
-            let batches = sources::epoch_plan(config, &self.sources, self.state.epoch)?;
+            let batches =
+                sources::epoch_plan(config, &self.sources, self.state.epoch, self.batch_size)?;
             if batches.is_empty() {
                 break;
             }
@@ -56,46 +57,71 @@ impl Run<'_> {
                 && self.state.global_step < self.state.max_steps
             {
                 let batch_index = self.state.batch_in_epoch;
-                let (source_index, rows) = &batches[batch_index];
+                let (source_index, global_rows) = &batches[batch_index];
                 let source = &self.sources[*source_index];
-                let rows = rows.as_slice();
+                // This rank's share of the global batch, and its weight in the batch's loss
+                // and gradient (the whole batch in a world of one).
+                let rows = self.world.share(global_rows);
+                let weight = rows.len() as f64 / global_rows.len().max(1) as f64;
                 let step = self.state.global_step + 1;
                 let plan_seed = derive_seed(
                     config.seed,
                     PLAN,
                     (self.state.epoch * self.state.batches_per_epoch + batch_index) as u64,
                 );
-                let outcome = accumulate_batch(
-                    &self.model,
-                    &self.vars,
-                    &source.loss,
-                    &source.dataset,
-                    rows,
-                    plan_seed,
-                    config.mini_batch_size,
-                    scale,
-                    &mut grads,
-                );
+                let outcome = if rows.is_empty() {
+                    // A short last batch left this rank nothing: it adds no gradient.
+                    Ok(step::BatchOutcome::default())
+                } else {
+                    accumulate_batch(
+                        &self.model,
+                        &self.vars,
+                        &source.loss,
+                        &source.dataset,
+                        rows,
+                        plan_seed,
+                        config.mini_batch_size,
+                        scale * weight,
+                        &mut grads,
+                    )
+                };
                 let outcome = match outcome {
                     Ok(outcome) => outcome,
+                    // With several ranks, a non-finite logit travels as the rank's loss, so
+                    // that every rank stops at this step with the same error.
+                    Err(StepError::NonFiniteLogit { value }) if self.world.is_distributed() => {
+                        step::BatchOutcome {
+                            loss: f64::from(value),
+                            ..step::BatchOutcome::default()
+                        }
+                    }
                     Err(StepError::NonFiniteLogit { value }) => {
                         return Err(self.non_finite(step, batch_index, f64::from(value)))
                     }
                     Err(source) => return Err(TrainError::Step { step, source }),
                 };
-                if !outcome.loss.is_finite() {
-                    return Err(self.non_finite(step, batch_index, outcome.loss));
-                }
                 self.times += outcome.times;
+                let figures = world::sum_batch_figures(
+                    &self.world,
+                    world::BatchFigures {
+                        loss: outcome.loss,
+                        components: outcome.components,
+                        pairs: outcome.pairs,
+                    },
+                    weight,
+                );
+                if !figures.loss.is_finite() {
+                    return Err(self.non_finite(step, batch_index, figures.loss));
+                }
                 // Several named datasets: each one's loss is logged too.
                 let dataset_name = config.train.named.then_some(source.name.as_str());
                 self.state
                     .since_log
-                    .add(outcome.loss, &outcome.components, dataset_name);
+                    .add(figures.loss, &figures.components, dataset_name);
                 self.state
                     .total
-                    .add(outcome.loss, &outcome.components, dataset_name);
-                self.state.pairs_seen += outcome.pairs;
+                    .add(figures.loss, &figures.components, dataset_name);
+                self.state.pairs_seen += figures.pairs;
                 self.state.batch_in_epoch += 1;
                 micro += 1;
                 let epoch_done = self.state.batch_in_epoch == batches.len();
@@ -114,6 +140,7 @@ impl Run<'_> {
                     self.state.max_steps,
                 );
                 let mut step_grads = grads.take();
+                world::sum_gradients(&self.world, &self.vars, &mut step_grads)?;
                 let grad_norm = clip_grad_norm(&mut step_grads, config.max_grad_norm)?;
                 self.optimizer.step(&step_grads, lr)?;
                 self.optimizer_seconds += optimizer_started.elapsed().as_secs_f64();
@@ -125,7 +152,7 @@ impl Run<'_> {
                 self.state.train_seconds = seconds_before + started.elapsed().as_secs_f64();
                 report(TrainProgress::Step {
                     step: self.state.global_step,
-                    loss: outcome.loss,
+                    loss: figures.loss,
                     learning_rate: lr,
                     pairs_per_second: (self.state.pairs_seen - pairs_before) as f64
                         / started.elapsed().as_secs_f64().max(1e-9),
@@ -149,11 +176,11 @@ impl Run<'_> {
                     }
                 }
                 let evaluated = config.evaluates_after(global_step, epoch_done) && !last;
-                if evaluated {
+                if evaluated && self.world.is_main() {
                     self.evaluate_and_log()?;
                 }
                 let stop_here = config.stop_at_step == Some(global_step) && !last;
-                let signal = stop_requested();
+                let signal = world::agreed_signal(&self.world, stop_requested());
                 if (config.saves_after(global_step, epoch_done) && !last)
                     || stop_here
                     || signal.is_some()
@@ -194,6 +221,10 @@ impl Run<'_> {
 
     pub(super) fn log(&mut self, entry: LogEntry) -> Result<(), TrainError> {
         let line = serde_json::to_string(&entry).map_err(|e| io_error(&self.metrics_log, e))?;
+        self.state.log_history.push(entry);
+        if !self.world.is_main() {
+            return Ok(());
+        }
         tracing::info!(target: "crosstrain::train", "{line}");
         use std::io::Write as _;
         let mut file = std::fs::OpenOptions::new()
@@ -202,7 +233,6 @@ impl Run<'_> {
             .open(&self.metrics_log)
             .map_err(|e| io_error(&self.metrics_log, e))?;
         writeln!(file, "{line}").map_err(|e| io_error(&self.metrics_log, e))?;
-        self.state.log_history.push(entry);
         Ok(())
     }
 }

@@ -235,13 +235,14 @@ fn remove_stale_partials(dir: &Path, file_name: &str) {
             continue;
         }
         match crate::fsutil::staging_owner(&name) {
-            Some(pid) if !crate::fsutil::is_running(pid) => {
-                if std::fs::remove_file(entry.path()).is_ok() {
-                    tracing::info!(
-                        "removed {}, left by an interrupted conversion",
-                        entry.path().display()
-                    );
-                }
+            Some(pid)
+                if !crate::fsutil::is_running(pid)
+                    && std::fs::remove_file(entry.path()).is_ok() =>
+            {
+                tracing::info!(
+                    "removed {}, left by an interrupted conversion",
+                    entry.path().display()
+                );
             }
             _ => {}
         }

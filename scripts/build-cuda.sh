@@ -12,6 +12,9 @@
 #
 #   CUDA_VERSION  the GPU machine's CUDA version, as `nvidia-smi` prints it (default 13.0)
 #   CUDA_COMPUTE_CAP  the GPU's compute capability without the dot (default 90: H100/H200)
+#   FEATURES  cargo features (default cuda); `cuda,nccl` adds data-parallel training across
+#             GPUs (NCCL, ranks launched by MPI: needs mpicc and libclang, and stands in for
+#             libnccl.so.2 as for the other CUDA libraries)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,14 +41,16 @@ cuda_root=$("$venv/bin/python" -c "import os, nvidia; print(os.path.join(nvidia.
 # and binds their symbols at start-up on the GPU machine.
 stubs=$PWD/target/cuda/stubs
 mkdir -p "$stubs"
+features=${FEATURES:-cuda}
 sonames=("cuda:1" "nvrtc:$major" "curand:10" "cublas:$major" "cublasLt:$major")
+case ",$features," in *,nccl,*) sonames+=("nccl:2") ;; esac
 make_stubs() {  # $1: file of undefined symbols (empty on the first pass)
     for entry in "${sonames[@]}"; do
         name=${entry%%:*}
         : > "$stubs/$name.c"
         while read -r symbol; do
             case "$name:$symbol" in
-                cuda:cu[A-Z]* | nvrtc:nvrtc* | curand:curand* | cublasLt:cublasLt*) ;;
+                cuda:cu[A-Z]* | nvrtc:nvrtc* | curand:curand* | cublasLt:cublasLt* | nccl:nccl*) ;;
                 cublas:cublasLt*) continue ;;
                 cublas:cublas*) ;;
                 *) continue ;;
@@ -63,11 +68,11 @@ make_stubs "$stubs/undefined.txt"
 
 export PATH="$cuda_root/bin:$PATH" CUDA_PATH="$cuda_root" CUDA_ROOT="$cuda_root"
 export RUSTFLAGS="-L native=$stubs -C link-arg=-Wl,--unresolved-symbols=ignore-in-object-files"
-CARGO_TARGET_DIR=target/cuda cargo build --release -p crosstrain --features cuda
+CARGO_TARGET_DIR=target/cuda cargo build --release -p crosstrain --features "$features"
 nm -D --undefined-only target/cuda/release/crosstrain | awk '{print $2}' | sed 's/@.*//' \
     | sort -u > "$stubs/undefined.txt"
 make_stubs "$stubs/undefined.txt"
 touch host/src/main.rs
-CARGO_TARGET_DIR=target/cuda cargo build --release -p crosstrain --features cuda
+CARGO_TARGET_DIR=target/cuda cargo build --release -p crosstrain --features "$features"
 readelf -d target/cuda/release/crosstrain | grep NEEDED
 ls -l target/cuda/release/crosstrain

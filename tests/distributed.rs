@@ -6,29 +6,12 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::{crosstrain, fixture, stderr, stdout};
-
-/// The tiny model with dropout off, so that runs compare exactly (trajectories.json's way).
-fn model_without_dropout(dir: &Path) -> PathBuf {
-    let target = dir.join("model");
-    std::fs::create_dir_all(&target).unwrap();
-    for entry in std::fs::read_dir(fixture("models/tiny-bert-ce")).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), target.join(entry.file_name())).unwrap();
-    }
-    let config_file = target.join("config.json");
-    let mut config: Value =
-        serde_json::from_str(&std::fs::read_to_string(&config_file).unwrap()).unwrap();
-    config["hidden_dropout_prob"] = json!(0.0);
-    config["attention_probs_dropout_prob"] = json!(0.0);
-    std::fs::write(&config_file, config.to_string()).unwrap();
-    target
-}
+use support::{crosstrain, stderr, stdout};
 
 /// 32 labeled pairs of varied lengths (so the two ranks pad their halves differently).
 fn write_pairs(path: &Path, seed: usize) {
@@ -121,7 +104,7 @@ fn assert_ok(output: &Output) {
 #[test]
 fn two_ranks_of_eight_train_as_one_process_of_sixteen() {
     let dir = tempfile::tempdir().unwrap();
-    let model = model_without_dropout(dir.path());
+    let model = support::tiny_model_without_dropout(dir.path());
     let data = dir.path().join("train.jsonl");
     write_pairs(&data, 0);
     let one = dir.path().join("one");
@@ -227,7 +210,7 @@ fn rank_pid(launcher: u32, rank: usize) -> Option<u32> {
 #[test]
 fn a_killed_rank_ends_the_job_and_resume_continues_it() {
     let dir = tempfile::tempdir().unwrap();
-    let model = model_without_dropout(dir.path());
+    let model = support::tiny_model_without_dropout(dir.path());
     let data = dir.path().join("train.jsonl");
     write_pairs(&data, 1);
     let full = dir.path().join("full");
@@ -295,7 +278,7 @@ fn a_killed_rank_ends_the_job_and_resume_continues_it() {
 #[test]
 fn a_rank_started_on_other_data_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let model = model_without_dropout(dir.path());
+    let model = support::tiny_model_without_dropout(dir.path());
     // The same recipe (`--train train.jsonl`) in two working directories whose files differ.
     for (name, seed) in [("a", 0), ("b", 1)] {
         std::fs::create_dir_all(dir.path().join(name)).unwrap();

@@ -112,3 +112,21 @@ pub fn train_cli(config: &Path, output: &Path, more: &[&str]) -> Output {
     args.extend_from_slice(more);
     run(&args)
 }
+
+/// A copy of the tiny BERT fixture with dropout off in `dir/tiny-no-dropout`, so that runs
+/// compare exactly (trajectories.json's way).
+pub fn tiny_model_without_dropout(dir: &Path) -> PathBuf {
+    let target = dir.join("tiny-no-dropout");
+    std::fs::create_dir_all(&target).unwrap();
+    for entry in std::fs::read_dir(fixture("models/tiny-bert-ce")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), target.join(entry.file_name())).unwrap();
+    }
+    let config_file = target.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_file).unwrap()).unwrap();
+    config["hidden_dropout_prob"] = serde_json::json!(0.0);
+    config["attention_probs_dropout_prob"] = serde_json::json!(0.0);
+    std::fs::write(&config_file, config.to_string()).unwrap();
+    target
+}

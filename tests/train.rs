@@ -123,27 +123,13 @@ fn losses_of(output: &Path) -> Vec<f64> {
 
 /// A copy of the tiny model without dropout, so that the loss curve of a repeated batch is
 /// smooth enough to test.
-fn tiny_model_without_dropout(dir: &Path) -> String {
-    let target = dir.join("tiny-no-dropout");
-    std::fs::create_dir_all(&target).unwrap();
-    for entry in std::fs::read_dir(fixture("models/tiny-bert-ce")).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), target.join(entry.file_name())).unwrap();
-    }
-    let config_file = target.join("config.json");
-    let mut config: Value =
-        serde_json::from_str(&std::fs::read_to_string(&config_file).unwrap()).unwrap();
-    config["hidden_dropout_prob"] = json!(0.0);
-    config["attention_probs_dropout_prob"] = json!(0.0);
-    std::fs::write(&config_file, config.to_string()).unwrap();
-    target.display().to_string()
-}
-
 fn assert_learns(family: &str, loss: &str, loss_config: Value) {
     let dir = tempfile::tempdir().unwrap();
     write_jsonl(&dir.path().join("train.jsonl"), &family_rows(family));
     let rows = family_rows(family).len();
-    let model = tiny_model_without_dropout(dir.path());
+    let model = support::tiny_model_without_dropout(dir.path())
+        .display()
+        .to_string();
     let config = config(
         dir.path(),
         &model,

@@ -11,6 +11,8 @@ use std::rc::Rc;
 
 #[cfg(feature = "mpi")]
 mod mpi_world;
+#[cfg(feature = "nccl")]
+mod nccl;
 
 /// Gradients are all-reduced in buckets of this many `f32`s (25 MiB, DDP's default
 /// `bucket_cap_mb`): few enough calls for the latency not to matter, small enough that the
@@ -179,6 +181,51 @@ impl World {
     pub fn abort(&self, code: i32) -> ! {
         self.0.abort(code)
     }
+}
+
+/// Sums of tensors across ranks on the GPU (NCCL), for ranks that train on CUDA devices in a
+/// build with the `nccl` feature; elsewhere there is none and gradients go through MPI.
+pub struct DeviceSum {
+    #[cfg(feature = "nccl")]
+    comm: nccl::NcclComm,
+    #[cfg(not(feature = "nccl"))]
+    never: std::convert::Infallible,
+}
+
+impl DeviceSum {
+    /// The device sum for ranks on `device`, set up by every rank at the same point; `None`
+    /// for a world of one, a CPU device, or a build without NCCL.
+    pub fn for_device(world: &World, device: &candle_core::Device) -> Result<Option<Self>, String> {
+        #[cfg(feature = "nccl")]
+        if world.is_distributed() && device.is_cuda() {
+            return nccl::NcclComm::new(world, device).map(|comm| Some(Self { comm }));
+        }
+        let _ = (world, device);
+        Ok(None)
+    }
+
+    /// `bucket` (1-D, f32, on this rank's GPU) summed across ranks.
+    pub fn sum(&self, bucket: &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> {
+        #[cfg(feature = "nccl")]
+        return self.comm.sum(bucket);
+        #[cfg(not(feature = "nccl"))]
+        {
+            let _ = bucket;
+            match self.never {}
+        }
+    }
+}
+
+/// This process's rank among the ranks on its machine, as the launcher says (Open MPI,
+/// MPICH/Intel MPI, Slurm): which GPU a bare `--device cuda` means on a multi-GPU machine.
+pub fn local_rank() -> Option<usize> {
+    [
+        "OMPI_COMM_WORLD_LOCAL_RANK",
+        "MPI_LOCALRANKID",
+        "SLURM_LOCALID",
+    ]
+    .iter()
+    .find_map(|name| std::env::var(name).ok()?.parse().ok())
 }
 
 /// The number of processes an MPI launcher (Open MPI's `mpirun`, MPICH's or Intel's

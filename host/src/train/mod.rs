@@ -109,6 +109,12 @@ pub enum TrainError {
         /// The directory.
         path: PathBuf,
     },
+    /// The ranks could not set up their communication.
+    #[error("distributed training: {message}")]
+    Distributed {
+        /// What failed.
+        message: String,
+    },
     /// A rank of a distributed job was started with other inputs than rank 0.
     #[error(
         "rank {rank} of {ranks} has another {what} than rank 0 ({detail}); every rank must \
@@ -335,8 +341,20 @@ struct Run<'a> {
     optimizer_seconds: f64,
     /// The job's ranks (a world of one unless launched by MPI).
     world: crate::distributed::World,
+    /// Gradient sums on the GPU (NCCL), when the ranks train on CUDA devices.
+    device_sum: Option<crate::distributed::DeviceSum>,
     /// Rows of a global batch: `batch_size` for each rank.
     batch_size: usize,
+}
+
+/// The device a rank trains on: a bare `cuda` in a job of several ranks is the GPU of the
+/// rank's place on its machine (`cuda:LOCAL_RANK`), so that `mpirun -np 8` on an 8-GPU machine
+/// uses all eight.
+fn rank_device(device: &str, world: &crate::distributed::World) -> String {
+    match crate::distributed::local_rank() {
+        Some(local) if device == "cuda" && world.is_distributed() => format!("cuda:{local}"),
+        _ => device.to_string(),
+    }
 }
 
 /// Trains as `config` says. See [`RunOptions`] for resuming and overwriting.
@@ -390,7 +408,7 @@ pub fn train(
         num_labels: config.num_labels,
         seed: config.seed,
         from_scratch: config.from_scratch && resume_from.is_none(),
-        device: crosstrain_model::parse_device(&config.device)?,
+        device: crosstrain_model::parse_device(&rank_device(&config.device, world))?,
         ..LoadOptions::default()
     };
     let model = match &resume_from {
@@ -407,6 +425,8 @@ pub fn train(
         .collect::<Result<Vec<_>, _>>()?;
 
     world::check_same_job(world, config, &model, &train_sources, &eval_sources)?;
+    let device_sum = crate::distributed::DeviceSum::for_device(world, model.device())
+        .map_err(|message| TrainError::Distributed { message })?;
 
     // The sampler's length, as the reference's trainer counts steps from it (which for
     // group_by_label also checks, before any work, that the data suits it). A global batch
@@ -556,6 +576,7 @@ pub fn train(
         times: PhaseTimes::default(),
         optimizer_seconds: 0.0,
         world: world.clone(),
+        device_sum,
         batch_size,
     };
     let startup_seconds = started.elapsed().as_secs_f64();

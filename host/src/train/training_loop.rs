@@ -140,7 +140,12 @@ impl Run<'_> {
                     self.state.max_steps,
                 );
                 let mut step_grads = grads.take();
-                world::sum_gradients(&self.world, &self.vars, &mut step_grads)?;
+                world::sum_gradients(
+                    &self.world,
+                    self.device_sum.as_ref(),
+                    &self.vars,
+                    &mut step_grads,
+                )?;
                 let grad_norm = clip_grad_norm(&mut step_grads, config.max_grad_norm)?;
                 self.optimizer.step(&step_grads, lr)?;
                 self.optimizer_seconds += optimizer_started.elapsed().as_secs_f64();

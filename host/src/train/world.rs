@@ -137,6 +137,7 @@ fn dataset_digest(name: &str, dataset: &Dataset) -> [u8; 32] {
 /// where it had none), so all ranks take the same optimizer step.
 pub(super) fn sum_gradients(
     world: &World,
+    device_sum: Option<&crate::distributed::DeviceSum>,
     vars: &[Var],
     grads: &mut [Option<Tensor>],
 ) -> Result<(), TrainError> {
@@ -148,6 +149,10 @@ pub(super) fn sum_gradients(
         .map(|g| if g.is_some() { 1.0 } else { 0.0 })
         .collect();
     world.max_f64(&mut present);
+    if let Some(device_sum) = device_sum {
+        return sum_gradients_on_device(device_sum, vars, grads, &present)
+            .map_err(|e| TrainError::Model(ModelError::from(e)));
+    }
     let mut flat: Vec<f32> = Vec::new();
     let mut layout = Vec::new();
     for ((slot, var), present) in grads.iter().zip(vars).zip(&present) {
@@ -176,6 +181,55 @@ pub(super) fn sum_gradients(
             .and_then(|t| t.to_dtype(var.dtype()))
             .map_err(ModelError::from)?;
         *slot = Some(summed);
+    }
+    Ok(())
+}
+
+/// [`sum_gradients`] on the GPU: the flattened gradients concatenated into buckets of about
+/// [`crate::distributed::BUCKET_FLOATS`] on the device, each summed by NCCL, and cut back.
+fn sum_gradients_on_device(
+    device_sum: &crate::distributed::DeviceSum,
+    vars: &[Var],
+    grads: &mut [Option<Tensor>],
+    present: &[f64],
+) -> candle_core::Result<()> {
+    let indices: Vec<usize> = (0..grads.len()).filter(|&i| present[i] != 0.0).collect();
+    let mut start = 0;
+    while start < indices.len() {
+        let mut end = start;
+        let mut floats = 0;
+        while end < indices.len()
+            && (end == start
+                || floats + vars[indices[end]].elem_count() <= crate::distributed::BUCKET_FLOATS)
+        {
+            floats += vars[indices[end]].elem_count();
+            end += 1;
+        }
+        let pieces = indices[start..end]
+            .iter()
+            .map(|&i| match &grads[i] {
+                Some(grad) => grad.flatten_all()?.to_dtype(candle_core::DType::F32),
+                None => Tensor::zeros(
+                    vars[i].elem_count(),
+                    candle_core::DType::F32,
+                    vars[i].device(),
+                ),
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let summed = device_sum.sum(&Tensor::cat(&pieces, 0)?)?;
+        let mut offset = 0;
+        for &i in &indices[start..end] {
+            let var = &vars[i];
+            let count = var.elem_count();
+            grads[i] = Some(
+                summed
+                    .narrow(0, offset, count)?
+                    .reshape(var.shape())?
+                    .to_dtype(var.dtype())?,
+            );
+            offset += count;
+        }
+        start = end;
     }
     Ok(())
 }

@@ -311,3 +311,52 @@ fn a_rank_started_on_other_data_is_refused() {
     );
     assert!(!output.join("model.safetensors").exists());
 }
+
+/// Gradient accumulation and gradient caching on two ranks: micro-batches of 4 rows per rank,
+/// two per step, with the pairs scored in chunks of 2, against one process with micro-batches
+/// of 8.
+#[test]
+fn accumulation_and_gradient_caching_on_two_ranks_match_one_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = support::tiny_model_without_dropout(dir.path());
+    let data = dir.path().join("train.jsonl");
+    write_pairs(&data, 2);
+    let (one, two) = (dir.path().join("one"), dir.path().join("two"));
+    let more = [
+        "--epochs",
+        "1",
+        "--gradient-accumulation-steps",
+        "2",
+        "--mini-batch-size",
+        "2",
+    ];
+    assert_ok(
+        &crosstrain()
+            .args(train_args(&model, &data, &one, "8"))
+            .args(more)
+            .output()
+            .unwrap(),
+    );
+    assert_ok(
+        &mpirun()
+            .args(train_args(&model, &data, &two, "4"))
+            .args(more)
+            .output()
+            .unwrap(),
+    );
+    let (a, b) = (losses(&one), losses(&two));
+    assert_eq!(a.len(), 2, "32 rows, micro-batches of 8, two per step");
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x - y).abs() <= 1e-5 * x.abs(), "{x} vs {y}");
+    }
+    let (a, b) = (weights(&one), weights(&two));
+    for (name, values) in &a {
+        if name.ends_with("attention.self.key.bias") {
+            continue;
+        }
+        for (x, y) in values.iter().zip(&b[name]) {
+            assert!((x - y).abs() <= 1e-5, "{name}: {x} vs {y}");
+        }
+    }
+}

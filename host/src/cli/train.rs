@@ -341,8 +341,6 @@ pub fn run(args: TrainArgs, registry: &LossRegistry, out: &mut String) -> anyhow
     };
     let report = match train(&config, registry, &options) {
         Ok(report) => report,
-        // One rank's error ends the whole job (the others would wait for it forever at the
-        // next collective); the message says which rank.
         // A check every rank made alike (another rank's inputs differ): each rank ends on
         // its own, rank 0 saying why.
         Err(error @ crosstrain::train::TrainError::RankMismatch { .. }) => {
@@ -351,6 +349,8 @@ pub fn run(args: TrainArgs, registry: &LossRegistry, out: &mut String) -> anyhow
             }
             return Ok(ExitCode::FAILURE);
         }
+        // Any other error ends the whole job (the other ranks would wait for this one forever
+        // at the next collective); the message says which rank.
         Err(error) if world.is_distributed() => {
             eprintln!(
                 "error: rank {} of {}: {}",

@@ -27,6 +27,14 @@ impl LayerNorm {
 }
 
 impl LayerNorm {
+    /// Loads `weight` only, for models whose norms have no shift (ModernBERT): the bias is a
+    /// constant zero, not a parameter, and is not saved.
+    pub fn load_without_bias(vb: VarBuilder, size: usize, eps: f64) -> Result<Self> {
+        let weight = vb.get(size, "weight")?;
+        let bias = Tensor::zeros(size, weight.dtype(), weight.device())?;
+        Ok(Self { weight, bias, eps })
+    }
+
     /// The scale.
     pub fn weight(&self) -> &Tensor {
         &self.weight

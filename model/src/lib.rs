@@ -25,6 +25,7 @@ mod files;
 mod hub;
 pub mod kernels;
 pub mod layer_norm;
+pub mod modernbert;
 mod scorer;
 #[cfg(test)]
 mod test_support;

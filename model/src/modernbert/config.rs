@@ -1,0 +1,126 @@
+//! `config.json` of a ModernBERT model, as transformers writes it (both the older
+//! `global_rope_theta`/`local_rope_theta` keys and the newer `rope_parameters` table).
+
+use serde::Deserialize;
+use serde_json::Value;
+
+/// How the sequence is pooled before the head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClassifierPooling {
+    /// The first token's hidden state.
+    Cls,
+    /// The mean over real tokens.
+    Mean,
+}
+
+/// The settings the network needs.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ModernBertConfig {
+    /// Tokens in the vocabulary.
+    pub vocab_size: usize,
+    /// Width of every layer.
+    pub hidden_size: usize,
+    /// Width of the MLP (its `Wi` gives twice this: input and gate).
+    pub intermediate_size: usize,
+    /// Encoder layers.
+    pub num_hidden_layers: usize,
+    /// Attention heads.
+    pub num_attention_heads: usize,
+    /// LayerNorm epsilon.
+    #[serde(default = "default_norm_eps")]
+    pub norm_eps: f64,
+    /// Every this many layers (from layer 0) attends globally; the others locally.
+    #[serde(default = "default_global_every")]
+    pub global_attn_every_n_layers: usize,
+    /// The local window, in tokens (half on each side).
+    #[serde(default = "default_local_attention")]
+    pub local_attention: usize,
+    /// Rotary theta of the global layers.
+    #[serde(default)]
+    pub global_rope_theta: Option<f64>,
+    /// Rotary theta of the local layers.
+    #[serde(default)]
+    pub local_rope_theta: Option<f64>,
+    /// Newer configs: `{full_attention: {rope_theta}, sliding_attention: {rope_theta}}`.
+    #[serde(default)]
+    pub rope_parameters: Option<Value>,
+    /// Newer configs: each layer's kind, `full_attention` or `sliding_attention`.
+    #[serde(default)]
+    pub layer_types: Option<Vec<String>>,
+    /// Pooling before the head.
+    #[serde(default = "default_pooling")]
+    pub classifier_pooling: ClassifierPooling,
+    /// The head's activation (`gelu`: exact erf GELU).
+    #[serde(default = "default_gelu")]
+    pub classifier_activation: String,
+    /// The MLP's activation.
+    #[serde(default = "default_gelu")]
+    pub hidden_activation: String,
+    /// Dropout after the embeddings.
+    #[serde(default)]
+    pub embedding_dropout: f64,
+    /// Dropout on attention probabilities.
+    #[serde(default)]
+    pub attention_dropout: f64,
+    /// Dropout in the MLP and after the attention output.
+    #[serde(default)]
+    pub mlp_dropout: f64,
+    /// Dropout before the classifier.
+    #[serde(default)]
+    pub classifier_dropout: f64,
+}
+
+fn default_norm_eps() -> f64 {
+    1e-5
+}
+fn default_global_every() -> usize {
+    3
+}
+fn default_local_attention() -> usize {
+    128
+}
+fn default_pooling() -> ClassifierPooling {
+    ClassifierPooling::Cls
+}
+fn default_gelu() -> String {
+    "gelu".into()
+}
+
+impl ModernBertConfig {
+    /// Width of one head.
+    pub fn head_size(&self) -> usize {
+        self.hidden_size / self.num_attention_heads
+    }
+
+    /// Whether layer `layer` attends over the whole sequence (else its local window).
+    pub fn is_global(&self, layer: usize) -> bool {
+        match &self.layer_types {
+            Some(kinds) if layer < kinds.len() => kinds[layer] == "full_attention",
+            _ => layer % self.global_attn_every_n_layers.max(1) == 0,
+        }
+    }
+
+    /// The rotary theta of layer `layer`.
+    pub fn rope_theta(&self, layer: usize) -> f64 {
+        let global = self.is_global(layer);
+        let from_table = self.rope_parameters.as_ref().and_then(|table| {
+            table
+                .get(if global {
+                    "full_attention"
+                } else {
+                    "sliding_attention"
+                })?
+                .get("rope_theta")?
+                .as_f64()
+        });
+        let from_keys = if global {
+            self.global_rope_theta
+        } else {
+            self.local_rope_theta
+        };
+        from_table
+            .or(from_keys)
+            .unwrap_or(if global { 160_000.0 } else { 10_000.0 })
+    }
+}

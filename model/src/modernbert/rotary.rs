@@ -1,0 +1,40 @@
+//! Rotary position embeddings (`rotate_half` form, as transformers' ModernBERT): the query and
+//! key of position `p` rotated by `p · θ^(−2i/d)` in the plane of their dimensions `i` and
+//! `i + d/2`.
+
+use candle_core::{Device, Result, Tensor, D};
+
+/// `(cos, sin)`, each `[seq_len, head_size]`, for `theta`.
+pub fn cos_sin(
+    seq_len: usize,
+    head_size: usize,
+    theta: f64,
+    device: &Device,
+) -> Result<(Tensor, Tensor)> {
+    let half = head_size / 2;
+    // As torch: inverse frequencies and the angle products in f32.
+    let inverse: Vec<f32> = (0..half)
+        .map(|i| (1.0 / theta.powf((2 * i) as f64 / head_size as f64)) as f32)
+        .collect();
+    let mut angles = Vec::with_capacity(seq_len * head_size);
+    for position in 0..seq_len {
+        let row: Vec<f32> = inverse.iter().map(|f| position as f32 * f).collect();
+        angles.extend_from_slice(&row);
+        angles.extend_from_slice(&row);
+    }
+    let angles = Tensor::from_vec(angles, (seq_len, head_size), device)?;
+    Ok((angles.cos()?, angles.sin()?))
+}
+
+/// `x · cos + rotate_half(x) · sin` for `x` of `[b, heads, s, head_size]`.
+pub fn apply(xs: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let head_size = xs.dim(D::Minus1)?;
+    let half = head_size / 2;
+    let first = xs.narrow(D::Minus1, 0, half)?;
+    let second = xs.narrow(D::Minus1, half, half)?;
+    let rotated = Tensor::cat(&[&second.neg()?, &first], D::Minus1)?;
+    let cos = cos.to_dtype(xs.dtype())?;
+    let sin = sin.to_dtype(xs.dtype())?;
+    xs.broadcast_mul(&cos)?
+        .broadcast_add(&rotated.broadcast_mul(&sin)?)
+}

@@ -154,11 +154,16 @@ fn three_label_model_logits_match_the_reference() {
 }
 
 #[test]
-fn xlm_roberta_and_electra_tokens_and_logits_match_transformers() {
+fn xlm_roberta_electra_and_modernbert_tokens_and_logits_match_transformers() {
     let parity = read_parity("model_parity_families.json");
     for (name, architecture) in [
         ("tiny-xlmr-ce", "XLMRobertaForSequenceClassification"),
         ("tiny-electra-ce", "ElectraForSequenceClassification"),
+        ("tiny-modernbert-ce", "ModernBertForSequenceClassification"),
+        (
+            "tiny-modernbert-mean-ce",
+            "ModernBertForSequenceClassification",
+        ),
     ] {
         let model = CrossEncoder::load_dir(&tiny(name), &LoadOptions::default()).unwrap();
         assert_eq!(model.family().architecture(), architecture);

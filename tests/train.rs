@@ -777,6 +777,10 @@ fn trajectory_errors(run_id: &str) -> (f64, f64) {
         "hidden_dropout_prob",
         "attention_probs_dropout_prob",
         "classifier_dropout",
+        // ModernBERT's.
+        "embedding_dropout",
+        "attention_dropout",
+        "mlp_dropout",
     ] {
         config[key] = json!(0.0);
     }
@@ -875,14 +879,16 @@ fn trajectory_errors(run_id: &str) -> (f64, f64) {
 }
 
 /// `trajectories.json`: sentence-transformers' per-step training losses and final logits for
-/// BERT, XLM-RoBERTa and ELECTRA (BinaryCrossEntropyLoss, 8 steps, warm-up, weight decay,
-/// clipping), reproduced by `crosstrain train`.
+/// BERT, XLM-RoBERTa, ELECTRA and ModernBERT (both poolings) (BinaryCrossEntropyLoss, 8
+/// steps, warm-up, weight decay, clipping), reproduced by `crosstrain train`.
 #[test]
 fn training_trajectories_match_the_cross_encoder_trainer() {
     for run_id in [
         "tiny-bert-ce/bce",
         "tiny-xlmr-ce/bce",
         "tiny-electra-ce/bce",
+        "tiny-modernbert-ce/bce",
+        "tiny-modernbert-mean-ce/bce",
     ] {
         let (loss_error, logit_error) = trajectory_errors(run_id);
         assert!(loss_error < 1e-4, "{run_id}: loss rel err {loss_error}");

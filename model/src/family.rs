@@ -19,6 +19,7 @@ use crate::classification_head::{EncoderWithHead, HeadActivation};
 use crate::dropout::DropoutRng;
 use crate::electra;
 use crate::error::ModelError;
+use crate::modernbert::{self, ModernBertConfig, ModernBertForSequenceClassification};
 use crate::tokens::TokenTensors;
 use crate::weights::TensorNames;
 use crate::xlm_roberta;
@@ -32,6 +33,9 @@ pub enum ModelFamily {
     XlmRoberta,
     /// ELECTRA (ms-marco-electra).
     Electra,
+    /// ModernBERT (gte-reranker-modernbert, the ModernBERT rerankers): candle's ops, no ONNX
+    /// graph or fused CPU layer yet (issue 18).
+    ModernBert,
 }
 
 impl ModelFamily {
@@ -40,6 +44,7 @@ impl ModelFamily {
         ModelFamily::Bert,
         ModelFamily::XlmRoberta,
         ModelFamily::Electra,
+        ModelFamily::ModernBert,
     ];
 
     /// The family's sequence classifier in transformers: what a saved `config.json` names
@@ -49,6 +54,7 @@ impl ModelFamily {
             ModelFamily::Bert => "BertForSequenceClassification",
             ModelFamily::XlmRoberta => "XLMRobertaForSequenceClassification",
             ModelFamily::Electra => "ElectraForSequenceClassification",
+            ModelFamily::ModernBert => "ModernBertForSequenceClassification",
         }
     }
 
@@ -58,6 +64,7 @@ impl ModelFamily {
             ModelFamily::Bert => "bert",
             ModelFamily::XlmRoberta => "xlm-roberta",
             ModelFamily::Electra => "electra",
+            ModelFamily::ModernBert => "modernbert",
         }
     }
 
@@ -67,6 +74,7 @@ impl ModelFamily {
             ModelFamily::Bert => "BERT",
             ModelFamily::XlmRoberta => "XLM-RoBERTa",
             ModelFamily::Electra => "ELECTRA",
+            ModelFamily::ModernBert => "ModernBERT",
         }
     }
 
@@ -76,6 +84,7 @@ impl ModelFamily {
             ModelFamily::Bert => bert::ARCHITECTURES,
             ModelFamily::XlmRoberta => xlm_roberta::ARCHITECTURES,
             ModelFamily::Electra => electra::ARCHITECTURES,
+            ModelFamily::ModernBert => modernbert::ARCHITECTURES,
         }
     }
 
@@ -85,6 +94,7 @@ impl ModelFamily {
             ModelFamily::Bert => bert::TENSOR_NAMES,
             ModelFamily::XlmRoberta => xlm_roberta::TENSOR_NAMES,
             ModelFamily::Electra => electra::TENSOR_NAMES,
+            ModelFamily::ModernBert => modernbert::TENSOR_NAMES,
         }
     }
 
@@ -94,7 +104,7 @@ impl ModelFamily {
     pub fn takes_token_type_ids(self) -> bool {
         match self {
             ModelFamily::Bert | ModelFamily::Electra => true,
-            ModelFamily::XlmRoberta => false,
+            ModelFamily::XlmRoberta | ModelFamily::ModernBert => false,
         }
     }
 
@@ -149,8 +159,9 @@ fn supported_list() -> String {
 }
 
 /// A family's parsed and validated `config.json`. XLM-RoBERTa and ELECTRA configs have
-/// BERT's keys (ELECTRA adds `embedding_size`), so all three read into [`BertConfig`].
-#[derive(Debug, Clone, PartialEq)]
+/// BERT's keys (ELECTRA adds `embedding_size`), so all three read into [`BertConfig`];
+/// ModernBERT has its own.
+#[derive(Debug, Clone)]
 pub enum FamilyConfig {
     /// A BERT config.
     Bert(BertConfig),
@@ -158,6 +169,8 @@ pub enum FamilyConfig {
     XlmRoberta(BertConfig),
     /// An ELECTRA config.
     Electra(BertConfig),
+    /// A ModernBERT config.
+    ModernBert(ModernBertConfig),
 }
 
 impl FamilyConfig {
@@ -168,6 +181,12 @@ impl FamilyConfig {
             message,
         };
         let family = ModelFamily::of_config(raw, path)?;
+        if family == ModelFamily::ModernBert {
+            let config: ModernBertConfig = serde_json::from_value(Value::Object(raw.clone()))
+                .map_err(|e| bad_file(e.to_string()))?;
+            config.validate().map_err(bad_file)?;
+            return Ok(FamilyConfig::ModernBert(config));
+        }
         let config: BertConfig = serde_json::from_value(Value::Object(raw.clone()))
             .map_err(|e| bad_file(e.to_string()))?;
         config.validate().map_err(bad_file)?;
@@ -184,6 +203,7 @@ impl FamilyConfig {
                 FamilyConfig::XlmRoberta(config)
             }
             ModelFamily::Electra => FamilyConfig::Electra(config),
+            ModelFamily::ModernBert => unreachable!("parsed above"),
         })
     }
 
@@ -193,22 +213,29 @@ impl FamilyConfig {
             FamilyConfig::Bert(_) => ModelFamily::Bert,
             FamilyConfig::XlmRoberta(_) => ModelFamily::XlmRoberta,
             FamilyConfig::Electra(_) => ModelFamily::Electra,
+            FamilyConfig::ModernBert(_) => ModelFamily::ModernBert,
         }
     }
 
-    /// The BERT-shaped config of the families built on BERT's encoder (all of today's),
-    /// for code that emits their graph (the ONNX exporter).
-    pub fn bert_config(&self) -> &BertConfig {
+    /// The BERT-shaped config of the families built on BERT's encoder, for code that emits
+    /// their graph (the ONNX exporter); `None` for ModernBERT.
+    pub fn bert_config(&self) -> Option<&BertConfig> {
         match self {
             FamilyConfig::Bert(config)
             | FamilyConfig::XlmRoberta(config)
-            | FamilyConfig::Electra(config) => config,
+            | FamilyConfig::Electra(config) => Some(config),
+            FamilyConfig::ModernBert(_) => None,
         }
     }
 
     /// Number of outputs the config declares.
     pub fn num_labels(&self) -> usize {
-        self.bert_config().num_labels()
+        match self {
+            FamilyConfig::ModernBert(config) => config.num_labels(),
+            FamilyConfig::Bert(config)
+            | FamilyConfig::XlmRoberta(config)
+            | FamilyConfig::Electra(config) => config.num_labels(),
+        }
     }
 
     /// The longest input the position embeddings allow (XLM-RoBERTa's positions start
@@ -219,12 +246,18 @@ impl FamilyConfig {
             FamilyConfig::Bert(config) | FamilyConfig::Electra(config) => {
                 config.max_position_embeddings
             }
+            FamilyConfig::ModernBert(config) => config.max_position_embeddings,
         }
     }
 
     /// Standard deviation of freshly initialised weights.
     pub fn initializer_range(&self) -> f64 {
-        self.bert_config().initializer_range
+        match self {
+            FamilyConfig::ModernBert(config) => config.initializer_range,
+            FamilyConfig::Bert(config)
+            | FamilyConfig::XlmRoberta(config)
+            | FamilyConfig::Electra(config) => config.initializer_range,
+        }
     }
 
     /// `(name ending, row)` of the embedding rows transformers keeps at zero when it
@@ -242,6 +275,10 @@ impl FamilyConfig {
                 "word_embeddings.weight",
                 config.pad_token_id.unwrap_or(0) as usize,
             )],
+            FamilyConfig::ModernBert(config) => vec![(
+                "tok_embeddings.weight",
+                config.pad_token_id.unwrap_or(0) as usize,
+            )],
         }
     }
 
@@ -249,7 +286,9 @@ impl FamilyConfig {
     pub fn position_ids(&self) -> PositionIds {
         match self {
             FamilyConfig::XlmRoberta(config) => xlm_roberta::positions(config),
-            FamilyConfig::Bert(_) | FamilyConfig::Electra(_) => PositionIds::FromZero,
+            FamilyConfig::Bert(_) | FamilyConfig::Electra(_) | FamilyConfig::ModernBert(_) => {
+                PositionIds::FromZero
+            }
         }
     }
 
@@ -257,7 +296,7 @@ impl FamilyConfig {
     /// whose head is its pooler (dense → tanh) and classifier.
     pub fn head_activation(&self) -> Option<HeadActivation> {
         match self {
-            FamilyConfig::Bert(_) => None,
+            FamilyConfig::Bert(_) | FamilyConfig::ModernBert(_) => None,
             FamilyConfig::XlmRoberta(_) => Some(xlm_roberta::HEAD_ACTIVATION),
             FamilyConfig::Electra(_) => Some(electra::HEAD_ACTIVATION),
         }
@@ -265,12 +304,35 @@ impl FamilyConfig {
 
     /// Width of the hidden states (and of sentence embeddings).
     pub fn hidden_size(&self) -> usize {
-        self.bert_config().hidden_size
+        match self {
+            FamilyConfig::ModernBert(config) => config.hidden_size,
+            FamilyConfig::Bert(config)
+            | FamilyConfig::XlmRoberta(config)
+            | FamilyConfig::Electra(config) => config.hidden_size,
+        }
     }
 
     /// One line on the network's size, for the model card.
     pub fn description(&self) -> String {
-        let config = self.bert_config();
+        let config = match self {
+            FamilyConfig::ModernBert(config) => {
+                return format!(
+                    "{} layers (every {} global, the others a {}-token window), hidden size {}, \
+                     {} attention heads, GeGLU intermediate size {}, vocabulary {}, {:?} pooling",
+                    config.num_hidden_layers,
+                    config.global_attn_every_n_layers,
+                    config.local_attention,
+                    config.hidden_size,
+                    config.num_attention_heads,
+                    config.intermediate_size,
+                    config.vocab_size,
+                    config.classifier_pooling
+                )
+            }
+            FamilyConfig::Bert(config)
+            | FamilyConfig::XlmRoberta(config)
+            | FamilyConfig::Electra(config) => config,
+        };
         let embeddings = match config.embedding_size {
             Some(width) if width != config.hidden_size => format!(", embedding size {width}"),
             _ => String::new(),
@@ -294,12 +356,17 @@ impl FamilyConfig {
         num_labels: usize,
     ) -> Map<String, Value> {
         let family = self.family();
-        self.bert_config().to_saved_json(
-            original,
-            num_labels,
-            family.architecture(),
-            family.model_type(),
-        )
+        match self {
+            FamilyConfig::ModernBert(config) => config.to_saved_json(original, num_labels),
+            FamilyConfig::Bert(config)
+            | FamilyConfig::XlmRoberta(config)
+            | FamilyConfig::Electra(config) => config.to_saved_json(
+                original,
+                num_labels,
+                family.architecture(),
+                family.model_type(),
+            ),
+        }
     }
 }
 
@@ -309,6 +376,7 @@ pub(crate) enum SequenceClassifier {
     Bert(BertForSequenceClassification),
     /// XLM-RoBERTa's and ELECTRA's: BERT's encoder with a RoBERTa-style head.
     EncoderWithHead(EncoderWithHead),
+    ModernBert(ModernBertForSequenceClassification),
 }
 
 impl SequenceClassifier {
@@ -329,6 +397,9 @@ impl SequenceClassifier {
             FamilyConfig::Electra(config) => Ok(SequenceClassifier::EncoderWithHead(
                 electra::load(vb, config, num_labels, dropout)?,
             )),
+            FamilyConfig::ModernBert(config) => Ok(SequenceClassifier::ModernBert(
+                ModernBertForSequenceClassification::load(vb, config, num_labels, dropout)?,
+            )),
         }
     }
 
@@ -336,6 +407,7 @@ impl SequenceClassifier {
         match self {
             SequenceClassifier::Bert(network) => network.num_labels(),
             SequenceClassifier::EncoderWithHead(network) => network.num_labels(),
+            SequenceClassifier::ModernBert(network) => network.num_labels(),
         }
     }
 
@@ -343,6 +415,9 @@ impl SequenceClassifier {
         match self {
             SequenceClassifier::Bert(network) => network.forward(tokens),
             SequenceClassifier::EncoderWithHead(network) => network.forward(tokens),
+            SequenceClassifier::ModernBert(network) => {
+                network.forward(&tokens.input_ids, &tokens.attention_mask)
+            }
         }
     }
 }
@@ -366,6 +441,13 @@ impl TokenEncoder {
             }
             FamilyConfig::XlmRoberta(config) => xlm_roberta::load_encoder(vb, config, dropout)?,
             FamilyConfig::Electra(config) => electra::load_encoder(vb, config, dropout)?,
+            FamilyConfig::ModernBert(_) => {
+                return Err(candle_core::Error::Msg(
+                    "sentence embeddings from a ModernBERT encoder are not supported yet; \
+                     mine with a BERT embedding model or BM25"
+                        .into(),
+                ))
+            }
         }))
     }
 

@@ -66,6 +66,16 @@ pub(crate) fn default_tokenizer_config(family: ModelFamily) -> Map<String, Value
             "padding_side": "right",
             "truncation_side": "right",
         }),
+        ModelFamily::ModernBert => serde_json::json!({
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "cls_token": "[CLS]",
+            "sep_token": "[SEP]",
+            "pad_token": "[PAD]",
+            "unk_token": "[UNK]",
+            "mask_token": "[MASK]",
+            "padding_side": "right",
+            "truncation_side": "right",
+        }),
         ModelFamily::Electra => serde_json::json!({
             "tokenizer_class": "ElectraTokenizer",
             "do_lower_case": true,

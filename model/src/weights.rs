@@ -11,6 +11,23 @@ use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarMap};
 use crosstrain_rng::SeededRng;
 
+/// Whether `name` is a LayerNorm module's parameter, whatever the family calls it: BERT's
+/// `LayerNorm`, ModernBERT's `norm`, `attn_norm`, `mlp_norm`, `final_norm`. Initialised to
+/// ones (the weight) and exempt from weight decay, as transformers does for every LayerNorm.
+pub fn is_layer_norm(name: &str) -> bool {
+    let module = name
+        .strip_suffix(".weight")
+        .or_else(|| name.strip_suffix(".bias"))
+        .unwrap_or(name)
+        .rsplit('.')
+        .next()
+        .unwrap_or_default();
+    name.contains("LayerNorm")
+        || name.contains("layer_norm")
+        || module == "norm"
+        || module.ends_with("_norm")
+}
+
 /// How one model family names its tensors in a transformers checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TensorNames {
@@ -121,7 +138,7 @@ impl CheckpointBackend {
         if name.ends_with(".bias") {
             return Tensor::zeros(shape, dtype, device);
         }
-        if name.contains("LayerNorm.") {
+        if is_layer_norm(name) {
             return Tensor::ones(shape, dtype, device);
         }
         let mut rng = self

@@ -149,7 +149,7 @@ pub struct AdamW {
 /// Whether transformers' Trainer applies weight decay to a parameter: not to biases and not
 /// to LayerNorm weights.
 pub fn decays(name: &str) -> bool {
-    !(name.ends_with(".bias") || name.contains("LayerNorm") || name.contains("layer_norm"))
+    !(name.ends_with(".bias") || crosstrain_model::weights::is_layer_norm(name))
 }
 
 impl AdamW {
@@ -616,5 +616,16 @@ mod tests {
         assert!(decays("bert.encoder.layer.0.attention.self.query.weight"));
         assert!(!decays("bert.encoder.layer.0.attention.self.query.bias"));
         assert!(!decays("bert.embeddings.LayerNorm.weight"));
+        for norm in [
+            "model.embeddings.norm.weight",
+            "model.layers.1.attn_norm.weight",
+            "model.layers.0.mlp_norm.weight",
+            "model.final_norm.weight",
+            "head.norm.weight",
+        ] {
+            assert!(!decays(norm), "{norm}");
+        }
+        assert!(decays("model.layers.0.attn.Wqkv.weight"));
+        assert!(decays("head.dense.weight"));
     }
 }

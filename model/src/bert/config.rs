@@ -161,34 +161,13 @@ impl BertConfig {
         architecture: &str,
         model_type: &str,
     ) -> Map<String, Value> {
-        let mut saved = original.clone();
-        let names: Vec<String> = match &self.id2label {
-            Some(labels) if labels.len() == num_labels => (0..num_labels)
-                .map(|i| {
-                    labels
-                        .get(&i.to_string())
-                        .cloned()
-                        .unwrap_or_else(|| format!("LABEL_{i}"))
-                })
-                .collect(),
-            _ => (0..num_labels).map(|i| format!("LABEL_{i}")).collect(),
-        };
-        let id2label: Map<String, Value> = names
-            .iter()
-            .enumerate()
-            .map(|(i, name)| (i.to_string(), Value::from(name.clone())))
-            .collect();
-        let label2id: Map<String, Value> = names
-            .iter()
-            .enumerate()
-            .map(|(i, name)| (name.clone(), Value::from(i)))
-            .collect();
-        saved.insert("architectures".into(), serde_json::json!([architecture]));
-        saved.insert("model_type".into(), model_type.into());
-        saved.insert("id2label".into(), Value::Object(id2label));
-        saved.insert("label2id".into(), Value::Object(label2id));
-        saved.remove("num_labels");
-        saved.insert("dtype".into(), "float32".into());
+        let mut saved = classifier_json(
+            original,
+            self.id2label.as_ref(),
+            num_labels,
+            architecture,
+            model_type,
+        );
         for (key, value) in [
             ("vocab_size", Value::from(self.vocab_size)),
             ("hidden_size", Value::from(self.hidden_size)),
@@ -215,6 +194,47 @@ impl BertConfig {
             .or_insert_with(|| serde_json::to_value(self.hidden_act).unwrap_or(Value::Null));
         saved
     }
+}
+
+/// `original` as a sequence classifier of `num_labels` outputs saves it, for every family:
+/// its architecture and model type, `id2label`/`label2id` (the original's names where they
+/// fit, else `LABEL_i`), no `num_labels`, float32.
+pub(crate) fn classifier_json(
+    original: &Map<String, Value>,
+    id2label: Option<&BTreeMap<String, String>>,
+    num_labels: usize,
+    architecture: &str,
+    model_type: &str,
+) -> Map<String, Value> {
+    let mut saved = original.clone();
+    let names: Vec<String> = match id2label {
+        Some(labels) if labels.len() == num_labels => (0..num_labels)
+            .map(|i| {
+                labels
+                    .get(&i.to_string())
+                    .cloned()
+                    .unwrap_or_else(|| format!("LABEL_{i}"))
+            })
+            .collect(),
+        _ => (0..num_labels).map(|i| format!("LABEL_{i}")).collect(),
+    };
+    let id2label: Map<String, Value> = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| (i.to_string(), Value::from(name.clone())))
+        .collect();
+    let label2id: Map<String, Value> = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| (name.clone(), Value::from(i)))
+        .collect();
+    saved.insert("architectures".into(), serde_json::json!([architecture]));
+    saved.insert("model_type".into(), model_type.into());
+    saved.insert("id2label".into(), Value::Object(id2label));
+    saved.insert("label2id".into(), Value::Object(label2id));
+    saved.remove("num_labels");
+    saved.insert("dtype".into(), "float32".into());
+    saved
 }
 
 #[cfg(test)]

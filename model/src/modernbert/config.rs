@@ -1,8 +1,10 @@
 //! `config.json` of a ModernBERT model, as transformers writes it (both the older
 //! `global_rope_theta`/`local_rope_theta` keys and the newer `rope_parameters` table).
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 /// How the sequence is pooled before the head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -69,6 +71,28 @@ pub struct ModernBertConfig {
     /// Dropout before the classifier.
     #[serde(default)]
     pub classifier_dropout: f64,
+    /// The longest input.
+    #[serde(default = "default_max_positions")]
+    pub max_position_embeddings: usize,
+    /// Standard deviation of freshly initialised weights.
+    #[serde(default = "default_initializer_range")]
+    pub initializer_range: f64,
+    /// The padding token.
+    #[serde(default)]
+    pub pad_token_id: Option<u32>,
+    /// Outputs, when given.
+    #[serde(default)]
+    pub num_labels: Option<usize>,
+    /// Output names.
+    #[serde(default)]
+    pub id2label: Option<BTreeMap<String, String>>,
+}
+
+fn default_max_positions() -> usize {
+    8192
+}
+fn default_initializer_range() -> f64 {
+    0.02
 }
 
 fn default_norm_eps() -> f64 {
@@ -88,6 +112,66 @@ fn default_gelu() -> String {
 }
 
 impl ModernBertConfig {
+    /// Number of model outputs: `num_labels`, else the size of `id2label`, else 1.
+    pub fn num_labels(&self) -> usize {
+        self.num_labels
+            .or_else(|| self.id2label.as_ref().map(BTreeMap::len))
+            .filter(|&n| n > 0)
+            .unwrap_or(1)
+    }
+
+    /// Checks what the network assumes.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+            return Err(format!(
+                "hidden_size {} is not a multiple of num_attention_heads {}",
+                self.hidden_size, self.num_attention_heads
+            ));
+        }
+        if self.head_size() % 2 != 0 {
+            return Err(format!(
+                "the rotary embeddings need an even head size, got {}",
+                self.head_size()
+            ));
+        }
+        for (name, activation) in [
+            ("hidden_activation", &self.hidden_activation),
+            ("classifier_activation", &self.classifier_activation),
+        ] {
+            if activation != "gelu" {
+                return Err(format!(
+                    "{name} {activation:?} is not supported (only \"gelu\")"
+                ));
+            }
+        }
+        for (name, p) in [
+            ("embedding_dropout", self.embedding_dropout),
+            ("attention_dropout", self.attention_dropout),
+            ("mlp_dropout", self.mlp_dropout),
+            ("classifier_dropout", self.classifier_dropout),
+        ] {
+            if !(0.0..1.0).contains(&p) {
+                return Err(format!("{name} must be in [0, 1), got {p}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The `config.json` to save (the original's keys kept).
+    pub fn to_saved_json(
+        &self,
+        original: &Map<String, Value>,
+        num_labels: usize,
+    ) -> Map<String, Value> {
+        crate::bert::config::classifier_json(
+            original,
+            self.id2label.as_ref(),
+            num_labels,
+            "ModernBertForSequenceClassification",
+            "modernbert",
+        )
+    }
+
     /// Width of one head.
     pub fn head_size(&self) -> usize {
         self.hidden_size / self.num_attention_heads

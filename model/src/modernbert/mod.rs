@@ -1,8 +1,8 @@
 //! ModernBERT (`ModernBertForSequenceClassification`: gte-reranker-modernbert, the ModernBERT
 //! rerankers), issue 18, in progress: the network on candle's own ops, equal to transformers'
-//! logits (the parity test below); not yet a [`crate::family::ModelFamily`] (loading by
-//! `config.json`, saving, the ONNX graph and the fused CPU layer are still to come), so no
-//! command can select it yet.
+//! logits (the parity test below), loaded, trained and saved as
+//! [`crate::family::ModelFamily::ModernBert`]; its ONNX graph and fused CPU layer are still
+//! to come.
 //!
 //! Where it differs from BERT: pre-norm layers, no biases, bias-free LayerNorm (layer 0 has no
 //! attention norm), a fused `Wqkv`, a GeGLU MLP, rotary position embeddings with a global and
@@ -21,6 +21,14 @@ pub use model::ModernBertForSequenceClassification;
 
 /// The `architectures` entries of this family.
 pub const ARCHITECTURES: &[&str] = &["ModernBertForSequenceClassification", "ModernBertModel"];
+
+/// Encoder tensors under `model.`; a base checkpoint (`ModernBertModel`) writes them without
+/// it, and has no head or classifier.
+pub const TENSOR_NAMES: crate::weights::TensorNames = crate::weights::TensorNames {
+    prefix: "model",
+    unprefixed_roots: &["embeddings.", "layers.", "final_norm."],
+    initialised_when_missing: &["head.", "classifier."],
+};
 
 #[cfg(test)]
 mod tests;

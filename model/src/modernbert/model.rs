@@ -23,6 +23,7 @@ pub struct ModernBertForSequenceClassification {
     classifier_dropout: Dropout,
     classifier: Linear,
     pooling: ClassifierPooling,
+    num_labels: usize,
 }
 
 impl ModernBertForSequenceClassification {
@@ -56,7 +57,13 @@ impl ModernBertForSequenceClassification {
             classifier_dropout: Dropout::new(config.classifier_dropout, rng.clone()),
             classifier: candle_nn::linear(width, num_labels, vb.pp("classifier"))?,
             pooling: config.classifier_pooling,
+            num_labels,
         })
+    }
+
+    /// Outputs per pair.
+    pub fn num_labels(&self) -> usize {
+        self.num_labels
     }
 
     /// Logits `[b, num_labels]` of `input_ids` and `attention_mask` (`[b, s]`, u32; 1 for a

@@ -41,6 +41,14 @@ pub enum ExportError {
     /// Serialising failed.
     #[error("serialising the ONNX model: {0}")]
     Protobuf(String),
+    /// The family has no ONNX graph yet.
+    #[error("{0} models cannot be exported to ONNX yet (only the BERT-encoder families: BERT, XLM-RoBERTa, ELECTRA)")]
+    Unsupported(&'static str),
+}
+
+/// Whether models of `family` can be exported (ModernBERT's graph is still to come).
+pub fn can_export(family: crosstrain_model::family::ModelFamily) -> bool {
+    family != crosstrain_model::family::ModelFamily::ModernBert
 }
 
 /// How the weights of the linear layers are stored.
@@ -356,8 +364,12 @@ pub fn export_onnx_with(
 
     // Every family so far is BERT's encoder; the family says how it differs.
     let family = model.family();
+    let config = model
+        .config()
+        .bert_config()
+        .ok_or(ExportError::Unsupported(family.display_name()))?;
     let spec = EncoderGraph {
-        config: model.config().bert_config(),
+        config,
         prefix: family.tensor_names().prefix,
         positions: model.config().position_ids(),
         token_types: family.takes_token_type_ids(),

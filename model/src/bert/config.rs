@@ -120,12 +120,7 @@ impl BertConfig {
 
     /// Checks what the model code assumes.
     pub fn validate(&self) -> Result<(), String> {
-        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
-            return Err(format!(
-                "hidden_size {} is not a multiple of num_attention_heads {}",
-                self.hidden_size, self.num_attention_heads
-            ));
-        }
+        check_heads(self.hidden_size, self.num_attention_heads)?;
         if self.embedding_size == Some(0) {
             return Err("embedding_size must be positive".to_string());
         }
@@ -135,19 +130,14 @@ impl BertConfig {
                 self.position_embedding_type
             ));
         }
-        for (name, p) in [
+        check_dropouts(&[
             ("hidden_dropout_prob", self.hidden_dropout_prob),
             (
                 "attention_probs_dropout_prob",
                 self.attention_probs_dropout_prob,
             ),
             ("classifier_dropout", self.classifier_dropout()),
-        ] {
-            if !(0.0..1.0).contains(&p) {
-                return Err(format!("{name} must be in [0, 1), got {p}"));
-            }
-        }
-        Ok(())
+        ])
     }
 
     /// The `config.json` to save: the original file's fields (so nothing we do not model is
@@ -194,6 +184,27 @@ impl BertConfig {
             .or_insert_with(|| serde_json::to_value(self.hidden_act).unwrap_or(Value::Null));
         saved
     }
+}
+
+/// Every family's check that the heads split the hidden width.
+pub(crate) fn check_heads(hidden_size: usize, num_attention_heads: usize) -> Result<(), String> {
+    if num_attention_heads == 0 || hidden_size % num_attention_heads != 0 {
+        return Err(format!(
+            "hidden_size {hidden_size} is not a multiple of num_attention_heads \
+             {num_attention_heads}"
+        ));
+    }
+    Ok(())
+}
+
+/// Every family's check that its dropout probabilities are probabilities below 1.
+pub(crate) fn check_dropouts(probabilities: &[(&str, f64)]) -> Result<(), String> {
+    for (name, p) in probabilities {
+        if !(0.0..1.0).contains(p) {
+            return Err(format!("{name} must be in [0, 1), got {p}"));
+        }
+    }
+    Ok(())
 }
 
 /// `original` as a sequence classifier of `num_labels` outputs saves it, for every family:

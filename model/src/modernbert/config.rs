@@ -122,12 +122,7 @@ impl ModernBertConfig {
 
     /// Checks what the network assumes.
     pub fn validate(&self) -> Result<(), String> {
-        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
-            return Err(format!(
-                "hidden_size {} is not a multiple of num_attention_heads {}",
-                self.hidden_size, self.num_attention_heads
-            ));
-        }
+        crate::bert::config::check_heads(self.hidden_size, self.num_attention_heads)?;
         if self.head_size() % 2 != 0 {
             return Err(format!(
                 "the rotary embeddings need an even head size, got {}",
@@ -144,17 +139,12 @@ impl ModernBertConfig {
                 ));
             }
         }
-        for (name, p) in [
+        crate::bert::config::check_dropouts(&[
             ("embedding_dropout", self.embedding_dropout),
             ("attention_dropout", self.attention_dropout),
             ("mlp_dropout", self.mlp_dropout),
             ("classifier_dropout", self.classifier_dropout),
-        ] {
-            if !(0.0..1.0).contains(&p) {
-                return Err(format!("{name} must be in [0, 1), got {p}"));
-            }
-        }
-        Ok(())
+        ])
     }
 
     /// The `config.json` to save (the original's keys kept).

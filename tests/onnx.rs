@@ -146,9 +146,15 @@ fn onnx_logits_match_the_reference_for_the_tiny_models() {
 }
 
 #[test]
-fn onnx_logits_match_transformers_for_xlm_roberta_and_electra() {
+fn onnx_logits_match_transformers_for_xlm_roberta_electra_and_modernbert() {
     ensure_onnxruntime();
-    for name in ["tiny-xlmr-ce", "tiny-electra-ce"] {
+    // ModernBERT's 128-token setting runs past its 16-token window.
+    for name in [
+        "tiny-xlmr-ce",
+        "tiny-electra-ce",
+        "tiny-modernbert-ce",
+        "tiny-modernbert-mean-ce",
+    ] {
         for setting in ["128", "32"] {
             let diff = onnx_reference_difference_in(
                 "model_parity_families.json",
@@ -163,6 +169,11 @@ fn onnx_logits_match_transformers_for_xlm_roberta_and_electra() {
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("xlmr");
     exported_copy(&fixture("models").join("tiny-xlmr-ce"), &target);
+    let bytes = std::fs::read(target.join("onnx/model.onnx")).unwrap();
+    assert!(!bytes.windows(14).any(|w| w == b"token_type_ids"));
+    // Nor does ModernBERT's.
+    let target = dir.path().join("modernbert");
+    exported_copy(&fixture("models").join("tiny-modernbert-ce"), &target);
     let bytes = std::fs::read(target.join("onnx/model.onnx")).unwrap();
     assert!(!bytes.windows(14).any(|w| w == b"token_type_ids"));
 }

@@ -5,7 +5,7 @@ pub mod runtime;
 
 use std::path::Path;
 
-pub use export::{can_export, export_onnx, export_onnx_with, ExportError, Quantization, MIN_OPSET};
+pub use export::{export_onnx, export_onnx_with, ExportError, Quantization, MIN_OPSET};
 pub use runtime::{library_path, OnnxError, OnnxScorer};
 
 use crate::data::pairs::{parse_pairs, DataError, TextPair};

@@ -127,14 +127,7 @@ impl Run<'_> {
         let config = self.config;
         self.model.write_to(staging)?;
         write_training_args(config, staging, self.world.size())?;
-        let family = self.model.family();
-        if config.export_onnx && !crate::onnx::can_export(family) {
-            tracing::warn!(
-                "{} has no ONNX graph yet: the model is saved without onnx/model.onnx",
-                family.display_name()
-            );
-        }
-        if config.export_onnx && crate::onnx::can_export(family) {
+        if config.export_onnx {
             let onnx_dir = staging.join("onnx");
             std::fs::create_dir_all(&onnx_dir).map_err(|e| io_error(&onnx_dir, e))?;
             let onnx_file = onnx_dir.join("model.onnx");

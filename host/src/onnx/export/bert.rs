@@ -40,7 +40,7 @@ pub(super) enum Head {
 }
 
 /// `0.5·x·(1 + erf(x/√2))`, as candle's gelu_erf.
-fn gelu_erf(graph: &mut GraphBuilder, x: &str) -> String {
+pub(super) fn gelu_erf(graph: &mut GraphBuilder, x: &str) -> String {
     let one = graph.float_tensor("const_one_float", &[], &[1.0]);
     let half = graph.float_tensor("const_half", &[], &[0.5]);
     let sqrt_two = graph.float_tensor("const_sqrt_two", &[], &[std::f32::consts::SQRT_2]);

@@ -20,6 +20,7 @@ use onnx_protobuf::{
 use crosstrain_model::CrossEncoder;
 
 mod bert;
+mod modernbert;
 
 use bert::{EncoderGraph, Head};
 
@@ -41,14 +42,6 @@ pub enum ExportError {
     /// Serialising failed.
     #[error("serialising the ONNX model: {0}")]
     Protobuf(String),
-    /// The family has no ONNX graph yet.
-    #[error("{0} models cannot be exported to ONNX yet (only the BERT-encoder families: BERT, XLM-RoBERTa, ELECTRA)")]
-    Unsupported(&'static str),
-}
-
-/// Whether models of `family` can be exported (ModernBERT's graph is still to come).
-pub fn can_export(family: crosstrain_model::family::ModelFamily) -> bool {
-    family != crosstrain_model::family::ModelFamily::ModernBert
 }
 
 /// How the weights of the linear layers are stored.
@@ -362,23 +355,30 @@ pub fn export_onnx_with(
         .collect();
     let mut graph = GraphBuilder::new(quantization);
 
-    // Every family so far is BERT's encoder; the family says how it differs.
+    // The BERT-encoder families share one graph, the family saying how it differs;
+    // ModernBERT has its own.
     let family = model.family();
-    let config = model
-        .config()
-        .bert_config()
-        .ok_or(ExportError::Unsupported(family.display_name()))?;
-    let spec = EncoderGraph {
-        config,
-        prefix: family.tensor_names().prefix,
-        positions: model.config().position_ids(),
-        token_types: family.takes_token_type_ids(),
-        head: match model.config().head_activation() {
-            None => Head::Pooler,
-            Some(activation) => Head::Classification(activation),
-        },
-    };
-    bert::emit(&mut graph, &parameters, &spec, opset)?;
+    match model.config() {
+        crosstrain_model::FamilyConfig::ModernBert(config) => {
+            modernbert::emit(&mut graph, &parameters, config)?
+        }
+        other => {
+            let config = other
+                .bert_config()
+                .expect("every other family has a BERT-shaped config");
+            let spec = EncoderGraph {
+                config,
+                prefix: family.tensor_names().prefix,
+                positions: other.position_ids(),
+                token_types: family.takes_token_type_ids(),
+                head: match other.head_activation() {
+                    None => Head::Pooler,
+                    Some(activation) => Head::Classification(activation),
+                },
+            };
+            bert::emit(&mut graph, &parameters, &spec, opset)?;
+        }
+    }
 
     let mut proto = GraphProto::new();
     proto.name = "crosstrain_cross_encoder".into();

@@ -176,17 +176,13 @@ pub(super) fn emit(
         let query = split(graph, &query, &[0, 2, 1, 3]);
         let key_t = split(graph, &key, &[0, 2, 3, 1]);
         let value = split(graph, &value, &[0, 2, 1, 3]);
-        let scores = graph.node("MatMul", &[&query, &key_t], vec![]);
-        let scores = graph.node("Mul", &[&scores, &scale], vec![]);
-        let scores = graph.node("Add", &[&scores, &mask_bias], vec![]);
-        let probabilities = graph.node("Softmax", &[&scores], vec![attribute_int("axis", -1)]);
-        let context = graph.node("MatMul", &[&probabilities, &value], vec![]);
-        let context = graph.node(
-            "Transpose",
-            &[&context],
-            vec![attribute_ints("perm", &[0, 2, 1, 3])],
+        let context = super::attention(
+            graph,
+            [&query, &key_t, &value],
+            &scale,
+            &mask_bias,
+            &merge_shape,
         );
-        let context = graph.node("Reshape", &[&context, &merge_shape], vec![]);
         let projected = linear(graph, &context, &format!("{prefix}.attention.output.dense"))?;
         let residual = graph.node("Add", &[&projected, &hidden], vec![]);
         let attended = layer_norm(

@@ -322,16 +322,62 @@ fn layer_norm(
     prefix: &str,
     epsilon: f32,
 ) -> Result<String, ExportError> {
-    let gamma = initializer(graph, parameters, &format!("{prefix}.weight"), false)?;
-    let beta = initializer(graph, parameters, &format!("{prefix}.bias"), false)?;
+    layer_norm_with(graph, parameters, input, prefix, epsilon, true)
+}
+
+/// [`layer_norm`], or without a bias (`has_bias` false: ModernBERT's norms).
+fn layer_norm_with(
+    graph: &mut GraphBuilder,
+    parameters: &HashMap<String, Tensor>,
+    input: &str,
+    prefix: &str,
+    epsilon: f32,
+    has_bias: bool,
+) -> Result<String, ExportError> {
+    let mut inputs = vec![
+        input.to_string(),
+        initializer(graph, parameters, &format!("{prefix}.weight"), false)?,
+    ];
+    if has_bias {
+        inputs.push(initializer(
+            graph,
+            parameters,
+            &format!("{prefix}.bias"),
+            false,
+        )?);
+    }
+    let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
     Ok(graph.node(
         "LayerNormalization",
-        &[input, &gamma, &beta],
+        &inputs,
         vec![
             attribute_int("axis", -1),
             attribute_float("epsilon", epsilon),
         ],
     ))
+}
+
+/// Scaled dot-product attention of `[b, heads, s, d]` queries with the transposed keys
+/// `[b, heads, d, s]` and values, the score `bias` added before the softmax, heads merged back
+/// to `[b, s, heads·d]` by `merge_shape`.
+fn attention(
+    graph: &mut GraphBuilder,
+    [query, key_t, value]: [&str; 3],
+    scale: &str,
+    bias: &str,
+    merge_shape: &str,
+) -> String {
+    let scores = graph.node("MatMul", &[query, key_t], vec![]);
+    let scores = graph.node("Mul", &[&scores, scale], vec![]);
+    let scores = graph.node("Add", &[&scores, bias], vec![]);
+    let probabilities = graph.node("Softmax", &[&scores], vec![attribute_int("axis", -1)]);
+    let context = graph.node("MatMul", &[&probabilities, value], vec![]);
+    let context = graph.node(
+        "Transpose",
+        &[&context],
+        vec![attribute_ints("perm", &[0, 2, 1, 3])],
+    );
+    graph.node("Reshape", &[&context, merge_shape], vec![])
 }
 
 /// The serialised ONNX model of `model` at `opset`, with float32 weights.

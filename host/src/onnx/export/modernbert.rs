@@ -10,9 +10,7 @@ use crosstrain_model::modernbert::{ClassifierPooling, ModernBertConfig};
 use onnx_protobuf::tensor_proto::DataType;
 
 use super::bert::gelu_erf;
-use super::{
-    attribute_float, attribute_int, attribute_ints, initializer, ExportError, GraphBuilder,
-};
+use super::{attribute_int, attribute_ints, initializer, ExportError, GraphBuilder};
 
 /// The score bias of a masked position, as the candle model's (finite, so that a row with
 /// every key masked stays finite).
@@ -42,15 +40,7 @@ fn norm(
     prefix: &str,
     epsilon: f32,
 ) -> Result<String, ExportError> {
-    let gamma = initializer(graph, parameters, &format!("{prefix}.weight"), false)?;
-    Ok(graph.node(
-        "LayerNormalization",
-        &[input, &gamma],
-        vec![
-            attribute_int("axis", -1),
-            attribute_float("epsilon", epsilon),
-        ],
-    ))
+    super::layer_norm_with(graph, parameters, input, prefix, epsilon, false)
 }
 
 /// `[positions, head_size]` cos and sin tables for `theta`, computed as the candle model
@@ -227,22 +217,12 @@ pub(super) fn emit(
             &[&key],
             vec![attribute_ints("perm", &[0, 1, 3, 2])],
         );
-        let scores = graph.node("MatMul", &[&query, &key_t], vec![]);
-        let scores = graph.node("Mul", &[&scores, &scale], vec![]);
         let bias = if config.is_global(layer) {
             &padding_bias
         } else {
             &local_bias
         };
-        let scores = graph.node("Add", &[&scores, bias], vec![]);
-        let probabilities = graph.node("Softmax", &[&scores], vec![attribute_int("axis", -1)]);
-        let context = graph.node("MatMul", &[&probabilities, &value], vec![]);
-        let context = graph.node(
-            "Transpose",
-            &[&context],
-            vec![attribute_ints("perm", &[0, 2, 1, 3])],
-        );
-        let context = graph.node("Reshape", &[&context, &merge_shape], vec![]);
+        let context = super::attention(graph, [&query, &key_t, &value], &scale, bias, &merge_shape);
         let attended = product(graph, parameters, &context, &format!("{prefix}.attn.Wo"))?;
         hidden = graph.node("Add", &[&hidden, &attended], vec![]);
 

@@ -134,17 +134,8 @@ pub(super) fn emit(
     }
 
     // Mask bias [b, 1, 1, s]: 0 where attended, the float32 minimum where padded.
-    let mask = graph.node(
-        "Cast",
-        &["attention_mask"],
-        vec![attribute_int("to", DataType::FLOAT as i64)],
-    );
+    let (_, mask_bias) = super::padding_bias(graph, f32::MIN);
     let one_float = graph.float_tensor("const_one_float", &[], &[1.0]);
-    let lowest = graph.float_tensor("const_lowest", &[], &[f32::MIN]);
-    let inverted = graph.node("Sub", &[&one_float, &mask], vec![]);
-    let bias = graph.node("Mul", &[&inverted, &lowest], vec![]);
-    let axes = graph.int_tensor("const_mask_axes", &[2], &[1, 2]);
-    let mask_bias = graph.node("Unsqueeze", &[&bias, &axes], vec![]);
 
     let heads = config.num_attention_heads as i64;
     let head_size = config.head_size() as i64;

@@ -233,14 +233,41 @@ fn linear(
     prefix: &str,
 ) -> Result<String, ExportError> {
     let b = initializer(graph, parameters, &format!("{prefix}.bias"), false)?;
-    let product = match graph.quantization {
+    let product = product(graph, parameters, input, prefix)?;
+    Ok(graph.node("Add", &[&product, &b], vec![]))
+}
+
+/// `x·Wᵀ` for the Linear layer `prefix` (a bias-free one, or [`linear`]'s product).
+fn product(
+    graph: &mut GraphBuilder,
+    parameters: &HashMap<String, Tensor>,
+    input: &str,
+    prefix: &str,
+) -> Result<String, ExportError> {
+    match graph.quantization {
         Quantization::None => {
             let w = initializer(graph, parameters, &format!("{prefix}.weight"), true)?;
-            graph.node("MatMul", &[input, &w], vec![])
+            Ok(graph.node("MatMul", &[input, &w], vec![]))
         }
-        Quantization::Int8 => quantized_product(graph, parameters, input, prefix)?,
-    };
-    Ok(graph.node("Add", &[&product, &b], vec![]))
+        Quantization::Int8 => quantized_product(graph, parameters, input, prefix),
+    }
+}
+
+/// The attention mask as a float `[b, s]` tensor, and the score bias `[b, 1, 1, s]` from it:
+/// 0 where attended, `masked` where padded.
+fn padding_bias(graph: &mut GraphBuilder, masked: f32) -> (String, String) {
+    let mask = graph.node(
+        "Cast",
+        &["attention_mask"],
+        vec![attribute_int("to", DataType::FLOAT as i64)],
+    );
+    let one_float = graph.float_tensor("const_one_float", &[], &[1.0]);
+    let masked = graph.float_tensor("const_masked_score", &[], &[masked]);
+    let inverted = graph.node("Sub", &[&one_float, &mask], vec![]);
+    let bias = graph.node("Mul", &[&inverted, &masked], vec![]);
+    let axes = graph.int_tensor("const_mask_axes", &[2], &[1, 2]);
+    let bias = graph.node("Unsqueeze", &[&bias, &axes], vec![]);
+    (mask, bias)
 }
 
 /// The int8 weights of a Linear `[out, in]`, transposed to `[in, out]` for MatMulInteger,

@@ -16,22 +16,6 @@ use super::{attribute_int, attribute_ints, initializer, ExportError, GraphBuilde
 /// every key masked stays finite).
 const MASKED: f32 = -1e9;
 
-/// `x·Wᵀ` for a bias-free Linear `prefix`, in float32 or int8 as the graph says.
-fn product(
-    graph: &mut GraphBuilder,
-    parameters: &HashMap<String, Tensor>,
-    input: &str,
-    prefix: &str,
-) -> Result<String, ExportError> {
-    match graph.quantization {
-        super::Quantization::None => {
-            let w = initializer(graph, parameters, &format!("{prefix}.weight"), true)?;
-            Ok(graph.node("MatMul", &[input, &w], vec![]))
-        }
-        super::Quantization::Int8 => super::quantized_product(graph, parameters, input, prefix),
-    }
-}
-
 /// LayerNormalization with the weight of `prefix` and no bias.
 fn norm(
     graph: &mut GraphBuilder,
@@ -115,17 +99,8 @@ pub(super) fn emit(
     )?;
 
     // Padding bias [b, 1, 1, s] and window bias [s, s].
-    let mask = graph.node(
-        "Cast",
-        &["attention_mask"],
-        vec![attribute_int("to", DataType::FLOAT as i64)],
-    );
-    let one_float = graph.float_tensor("const_one_float", &[], &[1.0]);
+    let (mask, padding_bias) = super::padding_bias(graph, MASKED);
     let masked = graph.float_tensor("const_masked", &[], &[MASKED]);
-    let inverted = graph.node("Sub", &[&one_float, &mask], vec![]);
-    let bias = graph.node("Mul", &[&inverted, &masked], vec![]);
-    let axes = graph.int_tensor("const_mask_axes", &[2], &[1, 2]);
-    let padding_bias = graph.node("Unsqueeze", &[&bias, &axes], vec![]);
     let rows = graph.node("Unsqueeze", &[&positions, &one], vec![]);
     let columns = graph.node("Unsqueeze", &[&positions, &zero], vec![]);
     let distance = graph.node("Sub", &[&rows, &columns], vec![]);
@@ -182,7 +157,7 @@ pub(super) fn emit(
                 epsilon,
             )?
         };
-        let qkv = product(graph, parameters, &normed, &format!("{prefix}.attn.Wqkv"))?;
+        let qkv = super::product(graph, parameters, &normed, &format!("{prefix}.attn.Wqkv"))?;
         let qkv = graph.node("Reshape", &[&qkv, &qkv_shape], vec![]);
         // [3, b, heads, s, head_size]
         let qkv = graph.node(
@@ -223,7 +198,7 @@ pub(super) fn emit(
             &local_bias
         };
         let context = super::attention(graph, [&query, &key_t, &value], &scale, bias, &merge_shape);
-        let attended = product(graph, parameters, &context, &format!("{prefix}.attn.Wo"))?;
+        let attended = super::product(graph, parameters, &context, &format!("{prefix}.attn.Wo"))?;
         hidden = graph.node("Add", &[&hidden, &attended], vec![]);
 
         let normed = norm(
@@ -233,7 +208,7 @@ pub(super) fn emit(
             &format!("{prefix}.mlp_norm"),
             epsilon,
         )?;
-        let both = product(graph, parameters, &normed, &format!("{prefix}.mlp.Wi"))?;
+        let both = super::product(graph, parameters, &normed, &format!("{prefix}.mlp.Wi"))?;
         let input = graph.node("Slice", &[&both, &zero_1d, &gate_start, &last_axis], vec![]);
         let gate = graph.node(
             "Slice",
@@ -242,7 +217,7 @@ pub(super) fn emit(
         );
         let activated = gelu_erf(graph, &input);
         let gated = graph.node("Mul", &[&activated, &gate], vec![]);
-        let output = product(graph, parameters, &gated, &format!("{prefix}.mlp.Wo"))?;
+        let output = super::product(graph, parameters, &gated, &format!("{prefix}.mlp.Wo"))?;
         hidden = graph.node("Add", &[&hidden, &output], vec![]);
     }
     let hidden = norm(graph, parameters, &hidden, "model.final_norm", epsilon)?;
@@ -274,7 +249,7 @@ pub(super) fn emit(
             graph.node("Div", &[&summed, &counts], vec![])
         }
     };
-    let dense = product(graph, parameters, &pooled, "head.dense")?;
+    let dense = super::product(graph, parameters, &pooled, "head.dense")?;
     let activated = gelu_erf(graph, &dense);
     let head = norm(graph, parameters, &activated, "head.norm", epsilon)?;
     super::linear(graph, parameters, &head, "classifier")?;

@@ -19,7 +19,9 @@ use crate::classification_head::{EncoderWithHead, HeadActivation};
 use crate::dropout::DropoutRng;
 use crate::electra;
 use crate::error::ModelError;
-use crate::modernbert::{self, ModernBertConfig, ModernBertForSequenceClassification};
+use crate::modernbert::{
+    self, ModernBertConfig, ModernBertForSequenceClassification, ModernBertModel,
+};
 use crate::tokens::TokenTensors;
 use crate::weights::TensorNames;
 use crate::xlm_roberta;
@@ -423,10 +425,12 @@ impl SequenceClassifier {
 }
 
 /// A family's encoder without head: one hidden state per token, for sentence embeddings.
-/// Every family so far has BERT's encoder, with its own positions and tensor prefix.
+/// The BERT-shaped families share BERT's encoder (their own positions and tensor prefix);
+/// ModernBERT has its own.
 #[derive(Debug, Clone)]
 pub(crate) enum TokenEncoder {
     Bert(BertEncoder),
+    ModernBert(ModernBertModel),
 }
 
 impl TokenEncoder {
@@ -441,12 +445,12 @@ impl TokenEncoder {
             }
             FamilyConfig::XlmRoberta(config) => xlm_roberta::load_encoder(vb, config, dropout)?,
             FamilyConfig::Electra(config) => electra::load_encoder(vb, config, dropout)?,
-            FamilyConfig::ModernBert(_) => {
-                return Err(candle_core::Error::Msg(
-                    "sentence embeddings from a ModernBERT encoder are not supported yet; \
-                     mine with a BERT embedding model or BM25"
-                        .into(),
-                ))
+            FamilyConfig::ModernBert(config) => {
+                return Ok(TokenEncoder::ModernBert(ModernBertModel::load(
+                    vb.pp(modernbert::TENSOR_NAMES.prefix),
+                    config,
+                    dropout,
+                )?))
             }
         }))
     }
@@ -455,6 +459,9 @@ impl TokenEncoder {
     pub(crate) fn forward(&self, tokens: &TokenTensors) -> TensorResult<Tensor> {
         match self {
             TokenEncoder::Bert(encoder) => encoder.forward(tokens),
+            TokenEncoder::ModernBert(encoder) => {
+                encoder.forward(&tokens.input_ids, &tokens.attention_mask)
+            }
         }
     }
 }

@@ -17,7 +17,7 @@ mod model;
 mod rotary;
 
 pub use config::{ClassifierPooling, ModernBertConfig};
-pub use model::ModernBertForSequenceClassification;
+pub use model::{ModernBertForSequenceClassification, ModernBertModel};
 pub use rotary::cos_sin as rotary_cos_sin;
 
 /// The `architectures` entries of this family.

@@ -428,6 +428,31 @@ fn bad_input_names_the_file_and_column_or_line() {
     assert_eq!(std::fs::read_to_string(&output).unwrap(), "keep me\n");
 }
 
+/// Dense mining of `corpus` with the embedding model `model`, `chunk` documents at a time,
+/// as n-tuples with scores.
+fn mine_dense_rows(
+    setup: &Setup,
+    corpus: &Path,
+    model: &str,
+    name: &str,
+    chunk: &str,
+    more: &[&str],
+) -> Vec<Value> {
+    let mut options = vec![
+        "--model",
+        model,
+        "--chunk-size",
+        chunk,
+        "--output-format",
+        "n-tuple",
+        "--output-scores",
+    ];
+    options.extend_from_slice(more);
+    let (rows, summary) = mine_corpus(setup, corpus, name, &options);
+    assert_eq!(summary["retriever"], "dense");
+    rows
+}
+
 #[test]
 fn dense_retrieval_streams_the_corpus_in_chunks() {
     let setup = setup();
@@ -442,19 +467,7 @@ fn dense_retrieval_streams_the_corpus_in_chunks() {
     )
     .unwrap();
     let mine_dense = |name: &str, chunk: &str, more: &[&str]| {
-        let mut options = vec![
-            "--model",
-            model,
-            "--chunk-size",
-            chunk,
-            "--output-format",
-            "n-tuple",
-            "--output-scores",
-        ];
-        options.extend_from_slice(more);
-        let (rows, summary) = mine_corpus(&setup, &corpus, name, &options);
-        assert_eq!(summary["retriever"], "dense");
-        rows
+        mine_dense_rows(&setup, &corpus, model, name, chunk, more)
     };
     // The same rows whatever the chunking; scores agree to float rounding (a chunk's texts are
     // embedded in other batches, padded to other lengths).
@@ -654,20 +667,7 @@ fn dense_retrieval_with_a_modernbert_encoder() {
         format!("{C0}\n{C1}\n{Q0}\n{C3}\n{C4}\n{C5}\n{C2}\n"),
     )
     .unwrap();
-    let mine = |name: &str, chunk: &str| {
-        let options = [
-            "--model",
-            model,
-            "--chunk-size",
-            chunk,
-            "--output-format",
-            "n-tuple",
-            "--output-scores",
-        ];
-        let (rows, summary) = mine_corpus(&setup, &corpus, name, &options);
-        assert_eq!(summary["retriever"], "dense");
-        rows
-    };
+    let mine = |name: &str, chunk: &str| mine_dense_rows(&setup, &corpus, model, name, chunk, &[]);
     let chunked = mine("chunked.jsonl", "2");
     let whole = mine("whole.jsonl", "1000");
     assert_eq!(chunked.len(), whole.len());

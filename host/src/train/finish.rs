@@ -168,11 +168,9 @@ impl Run<'_> {
         let text =
             serde_json::to_string_pretty(&summary).map_err(|e| io_error(&summary_file, e))?;
         std::fs::write(&summary_file, text + "\n").map_err(|e| io_error(&summary_file, e))?;
-        let mut args = serde_json::to_value(config).map_err(|e| io_error(&summary_file, e))?;
-        if let Value::Object(map) = &mut args {
-            // As in training_args.json, which `crosstrain card` reads back.
-            map.insert("world_size".into(), json!(self.world.size()));
-        }
+        // What training_args.json holds, which `crosstrain card` reads back.
+        let args =
+            training_args(config, self.world.size()).map_err(|e| io_error(&summary_file, e))?;
         crate::card::write_files(
             staging,
             &args,
@@ -325,16 +323,11 @@ impl Run<'_> {
     }
 }
 
-/// `training_args.json`: the resolved config, as the run used it.
-/// `world_size` is the number of ranks (recorded as transformers' `TrainingArguments` has
+/// `training_args.json`: the resolved config, as the run used it, with the crosstrain version
+/// and `world_size`, the number of ranks (recorded as transformers' `TrainingArguments` has
 /// it, so a resume can check it).
-pub(super) fn write_training_args(
-    config: &TrainConfig,
-    dir: &Path,
-    world_size: usize,
-) -> Result<(), TrainError> {
-    let path = dir.join("training_args.json");
-    let mut value = serde_json::to_value(config).map_err(|e| io_error(&path, e))?;
+fn training_args(config: &TrainConfig, world_size: usize) -> serde_json::Result<Value> {
+    let mut value = serde_json::to_value(config)?;
     if let Value::Object(map) = &mut value {
         map.insert(
             "crosstrain_version".into(),
@@ -342,6 +335,17 @@ pub(super) fn write_training_args(
         );
         map.insert("world_size".into(), json!(world_size));
     }
+    Ok(value)
+}
+
+/// Writes [`training_args`] into `dir`.
+pub(super) fn write_training_args(
+    config: &TrainConfig,
+    dir: &Path,
+    world_size: usize,
+) -> Result<(), TrainError> {
+    let path = dir.join("training_args.json");
+    let value = training_args(config, world_size).map_err(|e| io_error(&path, e))?;
     let text = serde_json::to_string_pretty(&value).map_err(|e| io_error(&path, e))?;
     std::fs::write(&path, text + "\n").map_err(|e| io_error(&path, e))
 }

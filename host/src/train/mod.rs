@@ -394,8 +394,7 @@ pub fn train(
         ),
     };
     if let Some(checkpoint) = &resume_from {
-        resume::check_unchanged(config, checkpoint, &options.allowed_changes)?;
-        resume::check_world_size(checkpoint, world.size())?;
+        resume::check_unchanged(config, checkpoint, &options.allowed_changes, world.size())?;
     }
 
     let plugin_versions: Vec<(String, String)> = registry

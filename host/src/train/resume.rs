@@ -40,12 +40,14 @@ const RECIPE_KEYS: [&str; 26] = [
     "seed",
 ];
 
-/// Compares `config` with the `training_args.json` of `checkpoint`; a checkpoint without one
-/// (written by hand, or by an older crosstrain) is not checked.
+/// Compares `config` and the job's `world_size` with the `training_args.json` of
+/// `checkpoint`; a checkpoint without one (written by hand, or by an older crosstrain) is not
+/// checked.
 pub(super) fn check_unchanged(
     config: &TrainConfig,
     checkpoint: &Path,
     allowed: &[String],
+    world_size: usize,
 ) -> Result<(), TrainError> {
     let args_file = checkpoint.join("training_args.json");
     let Ok(text) = std::fs::read_to_string(&args_file) else {
@@ -55,6 +57,7 @@ pub(super) fn check_unchanged(
         path: checkpoint.to_path_buf(),
         message: format!("{}: not valid JSON: {e}", args_file.display()),
     })?;
+    check_world_size(checkpoint, &saved, world_size)?;
     let current = serde_json::to_value(config).map_err(|e| TrainError::Checkpoint {
         path: checkpoint.to_path_buf(),
         message: e.to_string(),
@@ -104,15 +107,10 @@ pub(super) fn check_unchanged(
 }
 
 /// Refuses a checkpoint written by a job of another number of ranks: its global batches, and
-/// so its step count and position in the epoch, were of another size. A checkpoint without
-/// the figure was written by one process.
-pub(super) fn check_world_size(checkpoint: &Path, world_size: usize) -> Result<(), TrainError> {
-    let args_file = checkpoint.join("training_args.json");
-    let saved = std::fs::read_to_string(&args_file)
-        .ok()
-        .and_then(|text| serde_json::from_str::<Value>(&text).ok())
-        .and_then(|args| args.get("world_size").and_then(Value::as_u64))
-        .unwrap_or(1) as usize;
+/// so its step count and position in the epoch, were of another size. `saved` is its
+/// `training_args.json`; without the figure it was written by one process.
+fn check_world_size(checkpoint: &Path, saved: &Value, world_size: usize) -> Result<(), TrainError> {
+    let saved = saved.get("world_size").and_then(Value::as_u64).unwrap_or(1) as usize;
     if saved == world_size {
         return Ok(());
     }

@@ -1,5 +1,7 @@
 //! ModernBERT's attention: a fused `Wqkv`, rotary embeddings with the layer's theta, the
 //! padding mask, and on local layers a window of `local_attention / 2` tokens on each side.
+//! The rotary tables and score biases are the same for every layer of a kind, so the model
+//! makes them once per forward pass ([`AttentionInputs`]).
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
@@ -20,36 +22,26 @@ pub struct ModernBertAttention {
     wo: Linear,
     num_heads: usize,
     head_size: usize,
-    rope_theta: f64,
-    /// Tokens seen on each side in a local layer; `None` in a global one.
-    half_window: Option<usize>,
     probabilities_dropout: Dropout,
     output_dropout: Dropout,
 }
 
 impl ModernBertAttention {
     /// Loads `layers.N.attn`.
-    pub fn load(
-        vb: VarBuilder,
-        config: &ModernBertConfig,
-        layer: usize,
-        rng: &DropoutRng,
-    ) -> Result<Self> {
+    pub fn load(vb: VarBuilder, config: &ModernBertConfig, rng: &DropoutRng) -> Result<Self> {
         let hidden = config.hidden_size;
         Ok(Self {
             wqkv: candle_nn::linear_no_bias(hidden, 3 * hidden, vb.pp("Wqkv"))?,
             wo: candle_nn::linear_no_bias(hidden, hidden, vb.pp("Wo"))?,
             num_heads: config.num_attention_heads,
             head_size: config.head_size(),
-            rope_theta: config.rope_theta(layer),
-            half_window: (!config.is_global(layer)).then_some(config.local_attention / 2),
             probabilities_dropout: Dropout::new(config.attention_dropout, rng.clone()),
             output_dropout: Dropout::new(config.attention_dropout, rng.clone()),
         })
     }
 
-    /// `hidden` `[b, s, h]`; `padding_bias` `[b, 1, 1, s]` (0 or [`MASKED`]).
-    pub fn forward(&self, hidden: &Tensor, padding_bias: &Tensor) -> Result<Tensor> {
+    /// `hidden` `[b, s, h]`, with the rotary tables and score bias of the layer's kind.
+    pub fn forward(&self, hidden: &Tensor, inputs: &AttentionInputs) -> Result<Tensor> {
         let (batch, seq_len, width) = hidden.dims3()?;
         let qkv = self.wqkv.forward(hidden)?.reshape((
             batch,
@@ -64,28 +56,54 @@ impl ModernBertAttention {
                 .transpose(1, 2)?
                 .contiguous()
         };
-        let (cos, sin) =
-            rotary::cos_sin(seq_len, self.head_size, self.rope_theta, hidden.device())?;
-        let query = rotary::apply(&part(0)?, &cos, &sin)?;
-        let key = rotary::apply(&part(1)?, &cos, &sin)?;
+        let query = rotary::apply(&part(0)?, &inputs.cos, &inputs.sin)?;
+        let key = rotary::apply(&part(1)?, &inputs.cos, &inputs.sin)?;
         let value = part(2)?;
         let scores = query.matmul(&key.t()?.contiguous()?)?;
-        let bias = match self.half_window {
-            None => padding_bias.clone(),
-            Some(half) => {
-                padding_bias.broadcast_add(&window_bias(seq_len, half, hidden.device())?)?
-            }
-        };
         let scale = 1.0 / (self.head_size as f64).sqrt();
-        let probabilities = self
-            .probabilities_dropout
-            .forward(&crate::kernels::ops::masked_softmax(&scores, &bias, scale)?)?;
+        let probabilities =
+            self.probabilities_dropout
+                .forward(&crate::kernels::ops::masked_softmax(
+                    &scores,
+                    &inputs.bias,
+                    scale,
+                )?)?;
         let context = probabilities
             .matmul(&value)?
             .transpose(1, 2)?
             .contiguous()?
             .reshape((batch, seq_len, width))?;
         self.output_dropout.forward(&self.wo.forward(&context)?)
+    }
+}
+
+/// What every layer of one kind (global or local) attends with, for one batch.
+#[derive(Debug, Clone)]
+pub struct AttentionInputs {
+    /// Rotary tables `[s, head_size]` of the kind's theta.
+    cos: Tensor,
+    sin: Tensor,
+    /// Score bias: `[b, 1, 1, s]` padding (global), plus the window `[b, 1, s, s]` (local).
+    bias: Tensor,
+}
+
+impl AttentionInputs {
+    /// For a batch whose padding bias is `padding_bias` (`[b, 1, 1, s]`), with rotary `theta`
+    /// and, for a local kind, `half_window` tokens seen on each side.
+    pub fn new(
+        padding_bias: &Tensor,
+        head_size: usize,
+        theta: f64,
+        half_window: Option<usize>,
+    ) -> Result<Self> {
+        let seq_len = padding_bias.dim(3)?;
+        let device = padding_bias.device();
+        let (cos, sin) = rotary::cos_sin(seq_len, head_size, theta, device)?;
+        let bias = match half_window {
+            None => padding_bias.clone(),
+            Some(half) => padding_bias.broadcast_add(&window_bias(seq_len, half, device)?)?,
+        };
+        Ok(Self { cos, sin, bias })
     }
 }
 

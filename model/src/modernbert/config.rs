@@ -177,7 +177,11 @@ impl ModernBertConfig {
 
     /// The rotary theta of layer `layer`.
     pub fn rope_theta(&self, layer: usize) -> f64 {
-        let global = self.is_global(layer);
+        self.rope_theta_of(self.is_global(layer))
+    }
+
+    /// The rotary theta of the global (`true`) or the local layers.
+    pub fn rope_theta_of(&self, global: bool) -> f64 {
         let from_table = self.rope_parameters.as_ref().and_then(|table| {
             table
                 .get(if global {

@@ -4,7 +4,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::attention::ModernBertAttention;
+use super::attention::{AttentionInputs, ModernBertAttention};
 use super::config::ModernBertConfig;
 use super::mlp::ModernBertMlp;
 use crate::dropout::DropoutRng;
@@ -38,19 +38,19 @@ impl ModernBertLayer {
                     eps,
                 )?)
             },
-            attention: ModernBertAttention::load(vb.pp("attn"), config, layer, rng)?,
+            attention: ModernBertAttention::load(vb.pp("attn"), config, rng)?,
             mlp_norm: LayerNorm::load_without_bias(vb.pp("mlp_norm"), width, eps)?,
             mlp: ModernBertMlp::load(vb.pp("mlp"), config, rng)?,
         })
     }
 
-    /// `hidden` `[b, s, h]`, `padding_bias` `[b, 1, 1, s]`.
-    pub fn forward(&self, hidden: &Tensor, padding_bias: &Tensor) -> Result<Tensor> {
+    /// `hidden` `[b, s, h]`, with the attention inputs of the layer's kind.
+    pub fn forward(&self, hidden: &Tensor, attention: &AttentionInputs) -> Result<Tensor> {
         let normed = match &self.attention_norm {
             Some(norm) => norm.forward(hidden)?,
             None => hidden.clone(),
         };
-        let hidden = (hidden + self.attention.forward(&normed, padding_bias)?)?;
+        let hidden = (hidden + self.attention.forward(&normed, attention)?)?;
         let mlp = self.mlp.forward(&self.mlp_norm.forward(&hidden)?)?;
         hidden + mlp
     }

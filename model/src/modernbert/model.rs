@@ -5,7 +5,7 @@
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Embedding, Linear, VarBuilder};
 
-use super::attention::MASKED;
+use super::attention::{AttentionInputs, MASKED};
 use super::config::{ClassifierPooling, ModernBertConfig};
 use super::layer::ModernBertLayer;
 use crate::dropout::{Dropout, DropoutRng};
@@ -18,6 +18,12 @@ pub struct ModernBertModel {
     embedding_norm: LayerNorm,
     embedding_dropout: Dropout,
     layers: Vec<ModernBertLayer>,
+    /// Whether each layer attends globally (else in its window).
+    global: Vec<bool>,
+    head_size: usize,
+    global_theta: f64,
+    local_theta: f64,
+    half_window: usize,
     final_norm: LayerNorm,
 }
 
@@ -40,6 +46,13 @@ impl ModernBertModel {
             embedding_norm: LayerNorm::load_without_bias(embeddings.pp("norm"), width, eps)?,
             embedding_dropout: Dropout::new(config.embedding_dropout, rng.clone()),
             layers,
+            global: (0..config.num_hidden_layers)
+                .map(|layer| config.is_global(layer))
+                .collect(),
+            head_size: config.head_size(),
+            global_theta: config.rope_theta_of(true),
+            local_theta: config.rope_theta_of(false),
+            half_window: config.local_attention / 2,
             final_norm: LayerNorm::load_without_bias(vb.pp("final_norm"), width, eps)?,
         })
     }
@@ -55,8 +68,23 @@ impl ModernBertModel {
         let mut hidden = self
             .embedding_dropout
             .forward(&self.embedding_norm.forward(&embedded)?)?;
-        for layer in &self.layers {
-            hidden = layer.forward(&hidden, &padding_bias)?;
+        // Made once for the pass, for each kind of layer it has.
+        let kind = |global: bool| -> Result<Option<AttentionInputs>> {
+            if !self.global.contains(&global) {
+                return Ok(None);
+            }
+            let (theta, window) = if global {
+                (self.global_theta, None)
+            } else {
+                (self.local_theta, Some(self.half_window))
+            };
+            AttentionInputs::new(&padding_bias, self.head_size, theta, window).map(Some)
+        };
+        let (global, local) = (kind(true)?, kind(false)?);
+        for (layer, &is_global) in self.layers.iter().zip(&self.global) {
+            let inputs = if is_global { &global } else { &local };
+            let inputs = inputs.as_ref().expect("made for every kind present");
+            hidden = layer.forward(&hidden, inputs)?;
         }
         self.final_norm.forward(&hidden)
     }

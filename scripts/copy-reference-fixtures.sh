@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 shared=${1:-../shared}
 reference="$shared/reference"
 for model in tiny-bert-ce tiny-bert-ce-3labels tiny-xlmr-ce tiny-electra-ce tiny-modernbert-ce \
-    tiny-modernbert-mean-ce; do
+    tiny-modernbert-mean-ce tiny-deberta-v2-ce; do
     rm -rf "tests/fixtures/models/$model"
     cp -r "$reference/models/$model" "tests/fixtures/models/$model"
     rm -f "tests/fixtures/models/$model/README.md"  # the card is not a test input

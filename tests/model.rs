@@ -154,7 +154,7 @@ fn three_label_model_logits_match_the_reference() {
 }
 
 #[test]
-fn xlm_roberta_electra_and_modernbert_tokens_and_logits_match_transformers() {
+fn xlm_roberta_electra_modernbert_and_deberta_tokens_and_logits_match_transformers() {
     let parity = read_parity("model_parity_families.json");
     for (name, architecture) in [
         ("tiny-xlmr-ce", "XLMRobertaForSequenceClassification"),
@@ -164,6 +164,7 @@ fn xlm_roberta_electra_and_modernbert_tokens_and_logits_match_transformers() {
             "tiny-modernbert-mean-ce",
             "ModernBertForSequenceClassification",
         ),
+        ("tiny-deberta-v2-ce", "DebertaV2ForSequenceClassification"),
     ] {
         let model = CrossEncoder::load_dir(&tiny(name), &LoadOptions::default()).unwrap();
         assert_eq!(model.family().architecture(), architecture);
@@ -695,10 +696,10 @@ fn sentence_embeddings_are_unit_length_and_padding_free() {
 
 #[test]
 fn an_unsupported_architecture_is_refused_before_any_work_naming_what_is_supported() {
-    // A BERT-shaped directory whose config says DeBERTa-v2 (not implemented yet): before the
-    // model crate, any such config was trained as BERT and saved relabelled as BERT.
+    // A BERT-shaped directory whose config says Qwen3 (a decoder reranker, not implemented):
+    // before the model crate, any such config was trained as BERT and saved relabelled as BERT.
     let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("deberta");
+    let model = dir.path().join("qwen3");
     std::fs::create_dir(&model).unwrap();
     for file in [
         "model.safetensors",
@@ -708,13 +709,13 @@ fn an_unsupported_architecture_is_refused_before_any_work_naming_what_is_support
         std::fs::copy(tiny("tiny-bert-ce").join(file), model.join(file)).unwrap();
     }
     let mut config = read_json(&tiny("tiny-bert-ce").join("config.json"));
-    config["architectures"] = serde_json::json!(["DebertaV2ForSequenceClassification"]);
-    config["model_type"] = "deberta-v2".into();
+    config["architectures"] = serde_json::json!(["Qwen3ForSequenceClassification"]);
+    config["model_type"] = "qwen3".into();
     std::fs::write(model.join("config.json"), config.to_string()).unwrap();
 
     let error = match CrossEncoder::load_dir(&model, &LoadOptions::default()) {
         Err(error) => error,
-        Ok(_) => panic!("a DeBERTa-v2 config loaded as BERT"),
+        Ok(_) => panic!("a Qwen3 config loaded as BERT"),
     };
     assert!(
         matches!(error, ModelError::UnsupportedArchitecture { .. }),
@@ -724,7 +725,7 @@ fn an_unsupported_architecture_is_refused_before_any_work_naming_what_is_support
     assert!(
         message.contains("config.json")
             && message.contains("XLMRobertaForSequenceClassification")
-            && message.contains("\"DebertaV2ForSequenceClassification\" is not supported")
+            && message.contains("\"Qwen3ForSequenceClassification\" is not supported")
             && message.contains("BERT")
             && message.contains("BertForSequenceClassification"),
         "{message}"
@@ -742,7 +743,7 @@ fn an_unsupported_architecture_is_refused_before_any_work_naming_what_is_support
     ]);
     assert!(!output.status.success());
     assert!(
-        stderr(&output).contains("DebertaV2ForSequenceClassification"),
+        stderr(&output).contains("Qwen3ForSequenceClassification"),
         "{}",
         stderr(&output)
     );

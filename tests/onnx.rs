@@ -146,7 +146,7 @@ fn onnx_logits_match_the_reference_for_the_tiny_models() {
 }
 
 #[test]
-fn onnx_logits_match_transformers_for_xlm_roberta_electra_and_modernbert() {
+fn onnx_logits_match_transformers_for_xlm_roberta_electra_modernbert_and_deberta() {
     ensure_onnxruntime();
     // ModernBERT's 128-token setting runs past its 16-token window.
     for name in [
@@ -154,6 +154,7 @@ fn onnx_logits_match_transformers_for_xlm_roberta_electra_and_modernbert() {
         "tiny-electra-ce",
         "tiny-modernbert-ce",
         "tiny-modernbert-mean-ce",
+        "tiny-deberta-v2-ce",
     ] {
         for setting in ["128", "32"] {
             let diff = onnx_reference_difference_in(
@@ -174,6 +175,12 @@ fn onnx_logits_match_transformers_for_xlm_roberta_electra_and_modernbert() {
     // Nor does ModernBERT's.
     let target = dir.path().join("modernbert");
     exported_copy(&fixture("models").join("tiny-modernbert-ce"), &target);
+    let bytes = std::fs::read(target.join("onnx/model.onnx")).unwrap();
+    assert!(!bytes.windows(14).any(|w| w == b"token_type_ids"));
+    // Nor DeBERTa-v2's without token types (its tokenizer writes them; the network has no
+    // table to read them with).
+    let target = dir.path().join("deberta");
+    exported_copy(&fixture("models").join("tiny-deberta-v2-ce"), &target);
     let bytes = std::fs::read(target.join("onnx/model.onnx")).unwrap();
     assert!(!bytes.windows(14).any(|w| w == b"token_type_ids"));
 }

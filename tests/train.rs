@@ -879,7 +879,7 @@ fn trajectory_errors(run_id: &str) -> (f64, f64) {
 }
 
 /// `trajectories.json`: sentence-transformers' per-step training losses and final logits for
-/// BERT, XLM-RoBERTa, ELECTRA and ModernBERT (both poolings) (BinaryCrossEntropyLoss, 8
+/// BERT, XLM-RoBERTa, ELECTRA, ModernBERT (both poolings) and DeBERTa-v2 (BinaryCrossEntropyLoss, 8
 /// steps, warm-up, weight decay, clipping), reproduced by `crosstrain train`.
 #[test]
 fn training_trajectories_match_the_cross_encoder_trainer() {
@@ -889,6 +889,7 @@ fn training_trajectories_match_the_cross_encoder_trainer() {
         "tiny-electra-ce/bce",
         "tiny-modernbert-ce/bce",
         "tiny-modernbert-mean-ce/bce",
+        "tiny-deberta-v2-ce/bce",
     ] {
         let (loss_error, logit_error) = trajectory_errors(run_id);
         assert!(loss_error < 1e-4, "{run_id}: loss rel err {loss_error}");

@@ -280,7 +280,7 @@ impl CrossEncoder {
         Ok(TokenTensors::for_model(
             encoded,
             &self.device,
-            self.family().takes_token_type_ids(),
+            self.config().takes_token_type_ids(),
         )?)
     }
 

@@ -93,7 +93,7 @@ impl SentenceEmbedder {
             pooling: pooling_of(dir)?,
             device: device.clone(),
             dimension: config.hidden_size(),
-            takes_token_type_ids: config.family().takes_token_type_ids(),
+            takes_token_type_ids: config.takes_token_type_ids(),
         })
     }
 

@@ -16,6 +16,9 @@ use serde_json::{Map, Value};
 use crate::bert::PositionIds;
 use crate::bert::{self, BertConfig, BertEncoder, BertForSequenceClassification};
 use crate::classification_head::{EncoderWithHead, HeadActivation};
+use crate::deberta_v2::{
+    self, DebertaV2Config, DebertaV2ForSequenceClassification, DebertaV2Model,
+};
 use crate::dropout::DropoutRng;
 use crate::electra;
 use crate::error::ModelError;
@@ -35,9 +38,11 @@ pub enum ModelFamily {
     XlmRoberta,
     /// ELECTRA (ms-marco-electra).
     Electra,
-    /// ModernBERT (gte-reranker-modernbert, the ModernBERT rerankers): candle's ops, no ONNX
-    /// graph or fused CPU layer yet (issue 18).
+    /// ModernBERT (gte-reranker-modernbert, the ModernBERT rerankers): candle's ops, no
+    /// fused CPU layer yet (issue 18).
     ModernBert,
+    /// DeBERTa-v2 and v3 (mxbai-rerank-v1, the nli-deberta-v3 cross-encoders): candle's ops.
+    DebertaV2,
 }
 
 impl ModelFamily {
@@ -47,6 +52,7 @@ impl ModelFamily {
         ModelFamily::XlmRoberta,
         ModelFamily::Electra,
         ModelFamily::ModernBert,
+        ModelFamily::DebertaV2,
     ];
 
     /// The family's sequence classifier in transformers: what a saved `config.json` names
@@ -57,6 +63,7 @@ impl ModelFamily {
             ModelFamily::XlmRoberta => "XLMRobertaForSequenceClassification",
             ModelFamily::Electra => "ElectraForSequenceClassification",
             ModelFamily::ModernBert => "ModernBertForSequenceClassification",
+            ModelFamily::DebertaV2 => "DebertaV2ForSequenceClassification",
         }
     }
 
@@ -67,6 +74,7 @@ impl ModelFamily {
             ModelFamily::XlmRoberta => "xlm-roberta",
             ModelFamily::Electra => "electra",
             ModelFamily::ModernBert => "modernbert",
+            ModelFamily::DebertaV2 => "deberta-v2",
         }
     }
 
@@ -77,6 +85,7 @@ impl ModelFamily {
             ModelFamily::XlmRoberta => "XLM-RoBERTa",
             ModelFamily::Electra => "ELECTRA",
             ModelFamily::ModernBert => "ModernBERT",
+            ModelFamily::DebertaV2 => "DeBERTa-v2",
         }
     }
 
@@ -87,6 +96,7 @@ impl ModelFamily {
             ModelFamily::XlmRoberta => xlm_roberta::ARCHITECTURES,
             ModelFamily::Electra => electra::ARCHITECTURES,
             ModelFamily::ModernBert => modernbert::ARCHITECTURES,
+            ModelFamily::DebertaV2 => deberta_v2::ARCHITECTURES,
         }
     }
 
@@ -97,16 +107,7 @@ impl ModelFamily {
             ModelFamily::XlmRoberta => xlm_roberta::TENSOR_NAMES,
             ModelFamily::Electra => electra::TENSOR_NAMES,
             ModelFamily::ModernBert => modernbert::TENSOR_NAMES,
-        }
-    }
-
-    /// Whether the network reads `token_type_ids` (segment ids). Families without segments
-    /// take only `input_ids` and `attention_mask`, which is also what their ONNX graph
-    /// declares.
-    pub fn takes_token_type_ids(self) -> bool {
-        match self {
-            ModelFamily::Bert | ModelFamily::Electra => true,
-            ModelFamily::XlmRoberta | ModelFamily::ModernBert => false,
+            ModelFamily::DebertaV2 => deberta_v2::TENSOR_NAMES,
         }
     }
 
@@ -173,6 +174,8 @@ pub enum FamilyConfig {
     Electra(BertConfig),
     /// A ModernBERT config.
     ModernBert(ModernBertConfig),
+    /// A DeBERTa-v2 config.
+    DebertaV2(DebertaV2Config),
 }
 
 impl FamilyConfig {
@@ -183,6 +186,12 @@ impl FamilyConfig {
             message,
         };
         let family = ModelFamily::of_config(raw, path)?;
+        if family == ModelFamily::DebertaV2 {
+            let config: DebertaV2Config = serde_json::from_value(Value::Object(raw.clone()))
+                .map_err(|e| bad_file(e.to_string()))?;
+            config.validate().map_err(bad_file)?;
+            return Ok(FamilyConfig::DebertaV2(config));
+        }
         if family == ModelFamily::ModernBert {
             let config: ModernBertConfig = serde_json::from_value(Value::Object(raw.clone()))
                 .map_err(|e| bad_file(e.to_string()))?;
@@ -205,7 +214,7 @@ impl FamilyConfig {
                 FamilyConfig::XlmRoberta(config)
             }
             ModelFamily::Electra => FamilyConfig::Electra(config),
-            ModelFamily::ModernBert => unreachable!("parsed above"),
+            ModelFamily::ModernBert | ModelFamily::DebertaV2 => unreachable!("parsed above"),
         })
     }
 
@@ -216,17 +225,30 @@ impl FamilyConfig {
             FamilyConfig::XlmRoberta(_) => ModelFamily::XlmRoberta,
             FamilyConfig::Electra(_) => ModelFamily::Electra,
             FamilyConfig::ModernBert(_) => ModelFamily::ModernBert,
+            FamilyConfig::DebertaV2(_) => ModelFamily::DebertaV2,
+        }
+    }
+
+    /// Whether the network reads `token_type_ids` (segment ids). Families without segments
+    /// take only `input_ids` and `attention_mask`, which is also what their ONNX graph
+    /// declares; DeBERTa-v2 reads them only when its config has token types (v2 and v3
+    /// checkpoints have none, though their tokenizer writes them).
+    pub fn takes_token_type_ids(&self) -> bool {
+        match self {
+            FamilyConfig::Bert(_) | FamilyConfig::Electra(_) => true,
+            FamilyConfig::XlmRoberta(_) | FamilyConfig::ModernBert(_) => false,
+            FamilyConfig::DebertaV2(config) => config.type_vocab_size > 0,
         }
     }
 
     /// The BERT-shaped config of the families built on BERT's encoder, for code that emits
-    /// their graph (the ONNX exporter); `None` for ModernBERT.
+    /// their graph (the ONNX exporter); `None` for ModernBERT and DeBERTa-v2.
     pub fn bert_config(&self) -> Option<&BertConfig> {
         match self {
             FamilyConfig::Bert(config)
             | FamilyConfig::XlmRoberta(config)
             | FamilyConfig::Electra(config) => Some(config),
-            FamilyConfig::ModernBert(_) => None,
+            FamilyConfig::ModernBert(_) | FamilyConfig::DebertaV2(_) => None,
         }
     }
 
@@ -234,6 +256,7 @@ impl FamilyConfig {
     pub fn num_labels(&self) -> usize {
         match self {
             FamilyConfig::ModernBert(config) => config.num_labels(),
+            FamilyConfig::DebertaV2(config) => config.num_labels(),
             FamilyConfig::Bert(config)
             | FamilyConfig::XlmRoberta(config)
             | FamilyConfig::Electra(config) => config.num_labels(),
@@ -249,6 +272,7 @@ impl FamilyConfig {
                 config.max_position_embeddings
             }
             FamilyConfig::ModernBert(config) => config.max_position_embeddings,
+            FamilyConfig::DebertaV2(config) => config.max_position_embeddings,
         }
     }
 
@@ -256,6 +280,7 @@ impl FamilyConfig {
     pub fn initializer_range(&self) -> f64 {
         match self {
             FamilyConfig::ModernBert(config) => config.initializer_range,
+            FamilyConfig::DebertaV2(config) => config.initializer_range,
             FamilyConfig::Bert(config)
             | FamilyConfig::XlmRoberta(config)
             | FamilyConfig::Electra(config) => config.initializer_range,
@@ -281,6 +306,10 @@ impl FamilyConfig {
                 "tok_embeddings.weight",
                 config.pad_token_id.unwrap_or(0) as usize,
             )],
+            FamilyConfig::DebertaV2(config) => vec![(
+                "word_embeddings.weight",
+                config.pad_token_id.unwrap_or(0) as usize,
+            )],
         }
     }
 
@@ -288,9 +317,10 @@ impl FamilyConfig {
     pub fn position_ids(&self) -> PositionIds {
         match self {
             FamilyConfig::XlmRoberta(config) => xlm_roberta::positions(config),
-            FamilyConfig::Bert(_) | FamilyConfig::Electra(_) | FamilyConfig::ModernBert(_) => {
-                PositionIds::FromZero
-            }
+            FamilyConfig::Bert(_)
+            | FamilyConfig::Electra(_)
+            | FamilyConfig::ModernBert(_)
+            | FamilyConfig::DebertaV2(_) => PositionIds::FromZero,
         }
     }
 
@@ -298,7 +328,9 @@ impl FamilyConfig {
     /// whose head is its pooler (dense → tanh) and classifier.
     pub fn head_activation(&self) -> Option<HeadActivation> {
         match self {
-            FamilyConfig::Bert(_) | FamilyConfig::ModernBert(_) => None,
+            FamilyConfig::Bert(_) | FamilyConfig::ModernBert(_) | FamilyConfig::DebertaV2(_) => {
+                None
+            }
             FamilyConfig::XlmRoberta(_) => Some(xlm_roberta::HEAD_ACTIVATION),
             FamilyConfig::Electra(_) => Some(electra::HEAD_ACTIVATION),
         }
@@ -308,6 +340,7 @@ impl FamilyConfig {
     pub fn hidden_size(&self) -> usize {
         match self {
             FamilyConfig::ModernBert(config) => config.hidden_size,
+            FamilyConfig::DebertaV2(config) => config.hidden_size,
             FamilyConfig::Bert(config)
             | FamilyConfig::XlmRoberta(config)
             | FamilyConfig::Electra(config) => config.hidden_size,
@@ -330,6 +363,30 @@ impl FamilyConfig {
                     config.vocab_size,
                     config.classifier_pooling
                 )
+            }
+            FamilyConfig::DebertaV2(config) => {
+                let relative = if config.relative_attention {
+                    let buckets = if config.position_buckets > 0 {
+                        format!("{} log buckets", config.attention_span())
+                    } else {
+                        format!("{} positions", config.attention_span())
+                    };
+                    format!(
+                        ", disentangled attention ({}; relative span {buckets} each side)",
+                        config.pos_att_type.join("+")
+                    )
+                } else {
+                    String::new()
+                };
+                return format!(
+                    "{} layers, hidden size {}, {} attention heads, intermediate size {}, \
+                     vocabulary {}{relative}",
+                    config.num_hidden_layers,
+                    config.hidden_size,
+                    config.num_attention_heads,
+                    config.intermediate_size,
+                    config.vocab_size
+                );
             }
             FamilyConfig::Bert(config)
             | FamilyConfig::XlmRoberta(config)
@@ -360,6 +417,7 @@ impl FamilyConfig {
         let family = self.family();
         match self {
             FamilyConfig::ModernBert(config) => config.to_saved_json(original, num_labels),
+            FamilyConfig::DebertaV2(config) => config.to_saved_json(original, num_labels),
             FamilyConfig::Bert(config)
             | FamilyConfig::XlmRoberta(config)
             | FamilyConfig::Electra(config) => config.to_saved_json(
@@ -379,6 +437,7 @@ pub(crate) enum SequenceClassifier {
     /// XLM-RoBERTa's and ELECTRA's: BERT's encoder with a RoBERTa-style head.
     EncoderWithHead(EncoderWithHead),
     ModernBert(ModernBertForSequenceClassification),
+    DebertaV2(DebertaV2ForSequenceClassification),
 }
 
 impl SequenceClassifier {
@@ -402,6 +461,9 @@ impl SequenceClassifier {
             FamilyConfig::ModernBert(config) => Ok(SequenceClassifier::ModernBert(
                 ModernBertForSequenceClassification::load(vb, config, num_labels, dropout)?,
             )),
+            FamilyConfig::DebertaV2(config) => Ok(SequenceClassifier::DebertaV2(
+                DebertaV2ForSequenceClassification::load(vb, config, num_labels, dropout)?,
+            )),
         }
     }
 
@@ -410,6 +472,7 @@ impl SequenceClassifier {
             SequenceClassifier::Bert(network) => network.num_labels(),
             SequenceClassifier::EncoderWithHead(network) => network.num_labels(),
             SequenceClassifier::ModernBert(network) => network.num_labels(),
+            SequenceClassifier::DebertaV2(network) => network.num_labels(),
         }
     }
 
@@ -420,6 +483,7 @@ impl SequenceClassifier {
             SequenceClassifier::ModernBert(network) => {
                 network.forward(&tokens.input_ids, &tokens.attention_mask)
             }
+            SequenceClassifier::DebertaV2(network) => network.forward(tokens),
         }
     }
 }
@@ -431,6 +495,7 @@ impl SequenceClassifier {
 pub(crate) enum TokenEncoder {
     Bert(BertEncoder),
     ModernBert(ModernBertModel),
+    DebertaV2(DebertaV2Model),
 }
 
 impl TokenEncoder {
@@ -452,6 +517,13 @@ impl TokenEncoder {
                     dropout,
                 )?))
             }
+            FamilyConfig::DebertaV2(config) => {
+                return Ok(TokenEncoder::DebertaV2(DebertaV2Model::load(
+                    vb.pp(deberta_v2::TENSOR_NAMES.prefix),
+                    config,
+                    dropout,
+                )?))
+            }
         }))
     }
 
@@ -462,6 +534,7 @@ impl TokenEncoder {
             TokenEncoder::ModernBert(encoder) => {
                 encoder.forward(&tokens.input_ids, &tokens.attention_mask)
             }
+            TokenEncoder::DebertaV2(encoder) => encoder.forward(tokens),
         }
     }
 }
@@ -500,6 +573,11 @@ mod tests {
                 r#"{"architectures": ["ElectraForPreTraining"], "model_type": "electra"}"#,
                 ModelFamily::Electra,
             ),
+            (
+                r#"{"architectures": ["DebertaV2ForSequenceClassification"]}"#,
+                ModelFamily::DebertaV2,
+            ),
+            (r#"{"model_type": "deberta-v2"}"#, ModelFamily::DebertaV2),
         ] {
             assert_eq!(ModelFamily::of_config(&config(raw), path).unwrap(), family);
         }
@@ -509,22 +587,24 @@ mod tests {
     fn an_unsupported_architecture_is_named_with_what_is_supported() {
         let path = Path::new("m/config.json");
         let error = ModelFamily::of_config(
-            &config(r#"{"architectures": ["DebertaV2ForSequenceClassification"], "model_type": "bert"}"#),
+            &config(
+                r#"{"architectures": ["Qwen3ForSequenceClassification"], "model_type": "bert"}"#,
+            ),
             path,
         )
         .unwrap_err()
         .to_string();
         assert!(
             error.contains("m/config.json")
-                && error.contains("\"DebertaV2ForSequenceClassification\" is not supported")
+                && error.contains("\"Qwen3ForSequenceClassification\" is not supported")
                 && error.contains("BERT")
                 && error.contains("BertForSequenceClassification"),
             "{error}"
         );
-        let error = ModelFamily::of_config(&config(r#"{"model_type": "deberta-v2"}"#), path)
+        let error = ModelFamily::of_config(&config(r#"{"model_type": "qwen3"}"#), path)
             .unwrap_err()
             .to_string();
-        assert!(error.contains("model_type \"deberta-v2\""), "{error}");
+        assert!(error.contains("model_type \"qwen3\""), "{error}");
         assert!(
             error.contains("XLMRobertaForSequenceClassification")
                 && error.contains("ElectraForSequenceClassification"),

@@ -1,5 +1,5 @@
 //! The crosstrain cross-encoder on candle, without the trainer: model families (BERT,
-//! XLM-RoBERTa, ELECTRA),
+//! XLM-RoBERTa, ELECTRA, ModernBERT, DeBERTa-v2),
 //! Hugging Face model directories in and out (`config.json`, `model.safetensors`,
 //! `tokenizer.json`; hub ids through `hf-hub`), pair tokenization as sentence-transformers
 //! does it, dropout from a seeded stream, and the fused CPU kernels with their portable
@@ -15,6 +15,7 @@ pub mod atomic;
 pub mod bert;
 pub mod classification_head;
 mod cross_encoder;
+pub mod deberta_v2;
 mod device;
 pub mod dropout;
 pub mod electra;

@@ -1,11 +1,19 @@
 //! Pair tokenization as sentence-transformers does it: `truncation="longest_first"` up to the
 //! model's max length and padding to the longest pair of the call. Whatever fixed padding or
 //! truncation a saved `tokenizer.json` carries (often `Fixed(128)`) is overridden.
+//!
+//! The truncation is applied here, to the whole encodings of both texts, rather than by the
+//! tokenizers crate's `encode`: its 0.23.2 stops tokenizing each text at `max_length` tokens
+//! before deciding which text is the longer, so when both run past the budget the shorter
+//! one could keep the odd extra token (transformers' `longest_first`, and the Python
+//! tokenizers 0.23.3 it runs, give it to the longer).
 
 use std::path::{Path, PathBuf};
 
+use tokenizers::utils::parallelism::MaybeParallelIterator;
 use tokenizers::{
-    EncodeInput, PaddingDirection, PaddingParams, PaddingStrategy, Tokenizer, TruncationDirection,
+    pad_encodings, truncate_encodings, EncodeInput, Encoding, InputSequence, PaddingDirection,
+    PaddingParams, PaddingStrategy, PostProcessor, Tokenizer, TruncationDirection,
     TruncationParams, TruncationStrategy,
 };
 
@@ -149,7 +157,12 @@ pub enum TokenizeError {
 /// A tokenizer that encodes (query, document) pairs.
 #[derive(Clone)]
 pub struct PairTokenizer {
+    /// With our padding and truncation set, as it is saved.
     tokenizer: Tokenizer,
+    /// The same without either: each text is tokenized whole, then truncated and padded here.
+    untruncated: Tokenizer,
+    truncation: TruncationParams,
+    padding: PaddingParams,
     max_length: usize,
 }
 
@@ -179,24 +192,34 @@ impl PairTokenizer {
             .unwrap_or("[PAD]")
             .to_string();
         let pad_id = tokenizer.token_to_id(&pad_token).unwrap_or(0);
-        tokenizer.with_padding(Some(PaddingParams {
+        let padding = PaddingParams {
             strategy: PaddingStrategy::BatchLongest,
             direction: PaddingDirection::Right,
             pad_to_multiple_of: None,
             pad_id,
             pad_type_id: 0,
             pad_token,
-        }));
+        };
+        let truncation = TruncationParams {
+            direction: TruncationDirection::Right,
+            max_length,
+            strategy: TruncationStrategy::LongestFirst,
+            stride: 0,
+        };
+        let mut untruncated = tokenizer.clone();
+        untruncated.with_padding(None);
+        untruncated
+            .with_truncation(None)
+            .map_err(|source| TokenizeError::Truncation { max_length, source })?;
+        tokenizer.with_padding(Some(padding.clone()));
         tokenizer
-            .with_truncation(Some(TruncationParams {
-                direction: TruncationDirection::Right,
-                max_length,
-                strategy: TruncationStrategy::LongestFirst,
-                stride: 0,
-            }))
+            .with_truncation(Some(truncation.clone()))
             .map_err(|source| TokenizeError::Truncation { max_length, source })?;
         Ok(Self {
             tokenizer,
+            untruncated,
+            truncation,
+            padding,
             max_length,
         })
     }
@@ -227,11 +250,37 @@ impl PairTokenizer {
         self.encode_inputs(inputs)
     }
 
+    /// One text or pair: each text tokenized whole, truncated longest-first to the budget
+    /// left by the special tokens (as the tokenizers crate's `post_process` computes it),
+    /// then given its special tokens and segment ids.
+    fn encode_one(&self, input: EncodeInput) -> tokenizers::Result<Encoding> {
+        let tokenize = |sequence: InputSequence| self.untruncated.encode(sequence, false);
+        let (first, second) = match input {
+            EncodeInput::Single(text) => (tokenize(text)?, None),
+            EncodeInput::Dual(query, document) => (tokenize(query)?, Some(tokenize(document)?)),
+        };
+        let added = self
+            .untruncated
+            .get_post_processor()
+            .map_or(0, |processor| processor.added_tokens(second.is_some()));
+        let budget = TruncationParams {
+            max_length: self.truncation.max_length.saturating_sub(added),
+            ..self.truncation.clone()
+        };
+        let (first, second) = truncate_encodings(first, second, &budget)?;
+        self.untruncated.post_process(first, second, true)
+    }
+
     fn encode_inputs(&self, inputs: Vec<EncodeInput>) -> Result<EncodedPairs, TokenizeError> {
         let count = inputs.len();
-        let encodings = self
-            .tokenizer
-            .encode_batch(inputs, true)
+        let encodings = inputs
+            .into_maybe_par_iter()
+            .map(|input| self.encode_one(input))
+            .collect::<tokenizers::Result<Vec<Encoding>>>()
+            .and_then(|mut encodings| {
+                pad_encodings(&mut encodings, &self.padding)?;
+                Ok(encodings)
+            })
             .map_err(|source| TokenizeError::Encode { count, source })?;
         let seq_len = encodings.first().map_or(0, |e| e.get_ids().len());
         let mut encoded = EncodedPairs {
@@ -241,7 +290,7 @@ impl PairTokenizer {
             token_type_ids: Vec::with_capacity(encodings.len() * seq_len),
             attention_mask: Vec::with_capacity(encodings.len() * seq_len),
         };
-        for encoding in &encodings {
+        for encoding in encodings.iter() {
             encoded.input_ids.extend_from_slice(encoding.get_ids());
             encoded
                 .token_type_ids

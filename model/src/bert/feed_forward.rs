@@ -21,19 +21,48 @@ pub struct BertFeedForward {
 impl BertFeedForward {
     /// Loads `intermediate.*` and `output.*` from the layer's builder.
     pub fn load(vb: VarBuilder, config: &BertConfig, rng: &DropoutRng) -> Result<Self> {
-        let (hidden, inner) = (config.hidden_size, config.intermediate_size);
+        Self::load_with(
+            vb,
+            FeedForwardShape {
+                hidden: config.hidden_size,
+                intermediate: config.intermediate_size,
+                activation: config.hidden_act,
+                layer_norm_eps: config.layer_norm_eps,
+                dropout: config.hidden_dropout_prob,
+            },
+            rng,
+        )
+    }
+
+    /// The same block for another family with BERT's (DeBERTa's), from its sizes.
+    pub(crate) fn load_with(
+        vb: VarBuilder,
+        shape: FeedForwardShape,
+        rng: &DropoutRng,
+    ) -> Result<Self> {
+        let (hidden, inner) = (shape.hidden, shape.intermediate);
         Ok(Self {
             intermediate: candle_nn::linear(hidden, inner, vb.pp("intermediate").pp("dense"))?,
-            activation: config.hidden_act,
+            activation: shape.activation,
             output: candle_nn::linear(inner, hidden, vb.pp("output").pp("dense"))?,
             layer_norm: LayerNorm::load(
                 vb.pp("output").pp("LayerNorm"),
                 hidden,
-                config.layer_norm_eps,
+                shape.layer_norm_eps,
             )?,
-            dropout: Dropout::new(config.hidden_dropout_prob, rng.clone()),
+            dropout: Dropout::new(shape.dropout, rng.clone()),
         })
     }
+}
+
+/// What the feed-forward block is built from.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FeedForwardShape {
+    pub(crate) hidden: usize,
+    pub(crate) intermediate: usize,
+    pub(crate) activation: HiddenAct,
+    pub(crate) layer_norm_eps: f64,
+    pub(crate) dropout: f64,
 }
 
 impl Module for BertFeedForward {

@@ -8,7 +8,7 @@ mod classifier;
 pub mod config;
 mod embeddings;
 mod encoder;
-mod feed_forward;
+pub(crate) mod feed_forward;
 mod layer;
 mod pooler;
 

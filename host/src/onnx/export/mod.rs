@@ -20,6 +20,7 @@ use onnx_protobuf::{
 use crosstrain_model::CrossEncoder;
 
 mod bert;
+mod deberta_v2;
 mod modernbert;
 
 use bert::{EncoderGraph, Head};
@@ -429,11 +430,14 @@ pub fn export_onnx_with(
     let mut graph = GraphBuilder::new(quantization);
 
     // The BERT-encoder families share one graph, the family saying how it differs;
-    // ModernBERT has its own.
+    // ModernBERT and DeBERTa-v2 have their own.
     let family = model.family();
     match model.config() {
         crosstrain_model::FamilyConfig::ModernBert(config) => {
             modernbert::emit(&mut graph, &parameters, config)?
+        }
+        crosstrain_model::FamilyConfig::DebertaV2(config) => {
+            deberta_v2::emit(&mut graph, &parameters, config)?
         }
         other => {
             let config = other
@@ -443,7 +447,7 @@ pub fn export_onnx_with(
                 config,
                 prefix: family.tensor_names().prefix,
                 positions: other.position_ids(),
-                token_types: family.takes_token_type_ids(),
+                token_types: other.takes_token_type_ids(),
                 head: match other.head_activation() {
                     None => Head::Pooler,
                     Some(activation) => Head::Classification(activation),
@@ -459,7 +463,7 @@ pub fn export_onnx_with(
     proto.initializer = graph.initializers;
     let dynamic = [Err("batch"), Err("sequence")];
     let mut inputs = vec!["input_ids", "attention_mask"];
-    if model.family().takes_token_type_ids() {
+    if model.config().takes_token_type_ids() {
         inputs.push("token_type_ids");
     }
     proto.input = inputs

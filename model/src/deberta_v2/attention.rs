@@ -1,0 +1,184 @@
+//! DeBERTa's disentangled self-attention and its output block. The scores add to the
+//! content term `q_i · k_j` the content-to-position term `q_i · k^r_{δ(i,j)}` and the
+//! position-to-content term `k_j · q^r_{δ(i,j)}`, where `k^r`, `q^r` are the relative
+//! embeddings through the key and query projections (`share_att_key`) or their own, and
+//! `δ(i, j)` the pair's row of the relative table; all three are divided by
+//! `sqrt(head_size · terms)`.
+//!
+//! Heads are laid out head-major (`[heads, batch, seq, head_size]`), so that one product per
+//! head, `[batch·seq, head_size] × [head_size, 2·span]`, gives every token's scores against
+//! every relative row, from which each pair's is gathered (`index_select`, whose backward is
+//! an `index_add`: candle primitives on every device).
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Linear, VarBuilder};
+
+use super::config::DebertaV2Config;
+use super::relative_position::RelativeIndex;
+use crate::dropout::{Dropout, DropoutRng};
+use crate::layer_norm::LayerNorm;
+
+/// What every layer attends with, for one batch: made once per forward pass.
+#[derive(Debug, Clone)]
+pub struct AttentionInputs {
+    /// `[heads · batch, 1, 1, seq]`: 0 on real keys, a large negative number on padding.
+    pub bias: Tensor,
+    /// The relative table (layer-normed when the config says so) and the gather indices,
+    /// when attention is relative.
+    pub relative: Option<(Tensor, RelativeIndex)>,
+}
+
+/// `DebertaV2Attention`: `DisentangledSelfAttention` and `DebertaV2SelfOutput`.
+#[derive(Debug, Clone)]
+pub struct DisentangledAttention {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    /// Own projections of the relative table when keys are not shared.
+    position_key: Option<Linear>,
+    position_query: Option<Linear>,
+    content_to_position: bool,
+    position_to_content: bool,
+    num_heads: usize,
+    head_size: usize,
+    scale: f64,
+    position_dropout: Dropout,
+    probabilities_dropout: Dropout,
+    output: Linear,
+    output_dropout: Dropout,
+    layer_norm: LayerNorm,
+}
+
+impl DisentangledAttention {
+    /// Loads `encoder.layer.N.attention`.
+    pub fn load(vb: VarBuilder, config: &DebertaV2Config, rng: &DropoutRng) -> Result<Self> {
+        let hidden = config.hidden_size;
+        let heads_width = config.num_attention_heads * config.head_size();
+        let own = vb.pp("self");
+        let separate = !config.share_att_key;
+        let content_to_position = config.content_to_position();
+        let position_to_content = config.position_to_content();
+        Ok(Self {
+            query: candle_nn::linear(hidden, heads_width, own.pp("query_proj"))?,
+            key: candle_nn::linear(hidden, heads_width, own.pp("key_proj"))?,
+            value: candle_nn::linear(hidden, heads_width, own.pp("value_proj"))?,
+            position_key: if separate && content_to_position {
+                Some(candle_nn::linear(
+                    hidden,
+                    heads_width,
+                    own.pp("pos_key_proj"),
+                )?)
+            } else {
+                None
+            },
+            position_query: if separate && position_to_content {
+                Some(candle_nn::linear(
+                    hidden,
+                    heads_width,
+                    own.pp("pos_query_proj"),
+                )?)
+            } else {
+                None
+            },
+            content_to_position,
+            position_to_content,
+            num_heads: config.num_attention_heads,
+            head_size: config.head_size(),
+            scale: config.score_scale(),
+            position_dropout: Dropout::new(config.hidden_dropout_prob, rng.clone()),
+            probabilities_dropout: Dropout::new(config.attention_probs_dropout_prob, rng.clone()),
+            output: candle_nn::linear(heads_width, hidden, vb.pp("output").pp("dense"))?,
+            output_dropout: Dropout::new(config.hidden_dropout_prob, rng.clone()),
+            layer_norm: LayerNorm::load(
+                vb.pp("output").pp("LayerNorm"),
+                hidden,
+                config.layer_norm_eps,
+            )?,
+        })
+    }
+
+    /// `[rows, heads · head_size]` to head-major `[heads, rows, head_size]`.
+    fn split_heads(&self, projected: &Tensor) -> Result<Tensor> {
+        let rows = projected.dim(0)?;
+        projected
+            .reshape((rows, self.num_heads, self.head_size))?
+            .transpose(0, 1)?
+            .contiguous()
+    }
+
+    /// Every token's (`[heads, b·s, d]`) products with every relative row (`[heads, 2span,
+    /// d]`), gathered at each pair's row by `index` into `[heads, b, s, s]`.
+    fn relative_scores(
+        tokens: &Tensor,
+        relative_rows: &Tensor,
+        index: &Tensor,
+        batch: usize,
+        seq_len: usize,
+    ) -> Result<Tensor> {
+        let heads = tokens.dim(0)?;
+        let rows = relative_rows.dim(1)?;
+        tokens
+            .matmul(&relative_rows.t()?)?
+            .reshape((heads * batch, seq_len * rows))?
+            .index_select(index, 1)?
+            .reshape((heads, batch, seq_len, seq_len))
+    }
+
+    /// `hidden` `[b, s, h]` to the block's output `[b, s, h]` (after its residual norm).
+    pub fn forward(&self, hidden: &Tensor, inputs: &AttentionInputs) -> Result<Tensor> {
+        let _span = tracing::trace_span!("disentangled_attention").entered();
+        let (batch, seq_len, width) = hidden.dims3()?;
+        let flat = hidden.reshape((batch * seq_len, width))?;
+        let query = self.split_heads(&self.query.forward(&flat)?)?;
+        let key = self.split_heads(&self.key.forward(&flat)?)?;
+        let value = self.split_heads(&self.value.forward(&flat)?)?;
+        let heads = self.num_heads;
+        let per_sequence = |t: &Tensor| t.reshape((heads, batch, seq_len, self.head_size));
+        let mut scores = per_sequence(&query)?.matmul(&per_sequence(&key)?.t()?)?;
+        if let Some((table, index)) = &inputs.relative {
+            let table = self.position_dropout.forward(table)?;
+            if self.content_to_position {
+                let projection = self.position_key.as_ref().unwrap_or(&self.key);
+                let position_keys = self.split_heads(&projection.forward(&table)?)?;
+                scores = (scores
+                    + Self::relative_scores(
+                        &query,
+                        &position_keys,
+                        &index.content_to_position,
+                        batch,
+                        seq_len,
+                    )?)?;
+            }
+            if self.position_to_content {
+                let projection = self.position_query.as_ref().unwrap_or(&self.query);
+                let position_queries = self.split_heads(&projection.forward(&table)?)?;
+                scores = (scores
+                    + Self::relative_scores(
+                        &key,
+                        &position_queries,
+                        &index.position_to_content,
+                        batch,
+                        seq_len,
+                    )?)?;
+            }
+        }
+        let probabilities = crate::kernels::ops::masked_softmax(
+            &scores.reshape((heads * batch, 1, seq_len, seq_len))?,
+            &inputs.bias,
+            1.0 / self.scale,
+        )?;
+        let probabilities = self.probabilities_dropout.forward(&probabilities)?;
+        let context = probabilities
+            .reshape((heads, batch, seq_len, seq_len))?
+            .matmul(&per_sequence(&value)?)?
+            .permute((1, 2, 0, 3))?
+            .contiguous()?
+            .reshape((batch * seq_len, heads * self.head_size))?;
+        let projected = self
+            .output_dropout
+            .forward(&self.output.forward(&context)?)?;
+        self.layer_norm
+            .forward(&(projected + flat)?)?
+            .reshape((batch, seq_len, width))
+    }
+}

@@ -654,30 +654,41 @@ fn convert_writes_triplets_that_train_takes() {
     train_on(&setup.dir, &output, "MultipleNegativesRankingLoss");
 }
 
-/// Dense retrieval with a ModernBERT encoder (issue 18): the query's own text, put in the
-/// corpus, is its hardest negative with a cosine of 1, whatever the chunking.
+/// Dense retrieval with a ModernBERT or a DeBERTa-v2 encoder (issue 18): the query's own
+/// text, put in the corpus, is its hardest negative with a cosine of 1, whatever the chunking.
 #[test]
-fn dense_retrieval_with_a_modernbert_encoder() {
+fn dense_retrieval_with_modernbert_and_deberta_encoders() {
     let setup = setup();
-    let model = fixture("models/tiny-modernbert-ce");
-    let model = model.to_str().unwrap();
-    let corpus = setup.dir.join("dense.txt");
-    std::fs::write(
-        &corpus,
-        format!("{C0}\n{C1}\n{Q0}\n{C3}\n{C4}\n{C5}\n{C2}\n"),
-    )
-    .unwrap();
-    let mine = |name: &str, chunk: &str| mine_dense_rows(&setup, &corpus, model, name, chunk, &[]);
-    let chunked = mine("chunked.jsonl", "2");
-    let whole = mine("whole.jsonl", "1000");
-    assert_eq!(chunked.len(), whole.len());
-    assert_eq!(chunked[0]["negative_1"], Q0);
-    let scores = chunked[0]["scores"].as_array().unwrap();
-    assert!(
-        (scores[1].as_f64().unwrap() - 1.0).abs() < 1e-5,
-        "{scores:?}"
-    );
-    for (x, y) in chunked.iter().zip(&whole) {
-        assert_eq!(x["negative_1"], y["negative_1"]);
+    for name in ["tiny-modernbert-ce", "tiny-deberta-v2-ce"] {
+        let model = fixture(&format!("models/{name}"));
+        let model = model.to_str().unwrap();
+        let corpus = setup.dir.join("dense.txt");
+        std::fs::write(
+            &corpus,
+            format!("{C0}\n{C1}\n{Q0}\n{C3}\n{C4}\n{C5}\n{C2}\n"),
+        )
+        .unwrap();
+        let mine = |output: &str, chunk: &str| {
+            mine_dense_rows(
+                &setup,
+                &corpus,
+                model,
+                &format!("{name}-{output}"),
+                chunk,
+                &[],
+            )
+        };
+        let chunked = mine("chunked.jsonl", "2");
+        let whole = mine("whole.jsonl", "1000");
+        assert_eq!(chunked.len(), whole.len(), "{name}");
+        assert_eq!(chunked[0]["negative_1"], Q0, "{name}");
+        let scores = chunked[0]["scores"].as_array().unwrap();
+        assert!(
+            (scores[1].as_f64().unwrap() - 1.0).abs() < 1e-5,
+            "{name}: {scores:?}"
+        );
+        for (x, y) in chunked.iter().zip(&whole) {
+            assert_eq!(x["negative_1"], y["negative_1"], "{name}");
+        }
     }
 }

@@ -751,17 +751,52 @@ fn an_unsupported_architecture_is_refused_before_any_work_naming_what_is_support
 }
 
 #[test]
-fn xlm_roberta_and_electra_save_load_round_trip_and_base_checkpoints_get_a_head() {
-    for (name, prefix, architecture) in [
+fn every_family_saves_loads_round_trip_and_base_checkpoints_get_a_head() {
+    // (fixture, encoder prefix, architecture, the head a base checkpoint lacks)
+    for (name, prefix, architecture, head) in [
         (
             "tiny-xlmr-ce",
             "roberta.",
             "XLMRobertaForSequenceClassification",
+            &[
+                "classifier.dense.bias",
+                "classifier.dense.weight",
+                "classifier.out_proj.bias",
+                "classifier.out_proj.weight",
+            ][..],
         ),
         (
             "tiny-electra-ce",
             "electra.",
             "ElectraForSequenceClassification",
+            &[
+                "classifier.dense.bias",
+                "classifier.dense.weight",
+                "classifier.out_proj.bias",
+                "classifier.out_proj.weight",
+            ][..],
+        ),
+        (
+            "tiny-modernbert-ce",
+            "model.",
+            "ModernBertForSequenceClassification",
+            &[
+                "classifier.bias",
+                "classifier.weight",
+                "head.dense.weight",
+                "head.norm.weight",
+            ][..],
+        ),
+        (
+            "tiny-deberta-v2-ce",
+            "deberta.",
+            "DebertaV2ForSequenceClassification",
+            &[
+                "classifier.bias",
+                "classifier.weight",
+                "pooler.dense.bias",
+                "pooler.dense.weight",
+            ][..],
         ),
     ] {
         let dir = tempfile::tempdir().unwrap();
@@ -775,7 +810,7 @@ fn xlm_roberta_and_electra_save_load_round_trip_and_base_checkpoints_get_a_head(
         let logits = |m: &CrossEncoder| m.logits(&some_pairs()).unwrap().to_vec2::<f32>().unwrap();
         assert_eq!(logits(&model), logits(&reloaded), "{name}");
 
-        // A base checkpoint: encoder tensors without the prefix, no classifier.
+        // A base checkpoint: encoder tensors without the prefix, no head.
         let base = dir.path().join("base");
         std::fs::create_dir(&base).unwrap();
         for file in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
@@ -788,21 +823,12 @@ fn xlm_roberta_and_electra_save_load_round_trip_and_base_checkpoints_get_a_head(
         .unwrap();
         let base_tensors: std::collections::HashMap<String, Tensor> = tensors
             .into_iter()
-            .filter(|(name, _)| !name.starts_with("classifier."))
+            .filter(|(name, _)| name.starts_with(prefix))
             .map(|(name, tensor)| (name.trim_start_matches(prefix).to_string(), tensor))
             .collect();
         candle_core::safetensors::save(&base_tensors, base.join("model.safetensors")).unwrap();
         let fresh = CrossEncoder::load_dir(&base, &LoadOptions::default()).unwrap();
-        assert_eq!(
-            fresh.initialised_parameters(),
-            [
-                "classifier.dense.bias",
-                "classifier.dense.weight",
-                "classifier.out_proj.bias",
-                "classifier.out_proj.weight"
-            ],
-            "{name}"
-        );
+        assert_eq!(fresh.initialised_parameters(), head, "{name}");
     }
 }
 

@@ -486,7 +486,7 @@ fn training_exports_onnx_and_the_card_reports_parity() {
 /// parity check), the saved layout transformers reads, the card, `export-onnx --check`,
 /// `rank` and `eval` on the ONNX backend, `bench predict --from-scratch`.
 #[test]
-fn xlm_roberta_and_electra_train_save_export_rank_and_evaluate() {
+fn every_family_trains_saves_exports_ranks_and_evaluates() {
     ensure_onnxruntime();
     let dir = tempfile::tempdir().unwrap();
     let train = four_labeled_pairs(dir.path());
@@ -498,16 +498,35 @@ fn xlm_roberta_and_electra_train_save_export_rank_and_evaluate() {
     .unwrap();
     let documents = dir.path().join("documents.txt");
     std::fs::write(&documents, "knead the dough\noil the bike chain\n").unwrap();
-    for (name, architecture, model_type) in [
+    // (fixture, architecture, model_type, where its tensors live, its classifier's weight)
+    for (name, architecture, model_type, prefixes, classifier) in [
         (
             "tiny-xlmr-ce",
             "XLMRobertaForSequenceClassification",
             "xlm-roberta",
+            &["roberta.", "classifier."][..],
+            "classifier.out_proj.weight",
         ),
         (
             "tiny-electra-ce",
             "ElectraForSequenceClassification",
             "electra",
+            &["electra.", "classifier."][..],
+            "classifier.out_proj.weight",
+        ),
+        (
+            "tiny-modernbert-ce",
+            "ModernBertForSequenceClassification",
+            "modernbert",
+            &["model.", "head.", "classifier."][..],
+            "classifier.weight",
+        ),
+        (
+            "tiny-deberta-v2-ce",
+            "DebertaV2ForSequenceClassification",
+            "deberta-v2",
+            &["deberta.", "pooler.", "classifier."][..],
+            "classifier.weight",
         ),
     ] {
         let output = dir.path().join(name);
@@ -533,15 +552,14 @@ fn xlm_roberta_and_electra_train_save_export_rank_and_evaluate() {
         assert_eq!(config["model_type"], model_type, "{name}");
         let weights =
             candle_core::safetensors::load(output.join("model.safetensors"), &Device::Cpu).unwrap();
-        let prefix = if name == "tiny-xlmr-ce" {
-            "roberta."
-        } else {
-            "electra."
-        };
-        assert!(weights
-            .keys()
-            .all(|k| k.starts_with(prefix) || k.starts_with("classifier.")));
-        assert!(weights.contains_key("classifier.out_proj.weight"), "{name}");
+        assert!(
+            weights
+                .keys()
+                .all(|k| prefixes.iter().any(|prefix| k.starts_with(prefix))),
+            "{name}: {:?}",
+            weights.keys().collect::<Vec<_>>()
+        );
+        assert!(weights.contains_key(classifier), "{name}");
         let state = read_json(&output.join("trainer_state.json"));
         let diff = state["onnx"]["max_abs_logit_diff"].as_f64().unwrap();
         assert!(diff < 1e-5, "{name}: ONNX vs candle after training: {diff}");

@@ -10,5 +10,6 @@
 //!   AVX2+FMA and picked at run time; also the AdamW update the trainer runs.
 
 pub mod encoder_layer;
+pub mod modernbert_layer;
 pub mod ops;
 pub mod simd;

@@ -18,12 +18,12 @@ pub(super) const MASKED: f32 = -1e9;
 /// `ModernBertAttention`.
 #[derive(Debug, Clone)]
 pub struct ModernBertAttention {
-    wqkv: Linear,
-    wo: Linear,
+    pub(super) wqkv: Linear,
+    pub(super) wo: Linear,
     num_heads: usize,
     head_size: usize,
-    probabilities_dropout: Dropout,
-    output_dropout: Dropout,
+    pub(super) probabilities_dropout: Dropout,
+    pub(super) output_dropout: Dropout,
 }
 
 impl ModernBertAttention {
@@ -85,6 +85,8 @@ pub struct AttentionInputs {
     sin: Tensor,
     /// Score bias: `[b, 1, 1, s]` padding (global), plus the window `[b, 1, s, s]` (local).
     bias: Tensor,
+    /// The padding bias alone, `[b, 1, 1, s]` (the fused layer applies the window itself).
+    pub(super) padding: Tensor,
 }
 
 impl AttentionInputs {
@@ -103,7 +105,12 @@ impl AttentionInputs {
             None => padding_bias.clone(),
             Some(half) => padding_bias.broadcast_add(&window_bias(seq_len, half, device)?)?,
         };
-        Ok(Self { cos, sin, bias })
+        Ok(Self {
+            cos,
+            sin,
+            bias,
+            padding: padding_bias.clone(),
+        })
     }
 }
 

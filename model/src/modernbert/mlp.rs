@@ -9,10 +9,10 @@ use crate::dropout::{Dropout, DropoutRng};
 /// `ModernBertMLP`.
 #[derive(Debug, Clone)]
 pub struct ModernBertMlp {
-    wi: Linear,
-    wo: Linear,
+    pub(super) wi: Linear,
+    pub(super) wo: Linear,
     intermediate: usize,
-    dropout: Dropout,
+    pub(super) dropout: Dropout,
 }
 
 impl ModernBertMlp {

@@ -60,6 +60,18 @@ impl ModernBertModel {
     /// `[b, s, hidden]` hidden states, after the final norm, of `input_ids` and
     /// `attention_mask` (`[b, s]`; 1 for a real token).
     pub fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
+        self.forward_layers(input_ids, attention_mask, false)
+    }
+
+    /// The same where only each sequence's first token will be read (`cls` pooling): the
+    /// last layer may compute only that row (the fused CPU layer does; other rows are then
+    /// zeros).
+    fn forward_layers(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        first_token_only: bool,
+    ) -> Result<Tensor> {
         let (batch, seq_len) = input_ids.dims2()?;
         let mask = attention_mask.to_dtype(DType::F32)?;
         let padding_bias =
@@ -81,10 +93,11 @@ impl ModernBertModel {
             AttentionInputs::new(&padding_bias, self.head_size, theta, window).map(Some)
         };
         let (global, local) = (kind(true)?, kind(false)?);
-        for (layer, &is_global) in self.layers.iter().zip(&self.global) {
+        let last = self.layers.len().saturating_sub(1);
+        for (index, (layer, &is_global)) in self.layers.iter().zip(&self.global).enumerate() {
             let inputs = if is_global { &global } else { &local };
             let inputs = inputs.as_ref().expect("made for every kind present");
-            hidden = layer.forward(&hidden, inputs)?;
+            hidden = layer.forward(&hidden, inputs, first_token_only && index == last)?;
         }
         self.final_norm.forward(&hidden)
     }
@@ -130,7 +143,11 @@ impl ModernBertForSequenceClassification {
     /// Logits `[b, num_labels]` of `input_ids` and `attention_mask` (`[b, s]`, u32; 1 for a
     /// real token).
     pub fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
-        let hidden = self.model.forward(input_ids, attention_mask)?;
+        let hidden = self.model.forward_layers(
+            input_ids,
+            attention_mask,
+            self.pooling == ClassifierPooling::Cls,
+        )?;
         let pooled = match self.pooling {
             ClassifierPooling::Cls => hidden.narrow(1, 0, 1)?.squeeze(1)?,
             ClassifierPooling::Mean => {

@@ -11,19 +11,33 @@ pub fn cos_sin(
     theta: f64,
     device: &Device,
 ) -> Result<(Tensor, Tensor)> {
+    let (cos, sin) = cos_sin_values(seq_len, head_size, theta);
+    Ok((
+        Tensor::from_vec(cos, (seq_len, head_size), device)?,
+        Tensor::from_vec(sin, (seq_len, head_size), device)?,
+    ))
+}
+
+/// The same tables as row-major values: what the fused CPU layer rotates with, so that it and
+/// the composite layer use the same numbers.
+pub fn cos_sin_values(seq_len: usize, head_size: usize, theta: f64) -> (Vec<f32>, Vec<f32>) {
     let half = head_size / 2;
     // As torch: inverse frequencies and the angle products in f32.
     let inverse: Vec<f32> = (0..half)
         .map(|i| (1.0 / theta.powf((2 * i) as f64 / head_size as f64)) as f32)
         .collect();
-    let mut angles = Vec::with_capacity(seq_len * head_size);
+    let mut cos = Vec::with_capacity(seq_len * head_size);
+    let mut sin = Vec::with_capacity(seq_len * head_size);
     for position in 0..seq_len {
-        let row: Vec<f32> = inverse.iter().map(|f| position as f32 * f).collect();
-        angles.extend_from_slice(&row);
-        angles.extend_from_slice(&row);
+        for _ in 0..2 {
+            for frequency in &inverse {
+                let angle = position as f32 * frequency;
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+            }
+        }
     }
-    let angles = Tensor::from_vec(angles, (seq_len, head_size), device)?;
-    Ok((angles.cos()?, angles.sin()?))
+    (cos, sin)
 }
 
 /// `x · cos + rotate_half(x) · sin` for `x` of `[b, heads, s, head_size]`.

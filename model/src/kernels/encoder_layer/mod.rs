@@ -34,15 +34,15 @@ use crate::kernels::ops::{
 use crate::kernels::simd;
 
 /// Rows per rayon task in the row-wise loops.
-const ROWS_PER_TASK: usize = 32;
+pub(crate) const ROWS_PER_TASK: usize = 32;
 
 /// Elements per rayon task in the element-wise loops.
-const ELEMENTS_PER_TASK: usize = 16_384;
+pub(crate) const ELEMENTS_PER_TASK: usize = 16_384;
 
 mod attention;
-mod packing;
+pub(crate) mod packing;
 mod params;
-mod products;
+pub(crate) mod products;
 
 pub use params::{pack_parameters, LayerDims, LayerDropoutMasks, LayerParameters};
 
@@ -116,7 +116,7 @@ pub fn encoder_layer(
         .apply_op3(&mask_bias.contiguous()?.detach(), packed_parameters, op)
 }
 
-fn threads() -> Parallelism {
+pub(crate) fn threads() -> Parallelism {
     match rayon::current_num_threads() {
         0 | 1 => Parallelism::None,
         n => Parallelism::Rayon(n),
@@ -336,7 +336,7 @@ impl EncoderLayerOp {
             &params[o.outer_weight],
             query_rows,
             g_outer_w,
-            g_outer_b,
+            Some(g_outer_b),
             Some((&mut d_inner, false)),
         );
         drop(d_outer);
@@ -350,7 +350,7 @@ impl EncoderLayerOp {
             &params[o.inner_weight],
             query_rows,
             g_in_w,
-            g_in_b,
+            Some(g_in_b),
             Some((&mut d_hidden1, true)),
         );
         drop(d_inner);
@@ -374,7 +374,7 @@ impl EncoderLayerOp {
             &params[o.output_weight],
             query_rows,
             g_out_w,
-            g_out_b,
+            Some(g_out_b),
             Some((&mut d_context, false)),
         );
         drop(d_projected);
@@ -411,7 +411,7 @@ impl EncoderLayerOp {
             key_value_weight,
             rows,
             g_kv_w,
-            g_kv_b,
+            Some(g_kv_b),
             Some((&mut d_x, false)),
         );
         linear_backward(
@@ -420,7 +420,7 @@ impl EncoderLayerOp {
             query_weight,
             query_rows,
             g_q_w,
-            g_q_b,
+            Some(g_q_b),
             Some((&mut d_query_input, true)),
         );
         packing.add_queries_into(&mut d_x, &d_query_input, hidden);

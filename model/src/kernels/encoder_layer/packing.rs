@@ -12,23 +12,23 @@
 ///
 /// The query rows are the rows the layer computes an output for: every real token, or only
 /// each sequence's first.
-pub(super) struct Packing {
-    pub(super) seq: usize,
+pub(crate) struct Packing {
+    pub(crate) seq: usize,
     /// Per batch element, the positions of its real tokens.
-    pub(super) positions: Vec<Vec<usize>>,
+    pub(crate) positions: Vec<Vec<usize>>,
     /// Per batch element, its first row among the packed rows (`batch + 1` entries).
-    pub(super) starts: Vec<usize>,
+    pub(crate) starts: Vec<usize>,
     /// Per batch element, how many of its first real tokens are query rows (all or 1).
-    pub(super) query_counts: Vec<usize>,
+    pub(crate) query_counts: Vec<usize>,
     /// Per batch element, its first row among the packed query rows (`batch + 1`).
-    pub(super) query_starts: Vec<usize>,
+    pub(crate) query_starts: Vec<usize>,
     /// Per batch element, where its `[heads, queries, len]` probabilities start (`batch + 1`).
-    pub(super) prob_starts: Vec<usize>,
+    pub(crate) prob_starts: Vec<usize>,
 }
 
 impl Packing {
     /// Real tokens are those whose mask bias is above half the dtype's lowest value.
-    pub(super) fn from_mask(
+    pub(crate) fn from_mask(
         mask_bias: &[f32],
         batch: usize,
         seq: usize,
@@ -77,20 +77,20 @@ impl Packing {
         }
     }
 
-    pub(super) fn rows(&self) -> usize {
+    pub(crate) fn rows(&self) -> usize {
         self.starts.last().copied().unwrap_or(0)
     }
 
-    pub(super) fn query_rows(&self) -> usize {
+    pub(crate) fn query_rows(&self) -> usize {
         self.query_starts.last().copied().unwrap_or(0)
     }
 
-    pub(super) fn all_rows_are_queries(&self) -> bool {
+    pub(crate) fn all_rows_are_queries(&self) -> bool {
         self.rows() == self.query_rows()
     }
 
     /// The (batch element, position) of every real row, in packed order.
-    pub(super) fn real_positions(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+    pub(crate) fn real_positions(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
         self.positions
             .iter()
             .enumerate()
@@ -98,7 +98,7 @@ impl Packing {
     }
 
     /// The (batch element, position) of every query row, in packed order.
-    pub(super) fn query_positions(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+    pub(crate) fn query_positions(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
         self.positions
             .iter()
             .zip(&self.query_counts)
@@ -107,7 +107,7 @@ impl Packing {
     }
 
     /// The rows at `positions` of a `[batch·seq, width]` matrix, packed.
-    pub(super) fn gather(
+    pub(crate) fn gather(
         &self,
         full: &[f32],
         width: usize,
@@ -122,7 +122,7 @@ impl Packing {
     }
 
     /// Packed rows back to `positions` of a `[batch·seq, width]` matrix, zeros elsewhere.
-    pub(super) fn scatter(
+    pub(crate) fn scatter(
         &self,
         packed: &[f32],
         width: usize,
@@ -138,7 +138,7 @@ impl Packing {
     }
 
     /// The query rows among packed real rows (`None`: all of them, no copy needed).
-    pub(super) fn select_queries(&self, packed: &[f32], width: usize) -> Option<Vec<f32>> {
+    pub(crate) fn select_queries(&self, packed: &[f32], width: usize) -> Option<Vec<f32>> {
         if self.all_rows_are_queries() {
             return None;
         }
@@ -150,7 +150,7 @@ impl Packing {
     }
 
     /// Adds packed query rows into their places among packed real rows.
-    pub(super) fn add_queries_into(&self, packed: &mut [f32], queries: &[f32], width: usize) {
+    pub(crate) fn add_queries_into(&self, packed: &mut [f32], queries: &[f32], width: usize) {
         let mut next = 0;
         for (&start, &count) in self.starts.iter().zip(&self.query_counts) {
             let target = &mut packed[start * width..(start + count) * width];
@@ -167,7 +167,7 @@ impl Packing {
 
 /// Splits `buffer` into one mutable piece per batch element, `unit` values per step of
 /// `starts` (a running total with `batch + 1` entries).
-pub(super) fn split_mut<'a>(
+pub(crate) fn split_mut<'a>(
     buffer: &'a mut [f32],
     starts: &[usize],
     unit: usize,
@@ -184,7 +184,7 @@ pub(super) fn split_mut<'a>(
 }
 
 /// The same for a shared buffer.
-pub(super) fn split<'a>(buffer: &'a [f32], starts: &[usize], unit: usize) -> Vec<&'a [f32]> {
+pub(crate) fn split<'a>(buffer: &'a [f32], starts: &[usize], unit: usize) -> Vec<&'a [f32]> {
     let mut rest = buffer;
     starts
         .windows(2)

@@ -8,18 +8,18 @@ use super::{threads, ROWS_PER_TASK};
 
 /// A strided matrix view for [`matmul`]: element `(r, c)` is at `offset + r·row + c·col`.
 #[derive(Clone, Copy)]
-pub(super) struct View {
-    pub(super) offset: usize,
-    pub(super) row: usize,
-    pub(super) col: usize,
+pub(crate) struct View {
+    pub(crate) offset: usize,
+    pub(crate) row: usize,
+    pub(crate) col: usize,
 }
 
-pub(super) const fn view(offset: usize, row: usize, col: usize) -> View {
+pub(crate) const fn view(offset: usize, row: usize, col: usize) -> View {
     View { offset, row, col }
 }
 
 /// Highest index a `rows × cols` view touches, plus one.
-pub(super) fn extent(v: View, rows: usize, cols: usize) -> usize {
+pub(crate) fn extent(v: View, rows: usize, cols: usize) -> usize {
     if rows == 0 || cols == 0 {
         return v.offset;
     }
@@ -29,7 +29,7 @@ pub(super) fn extent(v: View, rows: usize, cols: usize) -> usize {
 /// `dst (m×n) = [dst +] lhs (m×k) · rhs (k×n)` with the `gemm` crate (the one candle's CPU
 /// backend uses), on strided views.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn matmul(
+pub(crate) fn matmul(
     dst: &mut [f32],
     d: View,
     lhs: &[f32],
@@ -84,7 +84,7 @@ pub(super) fn matmul(
 }
 
 /// `rows` copies of `bias`, the starting value of a linear layer's output.
-pub(super) fn repeat_rows(bias: &[f32], rows: usize) -> Vec<f32> {
+pub(crate) fn repeat_rows(bias: &[f32], rows: usize) -> Vec<f32> {
     let mut out = Vec::with_capacity(bias.len() * rows);
     for _ in 0..rows {
         out.extend_from_slice(bias);
@@ -92,8 +92,26 @@ pub(super) fn repeat_rows(bias: &[f32], rows: usize) -> Vec<f32> {
     out
 }
 
+/// `out = x · weightᵀ` for `x [rows, in]` and `weight [out, in]` (a layer without bias).
+pub(crate) fn project(x: &[f32], weight: &[f32], rows: usize, width_out: usize) -> Vec<f32> {
+    let width_in = weight.len() / width_out.max(1);
+    let mut out = vec![0f32; rows * width_out];
+    matmul(
+        &mut out,
+        view(0, width_out, 1),
+        x,
+        view(0, width_in, 1),
+        weight,
+        view(0, 1, width_in),
+        (rows, width_out, width_in),
+        false,
+        threads(),
+    );
+    out
+}
+
 /// `out = x · weightᵀ + bias` for `x [rows, in]` and `weight [out, in]`.
-pub(super) fn linear(x: &[f32], weight: &[f32], bias: &[f32], rows: usize) -> Vec<f32> {
+pub(crate) fn linear(x: &[f32], weight: &[f32], bias: &[f32], rows: usize) -> Vec<f32> {
     let (width_out, width_in) = (bias.len(), weight.len() / bias.len());
     let mut out = repeat_rows(bias, rows);
     matmul(
@@ -111,20 +129,21 @@ pub(super) fn linear(x: &[f32], weight: &[f32], bias: &[f32], rows: usize) -> Ve
 }
 
 /// The gradients of a linear layer `y = x · weightᵀ + bias` given `dy [rows, out]`: adds
-/// `dyᵀ · x` to `d_weight`, the column sums of `dy` to `d_bias`, and returns or accumulates
-/// `dy · weight` into `dx` when asked.
+/// `dyᵀ · x` to `d_weight`, the column sums of `dy` to `d_bias` (a layer with a bias), and
+/// writes or accumulates `dy · weight` into `dx` when asked.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn linear_backward(
+pub(crate) fn linear_backward(
     dy: &[f32],
     x: &[f32],
     weight: &[f32],
     rows: usize,
     d_weight: &mut [f32],
-    d_bias: &mut [f32],
+    d_bias: Option<&mut [f32]>,
     dx: Option<(&mut [f32], bool)>,
 ) {
-    let (width_out, width_in) = (d_bias.len(), weight.len() / d_bias.len());
-    let mut weight_gradient = |parallelism| {
+    let width_out = dy.len() / rows.max(1);
+    let width_in = weight.len() / width_out.max(1);
+    let weight_gradient = |parallelism| {
         matmul(
             d_weight,
             view(0, width_in, 1),
@@ -136,7 +155,9 @@ pub(super) fn linear_backward(
             true,
             parallelism,
         );
-        add_column_sums(dy, width_out, d_bias);
+        if let Some(d_bias) = d_bias {
+            add_column_sums(dy, width_out, d_bias);
+        }
     };
     let input_gradient = |dx: &mut [f32], accumulate, parallelism| {
         matmul(
@@ -174,7 +195,7 @@ pub(super) fn linear_backward(
 }
 
 /// Adds the column sums of a `[rows, width]` matrix to `sums`.
-pub(super) fn add_column_sums(matrix: &[f32], width: usize, sums: &mut [f32]) {
+pub(crate) fn add_column_sums(matrix: &[f32], width: usize, sums: &mut [f32]) {
     let partials: Vec<Vec<f32>> = matrix
         .par_chunks(width * ROWS_PER_TASK * 4)
         .map(|block| {

@@ -38,8 +38,8 @@ pub enum ModelFamily {
     XlmRoberta,
     /// ELECTRA (ms-marco-electra).
     Electra,
-    /// ModernBERT (gte-reranker-modernbert, the ModernBERT rerankers): candle's ops, no
-    /// fused CPU layer yet (issue 18).
+    /// ModernBERT (gte-reranker-modernbert, the ModernBERT rerankers): its own fused CPU
+    /// layer, candle's ops elsewhere.
     ModernBert,
     /// DeBERTa-v2 and v3 (mxbai-rerank-v1, the nli-deberta-v3 cross-encoders): candle's ops.
     DebertaV2,
@@ -163,7 +163,7 @@ fn supported_list() -> String {
 
 /// A family's parsed and validated `config.json`. XLM-RoBERTa and ELECTRA configs have
 /// BERT's keys (ELECTRA adds `embedding_size`), so all three read into [`BertConfig`];
-/// ModernBERT has its own.
+/// ModernBERT and DeBERTa-v2 have their own.
 #[derive(Debug, Clone)]
 pub enum FamilyConfig {
     /// A BERT config.
@@ -490,7 +490,7 @@ impl SequenceClassifier {
 
 /// A family's encoder without head: one hidden state per token, for sentence embeddings.
 /// The BERT-shaped families share BERT's encoder (their own positions and tensor prefix);
-/// ModernBERT has its own.
+/// ModernBERT and DeBERTa-v2 have their own.
 #[derive(Debug, Clone)]
 pub(crate) enum TokenEncoder {
     Bert(BertEncoder),

@@ -1,8 +1,8 @@
 //! ModernBERT (`ModernBertForSequenceClassification`: gte-reranker-modernbert, the ModernBERT
-//! rerankers), issue 18, in progress: the network on candle's own ops, equal to transformers'
-//! logits (the parity test below), loaded, trained and saved as
-//! [`crate::family::ModelFamily::ModernBert`]; its ONNX graph and fused CPU layer are still
-//! to come.
+//! rerankers), loaded, trained and saved as [`crate::family::ModelFamily::ModernBert`]: the
+//! network on candle's own ops (any device), equal to transformers' logits (the parity tests
+//! below), and on the CPU each layer as one fused op
+//! ([`crate::kernels::modernbert_layer`], tested against the candle ops in `layer.rs`).
 //!
 //! Where it differs from BERT: pre-norm layers, no biases, bias-free LayerNorm (layer 0 has no
 //! attention norm), a fused `Wqkv`, a GeGLU MLP, rotary position embeddings with a global and

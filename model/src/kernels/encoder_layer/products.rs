@@ -96,35 +96,59 @@ pub(crate) fn repeat_rows(bias: &[f32], rows: usize) -> Vec<f32> {
 pub(crate) fn project(x: &[f32], weight: &[f32], rows: usize, width_out: usize) -> Vec<f32> {
     let width_in = weight.len() / width_out.max(1);
     let mut out = vec![0f32; rows * width_out];
-    matmul(
-        &mut out,
-        view(0, width_out, 1),
-        x,
-        view(0, width_in, 1),
-        weight,
-        view(0, 1, width_in),
-        (rows, width_out, width_in),
-        false,
-        threads(),
-    );
+    rows_in_parallel(&mut out, x, weight, (rows, width_out, width_in), false);
     out
+}
+
+/// `out [+]= x · weightᵀ`, the rows shared out over the threads, each block on one thread:
+/// without synchronisation inside the product, which beats all threads on one product when
+/// there are rows enough for each (as in the backward pass's paired products).
+fn rows_in_parallel(
+    out: &mut [f32],
+    x: &[f32],
+    weight: &[f32],
+    (rows, width_out, width_in): (usize, usize, usize),
+    accumulate: bool,
+) {
+    let threads = rayon::current_num_threads().max(1);
+    if threads == 1 || rows < 64 * threads {
+        matmul(
+            out,
+            view(0, width_out, 1),
+            x,
+            view(0, width_in, 1),
+            weight,
+            view(0, 1, width_in),
+            (rows, width_out, width_in),
+            accumulate,
+            super::threads(),
+        );
+        return;
+    }
+    let block = rows.div_ceil(threads);
+    out.par_chunks_mut(block * width_out)
+        .zip(x.par_chunks(block * width_in))
+        .for_each(|(out, x)| {
+            let rows = x.len() / width_in;
+            matmul(
+                out,
+                view(0, width_out, 1),
+                x,
+                view(0, width_in, 1),
+                weight,
+                view(0, 1, width_in),
+                (rows, width_out, width_in),
+                accumulate,
+                Parallelism::None,
+            );
+        });
 }
 
 /// `out = x · weightᵀ + bias` for `x [rows, in]` and `weight [out, in]`.
 pub(crate) fn linear(x: &[f32], weight: &[f32], bias: &[f32], rows: usize) -> Vec<f32> {
     let (width_out, width_in) = (bias.len(), weight.len() / bias.len());
     let mut out = repeat_rows(bias, rows);
-    matmul(
-        &mut out,
-        view(0, width_out, 1),
-        x,
-        view(0, width_in, 1),
-        weight,
-        view(0, 1, width_in),
-        (rows, width_out, width_in),
-        true,
-        threads(),
-    );
+    rows_in_parallel(&mut out, x, weight, (rows, width_out, width_in), true);
     out
 }
 

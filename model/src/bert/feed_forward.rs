@@ -11,11 +11,11 @@ use crate::layer_norm::LayerNorm;
 /// `BertIntermediate` + `BertOutput`.
 #[derive(Debug, Clone)]
 pub struct BertFeedForward {
-    pub(super) intermediate: Linear,
-    pub(super) activation: HiddenAct,
-    pub(super) output: Linear,
-    pub(super) layer_norm: LayerNorm,
-    pub(super) dropout: Dropout,
+    pub(crate) intermediate: Linear,
+    pub(crate) activation: HiddenAct,
+    pub(crate) output: Linear,
+    pub(crate) layer_norm: LayerNorm,
+    pub(crate) dropout: Dropout,
 }
 
 impl BertFeedForward {

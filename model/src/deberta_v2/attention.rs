@@ -23,30 +23,34 @@ use crate::layer_norm::LayerNorm;
 pub struct AttentionInputs {
     /// `[heads · batch, 1, 1, seq]`: 0 on real keys, a large negative number on padding.
     pub bias: Tensor,
+    /// The same `[batch, 1, 1, seq]`, for the fused layer.
+    pub padding: Tensor,
     /// The relative table (layer-normed when the config says so) and the gather indices,
     /// when attention is relative.
     pub relative: Option<(Tensor, RelativeIndex)>,
+    /// The table row of every (query, key) position pair `[seq, seq]`, for the fused layer.
+    pub rows: Vec<u32>,
 }
 
 /// `DebertaV2Attention`: `DisentangledSelfAttention` and `DebertaV2SelfOutput`.
 #[derive(Debug, Clone)]
 pub struct DisentangledAttention {
-    query: Linear,
-    key: Linear,
-    value: Linear,
+    pub(super) query: Linear,
+    pub(super) key: Linear,
+    pub(super) value: Linear,
     /// Own projections of the relative table when keys are not shared.
     position_key: Option<Linear>,
     position_query: Option<Linear>,
-    content_to_position: bool,
-    position_to_content: bool,
-    num_heads: usize,
-    head_size: usize,
-    scale: f64,
-    position_dropout: Dropout,
-    probabilities_dropout: Dropout,
-    output: Linear,
-    output_dropout: Dropout,
-    layer_norm: LayerNorm,
+    pub(super) content_to_position: bool,
+    pub(super) position_to_content: bool,
+    pub(super) num_heads: usize,
+    pub(super) head_size: usize,
+    pub(super) scale: f64,
+    pub(super) position_dropout: Dropout,
+    pub(super) probabilities_dropout: Dropout,
+    pub(super) output: Linear,
+    pub(super) output_dropout: Dropout,
+    pub(super) layer_norm: LayerNorm,
 }
 
 impl DisentangledAttention {
@@ -95,6 +99,12 @@ impl DisentangledAttention {
                 config.layer_norm_eps,
             )?,
         })
+    }
+
+    /// Whether the relative table goes through the content projections (`share_att_key`),
+    /// as the fused CPU layer computes it, or there is no relative term.
+    pub(super) fn shares_projections(&self) -> bool {
+        self.position_key.is_none() && self.position_query.is_none()
     }
 
     /// `[rows, heads · head_size]` to head-major `[heads, rows, head_size]`.

@@ -69,6 +69,12 @@ impl DebertaV2Model {
 
     /// `[b, s, hidden]` hidden states of the last layer.
     pub fn forward(&self, tokens: &TokenTensors) -> Result<Tensor> {
+        self.forward_layers(tokens, false)
+    }
+
+    /// The same where only each sequence's first token will be read (the classifier's
+    /// pooler): the last layer may compute only that row (the fused CPU layer does).
+    fn forward_layers(&self, tokens: &TokenTensors, first_token_only: bool) -> Result<Tensor> {
         let mut hidden = self.embeddings.forward(
             &tokens.input_ids,
             &tokens.token_type_ids,
@@ -82,7 +88,9 @@ impl DebertaV2Model {
         };
         // Keys only: transformers also masks padded queries' rows, whose outputs nothing
         // real reads.
-        let bias = ((tokens.attention_mask.to_dtype(dtype)? - 1.0)? * (-lowest))?
+        let padding = ((tokens.attention_mask.to_dtype(dtype)? - 1.0)? * (-lowest))?
+            .reshape((batch, 1, 1, seq_len))?;
+        let bias = padding
             .reshape((1, batch, 1, 1, seq_len))?
             .repeat((self.num_heads, 1, 1, 1, 1))?
             .reshape((self.num_heads * batch, 1, 1, seq_len))?;
@@ -96,9 +104,19 @@ impl DebertaV2Model {
             }
             None => None,
         };
-        let inputs = AttentionInputs { bias, relative };
-        for layer in &self.layers {
-            hidden = layer.forward(&hidden, &inputs)?;
+        let rows = (0..seq_len)
+            .flat_map(|query| (0..seq_len).map(move |key| (query, key)))
+            .map(|(query, key)| self.positions.row(query, key) as u32)
+            .collect();
+        let inputs = AttentionInputs {
+            bias,
+            padding,
+            relative,
+            rows,
+        };
+        let last = self.layers.len().saturating_sub(1);
+        for (index, layer) in self.layers.iter().enumerate() {
+            hidden = layer.forward(&hidden, &inputs, first_token_only && index == last)?;
         }
         Ok(hidden)
     }
@@ -143,7 +161,7 @@ impl DebertaV2ForSequenceClassification {
 
     /// Logits `[b, num_labels]`.
     pub fn forward(&self, tokens: &TokenTensors) -> Result<Tensor> {
-        let hidden = self.model.forward(tokens)?;
+        let hidden = self.model.forward_layers(tokens, true)?;
         let first = self
             .pooler_dropout
             .forward(&hidden.narrow(1, 0, 1)?.squeeze(1)?)?;

@@ -79,11 +79,41 @@ struct Saved {
     /// The hidden-state dropout masks at the query rows.
     attention_output_mask: Option<Vec<f32>>,
     feed_forward_output_mask: Option<Vec<f32>>,
+    relative: Option<RelativeSaved>,
+}
+
+/// DeBERTa's disentangled attention on the same layer: the relative table `[table_rows,
+/// hidden]` is packed after the layer's parameters and goes through the layer's key and
+/// query projections (`share_att_key`), and each pair `(i, j)` adds `q_i · k^r_row(i,j)`
+/// (content to position) and `k_j · q^r_row(i,j)` (position to content) to its score.
+#[derive(Debug, Clone)]
+pub struct RelativeAttention {
+    /// The table row of each (query position, key position) of the padded batch, `[seq,
+    /// seq]` row-major.
+    pub rows: Vec<u32>,
+    /// Rows of the relative table (`2·span`).
+    pub table_rows: usize,
+    /// Whether scores add the content-to-position term.
+    pub content_to_position: bool,
+    /// Whether scores add the position-to-content term.
+    pub position_to_content: bool,
+    /// The score scale, `1/sqrt(head_size · terms)`.
+    pub scale: f32,
+    /// Keep-mask on the table (the layer's dropout of it), `[table_rows, hidden]`.
+    pub table_dropout: Option<Vec<f32>>,
+}
+
+/// The relative table as the layer used it, and through the key and query projections.
+struct RelativeSaved {
+    table: Vec<f32>,
+    position_keys: Vec<f32>,
+    position_queries: Vec<f32>,
 }
 
 struct EncoderLayerOp {
     dims: LayerDims,
     dropout: LayerDropoutMasks,
+    relative: Option<RelativeAttention>,
     keep_activations: bool,
     first_token_only: bool,
     /// The packing, the packed input rows and the activations, from forward to backward.
@@ -107,6 +137,34 @@ pub fn encoder_layer(
     let op = EncoderLayerOp {
         dims,
         dropout,
+        relative: None,
+        keep_activations,
+        first_token_only,
+        saved: Mutex::new(None),
+    };
+    hidden
+        .contiguous()?
+        .apply_op3(&mask_bias.contiguous()?.detach(), packed_parameters, op)
+}
+
+/// [`encoder_layer`] with DeBERTa's disentangled attention (see [`RelativeAttention`]);
+/// `packed_parameters` ends with the relative table, which gets its gradient there too.
+/// The attention-probability dropout masks are head-major, `[heads, batch, seq, seq]`.
+#[allow(clippy::too_many_arguments)]
+pub fn relative_encoder_layer(
+    hidden: &Tensor,
+    mask_bias: &Tensor,
+    packed_parameters: &Tensor,
+    dims: LayerDims,
+    dropout: LayerDropoutMasks,
+    relative: RelativeAttention,
+    keep_activations: bool,
+    first_token_only: bool,
+) -> Result<Tensor> {
+    let op = EncoderLayerOp {
+        dims,
+        dropout,
+        relative: Some(relative),
         keep_activations,
         first_token_only,
         saved: Mutex::new(None),
@@ -186,6 +244,31 @@ impl EncoderLayerOp {
         let query_input = selected_input.as_deref().unwrap_or(x);
         let query = linear(query_input, query_weight, query_bias, query_rows);
         let key_value = linear(x, key_value_weight, key_value_bias, rows);
+        let relative = self
+            .relative
+            .as_ref()
+            .filter(|relative| relative.table_rows > 0)
+            .map(|relative| {
+                let mut table = params[o.total..o.total + relative.table_rows * hidden].to_vec();
+                if let Some(mask) = &relative.table_dropout {
+                    simd::product(&table.clone(), mask, &mut table);
+                }
+                let (key_weight, key_bias) = (
+                    &key_value_weight[..hidden * hidden],
+                    &key_value_bias[..hidden],
+                );
+                RelativeSaved {
+                    position_keys: linear(&table, key_weight, key_bias, relative.table_rows),
+                    position_queries: linear(&table, query_weight, query_bias, relative.table_rows),
+                    table,
+                }
+            });
+        let projected_tables = relative.as_ref().map(|saved| {
+            (
+                saved.position_keys.as_slice(),
+                saved.position_queries.as_slice(),
+            )
+        });
 
         let mut probs = vec![0f32; packing.prob_starts.last().copied().unwrap_or(0)];
         let mut context = vec![0f32; query_rows * hidden];
@@ -196,7 +279,11 @@ impl EncoderLayerOp {
             .zip(split(&key_value, &packing.starts, 2 * hidden))
             .enumerate()
             .for_each(|(b, (((probs, context), query), key_value))| {
-                let inputs = SequenceAttention { query, key_value };
+                let inputs = SequenceAttention {
+                    query,
+                    key_value,
+                    relative: projected_tables,
+                };
                 self.attention_forward(packing, b, inputs, mask_bias, probs, context)
             });
 
@@ -282,6 +369,7 @@ impl EncoderLayerOp {
                 rstd2,
                 attention_output_mask,
                 feed_forward_output_mask,
+                relative,
             },
         )
     }
@@ -299,7 +387,12 @@ impl EncoderLayerOp {
         let hidden = self.dims.hidden;
         let o = self.dims.offsets();
         let (rows, query_rows) = (packing.rows(), packing.query_rows());
-        let mut grads = vec![0f32; o.total];
+        let table_size = self
+            .relative
+            .as_ref()
+            .map_or(0, |relative| relative.table_rows * hidden);
+        let mut grads = vec![0f32; o.total + table_size];
+        let (grads_of_layer, g_table) = grads.split_at_mut(o.total);
         let ParamGrads {
             query_weight: g_q_w,
             key_value_weight: g_kv_w,
@@ -315,7 +408,7 @@ impl EncoderLayerOp {
             outer_bias: g_outer_b,
             norm2_weight: g_n2_w,
             norm2_bias: g_n2_b,
-        } = ParamGrads::split(&mut grads, &o, hidden);
+        } = ParamGrads::split(grads_of_layer, &o, hidden);
         let (query_weight, key_value_weight) = params[o.qkv_weight].split_at(hidden * hidden);
 
         // Second LayerNorm; its input was dropout(outer) + hidden1.
@@ -381,6 +474,30 @@ impl EncoderLayerOp {
 
         let mut d_query = vec![0f32; query_rows * hidden];
         let mut d_key_value = vec![0f32; rows * 2 * hidden];
+        let projected_tables = saved.relative.as_ref().map(|saved| {
+            (
+                saved.position_keys.as_slice(),
+                saved.position_queries.as_slice(),
+            )
+        });
+        // Each sequence's gradients of the projected tables, summed below.
+        let sequences = packing.positions.len();
+        let mut d_tables = vec![
+            0f32;
+            if table_size > 0 {
+                sequences * 2 * table_size
+            } else {
+                0
+            }
+        ];
+        let mut d_tables_of: Vec<Option<(&mut [f32], &mut [f32])>> = if table_size > 0 {
+            d_tables
+                .chunks_mut(2 * table_size)
+                .map(|both| Some(both.split_at_mut(table_size)))
+                .collect()
+        } else {
+            (0..sequences).map(|_| None).collect()
+        };
         split_mut(&mut d_query, &packing.query_starts, hidden)
             .into_par_iter()
             .zip(split_mut(&mut d_key_value, &packing.starts, 2 * hidden))
@@ -388,10 +505,18 @@ impl EncoderLayerOp {
             .zip(split(&d_context, &packing.query_starts, hidden))
             .zip(split(&saved.query, &packing.query_starts, hidden))
             .zip(split(&saved.key_value, &packing.starts, 2 * hidden))
+            .zip(d_tables_of.par_iter_mut())
             .enumerate()
             .for_each(
-                |(b, (((((d_query, d_key_value), probs), d_context), query), key_value))| {
-                    let inputs = SequenceAttention { query, key_value };
+                |(
+                    b,
+                    ((((((d_query, d_key_value), probs), d_context), query), key_value), d_tables),
+                )| {
+                    let inputs = SequenceAttention {
+                        query,
+                        key_value,
+                        relative: projected_tables,
+                    };
                     self.attention_backward(
                         packing,
                         b,
@@ -400,10 +525,49 @@ impl EncoderLayerOp {
                         d_context,
                         d_query,
                         d_key_value,
+                        d_tables.as_mut().map(|(k, q)| (&mut **k, &mut **q)),
                     )
                 },
             );
+        drop(d_tables_of);
         drop(d_context);
+        if let (Some(relative), Some(kept)) = (&self.relative, &saved.relative) {
+            // The tables went through the key and the query projections.
+            let mut d_keys = vec![0f32; table_size];
+            let mut d_queries = vec![0f32; table_size];
+            for both in d_tables.chunks(2 * table_size) {
+                let (keys, queries) = both.split_at(table_size);
+                for (sum, &d) in d_keys.iter_mut().zip(keys) {
+                    *sum += d;
+                }
+                for (sum, &d) in d_queries.iter_mut().zip(queries) {
+                    *sum += d;
+                }
+            }
+            let mut d_table = vec![0f32; table_size];
+            linear_backward(
+                &d_keys,
+                &kept.table,
+                &key_value_weight[..hidden * hidden],
+                relative.table_rows,
+                &mut g_kv_w[..hidden * hidden],
+                Some(&mut g_kv_b[..hidden]),
+                Some((&mut d_table, false)),
+            );
+            linear_backward(
+                &d_queries,
+                &kept.table,
+                query_weight,
+                relative.table_rows,
+                g_q_w,
+                Some(g_q_b),
+                Some((&mut d_table, true)),
+            );
+            match &relative.table_dropout {
+                Some(mask) => simd::product(&d_table, mask, g_table),
+                None => g_table.copy_from_slice(&d_table),
+            }
+        }
         let mut d_x = vec![0f32; rows * hidden];
         linear_backward(
             &d_key_value,
@@ -448,7 +612,16 @@ impl CustomOp3 for EncoderLayerOp {
         let (batch, seq, width) = l1.shape().dims3()?;
         if width != self.dims.hidden
             || mask_bias.len() != batch * seq
-            || params.len() != self.dims.offsets().total
+            || params.len()
+                != self.dims.offsets().total
+                    + self
+                        .relative
+                        .as_ref()
+                        .map_or(0, |relative| relative.table_rows * width)
+            || self
+                .relative
+                .as_ref()
+                .is_some_and(|relative| relative.rows.len() != seq * seq)
         {
             candle_core::bail!(
                 "encoder layer: hidden {:?}, mask bias {} values, {} parameters do not fit {:?}",

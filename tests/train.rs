@@ -178,6 +178,7 @@ fn distillation_loss_falls() {
 
 /// Gradients of one batch, plain or cached in chunks of `chunk` pairs.
 fn batch_gradients(
+    model: &str,
     loss_name: &str,
     loss_config: Value,
     rows: &[Value],
@@ -187,7 +188,7 @@ fn batch_gradients(
     let file = dir.path().join("train.jsonl");
     write_jsonl(&file, rows);
     let dataset = read_dataset(&DatasetSpec::from_files(vec![file])).unwrap();
-    let model = CrossEncoder::load(&tiny_model(), &LoadOptions::default()).unwrap();
+    let model = CrossEncoder::load(model, &LoadOptions::default()).unwrap();
     // Dropout off: chunks are padded differently, so masks could not line up; with dropout
     // on, the cached path replays each chunk's own masks.
     model.dropout().eval();
@@ -216,8 +217,18 @@ fn batch_gradients(
 }
 
 fn assert_same_gradients(loss: &str, loss_config: Value, rows: &[Value], chunk: usize) {
-    let (plain_loss, plain) = batch_gradients(loss, loss_config.clone(), rows, None);
-    let (cached_loss, cached) = batch_gradients(loss, loss_config, rows, Some(chunk));
+    assert_same_gradients_of(&tiny_model(), loss, loss_config, rows, chunk);
+}
+
+fn assert_same_gradients_of(
+    model: &str,
+    loss: &str,
+    loss_config: Value,
+    rows: &[Value],
+    chunk: usize,
+) {
+    let (plain_loss, plain) = batch_gradients(model, loss, loss_config.clone(), rows, None);
+    let (cached_loss, cached) = batch_gradients(model, loss, loss_config, rows, Some(chunk));
     assert!(
         (plain_loss - cached_loss).abs() < 1e-5,
         "{loss}: loss {plain_loss} vs cached {cached_loss}"
@@ -251,10 +262,24 @@ fn gradient_caching_equals_the_plain_step() {
         &family_rows("pointwise"),
         3,
     );
+    // The families with their own fused layers (chunks padded to other lengths).
+    for model in ["tiny-modernbert-ce", "tiny-deberta-v2-ce"] {
+        assert_same_gradients_of(
+            &fixture("models").join(model).display().to_string(),
+            "MultipleNegativesRankingLoss",
+            json!({"num_negatives": 3}),
+            &family_rows("mnrl"),
+            5,
+        );
+    }
 }
 
 /// Writes the pointwise data set and returns the config path.
 fn cli_setup(dir: &Path, extra: &str) -> PathBuf {
+    cli_setup_with(dir, &tiny_model(), extra)
+}
+
+fn cli_setup_with(dir: &Path, model: &str, extra: &str) -> PathBuf {
     write_jsonl(&dir.join("train.jsonl"), &family_rows("pointwise"));
     let config = dir.join("train.toml");
     std::fs::write(
@@ -263,7 +288,7 @@ fn cli_setup(dir: &Path, extra: &str) -> PathBuf {
             "model = {:?}\noutput = \"out\"\nloss = \"BinaryCrossEntropyLoss\"\n\
              train = {{ files = \"train.jsonl\" }}\nbatch_size = 3\nepochs = 3\nlr = 1e-3\n\
              export_onnx = false\nlogging_steps = 2\n{extra}",
-            tiny_model()
+            model
         ),
     )
     .unwrap();
@@ -523,9 +548,41 @@ fn no_duplicates_sampler_resumes_exactly() {
 
 #[test]
 fn resumed_run_ends_with_the_same_weights() {
+    resumes_exactly("tiny-bert-ce", "");
+}
+
+/// The families with their own fused layers, with dropout (DeBERTa's fixture has 0.1;
+/// ModernBERT's has none, so its copy gets 0.1).
+#[test]
+fn modernbert_and_deberta_resume_exactly_with_dropout() {
+    resumes_exactly(
+        "tiny-modernbert-ce",
+        "attention_dropout,mlp_dropout,embedding_dropout",
+    );
+    resumes_exactly("tiny-deberta-v2-ce", "");
+}
+
+/// Trains `fixture` whole and stopped at step 5 then resumed: the same weights and logs. The
+/// listed config keys are set to a dropout of 0.1 first.
+fn resumes_exactly(fixture_name: &str, dropout_keys: &str) {
     let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    for entry in std::fs::read_dir(fixture("models").join(fixture_name)).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), model.join(entry.file_name())).unwrap();
+    }
+    let mut model_config = read_json(&model.join("config.json"));
+    for key in dropout_keys.split(',').filter(|key| !key.is_empty()) {
+        model_config[key] = json!(0.1);
+    }
+    std::fs::write(model.join("config.json"), model_config.to_string()).unwrap();
     // 8 rows, batch 3 → 3 batches per epoch, 9 steps; warm-up and dropout on.
-    let config = cli_setup(dir.path(), "save_steps = 4\nwarmup_ratio = 0.2\n");
+    let config = cli_setup_with(
+        dir.path(),
+        &model.display().to_string(),
+        "save_steps = 4\nwarmup_ratio = 0.2\n",
+    );
     let config = config.to_str().unwrap();
     let full_dir = dir.path().join("full");
     let split_dir = dir.path().join("split");
@@ -579,7 +636,7 @@ fn resumed_run_ends_with_the_same_weights() {
         assert_eq!(values, &b[name], "{name} differs after resuming");
     }
     // And differs from the start model: training happened.
-    let start = load_weights(&fixture("models/tiny-bert-ce"));
+    let start = load_weights(&model);
     assert_ne!(start["classifier.weight"], a["classifier.weight"]);
     // The logs agree too.
     let log = |dir: &Path| std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();

@@ -1,15 +1,13 @@
 //! One transformer encoder layer: attention block, then feed-forward block.
 
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 use super::attention::BertAttention;
 use super::config::{BertConfig, HiddenAct};
 use super::feed_forward::BertFeedForward;
 use crate::dropout::DropoutRng;
-use crate::kernels::encoder_layer::{
-    self as fused_layer, LayerDims, LayerDropoutMasks, LayerParameters,
-};
+use crate::kernels::encoder_layer::{self as fused_layer, LayerDims, LayerDropoutMasks};
 
 /// `BertLayer`.
 #[derive(Debug, Clone)]
@@ -79,28 +77,18 @@ impl BertLayer {
         mask_bias: &Tensor,
         first_token_only: bool,
     ) -> Result<Tensor> {
-        fn weight_and_bias(linear: &Linear) -> Result<(&Tensor, &Tensor)> {
-            match linear.bias() {
-                Some(bias) => Ok((linear.weight(), bias)),
-                None => candle_core::bail!("encoder layer: a linear layer without bias"),
-            }
-        }
         let attention = &self.attention;
         let self_attention = &attention.self_attention;
         let feed_forward = &self.feed_forward;
-        let packed = fused_layer::pack_parameters(&LayerParameters {
-            query: weight_and_bias(&self_attention.query)?,
-            key: weight_and_bias(&self_attention.key)?,
-            value: weight_and_bias(&self_attention.value)?,
-            attention_output: weight_and_bias(&attention.dense)?,
-            attention_norm: (attention.layer_norm.weight(), attention.layer_norm.bias()),
-            intermediate: weight_and_bias(&feed_forward.intermediate)?,
-            output: weight_and_bias(&feed_forward.output)?,
-            output_norm: (
-                feed_forward.layer_norm.weight(),
-                feed_forward.layer_norm.bias(),
-            ),
-        })?;
+        let packed = feed_forward.pack_layer(
+            [
+                &self_attention.query,
+                &self_attention.key,
+                &self_attention.value,
+                &attention.dense,
+            ],
+            &attention.layer_norm,
+        )?;
         let (batch, seq, width) = hidden.dims3()?;
         // Drawn in the composite layer's order, so both paths see the same masks.
         let dropout = LayerDropoutMasks {

@@ -5,7 +5,7 @@
 //! elsewhere as the composite candle ops, which the tests hold the fused op to.
 
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 use super::attention::{AttentionInputs, DisentangledAttention};
 use super::config::DebertaV2Config;
@@ -13,7 +13,7 @@ use crate::bert::feed_forward::{BertFeedForward, FeedForwardShape};
 use crate::bert::HiddenAct;
 use crate::dropout::DropoutRng;
 use crate::kernels::encoder_layer::{
-    self as fused_layer, LayerDims, LayerDropoutMasks, LayerParameters, RelativeAttention,
+    self as fused_layer, LayerDims, LayerDropoutMasks, RelativeAttention,
 };
 
 /// `DebertaV2Layer`.
@@ -83,27 +83,17 @@ impl DebertaV2Layer {
         inputs: &AttentionInputs,
         first_token_only: bool,
     ) -> Result<Tensor> {
-        fn weight_and_bias(linear: &Linear) -> Result<(&Tensor, &Tensor)> {
-            match linear.bias() {
-                Some(bias) => Ok((linear.weight(), bias)),
-                None => candle_core::bail!("deberta layer: a linear layer without bias"),
-            }
-        }
         let attention = &self.attention;
         let feed_forward = &self.feed_forward;
-        let mut packed = fused_layer::pack_parameters(&LayerParameters {
-            query: weight_and_bias(&attention.query)?,
-            key: weight_and_bias(&attention.key)?,
-            value: weight_and_bias(&attention.value)?,
-            attention_output: weight_and_bias(&attention.output)?,
-            attention_norm: (attention.layer_norm.weight(), attention.layer_norm.bias()),
-            intermediate: weight_and_bias(&feed_forward.intermediate)?,
-            output: weight_and_bias(&feed_forward.output)?,
-            output_norm: (
-                feed_forward.layer_norm.weight(),
-                feed_forward.layer_norm.bias(),
-            ),
-        })?;
+        let mut packed = feed_forward.pack_layer(
+            [
+                &attention.query,
+                &attention.key,
+                &attention.value,
+                &attention.output,
+            ],
+            &attention.layer_norm,
+        )?;
         let (batch, seq, width) = hidden.dims3()?;
         let table_rows = match &inputs.relative {
             Some((table, _)) => {

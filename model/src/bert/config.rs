@@ -97,10 +97,7 @@ impl BertConfig {
     /// Number of model outputs: `num_labels`, else the size of `id2label`, else 1 (a
     /// cross-encoder's default when the checkpoint has no classification head).
     pub fn num_labels(&self) -> usize {
-        self.num_labels
-            .or_else(|| self.id2label.as_ref().map(BTreeMap::len))
-            .filter(|&n| n > 0)
-            .unwrap_or(1)
+        crate::bert::config::num_labels_of(self.num_labels, self.id2label.as_ref())
     }
 
     /// Dropout before the classifier.
@@ -205,6 +202,17 @@ pub(crate) fn check_dropouts(probabilities: &[(&str, f64)]) -> Result<(), String
         }
     }
     Ok(())
+}
+
+/// Every family's number of outputs: `num_labels`, else the size of `id2label`, else 1.
+pub(crate) fn num_labels_of(
+    num_labels: Option<usize>,
+    id2label: Option<&BTreeMap<String, String>>,
+) -> usize {
+    num_labels
+        .or_else(|| id2label.map(BTreeMap::len))
+        .filter(|&n| n > 0)
+        .unwrap_or(1)
 }
 
 /// `original` as a sequence classifier of `num_labels` outputs saves it, for every family:

@@ -10,6 +10,9 @@
 //! every relative row, from which each pair's is gathered (`index_select`, whose backward is
 //! an `index_add`: candle primitives on every device).
 
+use std::cell::OnceCell;
+use std::sync::Arc;
+
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
@@ -21,15 +24,62 @@ use crate::layer_norm::LayerNorm;
 /// What every layer attends with, for one batch: made once per forward pass.
 #[derive(Debug, Clone)]
 pub struct AttentionInputs {
-    /// `[heads · batch, 1, 1, seq]`: 0 on real keys, a large negative number on padding.
-    pub bias: Tensor,
-    /// The same `[batch, 1, 1, seq]`, for the fused layer.
+    /// `[batch, 1, 1, seq]`: 0 on real keys, a large negative number on padding (keys
+    /// only: transformers also masks padded queries' rows, whose outputs nothing real reads).
     pub padding: Tensor,
-    /// The relative table (layer-normed when the config says so) and the gather indices,
-    /// when attention is relative.
-    pub relative: Option<(Tensor, RelativeIndex)>,
-    /// The table row of every (query, key) position pair `[seq, seq]`, for the fused layer.
-    pub rows: Vec<u32>,
+    /// The relative table (layer-normed when the config says so), when attention is relative.
+    pub table: Option<Tensor>,
+    /// The table row of every (query, key) position pair, `[seq, seq]`.
+    pub rows: Arc<[u32]>,
+    heads: usize,
+    /// The composite layer's head-major bias and gather indices, made on first use: the
+    /// fused CPU layer needs neither.
+    composite: OnceCell<CompositeInputs>,
+}
+
+#[derive(Debug, Clone)]
+struct CompositeInputs {
+    /// `[heads · batch, 1, 1, seq]`.
+    bias: Tensor,
+    index: Option<RelativeIndex>,
+}
+
+impl AttentionInputs {
+    /// The inputs of a batch with `padding`, `heads` heads, the relative `table` and the rows
+    /// of its position pairs.
+    pub fn new(padding: Tensor, heads: usize, table: Option<Tensor>, rows: Arc<[u32]>) -> Self {
+        Self {
+            padding,
+            table,
+            rows,
+            heads,
+            composite: OnceCell::new(),
+        }
+    }
+
+    fn composite(&self) -> Result<&CompositeInputs> {
+        if let Some(made) = self.composite.get() {
+            return Ok(made);
+        }
+        let (batch, _, _, seq_len) = self.padding.dims4()?;
+        let bias = self
+            .padding
+            .reshape((1, batch, 1, 1, seq_len))?
+            .repeat((self.heads, 1, 1, 1, 1))?
+            .reshape((self.heads * batch, 1, 1, seq_len))?;
+        let index = match &self.table {
+            Some(table) => Some(RelativeIndex::from_rows(
+                &self.rows,
+                seq_len,
+                table.dim(0)?,
+                self.padding.device(),
+            )?),
+            None => None,
+        };
+        Ok(self
+            .composite
+            .get_or_init(|| CompositeInputs { bias, index }))
+    }
 }
 
 /// `DebertaV2Attention`: `DisentangledSelfAttention` and `DebertaV2SelfOutput`.
@@ -145,7 +195,8 @@ impl DisentangledAttention {
         let heads = self.num_heads;
         let per_sequence = |t: &Tensor| t.reshape((heads, batch, seq_len, self.head_size));
         let mut scores = per_sequence(&query)?.matmul(&per_sequence(&key)?.t()?)?;
-        if let Some((table, index)) = &inputs.relative {
+        let composite = inputs.composite()?;
+        if let (Some(table), Some(index)) = (&inputs.table, &composite.index) {
             let table = self.position_dropout.forward(table)?;
             if self.content_to_position {
                 let projection = self.position_key.as_ref().unwrap_or(&self.key);
@@ -174,7 +225,7 @@ impl DisentangledAttention {
         }
         let probabilities = crate::kernels::ops::masked_softmax(
             &scores.reshape((heads * batch, 1, seq_len, seq_len))?,
-            &inputs.bias,
+            &composite.bias,
             1.0 / self.scale,
         )?;
         let probabilities = self.probabilities_dropout.forward(&probabilities)?;

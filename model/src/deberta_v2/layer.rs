@@ -4,6 +4,8 @@
 //! layer with the relative terms ([`crate::kernels::encoder_layer::relative_encoder_layer`]);
 //! elsewhere as the composite candle ops, which the tests hold the fused op to.
 
+use std::sync::Arc;
+
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -95,8 +97,8 @@ impl DebertaV2Layer {
             &attention.layer_norm,
         )?;
         let (batch, seq, width) = hidden.dims3()?;
-        let table_rows = match &inputs.relative {
-            Some((table, _)) => {
+        let table_rows = match &inputs.table {
+            Some(table) => {
                 packed = Tensor::cat(&[&packed, &table.flatten_all()?], 0)?;
                 table.dim(0)?
             }
@@ -116,7 +118,7 @@ impl DebertaV2Layer {
             feed_forward_output: feed_forward.dropout.mask_values(batch * seq * width),
         };
         let relative = RelativeAttention {
-            rows: inputs.rows.clone(),
+            rows: Arc::clone(&inputs.rows),
             table_rows,
             content_to_position: table_rows > 0 && attention.content_to_position,
             position_to_content: table_rows > 0 && attention.position_to_content,
@@ -206,27 +208,12 @@ mod tests {
             }
         }
         let padding = Tensor::from_vec(padding, (batch, 1, 1, seq), &Device::Cpu).unwrap();
-        let bias = padding
-            .reshape((1, batch, 1, 1, seq))
-            .unwrap()
-            .repeat((4, 1, 1, 1, 1))
-            .unwrap()
-            .reshape((4 * batch, 1, 1, seq))
-            .unwrap();
-        let inputs = AttentionInputs {
-            bias,
+        let inputs = AttentionInputs::new(
             padding,
-            relative: config.relative_attention.then(|| {
-                (
-                    table.as_tensor().clone(),
-                    positions.index(seq, &Device::Cpu).unwrap(),
-                )
-            }),
-            rows: (0..seq)
-                .flat_map(|i| (0..seq).map(move |j| (i, j)))
-                .map(|(i, j)| positions.row(i, j) as u32)
-                .collect(),
-        };
+            4,
+            config.relative_attention.then(|| table.as_tensor().clone()),
+            positions.rows(seq).into(),
+        );
         let real = Tensor::from_vec(real, (batch, seq, 1), &Device::Cpu).unwrap();
         Setup {
             layer,

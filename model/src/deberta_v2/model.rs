@@ -86,34 +86,19 @@ impl DebertaV2Model {
             DType::F64 => f64::MIN,
             _ => f64::from(f32::MIN),
         };
-        // Keys only: transformers also masks padded queries' rows, whose outputs nothing
-        // real reads.
         let padding = ((tokens.attention_mask.to_dtype(dtype)? - 1.0)? * (-lowest))?
             .reshape((batch, 1, 1, seq_len))?;
-        let bias = padding
-            .reshape((1, batch, 1, 1, seq_len))?
-            .repeat((self.num_heads, 1, 1, 1, 1))?
-            .reshape((self.num_heads * batch, 1, 1, seq_len))?;
-        let relative = match &self.relative_table {
-            Some(table) => {
-                let table = match &self.relative_norm {
-                    Some(norm) => norm.forward(table)?,
-                    None => table.clone(),
-                };
-                Some((table, self.positions.index(seq_len, hidden.device())?))
-            }
-            None => None,
+        let table = match (&self.relative_table, &self.relative_norm) {
+            (Some(table), Some(norm)) => Some(norm.forward(table)?),
+            (table, None) => table.clone(),
+            (None, Some(_)) => None,
         };
-        let rows = (0..seq_len)
-            .flat_map(|query| (0..seq_len).map(move |key| (query, key)))
-            .map(|(query, key)| self.positions.row(query, key) as u32)
-            .collect();
-        let inputs = AttentionInputs {
-            bias,
+        let inputs = AttentionInputs::new(
             padding,
-            relative,
-            rows,
-        };
+            self.num_heads,
+            table,
+            self.positions.rows(seq_len).into(),
+        );
         let last = self.layers.len().saturating_sub(1);
         for (index, layer) in self.layers.iter().enumerate() {
             hidden = layer.forward(&hidden, &inputs, first_token_only && index == last)?;

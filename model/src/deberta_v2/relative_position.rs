@@ -61,21 +61,35 @@ impl RelativePositions {
         (bucketed + self.span as i64).clamp(0, 2 * self.span as i64 - 1) as usize
     }
 
-    /// The gather indices of a sequence of `seq_len` tokens.
-    pub fn index(&self, seq_len: usize, device: &Device) -> Result<RelativeIndex> {
-        let width = 2 * self.span;
-        let mut content_to_position = Vec::with_capacity(seq_len * seq_len);
-        let mut position_to_content = Vec::with_capacity(seq_len * seq_len);
-        for query in 0..seq_len {
-            for key in 0..seq_len {
-                let row = self.row(query, key);
-                content_to_position.push((query * width + row) as u32);
-                position_to_content.push((key * width + row) as u32);
-            }
-        }
-        Ok(RelativeIndex {
-            content_to_position: Tensor::from_vec(content_to_position, seq_len * seq_len, device)?,
-            position_to_content: Tensor::from_vec(position_to_content, seq_len * seq_len, device)?,
+    /// The row of every (query, key) position pair of a sequence of `seq_len` tokens,
+    /// row-major `[seq, seq]`.
+    pub fn rows(&self, seq_len: usize) -> Vec<u32> {
+        (0..seq_len)
+            .flat_map(|query| (0..seq_len).map(move |key| self.row(query, key) as u32))
+            .collect()
+    }
+}
+
+impl RelativeIndex {
+    /// The gather indices of a sequence of `seq_len` tokens whose pairs' rows are `rows`
+    /// ([`RelativePositions::rows`]), against a table of `table_rows` rows.
+    pub fn from_rows(
+        rows: &[u32],
+        seq_len: usize,
+        table_rows: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        let index = |of: &dyn Fn(usize, usize) -> usize| -> Result<Tensor> {
+            let values: Vec<u32> = rows
+                .iter()
+                .enumerate()
+                .map(|(pair, &row)| (of(pair / seq_len, pair % seq_len) * table_rows) as u32 + row)
+                .collect();
+            Tensor::from_vec(values, rows.len(), device)
+        };
+        Ok(Self {
+            content_to_position: index(&|query, _| query)?,
+            position_to_content: index(&|_, key| key)?,
         })
     }
 }
@@ -139,7 +153,9 @@ mod tests {
         assert_eq!(positions.row(3, 0), 7);
         assert_eq!(positions.row(9, 0), 7);
         assert_eq!(positions.row(0, 9), 0);
-        let index = positions.index(3, &Device::Cpu).unwrap();
+        let index =
+            RelativeIndex::from_rows(&positions.rows(3), 3, 2 * positions.span, &Device::Cpu)
+                .unwrap();
         let c2p = index.content_to_position.to_vec1::<u32>().unwrap();
         let p2c = index.position_to_content.to_vec1::<u32>().unwrap();
         // (i = 1, j = 2): row 3; c2p reads query 1's products, p2c key 2's.

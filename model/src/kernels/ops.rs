@@ -78,11 +78,8 @@ impl CustomOp3 for LayerNormOp {
         let xs = contiguous_f32(s1, l1, "layer norm input")?;
         let weight = contiguous_f32(s2, l2, "layer norm weight")?;
         let bias = contiguous_f32(s3, l3, "layer norm bias")?;
-        let width = weight.len();
-        let mut out = vec![0f32; xs.len()];
-        let mut xhat = vec![0f32; xs.len()];
-        let mut rstd = vec![0f32; xs.len() / width.max(1)];
-        layer_norm_forward(xs, weight, bias, self.eps, &mut out, &mut xhat, &mut rstd);
+        // The backward pass recomputes the statistics from the input.
+        let (out, _, _) = layer_norm_kept(xs, weight, bias, self.eps);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -135,6 +132,20 @@ pub(crate) fn layer_norm_forward(
         .for_each(|(((out, xhat), rstd), xs)| {
             super::simd::layer_norm_rows(xs, weight, bias, eps, out, xhat, rstd)
         });
+}
+
+/// [`layer_norm_forward`] into new buffers: `(out, xhat, rstd)`.
+pub(crate) fn layer_norm_kept(
+    xs: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    eps: f32,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let mut out = vec![0f32; xs.len()];
+    let mut xhat = vec![0f32; xs.len()];
+    let mut rstd = vec![0f32; xs.len() / weight.len().max(1)];
+    layer_norm_forward(xs, weight, bias, eps, &mut out, &mut xhat, &mut rstd);
+    (out, xhat, rstd)
 }
 
 /// LayerNorm backward: `dx` from `dy` and the forward pass's `xhat` and `rstd`, adding into

@@ -1,7 +1,11 @@
 //! ModernBERT's attention: a fused `Wqkv`, rotary embeddings with the layer's theta, the
 //! padding mask, and on local layers a window of `local_attention / 2` tokens on each side.
 //! The rotary tables and score biases are the same for every layer of a kind, so the model
-//! makes them once per forward pass ([`AttentionInputs`]).
+//! makes them once per forward pass ([`AttentionInputs`]), the composite layer's tensors
+//! only when a composite layer runs.
+
+use std::cell::OnceCell;
+use std::sync::Arc;
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
@@ -9,6 +13,7 @@ use candle_nn::{Linear, VarBuilder};
 use super::config::ModernBertConfig;
 use super::rotary;
 use crate::dropout::{Dropout, DropoutRng};
+use crate::kernels::modernbert_layer::RotaryTables;
 
 /// A masked position's score bias: large enough that its probability is exactly 0, finite
 /// so that a row with every position masked (a padding token far from any real one, in a
@@ -56,8 +61,9 @@ impl ModernBertAttention {
                 .transpose(1, 2)?
                 .contiguous()
         };
-        let query = rotary::apply(&part(0)?, &inputs.cos, &inputs.sin)?;
-        let key = rotary::apply(&part(1)?, &inputs.cos, &inputs.sin)?;
+        let composite = inputs.composite()?;
+        let query = rotary::apply(&part(0)?, &composite.cos, &composite.sin)?;
+        let key = rotary::apply(&part(1)?, &composite.cos, &composite.sin)?;
         let value = part(2)?;
         let scores = query.matmul(&key.t()?.contiguous()?)?;
         let scale = 1.0 / (self.head_size as f64).sqrt();
@@ -65,7 +71,7 @@ impl ModernBertAttention {
             self.probabilities_dropout
                 .forward(&crate::kernels::ops::masked_softmax(
                     &scores,
-                    &inputs.bias,
+                    &composite.bias,
                     scale,
                 )?)?;
         let context = probabilities
@@ -80,13 +86,22 @@ impl ModernBertAttention {
 /// What every layer of one kind (global or local) attends with, for one batch.
 #[derive(Debug, Clone)]
 pub struct AttentionInputs {
-    /// Rotary tables `[s, head_size]` of the kind's theta.
+    /// Rotary tables of the kind's theta, `[s, head_size]` row-major: the fused layer rotates
+    /// with them, and the composite layer's tensors are made from them.
+    pub(super) tables: Arc<RotaryTables>,
+    /// The padding bias, `[b, 1, 1, s]` (the fused layer applies the window itself).
+    pub(super) padding: Tensor,
+    half_window: Option<usize>,
+    /// The composite layer's rotary tensors and score bias (the padding, plus the window on
+    /// a local kind), made on first use: the fused CPU layer needs neither.
+    composite: OnceCell<CompositeInputs>,
+}
+
+#[derive(Debug, Clone)]
+struct CompositeInputs {
     cos: Tensor,
     sin: Tensor,
-    /// Score bias: `[b, 1, 1, s]` padding (global), plus the window `[b, 1, s, s]` (local).
     bias: Tensor,
-    /// The padding bias alone, `[b, 1, 1, s]` (the fused layer applies the window itself).
-    pub(super) padding: Tensor,
 }
 
 impl AttentionInputs {
@@ -99,18 +114,33 @@ impl AttentionInputs {
         half_window: Option<usize>,
     ) -> Result<Self> {
         let seq_len = padding_bias.dim(3)?;
-        let device = padding_bias.device();
-        let (cos, sin) = rotary::cos_sin(seq_len, head_size, theta, device)?;
-        let bias = match half_window {
-            None => padding_bias.clone(),
-            Some(half) => padding_bias.broadcast_add(&window_bias(seq_len, half, device)?)?,
-        };
         Ok(Self {
-            cos,
-            sin,
-            bias,
+            tables: Arc::new(rotary::tables(seq_len, head_size, theta)),
             padding: padding_bias.clone(),
+            half_window,
+            composite: OnceCell::new(),
         })
+    }
+
+    fn composite(&self) -> Result<&CompositeInputs> {
+        if let Some(made) = self.composite.get() {
+            return Ok(made);
+        }
+        let (seq_len, head_size) = (self.padding.dim(3)?, self.tables.head_size);
+        let device = self.padding.device();
+        let table = |values: &[f32]| Tensor::from_slice(values, (seq_len, head_size), device);
+        let bias = match self.half_window {
+            None => self.padding.clone(),
+            Some(half) => self
+                .padding
+                .broadcast_add(&window_bias(seq_len, half, device)?)?,
+        };
+        let made = CompositeInputs {
+            cos: table(&self.tables.cos)?,
+            sin: table(&self.tables.sin)?,
+            bias,
+        };
+        Ok(self.composite.get_or_init(|| made))
     }
 }
 

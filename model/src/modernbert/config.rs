@@ -114,10 +114,7 @@ fn default_gelu() -> String {
 impl ModernBertConfig {
     /// Number of model outputs: `num_labels`, else the size of `id2label`, else 1.
     pub fn num_labels(&self) -> usize {
-        self.num_labels
-            .or_else(|| self.id2label.as_ref().map(BTreeMap::len))
-            .filter(|&n| n > 0)
-            .unwrap_or(1)
+        crate::bert::config::num_labels_of(self.num_labels, self.id2label.as_ref())
     }
 
     /// Checks what the network assumes.

@@ -54,7 +54,6 @@ impl ModernBertLayer {
                 eps: eps as f32,
                 attention_norm: layer != 0,
                 half_window: (!config.is_global(layer)).then_some(config.local_attention / 2),
-                rope_theta: config.rope_theta(layer),
             },
         })
     }
@@ -128,6 +127,7 @@ impl ModernBertLayer {
             &attention.padding,
             &packed,
             self.dims,
+            attention.tables.clone(),
             dropout,
             keep_activations,
             first_token_only,
@@ -198,7 +198,7 @@ mod tests {
         }
         let bias = Tensor::from_vec(bias, (batch, 1, 1, seq), &Device::Cpu).unwrap();
         let half_window = layer.dims.half_window;
-        let inputs = AttentionInputs::new(&bias, 8, layer.dims.rope_theta, half_window).unwrap();
+        let inputs = AttentionInputs::new(&bias, 8, config.rope_theta(index), half_window).unwrap();
         let real = Tensor::from_vec(real, (batch, seq, 1), &Device::Cpu).unwrap();
         (layer, varmap, hidden, inputs, real, rng)
     }

@@ -18,7 +18,7 @@ mod rotary;
 
 pub use config::{ClassifierPooling, ModernBertConfig};
 pub use model::{ModernBertForSequenceClassification, ModernBertModel};
-pub use rotary::{cos_sin as rotary_cos_sin, cos_sin_values as rotary_cos_sin_values};
+pub use rotary::cos_sin as rotary_cos_sin;
 
 /// The `architectures` entries of this family.
 pub const ARCHITECTURES: &[&str] = &["ModernBertForSequenceClassification", "ModernBertModel"];

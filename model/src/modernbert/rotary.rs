@@ -4,6 +4,8 @@
 
 use candle_core::{Device, Result, Tensor, D};
 
+use crate::kernels::modernbert_layer::RotaryTables;
+
 /// `(cos, sin)`, each `[seq_len, head_size]`, for `theta`.
 pub fn cos_sin(
     seq_len: usize,
@@ -18,9 +20,19 @@ pub fn cos_sin(
     ))
 }
 
-/// The same tables as row-major values: what the fused CPU layer rotates with, so that it and
-/// the composite layer use the same numbers.
-pub fn cos_sin_values(seq_len: usize, head_size: usize, theta: f64) -> (Vec<f32>, Vec<f32>) {
+/// The tables as the fused CPU layer takes them; the composite layer's tensors hold the same
+/// numbers.
+pub fn tables(seq_len: usize, head_size: usize, theta: f64) -> RotaryTables {
+    let (cos, sin) = cos_sin_values(seq_len, head_size, theta);
+    RotaryTables {
+        cos,
+        sin,
+        head_size,
+    }
+}
+
+/// The same tables as row-major values.
+fn cos_sin_values(seq_len: usize, head_size: usize, theta: f64) -> (Vec<f32>, Vec<f32>) {
     let half = head_size / 2;
     // As torch: inverse frequencies and the angle products in f32.
     let inverse: Vec<f32> = (0..half)

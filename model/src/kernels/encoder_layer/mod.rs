@@ -90,7 +90,7 @@ struct Saved {
 pub struct RelativeAttention {
     /// The table row of each (query position, key position) of the padded batch, `[seq,
     /// seq]` row-major.
-    pub rows: Vec<u32>,
+    pub rows: std::sync::Arc<[u32]>,
     /// Rows of the relative table (`2·span`).
     pub table_rows: usize,
     /// Whether scores add the content-to-position term.
@@ -249,10 +249,10 @@ impl EncoderLayerOp {
             .as_ref()
             .filter(|relative| relative.table_rows > 0)
             .map(|relative| {
-                let mut table = params[o.total..o.total + relative.table_rows * hidden].to_vec();
-                if let Some(mask) = &relative.table_dropout {
-                    simd::product(&table.clone(), mask, &mut table);
-                }
+                let table = masked(
+                    &params[o.total..o.total + relative.table_rows * hidden],
+                    relative.table_dropout.as_deref(),
+                );
                 let (key_weight, key_bias) = (
                     &key_value_weight[..hidden * hidden],
                     &key_value_bias[..hidden],

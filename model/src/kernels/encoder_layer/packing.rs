@@ -27,7 +27,8 @@ pub(crate) struct Packing {
 }
 
 impl Packing {
-    /// Real tokens are those whose mask bias is above half the dtype's lowest value.
+    /// Real tokens are those whose mask bias is 0; padding's is any large negative number
+    /// (BERT's the f32 minimum, ModernBERT's −1e9), so anything below −1.
     pub(crate) fn from_mask(
         mask_bias: &[f32],
         batch: usize,
@@ -38,7 +39,7 @@ impl Packing {
         let positions: Vec<Vec<usize>> = (0..batch)
             .map(|b| {
                 (0..seq)
-                    .filter(|&j| mask_bias[b * seq + j] > f32::MIN / 2.0)
+                    .filter(|&j| mask_bias[b * seq + j] > -1.0)
                     .collect()
             })
             .collect();

@@ -17,7 +17,7 @@
 //! the caller in the composite layer's order (attention probabilities, attention output,
 //! the MLP's gated product), so both paths train identically.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -25,7 +25,7 @@ use rayon::prelude::*;
 use super::encoder_layer::packing::{split, split_mut, Packing};
 use super::encoder_layer::products::{linear_backward, project};
 use super::encoder_layer::ELEMENTS_PER_TASK;
-use super::ops::{contiguous_f32, layer_norm_backward, layer_norm_forward, with_cpu_values};
+use super::ops::{contiguous_f32, layer_norm_backward, layer_norm_kept, with_cpu_values};
 use super::simd;
 
 mod attention;
@@ -48,8 +48,18 @@ pub struct ModernLayerDims {
     pub attention_norm: bool,
     /// Positions seen on each side on a local layer; `None` on a global one.
     pub half_window: Option<usize>,
-    /// The layer's rotary theta.
-    pub rope_theta: f64,
+}
+
+/// Rotary tables `[positions, head_size]` row-major, cos and sin of each position's angles
+/// (made by `crate::modernbert` once per forward pass for each kind of layer).
+#[derive(Debug, Clone)]
+pub struct RotaryTables {
+    /// cos of the angles.
+    pub cos: Vec<f32>,
+    /// sin of the angles.
+    pub sin: Vec<f32>,
+    /// Width of a row.
+    pub head_size: usize,
 }
 
 impl ModernLayerDims {
@@ -167,13 +177,11 @@ struct LayerPlan {
     blocks: Vec<Vec<Block>>,
     /// Per sequence, where its probabilities start (`batch + 1`).
     prob_starts: Vec<usize>,
-    /// `[seq, head_size]` rotary tables.
-    cos: Vec<f32>,
-    sin: Vec<f32>,
 }
 
 struct ModernLayerOp {
     dims: ModernLayerDims,
+    rotary: Arc<RotaryTables>,
     dropout: ModernLayerDropoutMasks,
     keep_activations: bool,
     first_token_only: bool,
@@ -183,17 +191,20 @@ struct ModernLayerOp {
 /// One ModernBERT layer on contiguous f32 CPU tensors (see the module's doc). With
 /// `first_token_only`, only each sequence's first token is computed (the last layer of a
 /// `cls`-pooled classifier); the other rows come out as zeros.
+#[allow(clippy::too_many_arguments)]
 pub fn modernbert_layer(
     hidden: &Tensor,
     padding_bias: &Tensor,
     packed_parameters: &Tensor,
     dims: ModernLayerDims,
+    rotary: Arc<RotaryTables>,
     dropout: ModernLayerDropoutMasks,
     keep_activations: bool,
     first_token_only: bool,
 ) -> Result<Tensor> {
     let op = ModernLayerOp {
         dims,
+        rotary,
         dropout,
         keep_activations,
         first_token_only,
@@ -204,16 +215,9 @@ pub fn modernbert_layer(
         .apply_op3(&padding_bias.contiguous()?.detach(), packed_parameters, op)
 }
 
-/// Bias-free LayerNorm of `rows` rows into new buffers: `(out, xhat, rstd)`.
+/// Bias-free LayerNorm into new buffers: `(out, xhat, rstd)`.
 fn norm(x: &[f32], weight: &[f32], eps: f32) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let width = weight.len();
-    let rows = x.len() / width;
-    let zeros = vec![0f32; width];
-    let mut out = vec![0f32; x.len()];
-    let mut xhat = vec![0f32; x.len()];
-    let mut rstd = vec![0f32; rows];
-    layer_norm_forward(x, weight, &zeros, eps, &mut out, &mut xhat, &mut rstd);
-    (out, xhat, rstd)
+    layer_norm_kept(x, weight, &vec![0f32; weight.len()], eps)
 }
 
 /// `out ⊙ mask` in place, when there is a mask.
@@ -243,12 +247,13 @@ fn add_into(a: &mut [f32], b: &[f32]) {
 
 impl ModernLayerOp {
     fn layout(&self, padding_bias: &[f32], batch: usize, seq: usize) -> LayerPlan {
-        // The packing reads real tokens off a bias of 0 / the f32 minimum.
-        let bias: Vec<f32> = padding_bias
-            .iter()
-            .map(|&b| if b > -1e3 { 0.0 } else { f32::MIN })
-            .collect();
-        let packing = Packing::from_mask(&bias, batch, seq, self.dims.heads, self.first_token_only);
+        let packing = Packing::from_mask(
+            padding_bias,
+            batch,
+            seq,
+            self.dims.heads,
+            self.first_token_only,
+        );
         let blocks: Vec<Vec<Block>> = (0..batch)
             .map(|b| {
                 blocks_of(
@@ -263,17 +268,10 @@ impl ModernLayerOp {
             let size: usize = blocks.iter().map(Block::size).sum();
             prob_starts.push(prob_starts.last().copied().unwrap_or(0) + self.dims.heads * size);
         }
-        let (cos, sin) = crate::modernbert::rotary_cos_sin_values(
-            seq,
-            self.dims.head_size(),
-            self.dims.rope_theta,
-        );
         LayerPlan {
             packing,
             blocks,
             prob_starts,
-            cos,
-            sin,
         }
     }
 
@@ -567,6 +565,8 @@ impl CustomOp3 for ModernLayerOp {
             || padding_bias.len() != batch * seq
             || params.len() != self.dims.offsets().total
             || self.dims.head_size() % 2 != 0
+            || self.rotary.head_size != self.dims.head_size()
+            || self.rotary.cos.len() < seq * self.dims.head_size()
         {
             candle_core::bail!(
                 "modernbert layer: hidden {:?}, padding bias {} values, {} parameters do not \

@@ -34,8 +34,8 @@ pub(super) fn rotate(
     rows.par_chunks_mut(row_width)
         .zip(positions.par_iter())
         .for_each(|(row, &position)| {
-            let cos = &plan.cos[position * head..(position + 1) * head];
-            let sin = &plan.sin[position * head..(position + 1) * head];
+            let cos = &op.rotary.cos[position * head..(position + 1) * head];
+            let sin = &op.rotary.sin[position * head..(position + 1) * head];
             for values in row[..hidden].chunks_mut(head) {
                 let (first, second) = values.split_at_mut(half);
                 for i in 0..half {

@@ -195,9 +195,9 @@ fn batch_gradients(
     let registry = LossRegistry::with_builtins().unwrap();
     let loss = registry.build(loss_name, &loss_config).unwrap();
     let vars: Vec<Var> = model
-        .named_parameters()
-        .into_iter()
-        .map(|(_, v)| v)
+        .trainable_parameters()
+        .iter()
+        .map(|t| t.var.clone())
         .collect();
     let mut grads = GradAccumulator::new(vars.len());
     let all: Vec<usize> = (0..dataset.len()).collect();

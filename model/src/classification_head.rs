@@ -95,6 +95,11 @@ impl EncoderWithHead {
         })
     }
 
+    /// The encoder's layers, for keeping their parameters packed.
+    pub(crate) fn packed_layers_mut(&mut self) -> Vec<&mut dyn crate::parameters::PackedLayer> {
+        self.encoder.packed_layers_mut()
+    }
+
     /// Number of outputs per pair.
     pub fn num_labels(&self) -> usize {
         self.num_labels

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use serde_json::{Map, Value};
 
@@ -17,6 +17,7 @@ use crate::files::{
     default_max_length, default_tokenizer_config, load_tokenizer, read_json, read_model_config,
 };
 use crate::hub::resolve_model_dir;
+use crate::parameters::{self, Trainable};
 use crate::tokenize::{score_longest_first_in_lanes, EncodedPairs, PairTokenizer};
 use crate::tokens::TokenTensors;
 use crate::weights::{self, CheckpointBackend};
@@ -61,7 +62,10 @@ pub struct CrossEncoder {
     config: FamilyConfig,
     raw_config: Map<String, Value>,
     source_dir: PathBuf,
-    varmap: VarMap,
+    /// Every trainable `Var`, sorted by its first parameter's name.
+    trainables: Vec<Trainable>,
+    /// The packed layers' `Var`s in the network's layer order (also in `trainables`).
+    packed_layers: Vec<Trainable>,
     dropout: DropoutRng,
     device: Device,
     initialised: Vec<String>,
@@ -172,12 +176,13 @@ impl CrossEncoder {
         let backend_box: Box<dyn candle_nn::var_builder::SimpleBackend> = Box::new(backend);
         let vb = VarBuilder::from_backend(backend_box, options.dtype, options.device.clone());
         let dropout = DropoutRng::default();
-        let network = SequenceClassifier::load(vb, &config, num_labels, &dropout).map_err(|e| {
-            ModelError::BadFile {
-                path: weights_path.clone(),
-                message: e.to_string(),
-            }
-        })?;
+        let mut network =
+            SequenceClassifier::load(vb, &config, num_labels, &dropout).map_err(|e| {
+                ModelError::BadFile {
+                    path: weights_path.clone(),
+                    message: e.to_string(),
+                }
+            })?;
         let mut initialised: Vec<String> = varmap
             .data()
             .lock()
@@ -198,6 +203,7 @@ impl CrossEncoder {
                 initialised.join(", ")
             );
         }
+        let (trainables, packed_layers) = pack_parameters(&mut network, &varmap)?;
         let default_activation = default_activation(dir, num_labels);
         Ok(Self {
             network,
@@ -205,7 +211,8 @@ impl CrossEncoder {
             config,
             raw_config,
             source_dir: dir.to_path_buf(),
-            varmap,
+            trainables,
+            packed_layers,
             dropout,
             device: options.device.clone(),
             initialised,
@@ -258,16 +265,21 @@ impl CrossEncoder {
         self.default_activation
     }
 
-    /// Every trainable parameter with its transformers name, sorted by name.
-    pub fn named_parameters(&self) -> Vec<(String, Var)> {
-        let mut vars: Vec<(String, Var)> = self
-            .varmap
-            .data()
-            .lock()
-            .map(|vars| vars.iter().map(|(n, v)| (n.clone(), v.clone())).collect())
-            .unwrap_or_default();
-        vars.sort_by(|a, b| a.0.cmp(&b.0));
-        vars
+    /// Every parameter's current value under its transformers name, sorted by name (views,
+    /// no copies; a packed layer's parameters are slices of its `Var`).
+    pub fn named_parameters(&self) -> candle_core::Result<Vec<(String, Tensor)>> {
+        let mut values = Vec::new();
+        for trainable in &self.trainables {
+            values.extend(trainable.named_values()?);
+        }
+        values.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(values)
+    }
+
+    /// The trainable `Var`s (what gets gradients and optimiser state) with the named
+    /// parameters each holds, sorted by their first parameter's name.
+    pub fn trainable_parameters(&self) -> &[Trainable] {
+        &self.trainables
     }
 
     /// The shared dropout stream: `train(seed)` turns dropout on, `eval()` off.
@@ -338,21 +350,25 @@ impl CrossEncoder {
     /// the current weights.
     fn inference_network(&self) -> Result<SequenceClassifier, ModelError> {
         let tensors: std::collections::HashMap<String, Tensor> = self
-            .named_parameters()
+            .named_parameters()?
             .into_iter()
-            .map(|(name, var)| (name, var.as_tensor().detach()))
+            .map(|(name, value)| (name, value.detach()))
             .collect();
         let dtype = tensors
             .values()
             .next()
             .map_or(DType::F32, |tensor| tensor.dtype());
         let vb = VarBuilder::from_tensors(tensors, dtype, &self.device);
-        Ok(SequenceClassifier::load(
-            vb,
-            &self.config,
-            self.num_labels(),
-            &DropoutRng::default(),
-        )?)
+        let mut network =
+            SequenceClassifier::load(vb, &self.config, self.num_labels(), &DropoutRng::default())?;
+        // The packed layers read their packed vector as it is, detached like the rest.
+        let packed: Vec<Tensor> = self
+            .packed_layers
+            .iter()
+            .map(|trainable| trainable.var.as_tensor().detach())
+            .collect();
+        parameters::use_packed(network.packed_layers_mut(), packed)?;
+        Ok(network)
     }
 
     /// Writes the model directory atomically: everything goes to a temporary directory beside
@@ -392,7 +408,7 @@ impl CrossEncoder {
             })?;
             std::fs::write(&path, text + "\n").map_err(|source| ModelError::Io { path, source })
         };
-        weights::save_safetensors(&self.varmap, &dir.join("model.safetensors"))?;
+        weights::save_safetensors(&self.named_parameters()?, &dir.join("model.safetensors"))?;
         let config = self
             .config
             .to_saved_json(&self.raw_config, self.num_labels());
@@ -451,4 +467,31 @@ impl CrossEncoder {
         )?;
         Ok(())
     }
+}
+
+/// The network's trainable `Var`s once the layers that run fused keep their parameters
+/// packed ([`crate::parameters`]): every `Var`, sorted by its first parameter's name, and the
+/// packed ones in layer order.
+fn pack_parameters(
+    network: &mut SequenceClassifier,
+    varmap: &VarMap,
+) -> Result<(Vec<Trainable>, Vec<Trainable>), ModelError> {
+    let vars: Vec<(String, candle_core::Var)> = varmap
+        .data()
+        .lock()
+        .map(|vars| vars.iter().map(|(n, v)| (n.clone(), v.clone())).collect())
+        .map_err(|_| candle_core::Error::Msg("varmap lock poisoned".into()))?;
+    let mut names_by_id: std::collections::HashMap<candle_core::TensorId, String> = vars
+        .iter()
+        .map(|(name, var)| (var.as_tensor().id(), name.clone()))
+        .collect();
+    let packed_layers = parameters::pack_layers(network.packed_layers_mut(), &mut names_by_id)?;
+    let mut trainables: Vec<Trainable> = vars
+        .into_iter()
+        .filter(|(_, var)| names_by_id.contains_key(&var.as_tensor().id()))
+        .map(|(name, var)| Trainable::single(name, var))
+        .chain(packed_layers.iter().cloned())
+        .collect();
+    trainables.sort_by(|a, b| a.parts[0].name.cmp(&b.parts[0].name));
+    Ok((trainables, packed_layers))
 }

@@ -8,6 +8,8 @@ use candle_core::{Module, Result, Tensor};
 use crosstrain_rng::SeededRng;
 use rayon::prelude::*;
 
+use crate::kernels::simd;
+
 /// Mask values drawn per parallel task.
 const MASK_VALUES_PER_TASK: usize = 1 << 16;
 
@@ -66,12 +68,8 @@ impl DropoutRng {
             .par_chunks_mut(MASK_VALUES_PER_TASK)
             .enumerate()
             .for_each(|(task, piece)| {
-                let mut rng = start.clone();
-                rng.skip((task * MASK_VALUES_PER_TASK) as u64);
-                for value in piece {
-                    let draw = rng.next_u64() >> 40;
-                    *value = if draw >= threshold { scale } else { 0.0 };
-                }
+                let first_draw = (task * MASK_VALUES_PER_TASK) as u64;
+                simd::dropout_mask(piece, start.state(), first_draw, threshold, scale);
             });
         Some(values)
     }

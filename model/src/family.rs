@@ -467,6 +467,17 @@ impl SequenceClassifier {
         }
     }
 
+    /// The layers that can keep their parameters in one packed `Var` (BERT's encoder layer,
+    /// ModernBERT's; DeBERTa's packs its relative table with them per pass, so it does not).
+    pub(crate) fn packed_layers_mut(&mut self) -> Vec<&mut dyn crate::parameters::PackedLayer> {
+        match self {
+            SequenceClassifier::Bert(network) => network.packed_layers_mut(),
+            SequenceClassifier::EncoderWithHead(network) => network.packed_layers_mut(),
+            SequenceClassifier::ModernBert(network) => network.packed_layers_mut(),
+            SequenceClassifier::DebertaV2(_) => Vec::new(),
+        }
+    }
+
     pub(crate) fn num_labels(&self) -> usize {
         match self {
             SequenceClassifier::Bert(network) => network.num_labels(),

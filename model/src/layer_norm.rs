@@ -27,6 +27,11 @@ impl LayerNorm {
 }
 
 impl LayerNorm {
+    /// A norm over given tensors (views of a packed layer's parameters).
+    pub fn new(weight: Tensor, bias: Tensor, eps: f64) -> Self {
+        Self { weight, bias, eps }
+    }
+
     /// Loads `weight` only, for models whose norms have no shift (ModernBERT): the bias is a
     /// constant zero, not a parameter, and is not saved.
     pub fn load_without_bias(vb: VarBuilder, size: usize, eps: f64) -> Result<Self> {

@@ -27,6 +27,7 @@ mod hub;
 pub mod kernels;
 pub mod layer_norm;
 pub mod modernbert;
+pub mod parameters;
 mod scorer;
 #[cfg(test)]
 mod test_support;

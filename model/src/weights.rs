@@ -223,20 +223,17 @@ impl SimpleBackend for CheckpointBackend {
     }
 }
 
-/// Writes every parameter of `varmap` as f32 safetensors under its transformers name.
-pub fn save_safetensors(varmap: &VarMap, path: &Path) -> Result<()> {
-    let vars = varmap
-        .data()
-        .lock()
-        .map_err(|_| candle_core::Error::Msg("varmap lock poisoned".into()))?;
-    let tensors: HashMap<String, Tensor> = vars
+/// Writes named parameters as f32 safetensors under their transformers names.
+pub fn save_safetensors(parameters: &[(String, Tensor)], path: &Path) -> Result<()> {
+    let tensors: HashMap<String, Tensor> = parameters
         .iter()
-        .map(|(name, var)| {
+        .map(|(name, value)| {
             Ok((
                 name.clone(),
-                var.as_tensor()
+                value
                     .to_dtype(DType::F32)?
-                    .to_device(&Device::Cpu)?,
+                    .to_device(&Device::Cpu)?
+                    .contiguous()?,
             ))
         })
         .collect::<Result<_>>()?;

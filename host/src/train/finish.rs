@@ -312,12 +312,16 @@ impl Run<'_> {
                 message: e.to_string(),
             }
         })?;
-        for (name, var) in self.model.named_parameters() {
-            let tensor = tensors.get(&name).ok_or_else(|| TrainError::Checkpoint {
-                path: checkpoint.to_path_buf(),
-                message: format!("model.safetensors has no {name}"),
-            })?;
-            var.set(&tensor.to_dtype(var.dtype())?)?;
+        for trainable in self.model.trainable_parameters() {
+            for part in &trainable.parts {
+                let tensor = tensors
+                    .get(&part.name)
+                    .ok_or_else(|| TrainError::Checkpoint {
+                        path: checkpoint.to_path_buf(),
+                        message: format!("model.safetensors has no {}", part.name),
+                    })?;
+                trainable.set(part, tensor)?;
+            }
         }
         Ok(())
     }

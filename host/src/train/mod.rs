@@ -449,10 +449,10 @@ pub fn train(
         .map(config::eval_metric_key)
         .unwrap_or_default();
 
-    let named = model.named_parameters();
-    let vars: Vec<Var> = named.iter().map(|(_, v)| v.clone()).collect();
+    let trainables = model.trainable_parameters().to_vec();
+    let vars: Vec<Var> = trainables.iter().map(|t| t.var.clone()).collect();
     let mut optimizer = AdamW::new(
-        named,
+        trainables,
         config.adam_beta1,
         config.adam_beta2,
         config.adam_epsilon,

@@ -4,6 +4,8 @@
 use candle_core::{DType, Result, Tensor, Var};
 use rayon::prelude::*;
 
+use crosstrain_model::parameters::Trainable;
+
 use crosstrain_model::kernels::ops::with_cpu_values;
 use crosstrain_model::kernels::simd::{self, AdamwStep};
 
@@ -26,11 +28,14 @@ enum Moments {
 /// Parameters per parallel block of the AdamW update.
 const OPTIMIZER_BLOCK: usize = 1 << 16;
 
-/// One parameter and its Adam moments.
+/// One trainable `Var` (a parameter, or a packed layer's parameters) and its Adam moments,
+/// laid out as the `Var` is.
 struct ParamState {
-    name: String,
-    var: Var,
-    decays: bool,
+    trainable: Trainable,
+    /// Per part of the `Var`, whether weight decay applies to it.
+    decays: Vec<bool>,
+    /// For the tensor moments of a `Var` whose parts differ in decay: 1 where it applies.
+    decay_mask: Option<Tensor>,
     moments: Moments,
 }
 
@@ -47,18 +52,25 @@ struct Update {
 }
 
 impl ParamState {
+    fn var(&self) -> &Var {
+        &self.trainable.var
+    }
+
     fn step(&mut self, grad: &Tensor, update: Update) -> Result<()> {
-        let decay = if self.decays && update.weight_decay > 0.0 {
-            1.0 - update.lr * update.weight_decay
-        } else {
-            1.0
+        let decay_of = |decays: bool| {
+            if decays && update.weight_decay > 0.0 {
+                1.0 - update.lr * update.weight_decay
+            } else {
+                1.0
+            }
         };
+        let var = &self.trainable.var;
         match &mut self.moments {
             Moments::Cpu {
                 exp_avg,
                 exp_avg_sq,
             } => {
-                let step = AdamwStep {
+                let step_with = |decay: f64| AdamwStep {
                     decay: decay as f32,
                     beta1: update.beta1 as f32,
                     beta2: update.beta2 as f32,
@@ -66,73 +78,116 @@ impl ParamState {
                     sqrt_bias_correction2: update.sqrt_bc2 as f32,
                     eps: update.eps as f32,
                 };
+                let parts: Vec<(std::ops::Range<usize>, AdamwStep)> = self
+                    .trainable
+                    .parts
+                    .iter()
+                    .zip(&self.decays)
+                    .map(|(part, &decays)| (part.range(), step_with(decay_of(decays))))
+                    .collect();
+                let name = &self.trainable.parts[0].name;
                 let grad = grad.to_dtype(DType::F32)?.contiguous()?;
                 // Reads the gradient and the parameter where they lie (no copies), writes the
                 // new values once, in parallel blocks; the read guards end before `set`. The
                 // two borrows and the length check can each fail, hence three `?`.
                 let theta = with_cpu_values(&grad, "AdamW gradient", |grad| {
-                    with_cpu_values(self.var.as_tensor(), "AdamW parameter", |theta| {
+                    with_cpu_values(var.as_tensor(), "AdamW parameter", |theta| {
                         if grad.len() != theta.len() || exp_avg.len() != theta.len() {
                             candle_core::bail!(
-                                "AdamW: {} gradients for {} parameters of {}",
+                                "AdamW: {} gradients for {} parameters of {name}",
                                 grad.len(),
                                 theta.len(),
-                                self.name
                             );
                         }
                         let mut updated = vec![0f32; theta.len()];
-                        updated
-                            .par_chunks_mut(OPTIMIZER_BLOCK)
-                            .zip(theta.par_chunks(OPTIMIZER_BLOCK))
-                            .zip(grad.par_chunks(OPTIMIZER_BLOCK))
-                            .zip(exp_avg.par_chunks_mut(OPTIMIZER_BLOCK))
-                            .zip(exp_avg_sq.par_chunks_mut(OPTIMIZER_BLOCK))
-                            .for_each(|((((out, theta), grad), m), v)| {
-                                simd::adamw(theta, grad, m, v, out, step)
-                            });
+                        // Each part with its own decay, in parallel blocks within it.
+                        let mut out_rest = updated.as_mut_slice();
+                        let mut m_rest = exp_avg.as_mut_slice();
+                        let mut v_rest = exp_avg_sq.as_mut_slice();
+                        for (range, step) in &parts {
+                            let (out, out_tail) =
+                                std::mem::take(&mut out_rest).split_at_mut(range.len());
+                            let (m, m_tail) = std::mem::take(&mut m_rest).split_at_mut(range.len());
+                            let (v, v_tail) = std::mem::take(&mut v_rest).split_at_mut(range.len());
+                            (out_rest, m_rest, v_rest) = (out_tail, m_tail, v_tail);
+                            out.par_chunks_mut(OPTIMIZER_BLOCK)
+                                .zip(theta[range.clone()].par_chunks(OPTIMIZER_BLOCK))
+                                .zip(grad[range.clone()].par_chunks(OPTIMIZER_BLOCK))
+                                .zip(m.par_chunks_mut(OPTIMIZER_BLOCK))
+                                .zip(v.par_chunks_mut(OPTIMIZER_BLOCK))
+                                .for_each(|((((out, theta), grad), m), v)| {
+                                    simd::adamw(theta, grad, m, v, out, *step)
+                                });
+                        }
                         Ok(updated)
                     })
                 })???;
-                let shape = self.var.shape().clone();
-                self.var
-                    .set(&Tensor::from_vec(theta, shape, self.var.device())?)
+                let shape = var.shape().clone();
+                var.set(&Tensor::from_vec(theta, shape, var.device())?)
             }
             Moments::Tensors {
                 exp_avg,
                 exp_avg_sq,
             } => {
-                let grad = grad.to_dtype(self.var.dtype())?;
-                let mut theta = self.var.as_tensor().clone();
-                if decay != 1.0 {
-                    theta = (theta * decay)?;
+                let grad = grad.to_dtype(var.dtype())?;
+                let mut theta = var.as_tensor().clone();
+                match &self.decay_mask {
+                    // theta · (1 − lr·wd·mask): the decay only where the mask is 1.
+                    Some(mask) if update.weight_decay > 0.0 => {
+                        let factor = mask.affine(-(update.lr * update.weight_decay), 1.0)?;
+                        theta = theta.mul(&factor)?;
+                    }
+                    _ => {
+                        let decay = decay_of(self.decays.iter().any(|&d| d));
+                        if decay != 1.0 {
+                            theta = (theta * decay)?;
+                        }
+                    }
                 }
                 *exp_avg = ((&*exp_avg * update.beta1)? + (&grad * (1.0 - update.beta1))?)?;
                 *exp_avg_sq =
                     ((&*exp_avg_sq * update.beta2)? + (grad.sqr()? * (1.0 - update.beta2))?)?;
                 let denom = ((exp_avg_sq.sqrt()? / update.sqrt_bc2)? + update.eps)?;
                 let change = (exp_avg.div(&denom)? * update.step_size)?;
-                self.var.set(&(theta - change)?)
+                var.set(&(theta - change)?)
             }
         }
     }
 
-    fn moment_tensors(&self) -> Result<(Tensor, Tensor)> {
-        match &self.moments {
-            Moments::Cpu {
-                exp_avg,
-                exp_avg_sq,
-            } => {
-                let shape = self.var.shape().clone();
-                Ok((
-                    Tensor::from_slice(exp_avg, shape.clone(), self.var.device())?,
-                    Tensor::from_slice(exp_avg_sq, shape, self.var.device())?,
-                ))
-            }
-            Moments::Tensors {
-                exp_avg,
-                exp_avg_sq,
-            } => Ok((exp_avg.clone(), exp_avg_sq.clone())),
-        }
+    /// Each part's moments, shaped as the parameter.
+    fn moment_tensors(&self) -> Result<Vec<(&str, Tensor, Tensor)>> {
+        let device = self.var().device();
+        self.trainable
+            .parts
+            .iter()
+            .map(|part| {
+                let (exp_avg, exp_avg_sq) = match &self.moments {
+                    Moments::Cpu {
+                        exp_avg,
+                        exp_avg_sq,
+                    } => (
+                        Tensor::from_slice(&exp_avg[part.range()], part.shape.clone(), device)?,
+                        Tensor::from_slice(&exp_avg_sq[part.range()], part.shape.clone(), device)?,
+                    ),
+                    Moments::Tensors {
+                        exp_avg,
+                        exp_avg_sq,
+                    } => {
+                        let slice = |moment: &Tensor| -> Result<Tensor> {
+                            if self.trainable.is_single() {
+                                return Ok(moment.clone());
+                            }
+                            moment
+                                .flatten_all()?
+                                .narrow(0, part.offset, part.shape.elem_count())?
+                                .reshape(part.shape.clone())
+                        };
+                        (slice(exp_avg)?, slice(exp_avg_sq)?)
+                    }
+                };
+                Ok((part.name.as_str(), exp_avg, exp_avg_sq))
+            })
+            .collect()
     }
 }
 
@@ -153,9 +208,9 @@ pub fn decays(name: &str) -> bool {
 }
 
 impl AdamW {
-    /// An optimiser over named parameters with zero moments.
+    /// An optimiser over a model's trainable `Var`s with zero moments.
     pub fn new(
-        params: Vec<(String, Var)>,
+        params: Vec<Trainable>,
         beta1: f64,
         beta2: f64,
         eps: f64,
@@ -163,7 +218,8 @@ impl AdamW {
     ) -> Result<Self> {
         let params = params
             .into_iter()
-            .map(|(name, var)| {
+            .map(|trainable| {
+                let var = &trainable.var;
                 let moments = if var.device().is_cpu() && var.dtype() == DType::F32 {
                     let n = var.elem_count();
                     Moments::Cpu {
@@ -177,11 +233,26 @@ impl AdamW {
                         exp_avg_sq: zeros,
                     }
                 };
+                let part_decays: Vec<bool> = trainable
+                    .parts
+                    .iter()
+                    .map(|part| decays(&part.name))
+                    .collect();
+                let mixed = part_decays.iter().any(|&d| d) && part_decays.iter().any(|&d| !d);
+                let decay_mask = if mixed && matches!(moments, Moments::Tensors { .. }) {
+                    let mut mask = vec![0f32; var.elem_count()];
+                    for (part, &decays) in trainable.parts.iter().zip(&part_decays) {
+                        mask[part.range()].fill(if decays { 1.0 } else { 0.0 });
+                    }
+                    Some(Tensor::from_vec(mask, var.shape(), var.device())?.to_dtype(var.dtype())?)
+                } else {
+                    None
+                };
                 Ok(ParamState {
-                    decays: decays(&name),
-                    name,
+                    decays: part_decays,
+                    decay_mask,
                     moments,
-                    var,
+                    trainable,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -200,9 +271,9 @@ impl AdamW {
         self.step
     }
 
-    /// The parameters, in the order `step` expects gradients.
-    pub fn vars(&self) -> impl Iterator<Item = (&str, &Var)> {
-        self.params.iter().map(|p| (p.name.as_str(), &p.var))
+    /// The trainable `Var`s, in the order `step` expects gradients.
+    pub fn vars(&self) -> impl Iterator<Item = &Var> {
+        self.params.iter().map(ParamState::var)
     }
 
     /// One update with learning rate `lr`; `grads[i]` belongs to the i-th parameter (`None`:
@@ -233,9 +304,10 @@ impl AdamW {
     pub fn state_tensors(&self) -> Result<Vec<(String, Tensor)>> {
         let mut tensors = Vec::with_capacity(2 * self.params.len());
         for param in &self.params {
-            let (exp_avg, exp_avg_sq) = param.moment_tensors()?;
-            tensors.push((format!("exp_avg.{}", param.name), exp_avg));
-            tensors.push((format!("exp_avg_sq.{}", param.name), exp_avg_sq));
+            for (name, exp_avg, exp_avg_sq) in param.moment_tensors()? {
+                tensors.push((format!("exp_avg.{name}"), exp_avg));
+                tensors.push((format!("exp_avg_sq.{name}"), exp_avg_sq));
+            }
         }
         Ok(tensors)
     }
@@ -247,19 +319,31 @@ impl AdamW {
         step: u64,
     ) -> std::result::Result<(), OptimizerStateError> {
         for param in &mut self.params {
+            let var = param.trainable.var.clone();
+            // Each part's moment, checked against the part's shape, then laid out as the
+            // `Var` is (one packed vector for a packed layer).
             let load = |prefix: &str| -> std::result::Result<Tensor, OptimizerStateError> {
-                let key = format!("{prefix}.{}", param.name);
-                let tensor = tensors
-                    .get(&key)
-                    .ok_or_else(|| OptimizerStateError::Missing { key: key.clone() })?;
-                if tensor.dims() != param.var.dims() {
-                    return Err(OptimizerStateError::Shape {
-                        key,
-                        found: tensor.dims().to_vec(),
-                        expected: param.var.dims().to_vec(),
-                    });
+                let mut pieces = Vec::with_capacity(param.trainable.parts.len());
+                for part in &param.trainable.parts {
+                    let key = format!("{prefix}.{}", part.name);
+                    let tensor = tensors
+                        .get(&key)
+                        .ok_or_else(|| OptimizerStateError::Missing { key: key.clone() })?;
+                    if tensor.dims() != part.shape.dims() {
+                        return Err(OptimizerStateError::Shape {
+                            key,
+                            found: tensor.dims().to_vec(),
+                            expected: part.shape.dims().to_vec(),
+                        });
+                    }
+                    pieces.push(
+                        tensor
+                            .to_dtype(var.dtype())?
+                            .to_device(var.device())?
+                            .flatten_all()?,
+                    );
                 }
-                Ok(tensor.clone())
+                Ok(Tensor::cat(&pieces, 0)?.reshape(var.shape())?)
             };
             let (exp_avg, exp_avg_sq) = (load("exp_avg")?, load("exp_avg_sq")?);
             let as_vec = |t: &Tensor| -> candle_core::Result<Vec<f32>> {
@@ -267,18 +351,14 @@ impl AdamW {
                     .and_then(|t| t.flatten_all())
                     .and_then(|t| t.to_vec1::<f32>())
             };
-            let on_device = |t: &Tensor| -> candle_core::Result<Tensor> {
-                t.to_dtype(param.var.dtype())
-                    .and_then(|t| t.to_device(param.var.device()))
-            };
             param.moments = match param.moments {
                 Moments::Cpu { .. } => Moments::Cpu {
                     exp_avg: as_vec(&exp_avg)?,
                     exp_avg_sq: as_vec(&exp_avg_sq)?,
                 },
                 Moments::Tensors { .. } => Moments::Tensors {
-                    exp_avg: on_device(&exp_avg)?,
-                    exp_avg_sq: on_device(&exp_avg_sq)?,
+                    exp_avg,
+                    exp_avg_sq,
                 },
             };
         }
@@ -526,7 +606,14 @@ mod tests {
         //   step 1: p = [0.899, -1.898]
         //   step 2: p = [0.798101..., -1.79701...]
         let var = Var::new(&[1.0f64, -2.0], &Device::Cpu).unwrap();
-        let mut adam = AdamW::new(vec![("w".into(), var.clone())], 0.9, 0.999, 1e-8, 0.01).unwrap();
+        let mut adam = AdamW::new(
+            vec![Trainable::single("w".into(), var.clone())],
+            0.9,
+            0.999,
+            1e-8,
+            0.01,
+        )
+        .unwrap();
         let g1 = Tensor::new(&[0.5f64, -1.0], &Device::Cpu).unwrap();
         adam.step(&[Some(g1)], 0.1).unwrap();
         let after1 = var.as_tensor().to_vec1::<f64>().unwrap();
@@ -565,8 +652,22 @@ mod tests {
         let values = [0.5f32, -1.5, 2.0, 0.0];
         let fast = Var::new(&values, &Device::Cpu).unwrap();
         let slow = Var::new(&values.map(f64::from), &Device::Cpu).unwrap();
-        let mut a = AdamW::new(vec![("w".into(), fast.clone())], 0.9, 0.999, 1e-8, 0.1).unwrap();
-        let mut b = AdamW::new(vec![("w".into(), slow.clone())], 0.9, 0.999, 1e-8, 0.1).unwrap();
+        let mut a = AdamW::new(
+            vec![Trainable::single("w".into(), fast.clone())],
+            0.9,
+            0.999,
+            1e-8,
+            0.1,
+        )
+        .unwrap();
+        let mut b = AdamW::new(
+            vec![Trainable::single("w".into(), slow.clone())],
+            0.9,
+            0.999,
+            1e-8,
+            0.1,
+        )
+        .unwrap();
         assert!(matches!(a.params[0].moments, Moments::Cpu { .. }));
         assert!(matches!(b.params[0].moments, Moments::Tensors { .. }));
         for step in 0..5 {
@@ -587,7 +688,14 @@ mod tests {
         // Moments survive a save/load round trip.
         let saved: std::collections::HashMap<String, Tensor> =
             a.state_tensors().unwrap().into_iter().collect();
-        let mut c = AdamW::new(vec![("w".into(), fast.clone())], 0.9, 0.999, 1e-8, 0.1).unwrap();
+        let mut c = AdamW::new(
+            vec![Trainable::single("w".into(), fast.clone())],
+            0.9,
+            0.999,
+            1e-8,
+            0.1,
+        )
+        .unwrap();
         c.load_state(&saved, 5).unwrap();
         let again: std::collections::HashMap<String, Tensor> =
             c.state_tensors().unwrap().into_iter().collect();
@@ -595,6 +703,101 @@ mod tests {
             saved["exp_avg_sq.w"].to_vec1::<f32>().unwrap(),
             again["exp_avg_sq.w"].to_vec1::<f32>().unwrap()
         );
+    }
+
+    /// A packed `Var` (a weight that decays and a bias that does not) steps exactly as the
+    /// two parameters apart would, on the fused loop (f32) and the tensor ops (f64), and its
+    /// moments are saved and restored under the parameters' own names.
+    #[test]
+    fn a_packed_var_steps_as_its_parts_apart() {
+        use crosstrain_model::parameters::NamedPart;
+        fn check<T: candle_core::WithDType>(cast: fn(f32) -> T) {
+            let device = Device::Cpu;
+            let weight = [0.5f32, -1.5, 2.0, 0.25, 1.0, -0.75].map(cast);
+            let bias = [0.3f32, -0.1].map(cast);
+            let packed_values: Vec<T> = weight.iter().chain(&bias).copied().collect();
+            let packed = Var::new(packed_values.as_slice(), &device).unwrap();
+            let parts = vec![
+                NamedPart {
+                    name: "l.dense.weight".into(),
+                    offset: 0,
+                    shape: (3, 2).into(),
+                },
+                NamedPart {
+                    name: "l.dense.bias".into(),
+                    offset: 6,
+                    shape: 2.into(),
+                },
+            ];
+            let trainable = Trainable {
+                var: packed.clone(),
+                parts,
+            };
+            let apart_weight = Var::new(&weight, &device).unwrap().reshape((3, 2)).unwrap();
+            let apart_weight = Var::from_tensor(&apart_weight).unwrap();
+            let apart_bias = Var::new(&bias, &device).unwrap();
+            let mut together = AdamW::new(vec![trainable.clone()], 0.9, 0.999, 1e-8, 0.1).unwrap();
+            let mut apart = AdamW::new(
+                vec![
+                    Trainable::single("l.dense.weight".into(), apart_weight.clone()),
+                    Trainable::single("l.dense.bias".into(), apart_bias.clone()),
+                ],
+                0.9,
+                0.999,
+                1e-8,
+                0.1,
+            )
+            .unwrap();
+            for step in 0..4 {
+                let g: Vec<T> = (0..8)
+                    .map(|i| cast(0.1 * (i as f32 - 3.0) + 0.05 * step as f32))
+                    .collect();
+                let g_packed = Tensor::new(g.as_slice(), &device).unwrap();
+                together.step(&[Some(g_packed.clone())], 1e-1).unwrap();
+                apart
+                    .step(
+                        &[
+                            Some(g_packed.narrow(0, 0, 6).unwrap().reshape((3, 2)).unwrap()),
+                            Some(g_packed.narrow(0, 6, 2).unwrap()),
+                        ],
+                        1e-1,
+                    )
+                    .unwrap();
+            }
+            let to_f64 = |t: &Tensor| -> Vec<f64> {
+                t.flatten_all()
+                    .unwrap()
+                    .to_dtype(DType::F64)
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap()
+            };
+            let expected: Vec<f64> = to_f64(apart_weight.as_tensor())
+                .into_iter()
+                .chain(to_f64(apart_bias.as_tensor()))
+                .collect();
+            // Apart, the weight decays and the bias does not (by name): equal values mean the
+            // packed `Var` decayed only its weight part.
+            assert_eq!(to_f64(packed.as_tensor()), expected);
+            let saved: std::collections::HashMap<String, Tensor> =
+                together.state_tensors().unwrap().into_iter().collect();
+            let apart_saved: std::collections::HashMap<String, Tensor> =
+                apart.state_tensors().unwrap().into_iter().collect();
+            assert_eq!(saved.len(), 4);
+            for (key, value) in &apart_saved {
+                assert_eq!(saved[key].dims(), value.dims(), "{key}");
+                assert_eq!(to_f64(&saved[key]), to_f64(value), "{key}");
+            }
+            let mut restored = AdamW::new(vec![trainable], 0.9, 0.999, 1e-8, 0.1).unwrap();
+            restored.load_state(&apart_saved, 4).unwrap();
+            let again: std::collections::HashMap<String, Tensor> =
+                restored.state_tensors().unwrap().into_iter().collect();
+            for (key, value) in &apart_saved {
+                assert_eq!(to_f64(&again[key]), to_f64(value), "{key}");
+            }
+        }
+        check::<f32>(|x| x);
+        check::<f64>(f64::from);
     }
 
     #[test]

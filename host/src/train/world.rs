@@ -31,10 +31,9 @@ pub(super) fn check_same_job(
     without_paths(&mut recipe);
     let recipe = Sha256::digest(recipe.to_string().as_bytes());
     let mut weights = Sha256::new();
-    for (name, var) in model.named_parameters() {
+    for (name, value) in model.named_parameters().map_err(ModelError::from)? {
         weights.update(name.as_bytes());
-        let values = var
-            .as_tensor()
+        let values = value
             .flatten_all()
             .and_then(|t| t.to_dtype(candle_core::DType::F32))
             .and_then(|t| t.to_vec1::<f32>())

@@ -55,6 +55,14 @@ impl BertEncoder {
         })
     }
 
+    /// The layers, for keeping their parameters packed.
+    pub(crate) fn packed_layers_mut(&mut self) -> Vec<&mut dyn crate::parameters::PackedLayer> {
+        self.layers
+            .iter_mut()
+            .map(|layer| layer as &mut dyn crate::parameters::PackedLayer)
+            .collect()
+    }
+
     /// `[batch, seq, hidden]` hidden states of the last layer.
     pub fn forward(&self, tokens: &TokenTensors) -> Result<Tensor> {
         self.forward_layers(tokens, false)

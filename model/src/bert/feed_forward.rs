@@ -56,31 +56,41 @@ impl BertFeedForward {
 }
 
 impl BertFeedForward {
-    /// The packed parameters of the fused post-norm layer ([`crate::kernels::encoder_layer`])
+    /// The parameters of the fused post-norm layer ([`crate::kernels::encoder_layer`])
     /// whose attention block has the projections `[query, key, value, output]` and the norm
     /// `attention_norm`, and whose feed-forward block is this one: BERT's and DeBERTa's.
-    pub(crate) fn pack_layer(
-        &self,
-        [query, key, value, output]: [&Linear; 4],
-        attention_norm: &LayerNorm,
-    ) -> Result<Tensor> {
+    pub(crate) fn layer_parameters<'a>(
+        &'a self,
+        [query, key, value, output]: [&'a Linear; 4],
+        attention_norm: &'a LayerNorm,
+    ) -> Result<crate::kernels::encoder_layer::LayerParameters<'a>> {
         fn weight_and_bias(linear: &Linear) -> Result<(&Tensor, &Tensor)> {
             match linear.bias() {
                 Some(bias) => Ok((linear.weight(), bias)),
                 None => candle_core::bail!("encoder layer: a linear layer without bias"),
             }
         }
+        Ok(crate::kernels::encoder_layer::LayerParameters {
+            query: weight_and_bias(query)?,
+            key: weight_and_bias(key)?,
+            value: weight_and_bias(value)?,
+            attention_output: weight_and_bias(output)?,
+            attention_norm: (attention_norm.weight(), attention_norm.bias()),
+            intermediate: weight_and_bias(&self.intermediate)?,
+            output: weight_and_bias(&self.output)?,
+            output_norm: (self.layer_norm.weight(), self.layer_norm.bias()),
+        })
+    }
+
+    /// Those parameters packed into one vector (a copy, for a layer that does not keep them
+    /// packed).
+    pub(crate) fn pack_layer(
+        &self,
+        projections: [&Linear; 4],
+        attention_norm: &LayerNorm,
+    ) -> Result<Tensor> {
         crate::kernels::encoder_layer::pack_parameters(
-            &crate::kernels::encoder_layer::LayerParameters {
-                query: weight_and_bias(query)?,
-                key: weight_and_bias(key)?,
-                value: weight_and_bias(value)?,
-                attention_output: weight_and_bias(output)?,
-                attention_norm: (attention_norm.weight(), attention_norm.bias()),
-                intermediate: weight_and_bias(&self.intermediate)?,
-                output: weight_and_bias(&self.output)?,
-                output_norm: (self.layer_norm.weight(), self.layer_norm.bias()),
-            },
+            &self.layer_parameters(projections, attention_norm)?,
         )
     }
 }

@@ -1,13 +1,15 @@
 //! One transformer encoder layer: attention block, then feed-forward block.
 
-use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::VarBuilder;
+use candle_core::{DType, Module, Result, Shape, Tensor};
+use candle_nn::{Linear, VarBuilder};
 
 use super::attention::BertAttention;
 use super::config::{BertConfig, HiddenAct};
 use super::feed_forward::BertFeedForward;
 use crate::dropout::DropoutRng;
 use crate::kernels::encoder_layer::{self as fused_layer, LayerDims, LayerDropoutMasks};
+use crate::layer_norm::LayerNorm;
+use crate::parameters::{packed_views, PackedLayer};
 
 /// `BertLayer`.
 #[derive(Debug, Clone)]
@@ -15,6 +17,9 @@ pub struct BertLayer {
     attention: BertAttention,
     feed_forward: BertFeedForward,
     dims: LayerDims,
+    /// The layer's parameters as one vector, when they are kept packed (see
+    /// [`crate::parameters`]); the modules above are then views of it.
+    packed: Option<Tensor>,
 }
 
 impl BertLayer {
@@ -29,7 +34,23 @@ impl BertLayer {
                 heads: config.num_attention_heads,
                 eps: config.layer_norm_eps as f32,
             },
+            packed: None,
         })
+    }
+
+    /// The projections of the attention block in the fused op's order.
+    fn projections(&self) -> [&Linear; 4] {
+        let self_attention = &self.attention.self_attention;
+        [
+            &self_attention.query,
+            &self_attention.key,
+            &self_attention.value,
+            &self.attention.dense,
+        ]
+    }
+
+    fn is_fused_on(&self, device: &candle_core::Device, dtype: DType) -> bool {
+        device.is_cpu() && dtype == DType::F32 && self.feed_forward.activation == HiddenAct::Gelu
     }
 
     /// One layer: the fused CPU kernel where it applies (f32 on the CPU, exact GELU),
@@ -52,10 +73,8 @@ impl BertLayer {
         first_token_only: bool,
     ) -> Result<Tensor> {
         let _span = tracing::trace_span!("encoder_layer").entered();
-        let fused = hidden.device().is_cpu()
-            && hidden.dtype() == DType::F32
-            && mask_bias.dtype() == DType::F32
-            && self.feed_forward.activation == HiddenAct::Gelu;
+        let fused =
+            self.is_fused_on(hidden.device(), hidden.dtype()) && mask_bias.dtype() == DType::F32;
         if fused {
             self.forward_fused(hidden, mask_bias, first_token_only)
         } else {
@@ -80,15 +99,10 @@ impl BertLayer {
         let attention = &self.attention;
         let self_attention = &attention.self_attention;
         let feed_forward = &self.feed_forward;
-        let packed = feed_forward.pack_layer(
-            [
-                &self_attention.query,
-                &self_attention.key,
-                &self_attention.value,
-                &attention.dense,
-            ],
-            &attention.layer_norm,
-        )?;
+        let packed = match &self.packed {
+            Some(packed) => packed.clone(),
+            None => feed_forward.pack_layer(self.projections(), &attention.layer_norm)?,
+        };
         let (batch, seq, width) = hidden.dims3()?;
         // Drawn in the composite layer's order, so both paths see the same masks.
         let dropout = LayerDropoutMasks {
@@ -108,6 +122,44 @@ impl BertLayer {
             keep_activations,
             first_token_only,
         )
+    }
+}
+
+impl PackedLayer for BertLayer {
+    fn runs_fused(&self) -> bool {
+        let weight = self.feed_forward.intermediate.weight();
+        self.is_fused_on(weight.device(), weight.dtype())
+    }
+
+    fn packing_order(&self) -> Vec<Tensor> {
+        self.feed_forward
+            .layer_parameters(self.projections(), &self.attention.layer_norm)
+            .map(|parameters| parameters.in_packing_order().into_iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn use_packed(&mut self, packed: Tensor) -> Result<()> {
+        let shapes: Vec<Shape> = self
+            .packing_order()
+            .iter()
+            .map(|tensor| tensor.shape().clone())
+            .collect();
+        let views: [Tensor; 16] = packed_views(&packed, &shapes)?
+            .try_into()
+            .map_err(|_| candle_core::Error::Msg("encoder layer: not 16 parameters".into()))?;
+        let [qw, kw, vw, qb, kb, vb, ow, ob, n1w, n1b, iw, ib, fw, fb, n2w, n2b] = views;
+        let attention = &mut self.attention;
+        attention.self_attention.query = Linear::new(qw, Some(qb));
+        attention.self_attention.key = Linear::new(kw, Some(kb));
+        attention.self_attention.value = Linear::new(vw, Some(vb));
+        attention.dense = Linear::new(ow, Some(ob));
+        attention.layer_norm = LayerNorm::new(n1w, n1b, attention.layer_norm.eps());
+        let feed_forward = &mut self.feed_forward;
+        feed_forward.intermediate = Linear::new(iw, Some(ib));
+        feed_forward.output = Linear::new(fw, Some(fb));
+        feed_forward.layer_norm = LayerNorm::new(n2w, n2b, feed_forward.layer_norm.eps());
+        self.packed = Some(packed);
+        Ok(())
     }
 }
 
@@ -242,6 +294,122 @@ mod tests {
     #[test]
     fn fused_layer_equals_the_composite_layer() {
         compare(0.0, false);
+    }
+
+    /// Output and named parameter gradients of a layer whose parameters were moved into one
+    /// packed `Var` (as a loaded model's are).
+    fn run_packed(
+        path: impl Fn(&Tensor, &Tensor) -> Result<Tensor>,
+        packed: &crate::parameters::Trainable,
+        hidden: &Var,
+        mask: &Tensor,
+        real: &Tensor,
+    ) -> (Tensor, Vec<(String, Tensor)>) {
+        let output = path(hidden.as_tensor(), mask)
+            .unwrap()
+            .broadcast_mul(real)
+            .unwrap();
+        let upstream = random(output.dims(), 7, 1.0).broadcast_mul(real).unwrap();
+        let grads = (&output * &upstream)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let whole = grads
+            .get(packed.var.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap();
+        let mut named = vec![(
+            "hidden".to_string(),
+            grads.get(hidden.as_tensor()).unwrap().clone(),
+        )];
+        for part in &packed.parts {
+            let grad = whole
+                .narrow(0, part.offset, part.shape.elem_count())
+                .unwrap()
+                .reshape(part.shape.clone())
+                .unwrap();
+            named.push((part.name.clone(), grad));
+        }
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        (output, named)
+    }
+
+    /// Packing a layer's parameters into one `Var` changes no number: the fused op gives
+    /// the same output and (sliced) gradients as on the separate tensors, the composite path
+    /// over the views too, and a value set through the packed `Var` reaches both paths.
+    #[test]
+    fn a_packed_layer_equals_the_unpacked_layer() {
+        let (layer, varmap, hidden, mask, real, _rng) = setup(0.0, false);
+        let mut names_by_id: std::collections::HashMap<_, _> = varmap
+            .data()
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(name, var)| (var.as_tensor().id(), name.clone()))
+            .collect();
+        let mut packed_layer = layer.clone();
+        let packed =
+            crate::parameters::pack_layers(vec![&mut packed_layer], &mut names_by_id).unwrap();
+        assert_eq!(packed.len(), 1);
+        assert!(
+            names_by_id.is_empty(),
+            "every parameter is in the packed Var"
+        );
+        let packed = &packed[0];
+        assert_eq!(packed.parts.len(), 16);
+        for (fused, path) in [(true, "fused"), (false, "composite")] {
+            let forward = |layer: &BertLayer, h: &Tensor, m: &Tensor| {
+                if fused {
+                    layer.forward_fused(h, m, false)
+                } else {
+                    layer.forward_composite(h, m)
+                }
+            };
+            let (expected, expected_grads) =
+                run(|h, m| forward(&layer, h, m), &varmap, &hidden, &mask, &real);
+            let (output, grads) = run_packed(
+                |h, m| forward(&packed_layer, h, m),
+                packed,
+                &hidden,
+                &mask,
+                &real,
+            );
+            assert_eq!(max_diff(&output, &expected), 0.0, "{path} output");
+            assert_eq!(grads.len(), expected_grads.len());
+            for ((name, a), (other, b)) in grads.iter().zip(&expected_grads) {
+                assert_eq!(name, other);
+                assert_eq!(max_diff(a, b), 0.0, "{path} gradient of {name}");
+            }
+        }
+        // A new value set through the packed `Var` is what both paths read.
+        let part = packed
+            .parts
+            .iter()
+            .find(|part| part.name.ends_with("intermediate.dense.weight"))
+            .unwrap();
+        let changed = random(part.shape.dims(), 99, 0.3);
+        packed.set(part, &changed).unwrap();
+        varmap.data().lock().unwrap()[&part.name]
+            .set(&changed)
+            .unwrap();
+        let detached = hidden.as_tensor().detach();
+        let at_real = |output: Tensor| output.broadcast_mul(&real).unwrap();
+        let expected = at_real(layer.forward_fused(&detached, &mask, false).unwrap());
+        let packed_fused = at_real(packed_layer.forward_fused(&detached, &mask, false).unwrap());
+        assert_eq!(
+            max_diff(&packed_fused, &expected),
+            0.0,
+            "fused, after the change"
+        );
+        let composite = at_real(packed_layer.forward_composite(&detached, &mask).unwrap());
+        assert!(
+            max_diff(&composite, &expected) < 2e-5,
+            "composite, after the change"
+        );
+        assert_eq!(max_diff(&packed.value(part).unwrap(), &changed), 0.0);
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! Element-wise kernels of the fused CPU ops (GELU, softmax), written as plain loops that the
-//! compiler vectorises, and compiled three times: for the build's baseline CPU, for AVX2 + FMA
-//! and for AVX-512, picked at run time. Every variant runs the same operations in the same
+//! Element-wise kernels of the fused CPU ops (GELU, softmax, dropout masks), written as plain
+//! loops that the compiler vectorises, and compiled three times: for the build's baseline
+//! CPU, for AVX2 + FMA and for AVX-512 (F, VL, DQ: DQ has the 64-bit multiply the dropout
+//! stream needs), picked at run time. Every variant runs the same operations in the same
 //! order (reductions keep their fixed accumulators), so the results do not depend on which.
 //!
 //! Why: a release build targets baseline x86-64 (SSE2) so the binary runs anywhere, which
@@ -19,16 +20,17 @@ macro_rules! dispatch {
 
             #[cfg(target_arch = "x86_64")]
             {
-                #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+                #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx2,fma")]
                 unsafe fn avx512($($arg: $ty),*) {
                     generic($($arg),*)
                 }
                 if std::arch::is_x86_feature_detected!("avx512f")
                     && std::arch::is_x86_feature_detected!("avx512vl")
+                    && std::arch::is_x86_feature_detected!("avx512dq")
                     && std::arch::is_x86_feature_detected!("fma")
                 {
-                    // SAFETY: `avx512` only requires AVX-512F/VL, AVX2 and FMA, which the CPU
-                    // was just found to have (AVX-512F implies AVX2).
+                    // SAFETY: `avx512` only requires AVX-512F/VL/DQ, AVX2 and FMA, which the
+                    // CPU was just found to have (AVX-512F implies AVX2).
                     return unsafe { avx512($($arg),*) };
                 }
                 #[target_feature(enable = "avx2,fma")]
@@ -285,6 +287,18 @@ dispatch! {
     pub fn product(a: &[f32], b: &[f32], out: &mut [f32]) {
         for ((o, &a), &b) in out.iter_mut().zip(a).zip(b) {
             *o = a * b;
+        }
+    }
+}
+
+dispatch! {
+    /// Dropout keep-mask values from the SplitMix64 stream at `state`: value `i` is
+    /// `scale` where draw `first_draw + i`'s top 24 bits reach `threshold`, else 0. Each
+    /// draw is computed from its position (no carried state), so the loop vectorises.
+    pub fn dropout_mask(out: &mut [f32], state: u64, first_draw: u64, threshold: u64, scale: f32) {
+        for (i, value) in out.iter_mut().enumerate() {
+            let draw = crosstrain_rng::SeededRng::draw_at(state, first_draw + i as u64);
+            *value = if (draw >> 40) >= threshold { scale } else { 0.0 };
         }
     }
 }

@@ -3,8 +3,8 @@
 //! runs as one fused op ([`crate::kernels::modernbert_layer`]); elsewhere (CUDA, other
 //! dtypes) as the composite candle ops below, which the tests hold the fused op to.
 
-use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::VarBuilder;
+use candle_core::{DType, Module, Result, Shape, Tensor};
+use candle_nn::{Linear, VarBuilder};
 
 use super::attention::{AttentionInputs, ModernBertAttention};
 use super::config::ModernBertConfig;
@@ -14,6 +14,7 @@ use crate::kernels::modernbert_layer::{
     self as fused_layer, ModernLayerDims, ModernLayerDropoutMasks, ModernLayerParameters,
 };
 use crate::layer_norm::LayerNorm;
+use crate::parameters::{packed_views, PackedLayer};
 
 /// `ModernBertEncoderLayer`.
 #[derive(Debug, Clone)]
@@ -23,6 +24,9 @@ pub struct ModernBertLayer {
     mlp_norm: LayerNorm,
     mlp: ModernBertMlp,
     dims: ModernLayerDims,
+    /// The layer's parameters as one vector, when they are kept packed (see
+    /// [`crate::parameters`]); the modules above are then views of it.
+    packed: Option<Tensor>,
 }
 
 impl ModernBertLayer {
@@ -55,7 +59,20 @@ impl ModernBertLayer {
                 attention_norm: layer != 0,
                 half_window: (!config.is_global(layer)).then_some(config.local_attention / 2),
             },
+            packed: None,
         })
+    }
+
+    /// The parameters in the fused op's terms.
+    fn parameters(&self) -> ModernLayerParameters<'_> {
+        ModernLayerParameters {
+            attention_norm: self.attention_norm.as_ref().map(LayerNorm::weight),
+            qkv: self.attention.wqkv.weight(),
+            attention_output: self.attention.wo.weight(),
+            mlp_norm: self.mlp_norm.weight(),
+            mlp_input: self.mlp.wi.weight(),
+            mlp_output: self.mlp.wo.weight(),
+        }
     }
 
     /// `hidden` `[b, s, h]`, with the attention inputs of the layer's kind: the fused op on
@@ -97,14 +114,10 @@ impl ModernBertLayer {
         attention: &AttentionInputs,
         first_token_only: bool,
     ) -> Result<Tensor> {
-        let packed = fused_layer::pack_parameters(&ModernLayerParameters {
-            attention_norm: self.attention_norm.as_ref().map(LayerNorm::weight),
-            qkv: self.attention.wqkv.weight(),
-            attention_output: self.attention.wo.weight(),
-            mlp_norm: self.mlp_norm.weight(),
-            mlp_input: self.mlp.wi.weight(),
-            mlp_output: self.mlp.wo.weight(),
-        })?;
+        let packed = match &self.packed {
+            Some(packed) => packed.clone(),
+            None => fused_layer::pack_parameters(&self.parameters())?,
+        };
         let (batch, seq, width) = hidden.dims3()?;
         // Drawn in the composite layer's order, so both paths see the same masks.
         let dropout = ModernLayerDropoutMasks {
@@ -132,6 +145,47 @@ impl ModernBertLayer {
             keep_activations,
             first_token_only,
         )
+    }
+}
+
+impl PackedLayer for ModernBertLayer {
+    fn runs_fused(&self) -> bool {
+        let weight = self.attention.wqkv.weight();
+        weight.device().is_cpu() && weight.dtype() == DType::F32
+    }
+
+    fn packing_order(&self) -> Vec<Tensor> {
+        self.parameters()
+            .in_packing_order()
+            .into_iter()
+            .cloned()
+            .collect()
+    }
+
+    fn use_packed(&mut self, packed: Tensor) -> Result<()> {
+        let shapes: Vec<Shape> = self
+            .packing_order()
+            .iter()
+            .map(|tensor| tensor.shape().clone())
+            .collect();
+        let mut views = packed_views(&packed, &shapes)?.into_iter();
+        let mut next = || {
+            views.next().ok_or_else(|| {
+                candle_core::Error::Msg("ModernBERT layer: a missing parameter".into())
+            })
+        };
+        // A bias-free norm keeps its constant zero shift.
+        if let Some(norm) = &mut self.attention_norm {
+            *norm = LayerNorm::new(next()?, norm.bias().clone(), norm.eps());
+        }
+        self.attention.wqkv = Linear::new(next()?, None);
+        self.attention.wo = Linear::new(next()?, None);
+        let norm = &self.mlp_norm;
+        self.mlp_norm = LayerNorm::new(next()?, norm.bias().clone(), norm.eps());
+        self.mlp.wi = Linear::new(next()?, None);
+        self.mlp.wo = Linear::new(next()?, None);
+        self.packed = Some(packed);
+        Ok(())
     }
 }
 

@@ -57,6 +57,14 @@ impl ModernBertModel {
         })
     }
 
+    /// The layers, for keeping their parameters packed.
+    pub(crate) fn packed_layers_mut(&mut self) -> Vec<&mut dyn crate::parameters::PackedLayer> {
+        self.layers
+            .iter_mut()
+            .map(|layer| layer as &mut dyn crate::parameters::PackedLayer)
+            .collect()
+    }
+
     /// `[b, s, hidden]` hidden states, after the final norm, of `input_ids` and
     /// `attention_mask` (`[b, s]`; 1 for a real token).
     pub fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
@@ -138,6 +146,11 @@ impl ModernBertForSequenceClassification {
     /// Outputs per pair.
     pub fn num_labels(&self) -> usize {
         self.num_labels
+    }
+
+    /// The encoder's layers, for keeping their parameters packed.
+    pub(crate) fn packed_layers_mut(&mut self) -> Vec<&mut dyn crate::parameters::PackedLayer> {
+        self.model.packed_layers_mut()
     }
 
     /// Logits `[b, num_labels]` of `input_ids` and `attention_mask` (`[b, s]`, u32; 1 for a

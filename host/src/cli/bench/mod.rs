@@ -184,9 +184,9 @@ fn bench_train(
         model.num_labels(),
     )?;
     model.dropout().train(0);
-    let named = model.named_parameters();
-    let vars: Vec<_> = named.iter().map(|(_, v)| v.clone()).collect();
-    let mut optimizer = AdamW::new(named, 0.9, 0.999, 1e-8, 0.0)?;
+    let trainables = model.trainable_parameters().to_vec();
+    let vars: Vec<_> = trainables.iter().map(|t| t.var.clone()).collect();
+    let mut optimizer = AdamW::new(trainables, 0.9, 0.999, 1e-8, 0.0)?;
     let mut grads = GradAccumulator::new(vars.len());
     let batches: Vec<Vec<usize>> = (0..dataset.len())
         .collect::<Vec<_>>()

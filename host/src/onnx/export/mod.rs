@@ -422,11 +422,7 @@ pub fn export_onnx_with(
     if opset < MIN_OPSET {
         return Err(ExportError::Opset(opset));
     }
-    let parameters: HashMap<String, Tensor> = model
-        .named_parameters()
-        .into_iter()
-        .map(|(name, var)| (name, var.as_tensor().clone()))
-        .collect();
+    let parameters: HashMap<String, Tensor> = model.named_parameters()?.into_iter().collect();
     let mut graph = GraphBuilder::new(quantization);
 
     // The BERT-encoder families share one graph, the family saying how it differs;

@@ -9,9 +9,11 @@
 //! and the backward pass writes each gradient once.
 //!
 //! The op takes three inputs: the hidden states `[batch, seq, hidden]`, the attention mask
-//! bias `[batch, 1, 1, seq]` (a constant) and the layer's parameters packed into one vector
-//! (concatenated by [`pack_parameters`], so candle's `cat` backward hands each parameter its
-//! slice of the gradient). Activations that the backward pass needs are kept inside the op
+//! bias `[batch, 1, 1, seq]` (a constant) and the layer's parameters packed into one vector:
+//! in a model, the layer's own packed `Var` ([`crate::parameters`]), whose gradient the op
+//! writes whole; for a layer that does not keep them packed (DeBERTa's, whose relative table
+//! is appended per pass), concatenated by [`pack_parameters`], so candle's `cat` backward
+//! hands each parameter its slice. Activations that the backward pass needs are kept inside the op
 //! between the two passes, and only when something upstream needs a gradient, so inference
 //! holds nothing.
 //!

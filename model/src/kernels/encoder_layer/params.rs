@@ -85,31 +85,40 @@ pub struct LayerParameters<'a> {
     pub output_norm: (&'a Tensor, &'a Tensor),
 }
 
-/// Concatenates a layer's parameters into one vector in the kernel's order. The weights of
-/// query, key and value end up adjacent, which makes them one `[3·hidden, hidden]` matrix.
+impl LayerParameters<'_> {
+    /// The tensors in the packed vector's order. The weights of query, key and value end up
+    /// adjacent, which makes them one `[3·hidden, hidden]` matrix.
+    pub fn in_packing_order(&self) -> [&Tensor; 16] {
+        let p = self;
+        [
+            p.query.0,
+            p.key.0,
+            p.value.0,
+            p.query.1,
+            p.key.1,
+            p.value.1,
+            p.attention_output.0,
+            p.attention_output.1,
+            p.attention_norm.0,
+            p.attention_norm.1,
+            p.intermediate.0,
+            p.intermediate.1,
+            p.output.0,
+            p.output.1,
+            p.output_norm.0,
+            p.output_norm.1,
+        ]
+    }
+}
+
+/// Concatenates a layer's parameters into one vector in the kernel's order (for a layer
+/// whose parameters are not kept packed, see [`crate::parameters`]).
 pub fn pack_parameters(parameters: &LayerParameters) -> Result<Tensor> {
-    let p = parameters;
-    let pieces = [
-        p.query.0,
-        p.key.0,
-        p.value.0,
-        p.query.1,
-        p.key.1,
-        p.value.1,
-        p.attention_output.0,
-        p.attention_output.1,
-        p.attention_norm.0,
-        p.attention_norm.1,
-        p.intermediate.0,
-        p.intermediate.1,
-        p.output.0,
-        p.output.1,
-        p.output_norm.0,
-        p.output_norm.1,
-    ]
-    .iter()
-    .map(|t| t.flatten_all())
-    .collect::<Result<Vec<_>>>()?;
+    let pieces = parameters
+        .in_packing_order()
+        .iter()
+        .map(|t| t.flatten_all())
+        .collect::<Result<Vec<_>>>()?;
     Tensor::cat(&pieces, 0)
 }
 

@@ -114,20 +114,29 @@ pub struct ModernLayerParameters<'a> {
     pub mlp_output: &'a Tensor,
 }
 
-/// Concatenates a layer's parameters into one vector in the kernel's order (candle's `cat`
-/// backward then hands each parameter its slice of the gradient).
+impl ModernLayerParameters<'_> {
+    /// The tensors in the packed vector's order.
+    pub fn in_packing_order(&self) -> Vec<&Tensor> {
+        let p = self;
+        p.attention_norm
+            .into_iter()
+            .chain([
+                p.qkv,
+                p.attention_output,
+                p.mlp_norm,
+                p.mlp_input,
+                p.mlp_output,
+            ])
+            .collect()
+    }
+}
+
+/// Concatenates a layer's parameters into one vector in the kernel's order (for a layer
+/// whose parameters are not kept packed, see [`crate::parameters`]).
 pub fn pack_parameters(parameters: &ModernLayerParameters) -> Result<Tensor> {
-    let p = parameters;
-    let pieces = p
-        .attention_norm
-        .into_iter()
-        .chain([
-            p.qkv,
-            p.attention_output,
-            p.mlp_norm,
-            p.mlp_input,
-            p.mlp_output,
-        ])
+    let pieces = parameters
+        .in_packing_order()
+        .iter()
         .map(|t| t.flatten_all())
         .collect::<Result<Vec<_>>>()?;
     Tensor::cat(&pieces, 0)

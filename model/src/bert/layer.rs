@@ -223,10 +223,11 @@ mod tests {
     }
 
     /// Output at the real tokens and gradients (of Σ output · upstream, the upstream
-    /// gradient being zero at padded positions as it is in the model) of one path.
-    fn run(
+    /// gradient being zero at padded positions as it is in the model) of one path, the
+    /// parameters' gradients read from the store by `parameter_grads`.
+    fn run_with(
         path: impl Fn(&Tensor, &Tensor) -> Result<Tensor>,
-        varmap: &VarMap,
+        parameter_grads: impl Fn(&candle_core::backprop::GradStore) -> Vec<(String, Tensor)>,
         hidden: &Var,
         mask: &Tensor,
         real: &Tensor,
@@ -246,14 +247,31 @@ mod tests {
             "hidden".to_string(),
             grads.get(hidden.as_tensor()).unwrap().clone(),
         )];
-        for (name, var) in varmap.data().lock().unwrap().iter() {
-            let grad = grads
-                .get(var.as_tensor())
-                .unwrap_or_else(|| panic!("no gradient for {name}"));
-            named.push((name.clone(), grad.clone()));
-        }
+        named.extend(parameter_grads(&grads));
         named.sort_by(|a, b| a.0.cmp(&b.0));
         (output, named)
+    }
+
+    /// [`run_with`] on a layer whose parameters are the separate `Var`s of `varmap`.
+    fn run(
+        path: impl Fn(&Tensor, &Tensor) -> Result<Tensor>,
+        varmap: &VarMap,
+        hidden: &Var,
+        mask: &Tensor,
+        real: &Tensor,
+    ) -> (Tensor, Vec<(String, Tensor)>) {
+        let parameter_grads = |grads: &candle_core::backprop::GradStore| {
+            let vars = varmap.data().lock().unwrap();
+            vars.iter()
+                .map(|(name, var)| {
+                    let grad = grads
+                        .get(var.as_tensor())
+                        .unwrap_or_else(|| panic!("no gradient for {name}"));
+                    (name.clone(), grad.clone())
+                })
+                .collect()
+        };
+        run_with(path, parameter_grads, hidden, mask, real)
     }
 
     fn compare(dropout: f64, first_token_only: bool) {
@@ -296,8 +314,8 @@ mod tests {
         compare(0.0, false);
     }
 
-    /// Output and named parameter gradients of a layer whose parameters were moved into one
-    /// packed `Var` (as a loaded model's are).
+    /// [`run_with`] on a layer whose parameters were moved into one packed `Var` (as a
+    /// loaded model's are): each parameter's gradient is its slice of the `Var`'s.
     fn run_packed(
         path: impl Fn(&Tensor, &Tensor) -> Result<Tensor>,
         packed: &crate::parameters::Trainable,
@@ -305,36 +323,26 @@ mod tests {
         mask: &Tensor,
         real: &Tensor,
     ) -> (Tensor, Vec<(String, Tensor)>) {
-        let output = path(hidden.as_tensor(), mask)
-            .unwrap()
-            .broadcast_mul(real)
-            .unwrap();
-        let upstream = random(output.dims(), 7, 1.0).broadcast_mul(real).unwrap();
-        let grads = (&output * &upstream)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let whole = grads
-            .get(packed.var.as_tensor())
-            .unwrap()
-            .flatten_all()
-            .unwrap();
-        let mut named = vec![(
-            "hidden".to_string(),
-            grads.get(hidden.as_tensor()).unwrap().clone(),
-        )];
-        for part in &packed.parts {
-            let grad = whole
-                .narrow(0, part.offset, part.shape.elem_count())
+        let parameter_grads = |grads: &candle_core::backprop::GradStore| {
+            let whole = grads
+                .get(packed.var.as_tensor())
                 .unwrap()
-                .reshape(part.shape.clone())
+                .flatten_all()
                 .unwrap();
-            named.push((part.name.clone(), grad));
-        }
-        named.sort_by(|a, b| a.0.cmp(&b.0));
-        (output, named)
+            packed
+                .parts
+                .iter()
+                .map(|part| {
+                    let grad = whole
+                        .narrow(0, part.offset, part.shape.elem_count())
+                        .unwrap()
+                        .reshape(part.shape.clone())
+                        .unwrap();
+                    (part.name.clone(), grad)
+                })
+                .collect()
+        };
+        run_with(path, parameter_grads, hidden, mask, real)
     }
 
     /// Packing a layer's parameters into one `Var` changes no number: the fused op gives

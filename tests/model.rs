@@ -237,14 +237,7 @@ fn part_gradient(
     part: &NamedPart,
 ) -> Option<Tensor> {
     let grad = grads.get(trainable.var.as_tensor())?;
-    Some(
-        grad.flatten_all()
-            .unwrap()
-            .narrow(0, part.offset, part.shape.elem_count())
-            .unwrap()
-            .reshape(part.shape.clone())
-            .unwrap(),
-    )
+    Some(part.slice_of(grad).unwrap())
 }
 
 #[test]

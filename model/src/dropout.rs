@@ -56,7 +56,7 @@ impl DropoutRng {
         let start = {
             let mut guard = self.lock();
             let rng = guard.as_mut()?;
-            let start = rng.clone();
+            let start = rng.state();
             rng.skip(count as u64);
             start
         };
@@ -69,7 +69,7 @@ impl DropoutRng {
             .enumerate()
             .for_each(|(task, piece)| {
                 let first_draw = (task * MASK_VALUES_PER_TASK) as u64;
-                simd::dropout_mask(piece, start.state(), first_draw, threshold, scale);
+                simd::dropout_mask(piece, start, first_draw, threshold, scale);
             });
         Some(values)
     }

@@ -33,6 +33,15 @@ impl NamedPart {
     pub fn range(&self) -> std::ops::Range<usize> {
         self.offset..self.offset + self.shape.elem_count()
     }
+
+    /// The parameter's slice, in its shape, of a tensor laid out as its `Var` is (the
+    /// value, a gradient, an optimiser moment): a view, no copy.
+    pub fn slice_of(&self, whole: &Tensor) -> Result<Tensor> {
+        whole
+            .flatten_all()?
+            .narrow(0, self.offset, self.shape.elem_count())?
+            .reshape(self.shape.clone())
+    }
 }
 
 /// One trainable `Var` (what gets a gradient and an optimiser state) and the named
@@ -71,11 +80,7 @@ impl Trainable {
         if self.is_single() {
             return Ok(self.var.as_tensor().clone());
         }
-        self.var
-            .as_tensor()
-            .flatten_all()?
-            .narrow(0, part.offset, part.shape.elem_count())?
-            .reshape(part.shape.clone())
+        part.slice_of(self.var.as_tensor())
     }
 
     /// Overwrites a part's value in place (the layers' views see the new value).

@@ -6,6 +6,7 @@ pub mod config;
 pub mod datasets;
 pub mod optim;
 mod recipe_keys;
+pub mod schedule;
 mod settings;
 pub mod state;
 pub mod step;
@@ -41,7 +42,8 @@ use crate::plugins::{Loss, LossRegistry, PluginError};
 use crosstrain_model::{CrossEncoder, LoadOptions, ModelError, PairScorer};
 
 use config::{EvaluatorConfig, EvaluatorKind, TrainConfig};
-use optim::{clip_grad_norm, learning_rate, AdamW};
+use optim::AdamW;
+use schedule::{clip_grad_norm, learning_rate};
 use state::{checkpoints, derive_seed, LogEntry, LossSums, OnnxReport, TrainerState};
 use step::{accumulate_batch, batch_loss, GradAccumulator, PhaseTimes, StepError};
 

@@ -324,22 +324,11 @@ mod tests {
         real: &Tensor,
     ) -> (Tensor, Vec<(String, Tensor)>) {
         let parameter_grads = |grads: &candle_core::backprop::GradStore| {
-            let whole = grads
-                .get(packed.var.as_tensor())
-                .unwrap()
-                .flatten_all()
-                .unwrap();
+            let whole = grads.get(packed.var.as_tensor()).unwrap();
             packed
                 .parts
                 .iter()
-                .map(|part| {
-                    let grad = whole
-                        .narrow(0, part.offset, part.shape.elem_count())
-                        .unwrap()
-                        .reshape(part.shape.clone())
-                        .unwrap();
-                    (part.name.clone(), grad)
-                })
+                .map(|part| (part.name.clone(), part.slice_of(whole).unwrap()))
                 .collect()
         };
         run_with(path, parameter_grads, hidden, mask, real)

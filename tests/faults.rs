@@ -7,59 +7,10 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
 
-use support::{crosstrain, fixture, plugin_library, run, stderr, stdout};
-
-/// 16 labelled pairs.
-fn write_pairs(path: &Path) {
-    let text: String = (0..16)
-        .map(|i| {
-            format!(
-                "{{\"query\": \"query {i}\", \"document\": \"document {} about {i}\", \"label\": {}}}\n",
-                i * 7,
-                i % 2
-            )
-        })
-        .collect();
-    std::fs::write(path, text).unwrap();
-}
-
-/// A copy of the tiny model, so that a run that wrongly deleted its input could not harm
-/// the fixtures.
-fn copy_model(dir: &Path) -> PathBuf {
-    let source = fixture("models/tiny-bert-ce");
-    let target = dir.join("model");
-    std::fs::create_dir_all(&target).unwrap();
-    for entry in std::fs::read_dir(&source).unwrap() {
-        let entry = entry.unwrap();
-        if entry.path().is_file() {
-            std::fs::copy(entry.path(), target.join(entry.file_name())).unwrap();
-        }
-    }
-    target
-}
-
-fn train(model: &Path, data: &Path, output: &Path, more: &[&str]) -> Output {
-    let mut args = vec![
-        "train",
-        "--model",
-        model.to_str().unwrap(),
-        "--loss",
-        "BinaryCrossEntropyLoss",
-        "--train",
-        data.to_str().unwrap(),
-        "--output",
-        output.to_str().unwrap(),
-        "--batch-size",
-        "4",
-        "--no-export-onnx",
-        "--save-steps",
-        "0",
-    ];
-    args.extend_from_slice(more);
-    run(&args)
-}
+use support::{
+    copy_model, crosstrain, fixture, plugin_library, run, stderr, stdout, train, write_pairs,
+};
 
 fn weights(dir: &Path) -> Vec<u8> {
     std::fs::read(dir.join("model.safetensors")).unwrap()
@@ -358,7 +309,8 @@ fn resume_refuses_a_changed_recipe_unless_allowed_and_names_a_corrupt_optimizer_
         "{message}"
     );
     assert!(message.contains("--allow-change"), "{message}");
-    let changed = train(
+    // (Without the helper's --loss, which would be a second spelling of `loss`.)
+    let mut args = support::train_args(
         &model,
         &data,
         &output,
@@ -370,6 +322,9 @@ fn resume_refuses_a_changed_recipe_unless_allowed_and_names_a_corrupt_optimizer_
             "lr",
         ],
     );
+    let loss_flag = args.iter().position(|arg| arg == "--loss").unwrap();
+    args.drain(loss_flag..loss_flag + 2);
+    let changed = crosstrain().args(args).output().unwrap();
     assert!(!changed.status.success());
     assert!(
         stderr(&changed).contains("loss = \"BinaryCrossEntropyLoss\" (this run: \"MSELoss\")"),

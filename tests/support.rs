@@ -130,3 +130,71 @@ pub fn tiny_model_without_dropout(dir: &Path) -> PathBuf {
     std::fs::write(&config_file, config.to_string()).unwrap();
     target
 }
+
+/// 16 labelled pairs.
+pub fn write_pairs(path: &Path) {
+    let text: String = (0..16)
+        .map(|i| {
+            format!(
+                "{{\"query\": \"query {i}\", \"document\": \"document {} about {i}\", \"label\": {}}}\n",
+                i * 7,
+                i % 2
+            )
+        })
+        .collect();
+    std::fs::write(path, text).unwrap();
+}
+
+/// A copy of the tiny model, so that a run that wrongly deleted its input could not harm
+/// the fixtures.
+pub fn copy_model(dir: &Path) -> PathBuf {
+    let source = fixture("models/tiny-bert-ce");
+    let target = dir.join("model");
+    std::fs::create_dir_all(&target).unwrap();
+    for entry in std::fs::read_dir(&source).unwrap() {
+        let entry = entry.unwrap();
+        if entry.path().is_file() {
+            std::fs::copy(entry.path(), target.join(entry.file_name())).unwrap();
+        }
+    }
+    target
+}
+
+/// The arguments of `crosstrain train` of the tiny BERT on `data` into `output` with BCE,
+/// batches of 4, no ONNX export and no checkpoints unless `more` sets `save_steps` (a setting
+/// may be given once on the command line).
+pub fn train_args(model: &Path, data: &Path, output: &Path, more: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "train",
+        "--model",
+        model.to_str().unwrap(),
+        "--loss",
+        "BinaryCrossEntropyLoss",
+        "--train",
+        data.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+        "--batch-size",
+        "4",
+        "--no-export-onnx",
+    ]
+    .iter()
+    .map(|arg| arg.to_string())
+    .collect();
+    if !more
+        .iter()
+        .any(|arg| *arg == "--save-steps" || arg.starts_with("save_steps="))
+    {
+        args.extend(["--save-steps".to_string(), "0".to_string()]);
+    }
+    args.extend(more.iter().map(|arg| arg.to_string()));
+    args
+}
+
+/// Runs [`train_args`].
+pub fn train(model: &Path, data: &Path, output: &Path, more: &[&str]) -> Output {
+    crosstrain()
+        .args(train_args(model, data, output, more))
+        .output()
+        .expect("crosstrain runs")
+}

@@ -784,14 +784,16 @@ fn best_checkpoint_is_loaded_at_the_end_and_kept_by_the_limit() {
     let state = read_json(&output.join("trainer_state.json"));
     assert_eq!(state["best_metric_name"], "eval_loss");
     let best = state["best_checkpoint"].as_str().unwrap().to_string();
-    // The best has the lowest eval loss among the checkpointed steps (3 and 6).
+    // The best has the lowest eval loss among the checkpointed steps (3, 6 and 9: the last
+    // step falls on the schedule, so it is evaluated and checkpointed too, once).
     let losses: Vec<(u64, f64)> = state["log_history"]
         .as_array()
         .unwrap()
         .iter()
         .filter_map(|e| Some((e["step"].as_u64()?, e["metrics"]["eval_loss"].as_f64()?)))
-        .filter(|(step, _)| *step < 9)
         .collect();
+    let steps: Vec<u64> = losses.iter().map(|(step, _)| *step).collect();
+    assert_eq!(steps, [3, 6, 9]);
     let (best_step, best_loss) = losses
         .iter()
         .copied()

@@ -28,6 +28,53 @@ pub fn tidy_path(path: &Path) -> PathBuf {
     }
 }
 
+/// `path` made absolute and resolved through symbolic links as far as it exists (the rest is
+/// appended as written, tidied of `.` and `..`), so two spellings of one folder compare equal.
+pub fn resolved_path(path: &Path) -> PathBuf {
+    let absolute = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .unwrap_or_else(|_| PathBuf::from("."))
+            .join(path)
+    };
+    let absolute = tidy_path(&absolute);
+    let mut existing = absolute.as_path();
+    let mut missing = Vec::new();
+    loop {
+        if let Ok(real) = existing.canonicalize() {
+            let mut full = real;
+            for part in missing.iter().rev() {
+                full.push(part);
+            }
+            return full;
+        }
+        match (existing.parent(), existing.components().next_back()) {
+            (Some(parent), Some(std::path::Component::Normal(name))) => {
+                missing.push(name.to_os_string());
+                existing = parent;
+            }
+            _ => return absolute,
+        }
+    }
+}
+
+/// Refuses an output file that is one of `inputs` (each named by its flag, e.g. `--data`):
+/// writing it, with `--overwrite` too, would destroy what the command reads.
+pub fn check_output_is_no_input(output: &Path, inputs: &[(&str, &Path)]) -> Result<(), String> {
+    let output_resolved = resolved_path(output);
+    for (flag, input) in inputs {
+        if resolved_path(input) == output_resolved {
+            return Err(format!(
+                "--output {} is the {flag} file this command reads; write to another file \
+                 (--overwrite never replaces an input)",
+                output.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Whether `dir` exists and holds anything.
 pub fn is_non_empty_dir(dir: &Path) -> bool {
     std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some())

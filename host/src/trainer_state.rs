@@ -146,6 +146,10 @@ pub struct TrainerState {
     /// The ONNX export, once done.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub onnx: Option<OnnxReport>,
+    /// A digest (hex SHA-256) of each training dataset's rows, labels and texts, by dataset
+    /// name, so that `--resume` on a file that changed under the same path is refused.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub data_digests: BTreeMap<String, String>,
     /// The crosstrain version that wrote the state.
     pub crosstrain_version: String,
 }

@@ -101,6 +101,73 @@ pub(crate) fn check_max_length(
     Ok(requested)
 }
 
+/// Checkpoint tensors the network did not take. Tensors of encoder layers the config does
+/// not have (`config.json` with fewer layers than the weights) are an error: the model would
+/// run silently as a smaller one. Others (a masked-LM head, buffers) are named in a warning,
+/// as transformers does.
+fn check_unused_tensors(
+    weights_path: &Path,
+    checkpoint_names: &std::collections::HashSet<String>,
+    varmap: &VarMap,
+) -> Result<(), ModelError> {
+    let used: std::collections::HashSet<String> = varmap
+        .data()
+        .lock()
+        .map(|vars| vars.keys().cloned().collect())
+        .unwrap_or_default();
+    let mut unused: Vec<&String> = checkpoint_names
+        .iter()
+        .filter(|name| !used.contains(*name) && !name.ends_with("position_ids"))
+        .collect();
+    if unused.is_empty() {
+        return Ok(());
+    }
+    unused.sort();
+    let layer_index = |name: &str| {
+        let parts: Vec<&str> = name.split('.').collect();
+        parts.windows(2).find_map(|pair| {
+            matches!(pair[0], "layer" | "layers")
+                .then(|| pair[1].parse::<usize>().ok())
+                .flatten()
+        })
+    };
+    let layer_tensors: Vec<&String> = unused
+        .iter()
+        .copied()
+        .filter(|name| layer_index(name).is_some())
+        .collect();
+    if let Some(first) = layer_tensors.first() {
+        let highest = layer_tensors
+            .iter()
+            .filter_map(|name| layer_index(name))
+            .max()
+            .unwrap_or_default();
+        return Err(ModelError::BadFile {
+            path: weights_path.to_path_buf(),
+            message: format!(
+                "{} tensor(s) of encoder layers that config.json does not describe (up to layer \
+                 {highest}, e.g. {first}); the config's layer count is smaller than the \
+                 weights', so the model would silently run with fewer layers. Fix \
+                 num_hidden_layers in config.json",
+                layer_tensors.len()
+            ),
+        });
+    }
+    let shown: Vec<&str> = unused.iter().take(8).map(|s| s.as_str()).collect();
+    tracing::warn!(
+        "{}: {} tensor(s) not used by the model: {}{}",
+        weights_path.display(),
+        unused.len(),
+        shown.join(", "),
+        if unused.len() > shown.len() {
+            ", ..."
+        } else {
+            ""
+        }
+    );
+    Ok(())
+}
+
 impl CrossEncoder {
     /// Loads a model from a directory or a Hugging Face model id.
     pub fn load(spec: &str, options: &LoadOptions) -> Result<Self, ModelError> {
@@ -114,6 +181,12 @@ impl CrossEncoder {
         let (config, raw_config) = read_model_config(dir)?;
         let tensor_names = config.family().tensor_names();
         let weights_path = dir.join("model.safetensors");
+        if weights_path.is_dir() {
+            return Err(ModelError::NotAFile {
+                dir: dir.to_path_buf(),
+                file: "model.safetensors",
+            });
+        }
         if !options.from_scratch && !weights_path.is_file() {
             if dir.join("pytorch_model.bin").is_file() {
                 return Err(ModelError::PytorchBin {
@@ -125,13 +198,7 @@ impl CrossEncoder {
                 file: "model.safetensors",
             });
         }
-        let tokenizer_path = dir.join("tokenizer.json");
-        if !tokenizer_path.is_file() {
-            return Err(ModelError::MissingFile {
-                dir: dir.to_path_buf(),
-                file: "tokenizer.json",
-            });
-        }
+        let tokenizer_path = crate::files::model_file(dir, "tokenizer.json")?;
         let max_length = match options.max_length {
             Some(length) => check_max_length(dir, length, &config)?,
             None => default_max_length(dir, &config)?,
@@ -194,6 +261,7 @@ impl CrossEncoder {
             })
             .unwrap_or_default();
         initialised.sort();
+        check_unused_tensors(&weights_path, &checkpoint_names, &varmap)?;
         if !initialised.is_empty() && !options.from_scratch {
             tracing::warn!(
                 model = %dir.display(),

@@ -54,6 +54,14 @@ pub enum ModelError {
         /// The file.
         file: &'static str,
     },
+    /// A directory stands where a file of the model should be.
+    #[error("model directory {dir}: {file} is a directory, not a file")]
+    NotAFile {
+        /// The model directory.
+        dir: PathBuf,
+        /// The file's name.
+        file: &'static str,
+    },
     /// Only PyTorch pickles are present.
     #[error(
         "model directory {dir}: has pytorch_model.bin but no model.safetensors; crosstrain \

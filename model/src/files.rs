@@ -11,16 +11,29 @@ use crate::tokenize::PairTokenizer;
 
 /// `config.json` of a model directory, parsed as the family it names and validated, with its
 /// raw JSON (kept so that saving writes back every key, known or not).
+/// `dir/file`, refused as missing, or as a directory where the file should be (a message
+/// that says "missing" for a directory sends the user looking for the wrong thing).
+pub(crate) fn model_file(dir: &Path, file: &'static str) -> Result<std::path::PathBuf, ModelError> {
+    let path = dir.join(file);
+    if path.is_dir() {
+        return Err(ModelError::NotAFile {
+            dir: dir.to_path_buf(),
+            file,
+        });
+    }
+    if !path.is_file() {
+        return Err(ModelError::MissingFile {
+            dir: dir.to_path_buf(),
+            file,
+        });
+    }
+    Ok(path)
+}
+
 pub(crate) fn read_model_config(
     dir: &Path,
 ) -> Result<(FamilyConfig, Map<String, Value>), ModelError> {
-    let config_path = dir.join("config.json");
-    if !config_path.is_file() {
-        return Err(ModelError::MissingFile {
-            dir: dir.to_path_buf(),
-            file: "config.json",
-        });
-    }
+    let config_path = model_file(dir, "config.json")?;
     let raw_config = match read_json(&config_path)? {
         Value::Object(map) => map,
         _ => {

@@ -106,6 +106,14 @@ pub fn run(
                 .with_context(|| format!("{} is not valid JSON", cases.display()))?;
             let results = check_cases(registry, &document)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", cases.display()))?;
+            if results.is_empty() {
+                // "0 passed, 0 failed" would read as a pass.
+                anyhow::bail!(
+                    "{}: no loss cases in it (golden_losses.json's layout: {{\"cases\": [...]}}); \
+                     nothing was checked",
+                    cases.display()
+                );
+            }
             let passed = results.iter().filter(|r| r.passed).count();
             let failed = results.len() - passed;
             if json {

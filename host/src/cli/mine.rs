@@ -120,10 +120,10 @@ pub struct MineArgs {
     #[arg(long)]
     max_length: Option<usize>,
     /// BM25 term-frequency saturation.
-    #[arg(long, default_value_t = 1.2)]
+    #[arg(long, default_value_t = 1.2, allow_negative_numbers = true)]
     bm25_k1: f32,
     /// BM25 length normalisation.
-    #[arg(long, default_value_t = 0.75)]
+    #[arg(long, default_value_t = 0.75, allow_negative_numbers = true)]
     bm25_b: f32,
     /// Where the embedding model and cross-encoder run: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
@@ -205,6 +205,24 @@ pub(super) fn mine_files(args: MineArgs) -> anyhow::Result<(Value, String)> {
         output_scores: args.output_scores,
         seed: args.seed,
     };
+    if !(args.bm25_k1.is_finite() && args.bm25_k1 >= 0.0) {
+        anyhow::bail!(
+            "--bm25-k1 {}: must be 0 or more (BM25's term-frequency saturation; 1.2 usual)",
+            args.bm25_k1
+        );
+    }
+    if !(0.0..=1.0).contains(&args.bm25_b) {
+        anyhow::bail!(
+            "--bm25-b {}: must be in [0, 1] (BM25's length normalisation; 0.75 usual)",
+            args.bm25_b
+        );
+    }
+    let mut inputs: Vec<(&str, &std::path::Path)> = vec![("--data", args.data.as_path())];
+    if let Some(corpus) = &args.corpus {
+        inputs.push(("--corpus", corpus.as_path()));
+    }
+    crosstrain::fsutil::check_output_is_no_input(&args.output, &inputs)
+        .map_err(anyhow::Error::msg)?;
     if args.output.exists() && !args.overwrite {
         anyhow::bail!(
             "{} already exists; pass --overwrite to replace it",
@@ -451,6 +469,8 @@ pub struct ConvertArgs {
 }
 
 pub fn run_convert(args: ConvertArgs, out: &mut String) -> anyhow::Result<()> {
+    crosstrain::fsutil::check_output_is_no_input(&args.output, &[("--data", &args.data)])
+        .map_err(anyhow::Error::msg)?;
     let dataset = read_dataset(&DatasetSpec::from_files(vec![args.data.clone()]))?;
     let options = ConvertOptions {
         mode: args.mode,

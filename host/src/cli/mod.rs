@@ -159,6 +159,16 @@ pub fn peak_rss_mb() -> Option<f64> {
 /// A library enum as a command-line value: its names are the possible values (listed in
 /// `--help` and in errors) and `FromStr` turns the chosen one into the value. The library
 /// stays free of clap.
+/// A count that must be at least 1 (`--batch-size`, `--top-k`, ...): 0 would mean nothing
+/// or loop forever, so it is refused where it is given.
+pub fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(value) => Ok(value),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
 pub fn choice<T>(names: &'static [&'static str]) -> impl clap::builder::TypedValueParser<Value = T>
 where
     T: std::str::FromStr + Clone + Send + Sync + 'static,

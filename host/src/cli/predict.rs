@@ -42,7 +42,7 @@ pub struct ModelArgs {
     #[arg(long)]
     pub max_length: Option<usize>,
     /// Pairs per forward pass.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = super::at_least_one)]
     pub batch_size: usize,
     /// The engine: candle, or ONNX Runtime on MODEL/onnx/model.onnx.
     #[arg(long, value_enum, default_value_t = Backend::Candle)]
@@ -51,9 +51,10 @@ pub struct ModelArgs {
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// With --backend onnx: the exported file to run, relative to the model directory
-    /// (e.g. onnx/model_qint8_avx512_vnni.onnx from `export-onnx --quantize int8`).
-    #[arg(long, default_value = "onnx/model.onnx")]
-    pub onnx_file: PathBuf,
+    /// (default onnx/model.onnx; e.g. onnx/model_qint8_avx512_vnni.onnx from `export-onnx
+    /// --quantize int8`).
+    #[arg(long)]
+    pub onnx_file: Option<PathBuf>,
 }
 
 impl ModelArgs {
@@ -77,21 +78,45 @@ impl ModelArgs {
 
     /// Loads the model on the chosen backend.
     pub fn scorer(&self) -> anyhow::Result<Scorer> {
+        if self.backend == Backend::Candle {
+            if let Some(file) = &self.onnx_file {
+                anyhow::bail!(
+                    "--onnx-file {} runs only with --backend onnx (the default backend is \
+                     candle, which does not read it)",
+                    file.display()
+                );
+            }
+        }
         let model = self.load()?;
         match self.backend {
             Backend::Candle => Ok(Box::new(model)),
             Backend::Onnx => {
-                let onnx = resolve_model_dir(&self.model)?.join(&self.onnx_file);
+                let onnx = resolve_model_dir(&self.model)?.join(
+                    self.onnx_file
+                        .as_deref()
+                        .unwrap_or(std::path::Path::new("onnx/model.onnx")),
+                );
+                if onnx.is_dir() {
+                    anyhow::bail!("{} is a directory, not an ONNX file", onnx.display());
+                }
                 if !onnx.is_file() {
                     anyhow::bail!(
                         "{} does not exist; create it with `crosstrain export-onnx --model {}`{}",
                         onnx.display(),
                         self.model,
-                        if onnx.to_string_lossy().contains("qint8") {
-                            " --quantize int8"
-                        } else {
-                            ""
+                        match onnx.to_string_lossy() {
+                            name if name.contains("qint8") => " --quantize int8",
+                            name if name.contains("quint8") => " --quantize uint8",
+                            _ => "",
                         }
+                    );
+                }
+                if onnx.to_string_lossy().contains("qint8") && !crosstrain::onnx::cpu_has_vnni() {
+                    tracing::warn!(
+                        "{}: int8 weights on a CPU without AVX-512 VNNI, where ONNX Runtime's \
+                         products saturate and scores can be far off; use the AVX2 file from \
+                         `crosstrain export-onnx --quantize uint8` here",
+                        onnx.display()
                     );
                 }
                 let scorer = OnnxScorer::for_model(&model, &onnx)
@@ -130,7 +155,7 @@ pub struct RankArgs {
     #[arg(long)]
     documents: PathBuf,
     /// Only the best N.
-    #[arg(long)]
+    #[arg(long, value_parser = super::at_least_one)]
     top_k: Option<usize>,
     /// JSON instead of text.
     #[arg(long)]

@@ -8,11 +8,45 @@ use std::sync::atomic::{AtomicI32, Ordering};
 /// The signal that asked for a stop, 0 while none has.
 static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
 
+/// What a second signal prints before it quits, while `--overwrite`'s previous output sits
+/// beside the output: where it is. Made before any signal can need it (the handler may not
+/// allocate); [`PREVIOUS_OUTPUT_ASIDE`] says whether it is still true.
+static PREVIOUS_OUTPUT_NOTE: std::sync::OnceLock<Box<[u8]>> = std::sync::OnceLock::new();
+
+/// Whether [`PREVIOUS_OUTPUT_NOTE`] still holds (the previous output is neither discarded nor
+/// put back yet).
+static PREVIOUS_OUTPUT_ASIDE: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// The trainer's [`crosstrain::train::RunOptions::previous_output_note`]: remembers where the
+/// previous output was moved, or that it is gone from there.
+pub fn note_previous_output(aside: Option<&std::path::Path>) {
+    match aside {
+        Some(aside) => {
+            let note = format!(
+                "crosstrain: the previous output is kept at {} (move it back to use it)\n",
+                aside.display()
+            );
+            // One run moves one output aside, so the note is made once.
+            let _ = PREVIOUS_OUTPUT_NOTE.set(note.into_bytes().into_boxed_slice());
+            PREVIOUS_OUTPUT_ASIDE.store(true, Ordering::SeqCst);
+        }
+        None => PREVIOUS_OUTPUT_ASIDE.store(false, Ordering::SeqCst),
+    }
+}
+
 /// Runs inside the signal handler, so it does only async-signal-safe work: an atomic swap,
 /// `write(2)` and `_exit(2)`.
 #[cfg(unix)]
 extern "C" fn on_stop_signal(signal: libc::c_int) {
     if STOP_SIGNAL.swap(signal, Ordering::SeqCst) != 0 {
+        if PREVIOUS_OUTPUT_ASIDE.load(Ordering::SeqCst) {
+            if let Some(note) = PREVIOUS_OUTPUT_NOTE.get() {
+                // SAFETY: write(2) is async-signal-safe; the note is a boxed byte slice made
+                // before the flag above was set and never freed or changed after.
+                unsafe { libc::write(2, note.as_ptr().cast(), note.len()) };
+            }
+        }
         // SAFETY: _exit is async-signal-safe and ends the process without running any
         // non-reentrant cleanup; 128 + signal is the shell's code for death by that signal.
         unsafe { libc::_exit(128 + signal) };

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Args;
 use crosstrain::plugins::LossRegistry;
-use crosstrain::train::config::{set_key, set_value, TrainConfig};
+use crosstrain::train::config::{canonical_key, set_key, set_value, TrainConfig};
 use crosstrain::train::{train, RunOptions, TrainProgress};
 
 #[derive(Debug, Args)]
@@ -201,6 +201,26 @@ impl NamedSettings {
     }
 }
 
+/// The settings the command line gives, by the name they are written under, with the flag
+/// that gave each. The rule: a flag (or `--set`) beats the recipe file, and one setting given
+/// twice on the command line (two flags, a flag and `--set`, or `lr` and `learning_rate`) is
+/// an error, since which one should win would be a guess.
+#[derive(Default)]
+struct GivenSettings(std::collections::BTreeMap<String, String>);
+
+impl GivenSettings {
+    fn claim(&mut self, key: &str, flag: String) -> anyhow::Result<()> {
+        let canonical = canonical_key(key).to_string();
+        if let Some(earlier) = self.0.get(&canonical) {
+            anyhow::bail!(
+                "{earlier} and {flag} both set `{canonical}`; give it once on the command line"
+            );
+        }
+        self.0.insert(canonical, flag);
+        Ok(())
+    }
+}
+
 /// The recipe: the file's table with the flags merged over it.
 fn build_config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
     let (mut table, origin, base) = match &args.config {
@@ -224,7 +244,17 @@ fn build_config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
     // Flags give paths relative to the working directory, not to the config file.
     let cwd = std::env::current_dir().context("reading the working directory")?;
     let absolute = |path: &Path| -> String { cwd.join(path).display().to_string() };
-    let mut put = |key: &str, value: toml::Value| set_value(&mut table, key, value);
+    let mut given = GivenSettings::default();
+    let mut put = |key: &str, value: toml::Value| -> anyhow::Result<()> {
+        let flag = match key {
+            "train.files" => "--train".to_string(),
+            "eval.files" => "--eval".to_string(),
+            "export_onnx" => "--no-export-onnx".to_string(),
+            key => format!("--{}", key.replace('_', "-")),
+        };
+        given.claim(key, flag)?;
+        Ok(set_value(&mut table, key, value)?)
+    };
     if let Some(model) = &args.model {
         let path = Path::new(model);
         let value = if path.exists() {
@@ -299,6 +329,7 @@ fn build_config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
     }
     for (key, value) in args.named.pairs() {
         if let Some(value) = value {
+            given.claim(key, format!("--{}", key.replace('_', "-")))?;
             set_key(&mut table, key, value)?;
         }
     }
@@ -306,6 +337,7 @@ fn build_config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
         let (key, value) = assignment
             .split_once('=')
             .with_context(|| format!("--set {assignment}: expected KEY=VALUE"))?;
+        given.claim(key.trim(), format!("--set {assignment}"))?;
         set_key(&mut table, key.trim(), value.trim())?;
     }
     for required in ["model", "output", "train"] {
@@ -328,6 +360,12 @@ pub fn run(args: TrainArgs, registry: &LossRegistry, out: &mut String) -> anyhow
         )?;
         return Ok(ExitCode::SUCCESS);
     }
+    if args.resume.is_some() && args.overwrite {
+        anyhow::bail!(
+            "--resume continues the run in the output directory and --overwrite replaces it; \
+             give one of them"
+        );
+    }
     let config = build_config(&args)?;
     let world = crosstrain::distributed::World::from_launcher().map_err(anyhow::Error::msg)?;
     let options = RunOptions {
@@ -337,6 +375,7 @@ pub fn run(args: TrainArgs, registry: &LossRegistry, out: &mut String) -> anyhow
         other_inputs: args.config.iter().cloned().collect(),
         allowed_changes: args.allow_change.clone(),
         stop_signal: Some(super::signals::install()),
+        previous_output_note: Some(super::signals::note_previous_output),
         world: world.clone(),
     };
     let report = match train(&config, registry, &options) {
@@ -379,6 +418,13 @@ pub fn run(args: TrainArgs, registry: &LossRegistry, out: &mut String) -> anyhow
         };
         if world.is_main() {
             eprintln!("{message}");
+            if let Some(aside) = &report.previous_output_kept {
+                eprintln!(
+                    "the previous output (--overwrite) is kept at {}: this run had no \
+                     scheduled checkpoint yet; remove it once you no longer need it",
+                    aside.display()
+                );
+            }
         }
         return Ok(ExitCode::from((128 + signal).clamp(0, 255) as u8));
     }

@@ -5,7 +5,9 @@ pub mod runtime;
 
 use std::path::Path;
 
-pub use export::{export_onnx, export_onnx_with, ExportError, Quantization, MIN_OPSET};
+pub use export::{
+    cpu_has_vnni, export_onnx, export_onnx_with, ExportError, Quantization, MAX_OPSET, MIN_OPSET,
+};
 pub use runtime::{library_path, OnnxError, OnnxScorer};
 
 use crate::data::pairs::{parse_pairs, DataError, TextPair};

@@ -31,6 +31,19 @@ pub enum OnnxError {
     /// Tokenization failed.
     #[error(transparent)]
     Tokenize(#[from] TokenizeError),
+    /// The file is the export of a model with another number of labels.
+    #[error(
+        "{file}: its logits have {onnx} label(s) and the model has {model}; it is another \
+         model's export (re-export it with `crosstrain export-onnx`)"
+    )]
+    LabelCount {
+        /// The ONNX file.
+        file: PathBuf,
+        /// Labels of its `logits` output.
+        onnx: usize,
+        /// Labels of the model.
+        model: usize,
+    },
     /// The graph produced a NaN or infinite logit.
     #[error("ONNX Runtime produced a non-finite logit ({value}) for pair {pair} (0-based, in input order)")]
     NonFiniteLogits {
@@ -40,6 +53,10 @@ pub enum OnnxError {
         value: f32,
     },
 }
+
+/// The ONNX Runtime version `scripts/fetch-onnxruntime.sh` fetches and the exporter's
+/// [`crate::onnx::MAX_OPSET`] is checked against.
+pub const ORT_VERSION: &str = "1.32.0";
 
 fn runtime_error(error: impl std::fmt::Display) -> OnnxError {
     OnnxError::Runtime(error.to_string())
@@ -98,10 +115,36 @@ fn environment() -> Result<&'static Environment, OnnxError> {
         .get_or_init(|| {
             let builder =
                 ort::init_from(&path).map_err(|e| format!("loading {}: {e}", path.display()))?;
-            builder.build().map_err(|e| e.to_string())
+            builder
+                .with_logger(std::sync::Arc::new(ort_log))
+                .build()
+                .map_err(|e| e.to_string())
         })
         .as_ref()
         .map_err(|message| OnnxError::Runtime(message.clone()))
+}
+
+/// ONNX Runtime's own log lines, into crosstrain's log. Without this, the library writes
+/// them to stderr itself, with colour codes whatever stderr is, and an error it also
+/// returns (which crosstrain prints, naming the file) would be printed twice: so errors go to
+/// the debug level, warnings stay warnings.
+fn ort_log(
+    level: ort::logging::LogLevel,
+    _category: &str,
+    _id: &str,
+    location: &str,
+    message: &str,
+) {
+    use ort::logging::LogLevel;
+    match level {
+        LogLevel::Warning => tracing::warn!(target: "onnxruntime", "{message}"),
+        LogLevel::Error | LogLevel::Fatal => {
+            tracing::debug!(target: "onnxruntime", location, "{message}")
+        }
+        LogLevel::Info | LogLevel::Verbose => {
+            tracing::trace!(target: "onnxruntime", location, "{message}")
+        }
+    }
 }
 
 /// A cross-encoder running in ONNX Runtime, tokenizing exactly as the candle model does. It
@@ -157,10 +200,19 @@ impl OnnxScorer {
         })
     }
 
-    /// The scorer for `model`'s own export: its tokenizer and its activation.
+    /// The scorer for `model`'s own export: its tokenizer and its activation. A file whose
+    /// `logits` have another number of labels than the model is another model's export, and
+    /// is refused.
     pub fn for_model(model: &CrossEncoder, onnx_file: &Path) -> Result<Self, OnnxError> {
-        Ok(Self::load(onnx_file, model.tokenizer().clone())?
-            .with_activation(model.default_activation()))
+        let scorer = Self::load(onnx_file, model.tokenizer().clone())?;
+        if scorer.num_labels != model.num_labels() {
+            return Err(OnnxError::LabelCount {
+                file: onnx_file.to_path_buf(),
+                onnx: scorer.num_labels,
+                model: model.num_labels(),
+            });
+        }
+        Ok(scorer.with_activation(model.default_activation()))
     }
 
     /// Sets the activation `rank` and the evaluators apply (the model's, from

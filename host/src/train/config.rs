@@ -438,8 +438,11 @@ impl TrainConfig {
         if self.save_total_limit == Some(0) {
             return invalid("save_total_limit", "must be at least 1".into());
         }
-        if self.onnx_opset < 17 {
-            return invalid("onnx_opset", "the export needs opset 17 or newer".into());
+        if !(crate::onnx::MIN_OPSET..=crate::onnx::MAX_OPSET).contains(&self.onnx_opset) {
+            return invalid(
+                "onnx_opset",
+                crate::onnx::ExportError::Opset(self.onnx_opset).to_string(),
+            );
         }
         if self.num_labels == Some(0) {
             return invalid("num_labels", "must be at least 1".into());
@@ -487,6 +490,48 @@ impl TrainConfig {
                     "lr_end = {} must be in [0, learning_rate = {})",
                     kwargs.lr_end, self.lr
                 ),
+            );
+        }
+        for evaluator in &self.evaluators {
+            if evaluator.at_k == 0 {
+                return invalid(
+                    "evaluators",
+                    format!(
+                        "evaluator {:?}: at_k = 0 ranks no document; set at least 1",
+                        evaluator.name
+                    ),
+                );
+            }
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for evaluator in &self.evaluators {
+            if !names.insert(evaluator.name.as_str()) {
+                let which = if evaluator.name.is_empty() {
+                    "two evaluators have no `name`".to_string()
+                } else {
+                    format!("two evaluators are named {:?}", evaluator.name)
+                };
+                return invalid(
+                    "evaluators",
+                    format!(
+                        "{which}; their metrics would share keys (eval_<name>_<metric>), so \
+                         give each its own `name`"
+                    ),
+                );
+            }
+        }
+        if self.effective_eval_strategy() != IntervalStrategy::No
+            && self.eval.is_none()
+            && self.evaluators.is_empty()
+        {
+            return invalid(
+                "eval_strategy",
+                format!(
+                    "{:?} evaluates, but there is nothing to evaluate: add `eval` data \
+                     (--eval) or an evaluator",
+                    self.effective_eval_strategy()
+                )
+                .to_lowercase(),
             );
         }
         if self.load_best_model_at_end {
@@ -717,9 +762,16 @@ mod tests {
 
     #[test]
     fn strategies_decide_evaluations_and_checkpoints() {
+        // Evaluation needs something to evaluate.
         let config = |extra: &str| {
-            TrainConfig::from_toml(&format!("{MINIMAL}\n{extra}\n"), "t", Path::new(".")).unwrap()
+            let text = format!("{MINIMAL}\neval = {{ files = \"e.jsonl\" }}\n{extra}\n");
+            TrainConfig::from_toml(&text, "t", Path::new(".")).unwrap()
         };
+        let nothing = format!("{MINIMAL}\neval_steps = 4\n");
+        let error = TrainConfig::from_toml(&nothing, "t", Path::new("."))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("nothing to evaluate"), "{error}");
         let epoch = config("eval_strategy = \"epoch\"\nsave_strategy = \"epoch\"");
         assert!(epoch.evaluates_after(7, true) && !epoch.evaluates_after(8, false));
         assert!(epoch.saves_after(7, true) && !epoch.saves_after(500, false));

@@ -34,6 +34,7 @@ pub(super) fn load_evaluator(config: &EvaluatorConfig) -> Result<LoadedEvaluator
     };
     match config.kind {
         EvaluatorKind::Reranking => {
+            config.data.check()?;
             let mut samples = Vec::new();
             for file in &config.data.files {
                 samples.extend(
@@ -81,6 +82,86 @@ pub(super) fn load_evaluator(config: &EvaluatorConfig) -> Result<LoadedEvaluator
             })
         }
     }
+}
+
+impl LoadedEvaluator {
+    /// Every metric key (`eval_...`) this evaluator can log for a model of `num_labels`
+    /// outputs, so that a `metric_for_best_model` that would never be logged is refused
+    /// before training.
+    pub(super) fn metric_keys(&self, num_labels: usize) -> Vec<String> {
+        let (name, metrics): (&str, Vec<String>) = match self {
+            LoadedEvaluator::Reranking { evaluator, .. } => {
+                let k = evaluator.at_k;
+                let plain = ["map".to_string(), format!("mrr@{k}"), format!("ndcg@{k}")];
+                let base = plain
+                    .iter()
+                    .map(|m| format!("base_{m}"))
+                    .collect::<Vec<_>>();
+                (&evaluator.name, plain.into_iter().chain(base).collect())
+            }
+            LoadedEvaluator::Pairs { kind, name, .. } => {
+                let metrics: &[&str] = match kind {
+                    EvaluatorKind::Classification if num_labels == 1 => &[
+                        "accuracy",
+                        "accuracy_threshold",
+                        "f1",
+                        "f1_threshold",
+                        "precision",
+                        "recall",
+                        "average_precision",
+                    ],
+                    EvaluatorKind::Classification => &["f1_macro", "f1_micro", "f1_weighted"],
+                    _ => &["pearson", "spearman"],
+                };
+                (name, metrics.iter().map(|m| m.to_string()).collect())
+            }
+        };
+        metrics
+            .into_iter()
+            .map(|metric| {
+                if name.is_empty() {
+                    format!("eval_{metric}")
+                } else {
+                    format!("eval_{name}_{metric}")
+                }
+            })
+            .collect()
+    }
+}
+
+/// Refuses a `metric_for_best_model` that no evaluation of this run logs, naming the ones it
+/// does: it would otherwise be ignored in silence (no best checkpoint, `best_metric` null).
+pub(super) fn check_best_metric(
+    config: &TrainConfig,
+    eval_sources: &[sources::EvalSource],
+    evaluators: &[LoadedEvaluator],
+    num_labels: usize,
+) -> Result<(), TrainError> {
+    let Some(metric) = &config.metric_for_best_model else {
+        return Ok(());
+    };
+    let key = config::eval_metric_key(metric);
+    let logged: Vec<String> = eval_sources
+        .iter()
+        .map(|source| source.metric_key.clone())
+        .chain(evaluators.iter().flat_map(|e| e.metric_keys(num_labels)))
+        .collect();
+    if logged.contains(&key) {
+        return Ok(());
+    }
+    let message = if logged.is_empty() {
+        format!("{metric} is never logged: this run has no `eval` data and no evaluator")
+    } else {
+        format!(
+            "{metric} is never logged; this run logs {}",
+            logged.join(", ")
+        )
+    };
+    Err(config::ConfigError::Invalid {
+        field: "metric_for_best_model",
+        message,
+    }
+    .into())
 }
 
 impl Run<'_> {

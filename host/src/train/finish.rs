@@ -5,7 +5,15 @@
 use super::*;
 
 impl Run<'_> {
-    pub(super) fn save_checkpoint(&mut self, evaluated: bool) -> Result<(), TrainError> {
+    /// Writes `checkpoint-N`. `scheduled` says whether it is one the recipe asked for (or
+    /// `stop_at_step`'s): only such a checkpoint lets `--overwrite`'s previous output go. One
+    /// written because a signal stopped the run keeps the previous output where it was moved,
+    /// and the stop message names that place.
+    pub(super) fn save_checkpoint(
+        &mut self,
+        evaluated: bool,
+        scheduled: bool,
+    ) -> Result<(), TrainError> {
         let step = self.state.global_step;
         let name = format!("checkpoint-{step}");
         let target = self.config.output.join(&name);
@@ -53,8 +61,8 @@ impl Run<'_> {
         })?;
         tracing::info!(step, "wrote {}", target.display());
         self.last_checkpoint = Some(target);
-        if let Some(previous) = self.previous_output.take() {
-            previous.discard()?;
+        if scheduled {
+            self.discard_previous_output()?;
         }
         if let Some(limit) = self.config.save_total_limit {
             let mut existing = checkpoints(&self.config.output);
@@ -73,6 +81,17 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// The new run has something to keep: `--overwrite`'s previous output goes.
+    fn discard_previous_output(&mut self) -> Result<(), TrainError> {
+        if let Some(previous) = self.previous_output.take() {
+            previous.discard()?;
+            if let Some(note) = self.previous_output_note {
+                note(None);
+            }
+        }
+        Ok(())
+    }
+
     /// Final evaluation, best-model reload, and the output directory.
     pub(super) fn finish(&mut self) -> Result<(), TrainError> {
         let config = self.config;
@@ -80,7 +99,8 @@ impl Run<'_> {
             // Rank 0 evaluates and writes; the others are done.
             return Ok(());
         }
-        if self.evaluates() {
+        // The last step's scheduled evaluation is the final one: not run (and logged) twice.
+        if self.evaluates() && self.evaluated_step != Some(self.state.global_step) {
             self.evaluate_and_log()?;
         }
         if config.load_best_model_at_end {
@@ -115,9 +135,7 @@ impl Run<'_> {
             std::fs::rename(entry.path(), &target).map_err(|e| io_error(&target, e))?;
         }
         std::fs::remove_dir(&staging).map_err(|e| io_error(&staging, e))?;
-        if let Some(previous) = self.previous_output.take() {
-            previous.discard()?;
-        }
+        self.discard_previous_output()?;
         // A resumed run ends with no staging folder of an earlier, killed one.
         output::remove_stale_partials(&output)?;
         Ok(())

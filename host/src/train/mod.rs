@@ -230,6 +230,10 @@ pub struct RunOptions {
     /// looks after every optimizer step: it writes a checkpoint and returns
     /// [`TrainReport::interrupted`]. The library installs no handler; the binary does.
     pub stop_signal: Option<&'static std::sync::atomic::AtomicI32>,
+    /// Told where `--overwrite` moved the previous output (`Some`) and when that place is
+    /// gone again (`None`: discarded or put back), so that a stop which cannot wait for the
+    /// trainer (a second Ctrl-C) can still say where the previous output is.
+    pub previous_output_note: Option<fn(Option<&Path>)>,
     /// The ranks of a data-parallel job (a world of one unless launched by MPI): each takes
     /// its share of every global batch, gradients are averaged across ranks, and rank 0
     /// alone writes the output.
@@ -245,6 +249,7 @@ impl std::fmt::Debug for RunOptions {
             .field("other_inputs", &self.other_inputs)
             .field("allowed_changes", &self.allowed_changes)
             .field("stop_signal", &self.stop_signal)
+            .field("previous_output_note", &self.previous_output_note.is_some())
             .finish()
     }
 }
@@ -292,6 +297,10 @@ pub struct TrainReport {
     pub interrupted: Option<i32>,
     /// The run's last checkpoint (the one to resume from after a stop).
     pub last_checkpoint: Option<PathBuf>,
+    /// Where `--overwrite` moved the previous output, when a signal stopped the run before
+    /// its first scheduled checkpoint (the previous output is then neither deleted nor put
+    /// back over the new run's checkpoint).
+    pub previous_output_kept: Option<PathBuf>,
     /// Metrics of the last evaluation.
     pub final_metrics: BTreeMap<String, f64>,
     /// Where training time went (tokenize/forward/loss/backward), summed.
@@ -338,7 +347,12 @@ struct Run<'a> {
     last_checkpoint: Option<PathBuf>,
     /// What `--overwrite` moved aside, until this run has a checkpoint or its final model.
     previous_output: Option<output::PreviousOutput>,
+    /// [`RunOptions::previous_output_note`].
+    previous_output_note: Option<fn(Option<&Path>)>,
     last_metrics: BTreeMap<String, f64>,
+    /// The step of this run's last evaluation in the loop, so the end of the run does not
+    /// repeat an evaluation of the same weights.
+    evaluated_step: Option<usize>,
     times: PhaseTimes,
     optimizer_seconds: f64,
     /// The job's ranks (a world of one unless launched by MPI).
@@ -369,6 +383,9 @@ pub fn train(
     let world = &options.world;
     let output = config.output.clone();
     output::check_output_holds_no_input(&output, &run_inputs(config, registry, options))?;
+    if world.is_main() {
+        output::check_output_writable(&output)?;
+    }
     let mut replace_previous = false;
     let resume_from = match &options.resume {
         // Only rank 0 writes the output, so only rank 0 decides about an existing one (the
@@ -424,6 +441,7 @@ pub fn train(
         .iter()
         .map(load_evaluator)
         .collect::<Result<Vec<_>, _>>()?;
+    evaluation::check_best_metric(config, &eval_sources, &evaluators, model.num_labels())?;
 
     world::check_same_job(world, config, &model, &train_sources, &eval_sources)?;
     let device_sum = crate::distributed::DeviceSum::for_device(world, model.device())
@@ -461,10 +479,21 @@ pub fn train(
         config.weight_decay,
     )?;
 
+    // What the rows are, so that a resume on changed data under the same path is refused.
+    let data_digests: BTreeMap<String, String> = train_sources
+        .iter()
+        .map(|source| {
+            let digest = world::dataset_digest(&source.name, &source.dataset);
+            let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+            (source.name.clone(), hex)
+        })
+        .collect();
     let state =
         match &resume_from {
             Some(checkpoint) => {
-                let state = TrainerState::read(&checkpoint.join("trainer_state.json"))?;
+                let mut state = TrainerState::read(&checkpoint.join("trainer_state.json"))?;
+                check_same_data(checkpoint, &state, &data_digests, &train_sources, options)?;
+                state.data_digests = data_digests;
                 if state.batches_per_epoch != batches_per_epoch || state.max_steps != max_steps {
                     return Err(TrainError::Checkpoint {
                         path: checkpoint.clone(),
@@ -524,13 +553,18 @@ pub fn train(
                     best_metric: None,
                     best_checkpoint: None,
                     onnx: None,
+                    data_digests,
                     crosstrain_version: env!("CARGO_PKG_VERSION").to_string(),
                 }
             }
         };
 
     let previous_output = if replace_previous {
-        Some(output::PreviousOutput::move_aside(&output)?)
+        let previous = output::PreviousOutput::move_aside(&output)?;
+        if let Some(note) = options.previous_output_note {
+            note(Some(previous.aside()));
+        }
+        Some(previous)
     } else {
         None
     };
@@ -573,7 +607,9 @@ pub fn train(
         primaries: Vec::new(),
         last_checkpoint: resume_from,
         previous_output,
+        previous_output_note: options.previous_output_note,
         last_metrics: BTreeMap::new(),
+        evaluated_step: None,
         times: PhaseTimes::default(),
         optimizer_seconds: 0.0,
         world: world.clone(),
@@ -594,7 +630,11 @@ pub fn train(
         Err(error) => {
             if let Some(previous) = run.previous_output.take() {
                 let aside = previous.aside().to_path_buf();
-                if let Err(restore_error) = previous.restore() {
+                let restored = previous.restore();
+                if let (Ok(()), Some(note)) = (&restored, run.previous_output_note) {
+                    note(None);
+                }
+                if let Err(restore_error) = restored {
                     tracing::error!(
                         "the previous output is kept at {}: {restore_error}",
                         aside.display()
@@ -604,10 +644,21 @@ pub fn train(
             return Err(error);
         }
     };
+    let mut previous_output_kept = None;
     if let Some(previous) = run.previous_output.take() {
-        // Stopped before its first checkpoint (a signal before step 1): nothing of the new
-        // run is worth more than what it would replace.
-        previous.restore()?;
+        if run.state.global_step > 0 && matches!(ended, LoopEnd::Interrupted(_)) {
+            // A signal stopped the run before its first scheduled checkpoint, after the
+            // checkpoint of its last step: both are kept, the previous output where it was
+            // moved (the stop message says where).
+            previous_output_kept = Some(previous.aside().to_path_buf());
+        } else {
+            // Stopped before its first step: nothing of the new run is worth more than what
+            // it would replace.
+            previous.restore()?;
+            if let Some(note) = run.previous_output_note {
+                note(None);
+            }
+        }
     }
     let datasets = run
         .sources
@@ -637,9 +688,62 @@ pub fn train(
             _ => None,
         },
         last_checkpoint: run.last_checkpoint,
+        previous_output_kept,
         final_metrics: run.last_metrics,
         times: run.times,
         optimizer_seconds: run.optimizer_seconds,
+    })
+}
+
+/// Refuses to resume on training data whose rows, labels or texts differ from those the
+/// checkpoint was trained on (a file changed under the same path), naming the files, unless
+/// `--allow-change train` allows it. A checkpoint without digests (an older crosstrain's) is
+/// not checked.
+fn check_same_data(
+    checkpoint: &Path,
+    state: &TrainerState,
+    digests: &BTreeMap<String, String>,
+    sources: &[sources::TrainSource],
+    options: &RunOptions,
+) -> Result<(), TrainError> {
+    if state.data_digests.is_empty() {
+        return Ok(());
+    }
+    let changed: Vec<String> = sources
+        .iter()
+        .filter(|source| state.data_digests.get(&source.name) != digests.get(&source.name))
+        .map(|source| {
+            let files: Vec<String> = source
+                .dataset
+                .files
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect();
+            format!(
+                "training data {} ({}) differs in its rows, labels or texts",
+                source.name,
+                files.join(", ")
+            )
+        })
+        .collect();
+    if changed.is_empty() {
+        return Ok(());
+    }
+    let allowed = options
+        .allowed_changes
+        .iter()
+        .any(|key| config::canonical_key(key) == "train");
+    if allowed {
+        tracing::warn!(
+            "resuming {} on changed data, as --allow-change train allows: {}",
+            checkpoint.display(),
+            changed.join("; ")
+        );
+        return Ok(());
+    }
+    Err(TrainError::ResumeChanged {
+        path: checkpoint.to_path_buf(),
+        changes: changed.join("; "),
     })
 }
 

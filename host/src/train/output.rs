@@ -3,40 +3,11 @@
 //! it) until the new run has a checkpoint or its final model, and staging folders that a
 //! killed run left behind are cleared.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
+
+use crate::fsutil::resolved_path as resolved;
 
 use super::{io_error, TrainError};
-
-/// `path` made absolute and resolved through symbolic links as far as it exists (the rest is
-/// appended as written, tidied of `.` and `..`), so two spellings of one folder compare equal.
-fn resolved(path: &Path) -> PathBuf {
-    let absolute = if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        std::env::current_dir()
-            .unwrap_or_else(|_| PathBuf::from("."))
-            .join(path)
-    };
-    let absolute = crate::fsutil::tidy_path(&absolute);
-    let mut existing = absolute.as_path();
-    let mut missing = Vec::new();
-    loop {
-        if let Ok(real) = existing.canonicalize() {
-            let mut full = real;
-            for part in missing.iter().rev() {
-                full.push(part);
-            }
-            return full;
-        }
-        match (existing.parent(), existing.components().next_back()) {
-            (Some(parent), Some(Component::Normal(name))) => {
-                missing.push(name.to_os_string());
-                existing = parent;
-            }
-            _ => return absolute,
-        }
-    }
-}
 
 /// Refuses an output directory that is one of `inputs` or holds one: `--overwrite` would
 /// delete it, and the final model would be written over it.
@@ -62,6 +33,46 @@ pub(super) fn check_output_holds_no_input(
         });
     }
     Ok(())
+}
+
+/// Refuses an output that is a file (the model is a directory), and one whose folder cannot
+/// be written: found at the start rather than at the first checkpoint, steps later.
+pub(super) fn check_output_writable(output: &Path) -> Result<(), TrainError> {
+    if output.exists() && !output.is_dir() {
+        return Err(TrainError::Io {
+            path: output.to_path_buf(),
+            message: "is a file; --output names the directory the model is written to".into(),
+        });
+    }
+    // The output itself, else the nearest path above it that exists (where it is made),
+    // which must be a folder.
+    let folder = output
+        .ancestors()
+        .find(|path| !path.as_os_str().is_empty() && path.exists())
+        .unwrap_or(Path::new("."));
+    if !folder.is_dir() {
+        return Err(TrainError::Io {
+            path: folder.to_path_buf(),
+            message: format!(
+                "is a file, so the output {} cannot be written below it",
+                output.display()
+            ),
+        });
+    }
+    let probe = folder.join(format!(".crosstrain-write-check-{}", std::process::id()));
+    match std::fs::File::create(&probe) {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(error) => Err(TrainError::Io {
+            path: folder.to_path_buf(),
+            message: format!(
+                "cannot be written ({error}), so no checkpoint or model could be saved in {}",
+                output.display()
+            ),
+        }),
+    }
 }
 
 /// The previous contents of an output directory that `--overwrite` replaces. They are moved
@@ -190,6 +201,34 @@ mod tests {
         for fine in [root.path().join("out"), model.join("finetuned")] {
             check_output_holds_no_input(&fine, &inputs).unwrap();
         }
+    }
+
+    /// Issue 31, items 11 and 12: an output that is a file, or under a folder that cannot be
+    /// written, is refused at the start instead of at the first checkpoint.
+    #[test]
+    fn outputs_that_cannot_be_written_are_refused_at_the_start() {
+        let root = tempfile::tempdir().unwrap();
+        let file = root.path().join("model.txt");
+        std::fs::write(&file, "x").unwrap();
+        let message = check_output_writable(&file).unwrap_err().to_string();
+        assert!(message.contains("is a file"), "{message}");
+        // Below a file: nothing can be made there.
+        let message = check_output_writable(&file.join("out"))
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("cannot be written below it"), "{message}");
+        // A folder no one may write in, root included (a read-only output, as root sees it).
+        #[cfg(target_os = "linux")]
+        {
+            let message = check_output_writable(Path::new("/proc/self/out"))
+                .unwrap_err()
+                .to_string();
+            assert!(message.contains("cannot be written"), "{message}");
+        }
+        check_output_writable(&root.path().join("new/out")).unwrap();
+        check_output_writable(root.path()).unwrap();
+        // The probe leaves nothing behind.
+        assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 1);
     }
 
     #[test]

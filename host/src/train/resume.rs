@@ -86,7 +86,11 @@ pub(super) fn check_unchanged(
         if old == new {
             continue;
         }
-        let change = format!("{key} = {} (this run: {})", show(&old), show(&new));
+        // The fields that differ, each by its dotted name (`train.qa.limit`), rather than
+        // the whole table.
+        let mut fields = Vec::new();
+        differences(key, &old, &new, &mut fields);
+        let change = fields.join(", ");
         if allowed.contains(&key) {
             tracing::warn!(
                 "resuming {} with a changed setting, as --allow-change {key} allows: {change}",
@@ -136,27 +140,49 @@ fn normalized(key: &str, value: Option<&Value>) -> Value {
         ("model", Some(Value::String(model))) => Value::String(resolve(model)),
         ("train", Some(Value::Object(spec))) => {
             let mut spec = spec.clone();
-            if let Some(Value::Array(files)) = spec.get_mut("files") {
-                for file in files.iter_mut() {
-                    if let Value::String(path) = file {
-                        *path = resolve(path);
-                    }
-                }
-            }
-            // Where the rows are kept changes nothing they train (the rows are the same,
-            // bit for bit), and checkpoints from before `storage` existed have no such key.
+            let mut specs: Vec<&mut serde_json::Map<String, Value>> = Vec::new();
             if spec.contains_key("files") {
-                spec.remove("storage");
+                specs.push(&mut spec);
             } else {
-                for named in spec.values_mut() {
-                    if let Value::Object(named) = named {
-                        named.remove("storage");
+                // Named datasets: one spec each.
+                specs.extend(spec.values_mut().filter_map(Value::as_object_mut));
+            }
+            for spec in specs {
+                if let Some(Value::Array(files)) = spec.get_mut("files") {
+                    for file in files.iter_mut() {
+                        if let Value::String(path) = file {
+                            *path = resolve(path);
+                        }
                     }
                 }
+                // Where the rows are kept changes nothing they train (the rows are the same,
+                // bit for bit), and checkpoints from before `storage` existed have no such
+                // key.
+                spec.remove("storage");
             }
             Value::Object(spec)
         }
         (_, Some(value)) => value.clone(),
+    }
+}
+
+/// `key = old (this run: new)` for every leaf where `old` and `new` differ, tables walked
+/// key by key.
+fn differences(key: &str, old: &Value, new: &Value, out: &mut Vec<String>) {
+    match (old, new) {
+        (Value::Object(old), Value::Object(new)) => {
+            let keys: std::collections::BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+            for field in keys {
+                let (a, b) = (
+                    old.get(field).unwrap_or(&Value::Null),
+                    new.get(field).unwrap_or(&Value::Null),
+                );
+                if a != b {
+                    differences(&format!("{key}.{field}"), a, b, out);
+                }
+            }
+        }
+        _ => out.push(format!("{key} = {} (this run: {})", show(old), show(new))),
     }
 }
 

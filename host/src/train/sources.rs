@@ -77,6 +77,7 @@ pub(super) fn load_train_sources(
         let description = loss.description().clone();
         let format = dataset
             .check_format(
+                "training data",
                 loss.qualified_name(),
                 &description.formats,
                 description.num_labels,
@@ -154,6 +155,7 @@ pub(super) fn load_eval_sources(
         let description = loss.description().clone();
         dataset
             .check_format(
+                "evaluation data",
                 loss.qualified_name(),
                 &description.formats,
                 description.num_labels,

@@ -180,17 +180,19 @@ impl Run<'_> {
                         self.state.since_log = LossSums::default();
                     }
                 }
-                let evaluated = config.evaluates_after(global_step, epoch_done) && !last;
+                // The last step is evaluated and checkpointed when it falls on the schedule,
+                // as transformers does, so that `load_best_model_at_end` weighs the final
+                // model too (the end of the run then reuses that evaluation).
+                let evaluated = config.evaluates_after(global_step, epoch_done);
                 if evaluated && self.world.is_main() {
                     self.evaluate_and_log()?;
+                    self.evaluated_step = Some(global_step);
                 }
                 let stop_here = config.stop_at_step == Some(global_step) && !last;
                 let signal = world::agreed_signal(&self.world, stop_requested());
-                if (config.saves_after(global_step, epoch_done) && !last)
-                    || stop_here
-                    || signal.is_some()
-                {
-                    self.save_checkpoint(evaluated)?;
+                let scheduled = config.saves_after(global_step, epoch_done);
+                if scheduled || stop_here || signal.is_some() {
+                    self.save_checkpoint(evaluated, scheduled || stop_here)?;
                 }
                 if let Some(signal) = signal {
                     report(TrainProgress::Stopped { step: global_step });

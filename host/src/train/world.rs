@@ -94,8 +94,9 @@ fn without_paths(recipe: &mut Value) {
 }
 
 /// A digest of a dataset that reads little of it: its shape, every label, and the texts of
-/// its first and last rows (a dataset on disk is not read whole for this).
-fn dataset_digest(name: &str, dataset: &Dataset) -> [u8; 32] {
+/// every row of a dataset in memory, or of its first and last rows for one on disk (which is
+/// not read whole for this).
+pub(super) fn dataset_digest(name: &str, dataset: &Dataset) -> [u8; 32] {
     const ENDS: usize = 64;
     let mut digest = Sha256::new();
     digest.update(name.as_bytes());
@@ -118,7 +119,11 @@ fn dataset_digest(name: &str, dataset: &Dataset) -> [u8; 32] {
         None => {}
     }
     let rows = dataset.len();
-    let sampled = (0..rows.min(ENDS)).chain(rows.saturating_sub(ENDS).max(ENDS)..rows);
+    let sampled: Box<dyn Iterator<Item = usize>> = if dataset.cache.is_none() {
+        Box::new(0..rows)
+    } else {
+        Box::new((0..rows.min(ENDS)).chain(rows.saturating_sub(ENDS).max(ENDS)..rows))
+    };
     for row in sampled {
         for column in &dataset.columns {
             for text in column.row_texts(row) {

@@ -18,6 +18,7 @@
 use super::*;
 
 use std::fs::File;
+use std::hash::Hasher as _;
 use std::io::{BufWriter, Write};
 use std::sync::Arc;
 
@@ -158,7 +159,10 @@ impl<'a> CacheEntry<'a> {
         if !self.path.is_file() {
             return Ok(None);
         }
-        match open_mapped(&self.path, &self.key, self.spec) {
+        let expected = read_checksum(&self.path);
+        let opened = expected
+            .and_then(|checksum| open_mapped(&self.path, &self.key, self.spec, Some(checksum)));
+        match opened {
             Ok((dataset, skipped_report)) => {
                 if let Some(report) = skipped_report {
                     tracing::warn!(skipped = dataset.skipped_rows, "{report}");
@@ -193,7 +197,7 @@ impl<'a> CacheEntry<'a> {
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_default();
-        std::fs::create_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
+        std::fs::create_dir_all(&dir).map_err(|e| cache_write_error(&dir, e))?;
         let file_name = self
             .path
             .file_name()
@@ -222,16 +226,31 @@ impl<'a> CacheEntry<'a> {
     }
 }
 
+/// A failed write into the dataset cache, named as the cache, with the two ways around it (a
+/// read-only or full cache folder otherwise reads like a problem with the data file).
+fn cache_write_error(path: &Path, error: impl std::fmt::Display) -> DatasetError {
+    io_error(
+        path,
+        format!(
+            "writing the dataset cache: {error}. Point {CACHE_ENV} at a writable folder, or \
+             keep this dataset in memory with `storage = \"memory\"`"
+        ),
+    )
+}
+
 /// Removes the partial files of entry `file_name` that conversions killed mid-write left
 /// (their process is gone); a live one is another process converting the same data.
 fn remove_stale_partials(dir: &Path, file_name: &str) {
-    let prefix = format!(".{file_name}.partial-");
+    let prefixes = [
+        format!(".{file_name}.partial-"),
+        format!(".{file_name}.xxh3.partial-"),
+    ];
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if !name.starts_with(&prefix) {
+        if !prefixes.iter().any(|prefix| name.starts_with(prefix)) {
             continue;
         }
         match crate::fsutil::staging_owner(&name) {
@@ -255,7 +274,7 @@ pub(super) struct CacheWriter {
     key: Value,
     path: PathBuf,
     temp: PathBuf,
-    writer: Option<FileWriter<BufWriter<File>>>,
+    writer: Option<FileWriter<BufWriter<ChecksummedFile>>>,
     /// The dataset row the next chunk starts at.
     first_row: usize,
 }
@@ -283,7 +302,7 @@ impl CacheWriter {
     }
 
     fn error(&self, error: impl std::fmt::Display) -> DatasetError {
-        io_error(&self.temp, format!("writing the dataset cache: {error}"))
+        cache_write_error(&self.temp, error)
     }
 
     /// Writes the rows pushed since the last chunk as one record batch.
@@ -300,6 +319,10 @@ impl CacheWriter {
         let schema = Arc::new(schema_of(builder));
         if self.writer.is_none() {
             let file = File::create(&self.temp).map_err(|e| self.error(e))?;
+            let file = ChecksummedFile {
+                file,
+                checksum: twox_hash::XxHash3_64::new(),
+            };
             let writer = FileWriter::try_new(BufWriter::with_capacity(1 << 20, file), &schema)
                 .map_err(|e| self.error(e))?;
             self.writer = Some(writer);
@@ -371,15 +394,29 @@ impl CacheWriter {
             .ok_or_else(|| self.error("no rows were written"))?;
         writer.write_metadata(META_KEY, meta);
         writer.finish().map_err(|e| self.error(e))?;
-        let file = writer
+        let ChecksummedFile { file, checksum } = writer
             .into_inner()
             .map_err(|e| self.error(e))?
             .into_inner()
             .map_err(|e| self.error(e.error()))?;
         file.sync_all().map_err(|e| self.error(e))?;
         drop(file);
+        // The checksum goes in place first: an entry is never without its checksum, and one
+        // without (or with another) is converted again, not trusted.
+        let checksum_file = checksum_path(&self.path);
+        let checksum_temp = checksum_path(&self.path).with_file_name(format!(
+            ".{}.partial-{}",
+            checksum_file
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            std::process::id()
+        ));
+        std::fs::write(&checksum_temp, format!("{:016x}\n", checksum.finish()))
+            .map_err(|e| self.error(e))?;
+        std::fs::rename(&checksum_temp, &checksum_file).map_err(|e| self.error(e))?;
         std::fs::rename(&self.temp, &self.path).map_err(|e| self.error(e))?;
-        let (dataset, _) = open_mapped(&self.path, &self.key, &self.spec)
+        let (dataset, _) = open_mapped(&self.path, &self.key, &self.spec, None)
             .map_err(|message| io_error(&self.path, message))?;
         tracing::info!(
             rows = dataset.len(),
@@ -446,12 +483,49 @@ fn list_array(
     .map_err(|e| DatasetError::Format(format!("dataset cache: {e}")))
 }
 
+/// The cache file being written, with an XXH3-64 checksum of every byte written through it
+/// (no second pass over the file).
+struct ChecksummedFile {
+    file: File,
+    checksum: twox_hash::XxHash3_64,
+}
+
+impl Write for ChecksummedFile {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let written = self.file.write(bytes)?;
+        std::hash::Hasher::write(&mut self.checksum, &bytes[..written]);
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+/// Where an entry's checksum is kept: `NAME.arrow.xxh3` beside it.
+fn checksum_path(entry: &Path) -> PathBuf {
+    let mut name = entry.as_os_str().to_os_string();
+    name.push(".xxh3");
+    PathBuf::from(name)
+}
+
+/// The checksum recorded for `entry`; `Err` says why there is none to trust.
+fn read_checksum(entry: &Path) -> Result<u64, String> {
+    let file = checksum_path(entry);
+    let text = std::fs::read_to_string(&file)
+        .map_err(|e| format!("its checksum {} cannot be read: {e}", file.display()))?;
+    u64::from_str_radix(text.trim(), 16)
+        .map_err(|_| format!("its checksum {} is not a checksum", file.display()))
+}
+
 /// Opens a cache file mapped, with the `skip_invalid_rows` warning of its conversion; `Err`
-/// says why it is unusable.
+/// says why it is unusable. With `checksum`, the file's bytes must have it (a flipped byte
+/// in an entry would otherwise train on other texts or labels without a word).
 fn open_mapped(
     path: &Path,
     key: &Value,
     spec: &DatasetSpec,
+    checksum: Option<u64>,
 ) -> Result<(Dataset, Option<String>), String> {
     let file = File::open(path).map_err(|e| e.to_string())?;
     // SAFETY: the map is read-only and the file is an entry of crosstrain's own cache, which
@@ -460,6 +534,15 @@ fn open_mapped(
     // one, which leaves this mapping on the old inode. A user truncating the file under a
     // running job would be a bug outside this process's control, as it is for any mmap.
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| e.to_string())?;
+    if let Some(expected) = checksum {
+        let actual = twox_hash::XxHash3_64::oneshot(&map);
+        if actual != expected {
+            return Err(format!(
+                "its contents do not match their checksum ({actual:016x}, recorded \
+                 {expected:016x}): the file was changed or damaged after it was written"
+            ));
+        }
+    }
     let buffer = Buffer::from(bytes::Bytes::from_owner(map));
     let length = buffer.len();
     if length < 10 {

@@ -37,10 +37,12 @@ impl Dataset {
     }
 
     /// Checks the dataset against what a loss accepts and the model's number of outputs, and
-    /// returns the matching format. The error names the loss, what it accepts, what the data
-    /// has, and the first row that breaks the label rule.
+    /// returns the matching format. The error names the data's `role` (`training data`,
+    /// `evaluation data`), the loss, what it accepts, what the data has, and the first row that
+    /// breaks the label rule.
     pub fn check_format<'f>(
         &self,
+        role: &str,
         loss: &str,
         formats: &'f [DataFormat],
         loss_num_labels: u32,
@@ -77,7 +79,7 @@ impl Dataset {
             .map(|f| format!("  - {}: {}", f.name, f.description))
             .collect();
         let mut message = format!(
-            "the training data does not fit {loss}.\n{loss} accepts:\n{}\n{} has: {}",
+            "the {role} does not fit {loss}.\n{loss} accepts:\n{}\n{} has: {}",
             accepted.join("\n"),
             self.origin(),
             self.describe()

@@ -166,6 +166,7 @@ pub fn read_dataset(spec: &DatasetSpec) -> Result<Dataset, DatasetError> {
 
 /// [`read_dataset`] with the cache in `cache_dir`.
 fn read_dataset_cached_in(spec: &DatasetSpec, cache_dir: &Path) -> Result<Dataset, DatasetError> {
+    spec.check()?;
     if !cache::wants_disk(spec) {
         return build_dataset(spec, |path, progress| read_file(spec, path, progress), None);
     }
@@ -334,6 +335,21 @@ fn rename_and_select(
         .into_iter()
         .map(|(name, cell)| (spec.rename.get(&name).cloned().unwrap_or(name), cell))
         .collect();
+    // A rename onto a column the file already has would leave two of one name.
+    if !spec.rename.is_empty() {
+        for (index, (name, _)) in renamed.iter().enumerate() {
+            if renamed[..index].iter().any(|(earlier, _)| earlier == name) {
+                return Err(DatasetError::Row {
+                    path: path.to_path_buf(),
+                    location: location.to_string(),
+                    column: name.clone(),
+                    message: "two columns have this name after `rename`; rename the other \
+                              one too, or select columns with `columns`"
+                        .into(),
+                });
+            }
+        }
+    }
     let Some(selection) = &spec.columns else {
         return Ok(renamed);
     };

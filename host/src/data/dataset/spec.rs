@@ -102,6 +102,33 @@ impl DatasetSpec {
         }
     }
 
+    /// Refuses options that cannot mean what they say: `limit = 0` (a dataset of no rows,
+    /// which used to train on one) and a `rename` that gives two columns one name.
+    pub fn check(&self) -> Result<(), DatasetError> {
+        let path = self.files.first().cloned().unwrap_or_default();
+        if self.limit == Some(0) {
+            return Err(DatasetError::Columns {
+                path,
+                message: "limit = 0 leaves no rows; set a limit of at least 1, or none to use \
+                          every row"
+                    .into(),
+            });
+        }
+        let mut targets: BTreeMap<&str, &str> = BTreeMap::new();
+        for (old, new) in &self.rename {
+            if let Some(other) = targets.insert(new.as_str(), old.as_str()) {
+                return Err(DatasetError::Columns {
+                    path,
+                    message: format!(
+                        "rename: {other:?} and {old:?} would both become {new:?}; a dataset's \
+                         columns need distinct names"
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Resolves relative file paths against `base` (the config file's directory).
     pub fn resolve_paths(&mut self, base: &Path) {
         for file in &mut self.files {

@@ -130,10 +130,12 @@ fn listwise_rows_and_format_check() {
         Some("b")
     );
     let listwise = [DataFormat::query_documents_scores()];
-    assert!(dataset.check_format("ListNetLoss", &listwise, 1, 1).is_ok());
+    assert!(dataset
+        .check_format("training data", "ListNetLoss", &listwise, 1, 1)
+        .is_ok());
     let pointwise = [DataFormat::pair_binary_label()];
     let error = dataset
-        .check_format("BinaryCrossEntropyLoss", &pointwise, 0, 1)
+        .check_format("training data", "BinaryCrossEntropyLoss", &pointwise, 0, 1)
         .unwrap_err()
         .to_string();
     assert!(error.contains("BinaryCrossEntropyLoss accepts"), "{error}");
@@ -215,7 +217,13 @@ fn parquet_lists_become_document_lists() {
         LabelValues::Lists(vec![vec![1.0, 0.0], vec![0.5]])
     );
     assert!(dataset
-        .check_format("ListNetLoss", &[DataFormat::query_documents_scores()], 1, 1)
+        .check_format(
+            "training data",
+            "ListNetLoss",
+            &[DataFormat::query_documents_scores()],
+            1,
+            1
+        )
         .is_ok());
 }
 
@@ -230,6 +238,7 @@ fn binary_label_out_of_range_names_the_row() {
     let dataset = read_dataset(&DatasetSpec::from_files(vec![path])).unwrap();
     let error = dataset
         .check_format(
+            "training data",
             "BinaryCrossEntropyLoss",
             &[DataFormat::pair_binary_label()],
             0,
@@ -257,6 +266,7 @@ fn binary_label_out_of_range_names_the_row() {
     let dataset = read_dataset(&DatasetSpec::from_files(vec![first, second])).unwrap();
     let error = dataset
         .check_format(
+            "training data",
             "BinaryCrossEntropyLoss",
             &[DataFormat::pair_binary_label()],
             0,
@@ -329,9 +339,18 @@ fn disk_storage_reads_the_same_rows_as_memory_in_several_record_batches() {
     assert_eq!(disk.batch_shape(&[2, 3]), memory.batch_shape(&[2, 3]));
     let cache_file = disk.cache.clone().unwrap();
     assert!(cache_file.starts_with(&cache), "{}", cache_file.display());
-    // Nothing but the entry is left in the cache folder.
-    let entries: Vec<_> = std::fs::read_dir(&cache).unwrap().collect();
-    assert_eq!(entries.len(), 1);
+    // Nothing but the entry and its checksum is left in the cache folder.
+    let mut entries: Vec<String> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    entries.sort();
+    let entry_name = cache_file
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    assert_eq!(entries, [entry_name.clone(), format!("{entry_name}.xxh3")]);
 
     // Read again: the same entry, not rewritten.
     let written = std::fs::metadata(&cache_file).unwrap().modified().unwrap();
@@ -467,4 +486,97 @@ fn auto_storage_keeps_small_files_in_memory() {
     .unwrap();
     assert_eq!(dataset.cache, None);
     assert!(!dir.path().join("cache").exists());
+}
+
+/// Issue 31, item 13: a damaged cache entry (one flipped byte in a text) is not read: its
+/// checksum no longer matches, so the files are converted again and the rows are the file's.
+#[test]
+fn a_damaged_cache_entry_is_converted_again_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let path = write(
+        dir.path(),
+        "train.jsonl",
+        "{\"query\": \"which zebra\", \"document\": \"the striped one\", \"label\": 1}\n\
+         {\"query\": \"which horse\", \"document\": \"the brown one\", \"label\": 0}\n",
+    );
+    let spec = with_storage(vec![path], Storage::Disk);
+    let first = read_dataset_cached_in(&spec, &cache).unwrap();
+    let entry = first.cache.clone().unwrap();
+    let mut bytes = std::fs::read(&entry).unwrap();
+    let at = bytes
+        .windows(b"striped".len())
+        .position(|w| w == b"striped")
+        .expect("the text is in the entry");
+    bytes[at] ^= 0x01; // "striped" becomes "rtriped"
+    std::fs::write(&entry, &bytes).unwrap();
+    let again = read_dataset_cached_in(&spec, &cache).unwrap();
+    assert_eq!(
+        again.text(&[0], TextRef::cell(1, 0)),
+        Some("the striped one")
+    );
+    // (`first` maps the entry that was damaged in place, so the file is the reference.)
+    let memory =
+        read_dataset_cached_in(&with_storage(spec.files.clone(), Storage::Memory), &cache).unwrap();
+    assert_same_rows(&again, &memory);
+    // The entry was written anew, with a checksum that holds again.
+    let third = read_dataset_cached_in(&spec, &cache).unwrap();
+    assert_eq!(
+        third.text(&[0], TextRef::cell(1, 0)),
+        Some("the striped one")
+    );
+
+    // An entry whose checksum file is gone is not trusted either.
+    std::fs::write(&entry, &bytes).unwrap();
+    let mut checksum = entry.as_os_str().to_os_string();
+    checksum.push(".xxh3");
+    std::fs::remove_file(&checksum).unwrap();
+    let fourth = read_dataset_cached_in(&spec, &cache).unwrap();
+    assert_eq!(
+        fourth.text(&[0], TextRef::cell(1, 0)),
+        Some("the striped one")
+    );
+}
+
+/// Issue 31, items 8 and 10: `limit = 0` (which trained on one row) and a `rename` that
+/// leaves two columns of one name are errors naming the file and the setting.
+#[test]
+fn a_zero_limit_and_colliding_renames_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "train.jsonl",
+        "{\"query\": \"q1\", \"document\": \"d1\", \"passage\": \"p1\", \"label\": 1}\n",
+    );
+    let mut spec = DatasetSpec::from_files(vec![path.clone()]);
+    spec.limit = Some(0);
+    let error = read_dataset(&spec).unwrap_err().to_string();
+    assert!(
+        error.contains("train.jsonl") && error.contains("limit = 0"),
+        "{error}"
+    );
+    spec.limit = Some(1);
+    assert_eq!(read_dataset(&spec).unwrap().len(), 1);
+
+    // Two columns renamed to one name.
+    let mut spec = DatasetSpec::from_files(vec![path.clone()]);
+    spec.rename = [("document", "text"), ("passage", "text")]
+        .into_iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    let error = read_dataset(&spec).unwrap_err().to_string();
+    assert!(
+        error.contains("\"text\"") && error.contains("rename"),
+        "{error}"
+    );
+    // A rename onto a column the file already has.
+    let mut spec = DatasetSpec::from_files(vec![path]);
+    spec.rename = [("passage".to_string(), "document".to_string())]
+        .into_iter()
+        .collect();
+    let error = read_dataset(&spec).unwrap_err().to_string();
+    assert!(
+        error.contains("train.jsonl:line 1") && error.contains("\"document\""),
+        "{error}"
+    );
 }

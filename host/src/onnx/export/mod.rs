@@ -28,11 +28,17 @@ use bert::{EncoderGraph, Head};
 /// Lowest opset we emit (LayerNormalization appeared in 17).
 pub const MIN_OPSET: i64 = 17;
 
+/// Newest opset the ONNX Runtime that crosstrain runs (`scripts/fetch-onnxruntime.sh`'s
+/// version) loads: a file of a newer opset would be written and then fail to load wherever
+/// it is used, so the exporter refuses it.
+pub const MAX_OPSET: i64 = 28;
+
 /// An export failure.
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
-    /// The opset is too old for the ops we use.
-    #[error("opset {0} is not supported; use {MIN_OPSET} or newer")]
+    /// The opset is too old for the ops we use, or newer than ONNX Runtime loads.
+    #[error("opset {0} is not supported; use {MIN_OPSET} to {MAX_OPSET} (the newest ONNX Runtime \
+             {ort} loads)", ort = crate::onnx::runtime::ORT_VERSION)]
     Opset(i64),
     /// A parameter is missing from the model.
     #[error("the model has no parameter {0}")]
@@ -55,8 +61,15 @@ pub enum Quantization {
     /// with a symmetric scale per output channel for every linear layer of the encoder and
     /// head, activations quantized to uint8 at run time (`DynamicQuantizeLinear` +
     /// `MatMulInteger`, which ONNX Runtime fuses into `DynamicQuantizeMatMul`); embeddings and
-    /// norms stay float32.
+    /// norms stay float32. For CPUs with AVX-512 VNNI (or AVX-VNNI), whose `u8 x s8` dot
+    /// products do not saturate.
     Int8,
+    /// The same weights and scales as [`Quantization::Int8`], stored as uint8 with zero point
+    /// 128 (the same real values), for CPUs with AVX2 alone: there ONNX Runtime multiplies
+    /// `u8 x s8` with a saturating 16-bit pair sum (`vpmaddubsw`), which can wreck a score
+    /// (seen: 0.58 scored as 1.43), while `u8 x u8` takes a widening path that does not saturate.
+    /// sentence-transformers' `avx2` configuration likewise stores uint8 weights.
+    Uint8Avx2,
 }
 
 impl Quantization {
@@ -65,7 +78,28 @@ impl Quantization {
         match self {
             Quantization::None => "model.onnx",
             Quantization::Int8 => "model_qint8_avx512_vnni.onnx",
+            Quantization::Uint8Avx2 => "model_quint8_avx2.onnx",
         }
+    }
+
+    /// Whether the weights are quantized.
+    pub fn is_quantized(self) -> bool {
+        self != Quantization::None
+    }
+}
+
+/// Whether this CPU multiplies `u8 x s8` without saturation (AVX-512 VNNI or AVX-VNNI), as
+/// [`Quantization::Int8`] files need.
+pub fn cpu_has_vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512vnni")
+            || std::arch::is_x86_feature_detected!("avxvnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        // ARM's int8 dot products (sdot/udot) do not saturate.
+        true
     }
 }
 
@@ -148,6 +182,17 @@ impl GraphBuilder {
         tensor.dims = dims.to_vec();
         tensor.data_type = DataType::INT8 as i32;
         tensor.raw_data = values.iter().map(|&v| v as u8).collect();
+        self.initializers.push(tensor);
+        name.to_string()
+    }
+
+    /// A uint8 initializer.
+    fn uint8_tensor(&mut self, name: &str, dims: &[i64], values: Vec<u8>) -> String {
+        let mut tensor = TensorProto::new();
+        tensor.name = name.into();
+        tensor.dims = dims.to_vec();
+        tensor.data_type = DataType::UINT8 as i32;
+        tensor.raw_data = values;
         self.initializers.push(tensor);
         name.to_string()
     }
@@ -250,7 +295,9 @@ fn product(
             let w = initializer(graph, parameters, &format!("{prefix}.weight"), true)?;
             Ok(graph.node("MatMul", &[input, &w], vec![]))
         }
-        Quantization::Int8 => quantized_product(graph, parameters, input, prefix),
+        Quantization::Int8 | Quantization::Uint8Avx2 => {
+            quantized_product(graph, parameters, input, prefix)
+        }
     }
 }
 
@@ -319,13 +366,24 @@ fn quantized_product(
     let (out, inputs) = tensor.dims2()?;
     let values: Vec<f32> = tensor.flatten_all()?.to_vec1()?;
     let (quantized, scales) = quantize_per_channel(&values, out, inputs);
-    let w = graph.int8_tensor(
-        &format!("{name}_quantized"),
-        &[inputs as i64, out as i64],
-        &quantized,
-    );
+    let dims = [inputs as i64, out as i64];
+    let (w, w_zero) = if graph.quantization == Quantization::Uint8Avx2 {
+        // q + 128 with zero point 128: the same real values as int8's q with zero point 0.
+        let shifted = quantized
+            .iter()
+            .map(|&q| (i16::from(q) + 128) as u8)
+            .collect();
+        (
+            graph.uint8_tensor(&format!("{name}_quantized"), &dims, shifted),
+            graph.uint8_tensor(&format!("{name}_zero_point"), &[out as i64], vec![128; out]),
+        )
+    } else {
+        (
+            graph.int8_tensor(&format!("{name}_quantized"), &dims, &quantized),
+            graph.int8_tensor(&format!("{name}_zero_point"), &[out as i64], &vec![0; out]),
+        )
+    };
     let w_scale = graph.float_tensor(&format!("{name}_scale"), &[out as i64], &scales);
-    let w_zero = graph.int8_tensor(&format!("{name}_zero_point"), &[out as i64], &vec![0; out]);
     let quantized_input = graph.node_outputs("DynamicQuantizeLinear", &[input], 3, vec![]);
     let [x_q, x_scale, x_zero] = [
         &quantized_input[0],
@@ -419,7 +477,7 @@ pub fn export_onnx_with(
     opset: i64,
     quantization: Quantization,
 ) -> Result<Vec<u8>, ExportError> {
-    if opset < MIN_OPSET {
+    if !(MIN_OPSET..=MAX_OPSET).contains(&opset) {
         return Err(ExportError::Opset(opset));
     }
     let parameters: HashMap<String, Tensor> = model.named_parameters()?.into_iter().collect();

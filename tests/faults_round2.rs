@@ -610,8 +610,7 @@ fn meaningless_settings_are_refused() {
         data_arg,
         "--output",
         mined.to_str().unwrap(),
-        "--bm25-k1",
-        "-1",
+        "--bm25-k1=-1",
     ]);
     assert_fails_with(&bm25, &["--bm25-k1 -1"]);
     assert!(!mined.exists());

@@ -8,13 +8,15 @@ cd "$(dirname "$0")/.."
 shared=${1:-../shared}
 reference="$shared/reference"
 for model in tiny-bert-ce tiny-bert-ce-3labels tiny-xlmr-ce tiny-electra-ce tiny-modernbert-ce \
-    tiny-modernbert-mean-ce tiny-deberta-v2-ce; do
+    tiny-modernbert-mean-ce tiny-deberta-v2-ce tiny-qwen3-reranker tiny-qwen3-seqcls \
+    tiny-qwen2-reranker; do
     rm -rf "tests/fixtures/models/$model"
     cp -r "$reference/models/$model" "tests/fixtures/models/$model"
     rm -f "tests/fixtures/models/$model/README.md"  # the card is not a test input
 done
-for file in model_parity.json model_parity_families.json trajectories.json golden_losses.json \
-    golden_losses_adrmse.json golden_metrics.json; do
+for file in model_parity.json model_parity_families.json model_parity_decoders.json \
+    trajectories.json trajectories_decoders.json golden_losses.json golden_losses_adrmse.json \
+    golden_metrics.json; do
     cp "$reference/$file" "tests/fixtures/$file"
 done
 echo "copied into tests/fixtures"

@@ -720,10 +720,11 @@ fn sentence_embeddings_are_unit_length_and_padding_free() {
 
 #[test]
 fn an_unsupported_architecture_is_refused_before_any_work_naming_what_is_supported() {
-    // A BERT-shaped directory whose config says Qwen3 (a decoder reranker, not implemented):
-    // before the model crate, any such config was trained as BERT and saved relabelled as BERT.
+    // A BERT-shaped directory whose config says Mistral (a decoder crosstrain does not
+    // implement): before the model crate, any such config was trained as BERT and saved
+    // relabelled as BERT.
     let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("qwen3");
+    let model = dir.path().join("mistral");
     std::fs::create_dir(&model).unwrap();
     for file in [
         "model.safetensors",
@@ -733,13 +734,13 @@ fn an_unsupported_architecture_is_refused_before_any_work_naming_what_is_support
         std::fs::copy(tiny("tiny-bert-ce").join(file), model.join(file)).unwrap();
     }
     let mut config = read_json(&tiny("tiny-bert-ce").join("config.json"));
-    config["architectures"] = serde_json::json!(["Qwen3ForSequenceClassification"]);
-    config["model_type"] = "qwen3".into();
+    config["architectures"] = serde_json::json!(["MistralForSequenceClassification"]);
+    config["model_type"] = "mistral".into();
     std::fs::write(model.join("config.json"), config.to_string()).unwrap();
 
     let error = match CrossEncoder::load_dir(&model, &LoadOptions::default()) {
         Err(error) => error,
-        Ok(_) => panic!("a Qwen3 config loaded as BERT"),
+        Ok(_) => panic!("a Mistral config loaded as BERT"),
     };
     assert!(
         matches!(error, ModelError::UnsupportedArchitecture { .. }),
@@ -749,7 +750,7 @@ fn an_unsupported_architecture_is_refused_before_any_work_naming_what_is_support
     assert!(
         message.contains("config.json")
             && message.contains("XLMRobertaForSequenceClassification")
-            && message.contains("\"Qwen3ForSequenceClassification\" is not supported")
+            && message.contains("\"MistralForSequenceClassification\" is not supported")
             && message.contains("BERT")
             && message.contains("BertForSequenceClassification"),
         "{message}"
@@ -767,7 +768,7 @@ fn an_unsupported_architecture_is_refused_before_any_work_naming_what_is_support
     ]);
     assert!(!output.status.success());
     assert!(
-        stderr(&output).contains("Qwen3ForSequenceClassification"),
+        stderr(&output).contains("MistralForSequenceClassification"),
         "{}",
         stderr(&output)
     );

@@ -5,7 +5,6 @@
 mod support;
 
 use std::path::Path;
-use std::sync::OnceLock;
 
 use candle_core::{Device, Tensor};
 use crosstrain::model::{CrossEncoder, LoadOptions};
@@ -13,23 +12,6 @@ use crosstrain::onnx::{export_onnx, OnnxScorer, MIN_OPSET};
 use crosstrain::tokenize::EncodedPairs;
 use serde_json::Value;
 use support::*;
-
-/// Makes sure the ONNX Runtime library is available, fetching it with the project's script.
-fn ensure_onnxruntime() {
-    static READY: OnceLock<()> = OnceLock::new();
-    READY.get_or_init(|| {
-        if crosstrain::onnx::library_path().is_err() {
-            let script =
-                Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/fetch-onnxruntime.sh");
-            let status = std::process::Command::new("bash")
-                .arg(script)
-                .status()
-                .expect("bash runs");
-            assert!(status.success(), "scripts/fetch-onnxruntime.sh failed");
-        }
-        crosstrain::onnx::library_path().expect("ONNX Runtime library available");
-    });
-}
 
 /// Four (query, document, 0/1 label) rows in `dir/train.jsonl`, for short training runs.
 fn four_labeled_pairs(dir: &Path) -> std::path::PathBuf {

@@ -198,3 +198,34 @@ pub fn train(model: &Path, data: &Path, output: &Path, more: &[&str]) -> Output 
         .output()
         .expect("crosstrain runs")
 }
+
+/// Copies a directory with its subfolders (a model and its module folders).
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// Makes sure the ONNX Runtime library is available, fetching it with the project's script.
+pub fn ensure_onnxruntime() {
+    static READY: OnceLock<()> = OnceLock::new();
+    READY.get_or_init(|| {
+        if crosstrain::onnx::library_path().is_err() {
+            let script =
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/fetch-onnxruntime.sh");
+            let status = std::process::Command::new("bash")
+                .arg(script)
+                .status()
+                .expect("bash runs");
+            assert!(status.success(), "scripts/fetch-onnxruntime.sh failed");
+        }
+        crosstrain::onnx::library_path().expect("ONNX Runtime library available");
+    });
+}

@@ -13,7 +13,7 @@ use crosstrain::train::config::TrainConfig;
 use crosstrain::train::step::{accumulate_batch, GradAccumulator};
 use crosstrain::train::{train, RunOptions};
 use serde_json::{json, Value};
-use support::{fixture, read_json, run, stderr, stdout, train_cli, MODEL_FILES};
+use support::{copy_tree, fixture, read_json, run, stderr, stdout, train_cli, MODEL_FILES};
 
 fn tiny_model() -> String {
     fixture("models/tiny-bert-ce").display().to_string()
@@ -811,11 +811,12 @@ fn best_checkpoint_is_loaded_at_the_end_and_kept_by_the_limit() {
     assert_eq!(load_weights(&output), load_weights(&output.join(&best)));
 }
 
-/// Trains as sentence-transformers' `CrossEncoderTrainer` did for `trajectories.json` (dropout
-/// zeroed in a copy of the model, the whole training set in one batch per step) and returns
-/// (largest relative loss error, largest final-logit error).
-fn trajectory_errors(run_id: &str) -> (f64, f64) {
-    let trajectories = read_json(&fixture("trajectories.json"));
+/// Trains as sentence-transformers' `CrossEncoderTrainer` did for a run of `trajectories`
+/// (`trajectories.json`, `trajectories_decoders.json`: dropout zeroed in a copy of the model,
+/// the whole training set in one batch per step) and returns (largest relative loss error,
+/// largest final-score error).
+fn trajectory_errors(trajectories: &str, run_id: &str) -> (f64, f64) {
+    let trajectories = read_json(&fixture(trajectories));
     let reference = &trajectories["runs"][run_id];
     let settings = &reference["settings"];
     let dir = tempfile::tempdir().unwrap();
@@ -827,10 +828,7 @@ fn trajectory_errors(run_id: &str) -> (f64, f64) {
             .unwrap()
             .trim_start_matches("models/"),
     );
-    for entry in std::fs::read_dir(&source).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), model.join(entry.file_name())).unwrap();
-    }
+    copy_tree(&source, &model);
     let mut config = read_json(&model.join("config.json"));
     for key in [
         "hidden_dropout_prob",
@@ -919,16 +917,16 @@ fn trajectory_errors(run_id: &str) -> (f64, f64) {
         .iter()
         .flatten()
         .zip(
-            reference["final_logits"]
+            // Encoders' final logits are rows; decoders' final scores are one number each.
+            reference
+                .get("final_logits")
+                .unwrap_or(&reference["final_scores"])
                 .as_array()
                 .unwrap()
                 .iter()
-                .flat_map(|row| {
-                    row.as_array()
-                        .unwrap()
-                        .iter()
-                        .map(|v| v.as_f64().unwrap())
-                        .collect::<Vec<_>>()
+                .flat_map(|row| match row.as_array() {
+                    Some(row) => row.iter().map(|v| v.as_f64().unwrap()).collect::<Vec<_>>(),
+                    None => vec![row.as_f64().unwrap()],
                 }),
         )
         .map(|(a, b)| (a - b).abs())
@@ -950,11 +948,31 @@ fn training_trajectories_match_the_cross_encoder_trainer() {
         "tiny-modernbert-mean-ce/bce",
         "tiny-deberta-v2-ce/bce",
     ] {
-        let (loss_error, logit_error) = trajectory_errors(run_id);
+        let (loss_error, logit_error) = trajectory_errors("trajectories.json", run_id);
         assert!(loss_error < 1e-4, "{run_id}: loss rel err {loss_error}");
         assert!(
             logit_error < 1e-4,
             "{run_id}: final logits err {logit_error}"
+        );
+    }
+}
+
+/// `trajectories_decoders.json`, the full fine-tuning runs: sentence-transformers 6.3's
+/// per-step losses and final raw scores of the Qwen3 reranker (LogitScore), the Qwen3
+/// sequence classifier and the Qwen2 reranker (BinaryCrossEntropyLoss, 8 steps, warm-up,
+/// weight decay except on norms, clipping), reproduced by `crosstrain train`.
+#[test]
+fn decoder_training_trajectories_match_the_cross_encoder_trainer() {
+    for run_id in [
+        "tiny-qwen3-reranker/bce",
+        "tiny-qwen3-seqcls/bce",
+        "tiny-qwen2-reranker/bce",
+    ] {
+        let (loss_error, score_error) = trajectory_errors("trajectories_decoders.json", run_id);
+        assert!(loss_error < 1e-4, "{run_id}: loss rel err {loss_error}");
+        assert!(
+            score_error < 1e-4,
+            "{run_id}: final scores err {score_error}"
         );
     }
 }

@@ -70,6 +70,10 @@ pub struct CrossEncoder {
     device: Device,
     initialised: Vec<String>,
     default_activation: DefaultActivation,
+    /// `config_sentence_transformers.json`'s prompts by name, kept on save.
+    prompts: std::collections::BTreeMap<String, String>,
+    /// The prompt applied when none is asked for, by name.
+    default_prompt_name: Option<String>,
 }
 
 /// The first pair (0-based, input order) with a NaN or infinite logit, and that logit: a
@@ -80,6 +84,177 @@ pub fn first_non_finite(logits: &[Vec<f32>]) -> Option<(usize, f32)> {
             .find(|value| !value.is_finite())
             .map(|&value| (pair, value))
     })
+}
+
+/// The index of a sharded checkpoint.
+pub(crate) const SHARD_INDEX: &str = "model.safetensors.index.json";
+
+/// Every tensor of a sharded checkpoint: each shard its index's `weight_map` names, read
+/// once. A tensor the index places in a shard that lacks it is an error naming both.
+fn load_shards(
+    dir: &Path,
+    index_path: &Path,
+) -> Result<std::collections::HashMap<String, Tensor>, ModelError> {
+    let bad = |path: &Path, message: String| ModelError::BadFile {
+        path: path.to_path_buf(),
+        message,
+    };
+    let index = read_json(index_path)?;
+    let weight_map = index
+        .get("weight_map")
+        .and_then(Value::as_object)
+        .ok_or_else(|| bad(index_path, "no weight_map".into()))?;
+    let mut shards: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
+    for (name, shard) in weight_map {
+        let shard = shard
+            .as_str()
+            .ok_or_else(|| bad(index_path, format!("weight_map.{name} is not a file name")))?;
+        if shard.contains('/') || shard.contains('\\') || shard.starts_with('.') {
+            return Err(bad(
+                index_path,
+                format!("weight_map.{name}: {shard:?} is not a file of this directory"),
+            ));
+        }
+        shards.insert(shard);
+    }
+    let mut by_shard = std::collections::HashMap::new();
+    for shard in shards {
+        let path = dir.join(shard);
+        let loaded = candle_core::safetensors::load(&path, &Device::Cpu)
+            .map_err(|e| bad(&path, e.to_string()))?;
+        by_shard.insert(shard, loaded);
+    }
+    // Each tensor from the shard the index names for it.
+    let mut tensors = std::collections::HashMap::new();
+    for (name, shard) in weight_map {
+        let shard = shard.as_str().unwrap_or_default();
+        let tensor = by_shard
+            .get(shard)
+            .and_then(|loaded| loaded.get(name))
+            .ok_or_else(|| {
+                bad(
+                    index_path,
+                    format!("{name} is said to be in {shard}, which does not have it"),
+                )
+            })?;
+        tensors.insert(name.clone(), tensor.clone());
+    }
+    Ok(tensors)
+}
+
+/// `prompts` and `default_prompt_name` of `config_sentence_transformers.json` (none when the
+/// file or the keys are absent).
+#[allow(clippy::type_complexity)]
+fn read_prompts(
+    dir: &Path,
+) -> Result<(std::collections::BTreeMap<String, String>, Option<String>), ModelError> {
+    let path = dir.join("config_sentence_transformers.json");
+    let Ok(config) = read_json(&path) else {
+        return Ok(Default::default());
+    };
+    let mut prompts = std::collections::BTreeMap::new();
+    if let Some(map) = config.get("prompts").and_then(Value::as_object) {
+        for (name, prompt) in map {
+            let prompt = prompt.as_str().ok_or_else(|| ModelError::BadFile {
+                path: path.clone(),
+                message: format!("prompts.{name} is not a string"),
+            })?;
+            prompts.insert(name.clone(), prompt.to_string());
+        }
+    }
+    let default = config
+        .get("default_prompt_name")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    Ok((prompts, default))
+}
+
+/// A decoder reranker's head and chat format: the causal head's true/false tokens from the
+/// LogitScore module (else the tokenizer's `yes` and `no`), the chat template, and the
+/// padding side its head reads (left for a causal LM, right for a classifier).
+fn decoder_setup(
+    dir: &Path,
+    config: FamilyConfig,
+    modules: &crate::modules::CrossEncoderModules,
+    tokenizer: &PairTokenizer,
+) -> Result<(FamilyConfig, crate::chat::ChatFormat), ModelError> {
+    let FamilyConfig::Decoder(decoder) = config else {
+        return Ok((config, unreachable_chat()?));
+    };
+    let vocabulary = tokenizer.untruncated();
+    let decoder = if decoder.is_causal_lm() {
+        let (true_id, false_id) = match &modules.logit_score {
+            Some((score, _)) => (score.true_token_id, score.false_token_id),
+            None => {
+                let id = |token: &str| {
+                    vocabulary
+                        .token_to_id(token)
+                        .ok_or_else(|| ModelError::BadFile {
+                            path: dir.join("tokenizer.json"),
+                            message: format!(
+                            "a causal LM without a LogitScore module is scored by the logits of \
+                             \"yes\" and \"no\", and the tokenizer has no {token:?}"
+                        ),
+                        })
+                };
+                (id("yes")?, Some(id("no")?))
+            }
+        };
+        for id in std::iter::once(true_id).chain(false_id) {
+            if id as usize >= decoder.vocab_size {
+                return Err(ModelError::BadFile {
+                    path: dir.join("1_LogitScore/config.json"),
+                    message: format!(
+                        "token id {id} is outside the vocabulary of {}",
+                        decoder.vocab_size
+                    ),
+                });
+            }
+        }
+        decoder.with_logit_score(true_id, false_id)
+    } else {
+        decoder
+    };
+    let (template, origin) =
+        crate::chat::read_template(dir)?.ok_or_else(|| ModelError::BadFile {
+            path: dir.join("chat_template.jinja"),
+            message: "a decoder reranker needs a chat template (chat_template.jinja, or \
+                  chat_template in tokenizer_config.json) to turn pairs into its input"
+                .into(),
+        })?;
+    let pad_id = decoder
+        .pad_token_id
+        .or_else(|| tokenizer_pad_id(dir, vocabulary))
+        .ok_or_else(|| ModelError::BadFile {
+            path: dir.join("tokenizer_config.json"),
+            message: "no pad token: set pad_token there or pad_token_id in config.json".into(),
+        })?;
+    let side = if decoder.is_causal_lm() {
+        crate::chat::PaddingSide::Left
+    } else {
+        crate::chat::PaddingSide::Right
+    };
+    let chat = crate::chat::ChatFormat::new(template, origin, vocabulary, side, pad_id)?;
+    Ok((FamilyConfig::Decoder(decoder), chat))
+}
+
+/// Never called: [`decoder_setup`] is only reached for decoders.
+fn unreachable_chat() -> Result<crate::chat::ChatFormat, ModelError> {
+    Err(ModelError::BadFile {
+        path: PathBuf::new(),
+        message: "not a decoder".into(),
+    })
+}
+
+/// The id of `tokenizer_config.json`'s `pad_token`.
+fn tokenizer_pad_id(dir: &Path, tokenizer: &tokenizers::Tokenizer) -> Option<u32> {
+    let config = read_json(&dir.join("tokenizer_config.json")).ok()?;
+    let token = match config.get("pad_token")? {
+        Value::String(token) => token.clone(),
+        Value::Object(map) => map.get("content")?.as_str()?.to_string(),
+        _ => return None,
+    };
+    tokenizer.token_to_id(&token)
 }
 
 /// A truncation length the model can take: at least 1, at most what its position embeddings
@@ -179,6 +354,8 @@ impl CrossEncoder {
     pub fn load_dir(dir: &Path, options: &LoadOptions) -> Result<Self, ModelError> {
         // The family is decided (and an unsupported one refused) before anything else is read.
         let (config, raw_config) = read_model_config(dir)?;
+        // sentence-transformers' modules: any this crate does not run is an error here.
+        let modules = crate::modules::read_modules(dir)?;
         let tensor_names = config.family().tensor_names();
         let weights_path = dir.join("model.safetensors");
         if weights_path.is_dir() {
@@ -187,6 +364,10 @@ impl CrossEncoder {
                 file: "model.safetensors",
             });
         }
+        // Large checkpoints come in shards listed by an index (the 4B and 8B rerankers).
+        let index_path = dir.join(SHARD_INDEX);
+        let sharded = !weights_path.is_file() && index_path.is_file();
+        let weights_path = if sharded { index_path } else { weights_path };
         if !options.from_scratch && !weights_path.is_file() {
             if dir.join("pytorch_model.bin").is_file() {
                 return Err(ModelError::PytorchBin {
@@ -203,12 +384,31 @@ impl CrossEncoder {
             Some(length) => check_max_length(dir, length, &config)?,
             None => default_max_length(dir, &config)?,
         };
-        let tokenizer = load_tokenizer(&tokenizer_path, max_length)?;
+        let mut tokenizer = load_tokenizer(&tokenizer_path, max_length)?;
+        let config = if config.family().is_decoder() {
+            let (config, chat) = decoder_setup(dir, config, &modules, &tokenizer)?;
+            tokenizer = tokenizer.with_chat(chat);
+            config
+        } else {
+            if let Some((_, folder)) = &modules.logit_score {
+                return Err(ModelError::BadFile {
+                    path: folder.clone(),
+                    message: format!(
+                        "a LogitScore module reads a causal LM's logits; this model is a {} \
+                         sequence classifier",
+                        config.family().display_name()
+                    ),
+                });
+            }
+            config
+        };
         let num_labels = options.num_labels.unwrap_or_else(|| config.num_labels());
         let initializer_range = config.initializer_range();
 
         let checkpoint = if options.from_scratch {
             std::collections::HashMap::new()
+        } else if sharded {
+            load_shards(dir, &weights_path)?
         } else {
             candle_core::safetensors::load(&weights_path, &Device::Cpu).map_err(|e| {
                 ModelError::BadFile {
@@ -273,6 +473,19 @@ impl CrossEncoder {
         }
         let (trainables, packed_layers) = pack_parameters(&mut network, &varmap)?;
         let default_activation = default_activation(dir, num_labels);
+        let (prompts, default_prompt_name) = read_prompts(dir)?;
+        if let Some(name) = &default_prompt_name {
+            let prompt = prompts.get(name).ok_or_else(|| ModelError::BadFile {
+                path: dir.join("config_sentence_transformers.json"),
+                message: format!(
+                    "default_prompt_name {name:?} is not among the prompts ({})",
+                    prompts.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            })?;
+            if tokenizer.chat().is_some() {
+                tokenizer.set_prompt(Some(prompt.clone()));
+            }
+        }
         Ok(Self {
             network,
             tokenizer,
@@ -285,6 +498,8 @@ impl CrossEncoder {
             device: options.device.clone(),
             initialised,
             default_activation,
+            prompts,
+            default_prompt_name,
         })
     }
 
@@ -326,6 +541,54 @@ impl CrossEncoder {
     /// Parameters that were freshly initialised because the checkpoint lacked them.
     pub fn initialised_parameters(&self) -> &[String] {
         &self.initialised
+    }
+
+    /// The prompts saved with the model (`config_sentence_transformers.json`), by name.
+    pub fn prompts(&self) -> &std::collections::BTreeMap<String, String> {
+        &self.prompts
+    }
+
+    /// The prompt every pair gets now (the default prompt after loading), if any.
+    pub fn prompt(&self) -> Option<&str> {
+        self.tokenizer.prompt()
+    }
+
+    /// Sets the prompt every pair gets: a decoder reranker's leading system message, as
+    /// sentence-transformers applies `prompt=`. Encoder cross-encoders take no prompt here:
+    /// that is an error rather than a prompt silently dropped.
+    pub fn set_prompt(&mut self, prompt: Option<String>) -> Result<(), ModelError> {
+        if prompt.is_some() && self.tokenizer.chat().is_none() {
+            return Err(ModelError::BadFile {
+                path: self.source_dir.clone(),
+                message: format!(
+                    "prompts apply to decoder rerankers (chat messages); this is a {} \
+                     cross-encoder",
+                    self.family().display_name()
+                ),
+            });
+        }
+        self.tokenizer.set_prompt(prompt);
+        Ok(())
+    }
+
+    /// Sets the saved prompt `name` as the prompt every pair gets.
+    pub fn set_prompt_name(&mut self, name: &str) -> Result<(), ModelError> {
+        let prompt = self
+            .prompts
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ModelError::BadFile {
+                path: self.source_dir.join("config_sentence_transformers.json"),
+                message: format!(
+                    "no prompt named {name:?}; the model has {}",
+                    if self.prompts.is_empty() {
+                        "none".to_string()
+                    } else {
+                        self.prompts.keys().cloned().collect::<Vec<_>>().join(", ")
+                    }
+                ),
+            })?;
+        self.set_prompt(Some(prompt))
     }
 
     /// The activation sentence-transformers' `predict` would apply.
@@ -505,34 +768,97 @@ impl CrossEncoder {
             DefaultActivation::Sigmoid => "torch.nn.modules.activation.Sigmoid",
             DefaultActivation::Identity => "torch.nn.modules.linear.Identity",
         };
+        // The layout of the sentence-transformers release whose files this one follows:
+        // 6.2 for the encoders, 6.3 (which added decoder rerankers) for the decoders.
+        let layout_version = if self.family().is_decoder() {
+            "6.3.0"
+        } else {
+            "6.2.0"
+        };
         write_json(
             "config_sentence_transformers.json",
             &serde_json::json!({
                 "__version__": {
-                    "sentence_transformers": "6.2.0",
+                    "sentence_transformers": layout_version,
                     "crosstrain": env!("CARGO_PKG_VERSION"),
                 },
                 "activation_fn": activation,
-                "default_prompt_name": null,
+                "default_prompt_name": self.default_prompt_name,
                 "model_type": "CrossEncoder",
-                "prompts": {},
+                "prompts": self.prompts,
             }),
         )?;
-        write_json(
-            "modules.json",
-            &serde_json::json!([{
-                "idx": 0, "name": "0", "path": "",
-                "type": "sentence_transformers.base.modules.transformer.Transformer"
-            }]),
-        )?;
-        write_json(
-            "sentence_bert_config.json",
-            &serde_json::json!({
-                "transformer_task": "sequence-classification",
-                "modality_config": {"text": {"method": "forward", "method_output_name": "logits"}},
-                "module_output_name": "scores"
-            }),
-        )?;
+        let transformer = serde_json::json!({
+            "idx": 0, "name": "0", "path": "",
+            "type": "sentence_transformers.base.modules.transformer.Transformer"
+        });
+        let FamilyConfig::Decoder(decoder) = &self.config else {
+            write_json("modules.json", &Value::Array(vec![transformer]))?;
+            write_json(
+                "sentence_bert_config.json",
+                &serde_json::json!({
+                    "transformer_task": "sequence-classification",
+                    "modality_config": {"text": {"method": "forward", "method_output_name": "logits"}},
+                    "module_output_name": "scores"
+                }),
+            )?;
+            return Ok(());
+        };
+        // A decoder reranker: its chat template, and for a causal LM the LogitScore module.
+        if let Some((template, _)) = crate::chat::read_template(&self.source_dir)? {
+            let path = dir.join("chat_template.jinja");
+            std::fs::write(&path, template).map_err(|source| ModelError::Io { path, source })?;
+        }
+        let message_modality = serde_json::json!({
+            "text": {"method": "forward", "method_output_name": "logits"},
+            "message": {"method": "forward", "method_output_name": "logits", "format": "flat"}
+        });
+        match decoder.head {
+            crate::qwen::DecoderHead::LogitScore {
+                true_token_id,
+                false_token_id,
+            } => {
+                let folder = dir.join("1_LogitScore");
+                std::fs::create_dir_all(&folder).map_err(|source| ModelError::Io {
+                    path: folder.clone(),
+                    source,
+                })?;
+                write_json(
+                    "1_LogitScore/config.json",
+                    &serde_json::json!({
+                        "true_token_id": true_token_id,
+                        "false_token_id": false_token_id,
+                        "module_input_name": "causal_logits",
+                    }),
+                )?;
+                write_json(
+                    "modules.json",
+                    &serde_json::json!([transformer, {
+                        "idx": 1, "name": "1", "path": "1_LogitScore",
+                        "type": crate::modules::LOGIT_SCORE_TYPE
+                    }]),
+                )?;
+                write_json(
+                    "sentence_bert_config.json",
+                    &serde_json::json!({
+                        "transformer_task": "text-generation",
+                        "modality_config": message_modality,
+                        "module_output_name": "causal_logits"
+                    }),
+                )?;
+            }
+            crate::qwen::DecoderHead::Classification { .. } => {
+                write_json("modules.json", &Value::Array(vec![transformer]))?;
+                write_json(
+                    "sentence_bert_config.json",
+                    &serde_json::json!({
+                        "transformer_task": "sequence-classification",
+                        "modality_config": message_modality,
+                        "module_output_name": "scores"
+                    }),
+                )?;
+            }
+        }
         Ok(())
     }
 }

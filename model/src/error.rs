@@ -109,6 +109,9 @@ pub enum ModelError {
     /// Tokenization failed.
     #[error(transparent)]
     Tokenize(#[from] crate::tokenize::TokenizeError),
+    /// A decoder's chat template could not be read or rendered.
+    #[error(transparent)]
+    Chat(#[from] crate::chat::ChatError),
     /// A device that does not exist or that this build cannot use.
     #[error("{0}")]
     Device(String),

@@ -25,6 +25,7 @@ use crate::error::ModelError;
 use crate::modernbert::{
     self, ModernBertConfig, ModernBertForSequenceClassification, ModernBertModel,
 };
+use crate::qwen::{self, DecoderConfig, DecoderKind, DecoderReranker};
 use crate::tokens::TokenTensors;
 use crate::weights::TensorNames;
 use crate::xlm_roberta;
@@ -43,6 +44,13 @@ pub enum ModelFamily {
     ModernBert,
     /// DeBERTa-v2 and v3 (mxbai-rerank-v1, the nli-deberta-v3 cross-encoders): candle's ops.
     DebertaV2,
+    /// Qwen3 decoder rerankers (Qwen3-Reranker, zerank-2, jina-reranker-v3, the seq-cls
+    /// conversions): candle's ops.
+    Qwen3,
+    /// Qwen2 decoder rerankers (mxbai-rerank-v2): candle's ops.
+    Qwen2,
+    /// Llama-architecture decoder rerankers: candle's ops.
+    Llama,
 }
 
 impl ModelFamily {
@@ -53,6 +61,9 @@ impl ModelFamily {
         ModelFamily::Electra,
         ModelFamily::ModernBert,
         ModelFamily::DebertaV2,
+        ModelFamily::Qwen3,
+        ModelFamily::Qwen2,
+        ModelFamily::Llama,
     ];
 
     /// The family's sequence classifier in transformers: what a saved `config.json` names
@@ -64,6 +75,9 @@ impl ModelFamily {
             ModelFamily::Electra => "ElectraForSequenceClassification",
             ModelFamily::ModernBert => "ModernBertForSequenceClassification",
             ModelFamily::DebertaV2 => "DebertaV2ForSequenceClassification",
+            ModelFamily::Qwen3 => "Qwen3ForCausalLM",
+            ModelFamily::Qwen2 => "Qwen2ForCausalLM",
+            ModelFamily::Llama => "LlamaForCausalLM",
         }
     }
 
@@ -75,6 +89,9 @@ impl ModelFamily {
             ModelFamily::Electra => "electra",
             ModelFamily::ModernBert => "modernbert",
             ModelFamily::DebertaV2 => "deberta-v2",
+            ModelFamily::Qwen3 => "qwen3",
+            ModelFamily::Qwen2 => "qwen2",
+            ModelFamily::Llama => "llama",
         }
     }
 
@@ -86,6 +103,9 @@ impl ModelFamily {
             ModelFamily::Electra => "ELECTRA",
             ModelFamily::ModernBert => "ModernBERT",
             ModelFamily::DebertaV2 => "DeBERTa-v2",
+            ModelFamily::Qwen3 => "Qwen3",
+            ModelFamily::Qwen2 => "Qwen2",
+            ModelFamily::Llama => "Llama",
         }
     }
 
@@ -97,6 +117,9 @@ impl ModelFamily {
             ModelFamily::Electra => electra::ARCHITECTURES,
             ModelFamily::ModernBert => modernbert::ARCHITECTURES,
             ModelFamily::DebertaV2 => deberta_v2::ARCHITECTURES,
+            ModelFamily::Qwen3 => qwen::QWEN3_ARCHITECTURES,
+            ModelFamily::Qwen2 => qwen::QWEN2_ARCHITECTURES,
+            ModelFamily::Llama => qwen::LLAMA_ARCHITECTURES,
         }
     }
 
@@ -108,7 +131,17 @@ impl ModelFamily {
             ModelFamily::Electra => electra::TENSOR_NAMES,
             ModelFamily::ModernBert => modernbert::TENSOR_NAMES,
             ModelFamily::DebertaV2 => deberta_v2::TENSOR_NAMES,
+            ModelFamily::Qwen3 | ModelFamily::Qwen2 | ModelFamily::Llama => qwen::TENSOR_NAMES,
         }
+    }
+
+    /// Whether the family is a decoder (scored through a chat template, padded on the left
+    /// for a causal LM head).
+    pub fn is_decoder(self) -> bool {
+        matches!(
+            self,
+            ModelFamily::Qwen3 | ModelFamily::Qwen2 | ModelFamily::Llama
+        )
     }
 
     /// The family a `config.json` names: its first `architectures` entry, else its
@@ -176,6 +209,8 @@ pub enum FamilyConfig {
     ModernBert(ModernBertConfig),
     /// A DeBERTa-v2 config.
     DebertaV2(DebertaV2Config),
+    /// A decoder reranker's config (Qwen3, Qwen2, Llama).
+    Decoder(DecoderConfig),
 }
 
 impl FamilyConfig {
@@ -186,6 +221,27 @@ impl FamilyConfig {
             message,
         };
         let family = ModelFamily::of_config(raw, path)?;
+        let decoder_kind = match family {
+            ModelFamily::Qwen3 => Some(DecoderKind::Qwen3),
+            ModelFamily::Qwen2 => Some(DecoderKind::Qwen2),
+            ModelFamily::Llama => Some(DecoderKind::Llama),
+            _ => None,
+        };
+        if let Some(kind) = decoder_kind {
+            let num_labels = raw
+                .get("id2label")
+                .and_then(Value::as_object)
+                .map(|labels| labels.len())
+                .or_else(|| {
+                    raw.get("num_labels")
+                        .and_then(Value::as_u64)
+                        .map(|n| n as usize)
+                })
+                .unwrap_or(1);
+            return Ok(FamilyConfig::Decoder(DecoderConfig::parse(
+                raw, path, kind, num_labels,
+            )?));
+        }
         if family == ModelFamily::DebertaV2 {
             let config: DebertaV2Config = serde_json::from_value(Value::Object(raw.clone()))
                 .map_err(|e| bad_file(e.to_string()))?;
@@ -214,8 +270,23 @@ impl FamilyConfig {
                 FamilyConfig::XlmRoberta(config)
             }
             ModelFamily::Electra => FamilyConfig::Electra(config),
-            ModelFamily::ModernBert | ModelFamily::DebertaV2 => unreachable!("parsed above"),
+            ModelFamily::ModernBert
+            | ModelFamily::DebertaV2
+            | ModelFamily::Qwen3
+            | ModelFamily::Qwen2
+            | ModelFamily::Llama => unreachable!("parsed above"),
         })
+    }
+
+    /// The transformers class of the saved model: the family's sequence classifier, or a
+    /// decoder's own (`Qwen3ForCausalLM`, `Qwen3ForSequenceClassification`, ...).
+    pub fn architecture_name(&self) -> &str {
+        match self {
+            FamilyConfig::Decoder(config) if !config.architecture.is_empty() => {
+                &config.architecture
+            }
+            other => other.family().architecture(),
+        }
     }
 
     /// The family.
@@ -226,6 +297,11 @@ impl FamilyConfig {
             FamilyConfig::Electra(_) => ModelFamily::Electra,
             FamilyConfig::ModernBert(_) => ModelFamily::ModernBert,
             FamilyConfig::DebertaV2(_) => ModelFamily::DebertaV2,
+            FamilyConfig::Decoder(config) => match config.kind {
+                DecoderKind::Qwen3 => ModelFamily::Qwen3,
+                DecoderKind::Qwen2 => ModelFamily::Qwen2,
+                DecoderKind::Llama => ModelFamily::Llama,
+            },
         }
     }
 
@@ -238,6 +314,7 @@ impl FamilyConfig {
             FamilyConfig::Bert(_) | FamilyConfig::Electra(_) => true,
             FamilyConfig::XlmRoberta(_) | FamilyConfig::ModernBert(_) => false,
             FamilyConfig::DebertaV2(config) => config.type_vocab_size > 0,
+            FamilyConfig::Decoder(_) => false,
         }
     }
 
@@ -248,7 +325,9 @@ impl FamilyConfig {
             FamilyConfig::Bert(config)
             | FamilyConfig::XlmRoberta(config)
             | FamilyConfig::Electra(config) => Some(config),
-            FamilyConfig::ModernBert(_) | FamilyConfig::DebertaV2(_) => None,
+            FamilyConfig::ModernBert(_) | FamilyConfig::DebertaV2(_) | FamilyConfig::Decoder(_) => {
+                None
+            }
         }
     }
 
@@ -257,6 +336,7 @@ impl FamilyConfig {
         match self {
             FamilyConfig::ModernBert(config) => config.num_labels(),
             FamilyConfig::DebertaV2(config) => config.num_labels(),
+            FamilyConfig::Decoder(config) => config.num_labels(),
             FamilyConfig::Bert(config)
             | FamilyConfig::XlmRoberta(config)
             | FamilyConfig::Electra(config) => config.num_labels(),
@@ -273,6 +353,7 @@ impl FamilyConfig {
             }
             FamilyConfig::ModernBert(config) => config.max_position_embeddings,
             FamilyConfig::DebertaV2(config) => config.max_position_embeddings,
+            FamilyConfig::Decoder(config) => config.max_position_embeddings,
         }
     }
 
@@ -281,6 +362,7 @@ impl FamilyConfig {
         match self {
             FamilyConfig::ModernBert(config) => config.initializer_range,
             FamilyConfig::DebertaV2(config) => config.initializer_range,
+            FamilyConfig::Decoder(config) => config.initializer_range,
             FamilyConfig::Bert(config)
             | FamilyConfig::XlmRoberta(config)
             | FamilyConfig::Electra(config) => config.initializer_range,
@@ -310,6 +392,8 @@ impl FamilyConfig {
                 "word_embeddings.weight",
                 config.pad_token_id.unwrap_or(0) as usize,
             )],
+            // transformers' decoders set no padding_idx on their embeddings.
+            FamilyConfig::Decoder(_) => Vec::new(),
         }
     }
 
@@ -320,7 +404,8 @@ impl FamilyConfig {
             FamilyConfig::Bert(_)
             | FamilyConfig::Electra(_)
             | FamilyConfig::ModernBert(_)
-            | FamilyConfig::DebertaV2(_) => PositionIds::FromZero,
+            | FamilyConfig::DebertaV2(_)
+            | FamilyConfig::Decoder(_) => PositionIds::FromZero,
         }
     }
 
@@ -328,9 +413,10 @@ impl FamilyConfig {
     /// whose head is its pooler (dense → tanh) and classifier.
     pub fn head_activation(&self) -> Option<HeadActivation> {
         match self {
-            FamilyConfig::Bert(_) | FamilyConfig::ModernBert(_) | FamilyConfig::DebertaV2(_) => {
-                None
-            }
+            FamilyConfig::Bert(_)
+            | FamilyConfig::ModernBert(_)
+            | FamilyConfig::DebertaV2(_)
+            | FamilyConfig::Decoder(_) => None,
             FamilyConfig::XlmRoberta(_) => Some(xlm_roberta::HEAD_ACTIVATION),
             FamilyConfig::Electra(_) => Some(electra::HEAD_ACTIVATION),
         }
@@ -341,6 +427,7 @@ impl FamilyConfig {
         match self {
             FamilyConfig::ModernBert(config) => config.hidden_size,
             FamilyConfig::DebertaV2(config) => config.hidden_size,
+            FamilyConfig::Decoder(config) => config.hidden_size,
             FamilyConfig::Bert(config)
             | FamilyConfig::XlmRoberta(config)
             | FamilyConfig::Electra(config) => config.hidden_size,
@@ -350,6 +437,37 @@ impl FamilyConfig {
     /// One line on the network's size, for the model card.
     pub fn description(&self) -> String {
         let config = match self {
+            FamilyConfig::Decoder(config) => {
+                let head = match config.head {
+                    qwen::DecoderHead::LogitScore {
+                        true_token_id,
+                        false_token_id,
+                    } => match false_token_id {
+                        Some(false_id) => format!(
+                            "scored by the LM head's logit of token {true_token_id} minus that \
+                             of token {false_id} at the last position"
+                        ),
+                        None => format!(
+                            "scored by the LM head's logit of token {true_token_id} at the last \
+                             position"
+                        ),
+                    },
+                    qwen::DecoderHead::Classification { num_labels } => {
+                        format!("a {num_labels}-output classification head at the last token")
+                    }
+                };
+                return format!(
+                    "{} decoder layers, hidden size {}, {} query and {} key/value heads of {}, \
+                     SwiGLU intermediate size {}, vocabulary {}; {head}",
+                    config.num_hidden_layers,
+                    config.hidden_size,
+                    config.num_attention_heads,
+                    config.num_key_value_heads(),
+                    config.head_dim(),
+                    config.intermediate_size,
+                    config.vocab_size
+                );
+            }
             FamilyConfig::ModernBert(config) => {
                 return format!(
                     "{} layers (every {} global, the others a {}-token window), hidden size {}, \
@@ -418,6 +536,7 @@ impl FamilyConfig {
         match self {
             FamilyConfig::ModernBert(config) => config.to_saved_json(original, num_labels),
             FamilyConfig::DebertaV2(config) => config.to_saved_json(original, num_labels),
+            FamilyConfig::Decoder(config) => config.to_saved_json(original),
             FamilyConfig::Bert(config)
             | FamilyConfig::XlmRoberta(config)
             | FamilyConfig::Electra(config) => config.to_saved_json(
@@ -438,6 +557,7 @@ pub(crate) enum SequenceClassifier {
     EncoderWithHead(EncoderWithHead),
     ModernBert(ModernBertForSequenceClassification),
     DebertaV2(DebertaV2ForSequenceClassification),
+    Decoder(DecoderReranker),
 }
 
 impl SequenceClassifier {
@@ -464,6 +584,19 @@ impl SequenceClassifier {
             FamilyConfig::DebertaV2(config) => Ok(SequenceClassifier::DebertaV2(
                 DebertaV2ForSequenceClassification::load(vb, config, num_labels, dropout)?,
             )),
+            FamilyConfig::Decoder(config) => {
+                let config = match config.head {
+                    qwen::DecoderHead::Classification { .. } => {
+                        let mut config = config.clone();
+                        config.head = qwen::DecoderHead::Classification { num_labels };
+                        config
+                    }
+                    qwen::DecoderHead::LogitScore { .. } => config.clone(),
+                };
+                Ok(SequenceClassifier::Decoder(DecoderReranker::load(
+                    vb, &config, dropout,
+                )?))
+            }
         }
     }
 
@@ -474,7 +607,7 @@ impl SequenceClassifier {
             SequenceClassifier::Bert(network) => network.packed_layers_mut(),
             SequenceClassifier::EncoderWithHead(network) => network.packed_layers_mut(),
             SequenceClassifier::ModernBert(network) => network.packed_layers_mut(),
-            SequenceClassifier::DebertaV2(_) => Vec::new(),
+            SequenceClassifier::DebertaV2(_) | SequenceClassifier::Decoder(_) => Vec::new(),
         }
     }
 
@@ -484,6 +617,7 @@ impl SequenceClassifier {
             SequenceClassifier::EncoderWithHead(network) => network.num_labels(),
             SequenceClassifier::ModernBert(network) => network.num_labels(),
             SequenceClassifier::DebertaV2(network) => network.num_labels(),
+            SequenceClassifier::Decoder(network) => network.num_labels(),
         }
     }
 
@@ -495,6 +629,7 @@ impl SequenceClassifier {
                 network.forward(&tokens.input_ids, &tokens.attention_mask)
             }
             SequenceClassifier::DebertaV2(network) => network.forward(tokens),
+            SequenceClassifier::Decoder(network) => network.forward(tokens),
         }
     }
 }
@@ -534,6 +669,12 @@ impl TokenEncoder {
                     config,
                     dropout,
                 )?))
+            }
+            FamilyConfig::Decoder(config) => {
+                return Err(candle_core::Error::Msg(format!(
+                    "{} is a decoder reranker, not a sentence-embedding model",
+                    config.architecture
+                )))
             }
         }))
     }
@@ -598,24 +739,22 @@ mod tests {
     fn an_unsupported_architecture_is_named_with_what_is_supported() {
         let path = Path::new("m/config.json");
         let error = ModelFamily::of_config(
-            &config(
-                r#"{"architectures": ["Qwen3ForSequenceClassification"], "model_type": "bert"}"#,
-            ),
+            &config(r#"{"architectures": ["T5ForSequenceClassification"], "model_type": "bert"}"#),
             path,
         )
         .unwrap_err()
         .to_string();
         assert!(
             error.contains("m/config.json")
-                && error.contains("\"Qwen3ForSequenceClassification\" is not supported")
+                && error.contains("\"T5ForSequenceClassification\" is not supported")
                 && error.contains("BERT")
                 && error.contains("BertForSequenceClassification"),
             "{error}"
         );
-        let error = ModelFamily::of_config(&config(r#"{"model_type": "qwen3"}"#), path)
+        let error = ModelFamily::of_config(&config(r#"{"model_type": "t5"}"#), path)
             .unwrap_err()
             .to_string();
-        assert!(error.contains("model_type \"qwen3\""), "{error}");
+        assert!(error.contains("model_type \"t5\""), "{error}");
         assert!(
             error.contains("XLMRobertaForSequenceClassification")
                 && error.contains("ElectraForSequenceClassification"),

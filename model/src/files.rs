@@ -89,6 +89,13 @@ pub(crate) fn default_tokenizer_config(family: ModelFamily) -> Map<String, Value
             "padding_side": "right",
             "truncation_side": "right",
         }),
+        // Decoders ship their tokenizer_config.json (its chat template, pad and eos tokens);
+        // this is only for a directory that lost it.
+        ModelFamily::Qwen3 | ModelFamily::Qwen2 | ModelFamily::Llama => serde_json::json!({
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "padding_side": "left",
+            "truncation_side": "right",
+        }),
         ModelFamily::DebertaV2 => serde_json::json!({
             "tokenizer_class": "DebertaV2Tokenizer",
             "do_lower_case": false,

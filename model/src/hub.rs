@@ -46,13 +46,51 @@ fn download_from_hub(model_id: &str) -> Result<PathBuf, ModelError> {
     let config = repo
         .get("config.json")
         .map_err(|e| download_error(format!("config.json: {e}")))?;
-    for file in ["model.safetensors", "tokenizer.json"] {
-        repo.get(file)
-            .map_err(|e| download_error(format!("{file}: {e}")))?;
+    repo.get("tokenizer.json")
+        .map_err(|e| download_error(format!("tokenizer.json: {e}")))?;
+    if let Err(single) = repo.get("model.safetensors") {
+        // A sharded checkpoint: the index, then every shard it names.
+        let index = repo
+            .get("model.safetensors.index.json")
+            .map_err(|_| download_error(format!("model.safetensors: {single}")))?;
+        let index: serde_json::Value = std::fs::read_to_string(&index)
+            .ok()
+            .and_then(|text| serde_json::from_str(&text).ok())
+            .unwrap_or_default();
+        let shards: std::collections::BTreeSet<&str> = index
+            .get("weight_map")
+            .and_then(serde_json::Value::as_object)
+            .map(|map| map.values().filter_map(serde_json::Value::as_str).collect())
+            .unwrap_or_default();
+        for shard in shards {
+            repo.get(shard)
+                .map_err(|e| download_error(format!("{shard}: {e}")))?;
+        }
     }
-    for optional in ["tokenizer_config.json", "config_sentence_transformers.json"] {
+    for optional in [
+        "tokenizer_config.json",
+        "config_sentence_transformers.json",
+        "special_tokens_map.json",
+        "sentence_bert_config.json",
+        "chat_template.jinja",
+    ] {
         // Optional files: their absence is normal.
         let _ = repo.get(optional);
+    }
+    // sentence-transformers' modules: each module folder's config (a decoder's LogitScore
+    // tokens, an embedder's pooling), or the model would load as something else.
+    if let Ok(modules) = repo.get("modules.json") {
+        let entries: Vec<serde_json::Value> = std::fs::read_to_string(&modules)
+            .ok()
+            .and_then(|text| serde_json::from_str(&text).ok())
+            .unwrap_or_default();
+        for folder in entries
+            .iter()
+            .filter_map(|entry| entry.get("path").and_then(serde_json::Value::as_str))
+            .filter(|path| !path.is_empty())
+        {
+            let _ = repo.get(&format!("{folder}/config.json"));
+        }
     }
     config
         .parent()

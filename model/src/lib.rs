@@ -13,6 +13,7 @@
 mod activation;
 pub mod atomic;
 pub mod bert;
+pub mod chat;
 pub mod classification_head;
 mod cross_encoder;
 pub mod deberta_v2;
@@ -27,7 +28,9 @@ mod hub;
 pub mod kernels;
 pub mod layer_norm;
 pub mod modernbert;
+pub mod modules;
 pub mod parameters;
+pub mod qwen;
 mod scorer;
 #[cfg(test)]
 mod test_support;

@@ -143,6 +143,9 @@ pub enum TokenizeError {
         #[source]
         source: tokenizers::Error,
     },
+    /// A pair could not be turned into chat messages and tokens.
+    #[error(transparent)]
+    Chat(#[from] crate::chat::ChatError),
     /// A batch could not be tokenized.
     #[error("tokenizing a batch of {count} inputs: {source}")]
     Encode {
@@ -164,6 +167,10 @@ pub struct PairTokenizer {
     truncation: TruncationParams,
     padding: PaddingParams,
     max_length: usize,
+    /// A decoder reranker's chat format: pairs become rendered chat messages.
+    chat: Option<crate::chat::ChatFormat>,
+    /// The prompt applied to every pair (a decoder's leading system message), if any.
+    prompt: Option<String>,
 }
 
 impl std::fmt::Debug for PairTokenizer {
@@ -221,7 +228,35 @@ impl PairTokenizer {
             truncation,
             padding,
             max_length,
+            chat: None,
+            prompt: None,
         })
+    }
+
+    /// Pairs become chat messages of `format` (decoder rerankers).
+    pub fn with_chat(mut self, format: crate::chat::ChatFormat) -> Self {
+        self.chat = Some(format);
+        self
+    }
+
+    /// The chat format, for a decoder reranker.
+    pub fn chat(&self) -> Option<&crate::chat::ChatFormat> {
+        self.chat.as_ref()
+    }
+
+    /// Sets the prompt every pair gets (`None`: no prompt).
+    pub fn set_prompt(&mut self, prompt: Option<String>) {
+        self.prompt = prompt;
+    }
+
+    /// The prompt every pair gets.
+    pub fn prompt(&self) -> Option<&str> {
+        self.prompt.as_deref()
+    }
+
+    /// The tokenizer without padding or truncation.
+    pub fn untruncated(&self) -> &Tokenizer {
+        &self.untruncated
     }
 
     /// The truncation length.
@@ -236,6 +271,14 @@ impl PairTokenizer {
 
     /// Encodes pairs, padded to the longest of them.
     pub fn encode_pairs(&self, pairs: &[(&str, &str)]) -> Result<EncodedPairs, TokenizeError> {
+        if let Some(chat) = &self.chat {
+            return Ok(chat.encode(
+                &self.untruncated,
+                pairs,
+                self.prompt.as_deref(),
+                self.max_length,
+            )?);
+        }
         let inputs: Vec<EncodeInput> = pairs
             .iter()
             .map(|&(query, document)| (query, document).into())

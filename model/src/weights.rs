@@ -11,8 +11,9 @@ use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarMap};
 use crosstrain_rng::SeededRng;
 
-/// Whether `name` is a LayerNorm module's parameter, whatever the family calls it: BERT's
-/// `LayerNorm`, ModernBERT's `norm`, `attn_norm`, `mlp_norm`, `final_norm`. Initialised to
+/// Whether `name` is a LayerNorm (or RMSNorm) module's parameter, whatever the family calls
+/// it: BERT's `LayerNorm`, ModernBERT's `norm`, `attn_norm`, `mlp_norm`, `final_norm`, the
+/// decoders' `input_layernorm`, `post_attention_layernorm`, `q_norm`, `k_norm`, `norm`. Initialised to
 /// ones (the weight) and exempt from weight decay, as transformers does for every LayerNorm.
 pub fn is_layer_norm(name: &str) -> bool {
     let module = name
@@ -24,6 +25,7 @@ pub fn is_layer_norm(name: &str) -> bool {
         .unwrap_or_default();
     name.contains("LayerNorm")
         || name.contains("layer_norm")
+        || name.contains("layernorm")
         || module == "norm"
         || module.ends_with("_norm")
 }

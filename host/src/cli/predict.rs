@@ -50,6 +50,13 @@ pub struct ModelArgs {
     /// candle's device: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// A prompt for every pair (decoder rerankers: a leading system message, as
+    /// sentence-transformers' `prompt=`).
+    #[arg(long, conflicts_with = "prompt_name")]
+    pub prompt: Option<String>,
+    /// One of the model's saved prompts (`config_sentence_transformers.json`), by name.
+    #[arg(long)]
+    pub prompt_name: Option<String>,
     /// With --backend onnx: the exported file to run, relative to the model directory
     /// (default onnx/model.onnx; e.g. onnx/model_qint8_avx512_vnni.onnx from `export-onnx
     /// --quantize int8`).
@@ -72,8 +79,14 @@ impl ModelArgs {
             from_scratch,
             ..LoadOptions::default()
         };
-        CrossEncoder::load(&self.model, &options)
-            .with_context(|| format!("loading model {}", self.model))
+        let mut model = CrossEncoder::load(&self.model, &options)
+            .with_context(|| format!("loading model {}", self.model))?;
+        if let Some(prompt) = &self.prompt {
+            model.set_prompt(Some(prompt.clone()))?;
+        } else if let Some(name) = &self.prompt_name {
+            model.set_prompt_name(name)?;
+        }
+        Ok(model)
     }
 
     /// Loads the model on the chosen backend.

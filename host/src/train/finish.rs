@@ -307,7 +307,7 @@ impl Run<'_> {
             base_model: config.model.clone(),
             from_scratch: config.from_scratch,
             base_model_is_local: Path::new(&config.model).exists(),
-            architecture: self.model.family().architecture().to_string(),
+            architecture: self.model.config().architecture_name().to_string(),
             architecture_details: self.model.config().description(),
             parameters: self.vars.iter().map(|v| v.elem_count()).sum(),
             max_length: self.model.max_length(),

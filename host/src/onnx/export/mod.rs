@@ -21,6 +21,7 @@ use crosstrain_model::CrossEncoder;
 
 mod bert;
 mod deberta_v2;
+mod decoder;
 mod modernbert;
 
 use bert::{EncoderGraph, Head};
@@ -492,6 +493,9 @@ pub fn export_onnx_with(
         }
         crosstrain_model::FamilyConfig::DebertaV2(config) => {
             deberta_v2::emit(&mut graph, &parameters, config)?
+        }
+        crosstrain_model::FamilyConfig::Decoder(config) => {
+            decoder::emit(&mut graph, &parameters, config)?
         }
         other => {
             let config = other

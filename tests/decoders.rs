@@ -452,3 +452,51 @@ fn onnx_exports_of_decoders_score_as_the_reference() {
     }
     eprintln!("decoder ONNX parity: max |score difference| {worst:.2e}");
 }
+
+/// `train` on a decoder reranker ends like any run: its ONNX export checked against candle,
+/// and a card that names the causal LM and how transformers loads it.
+#[test]
+fn a_trained_decoder_has_its_onnx_export_and_card() {
+    support::ensure_onnxruntime();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("train.jsonl");
+    let rows: String = (0..8)
+        .map(|i| {
+            serde_json::json!({"query": format!("question {i}"), "document": format!("answer {i}"), "label": i % 2})
+                .to_string()
+                + "\n"
+        })
+        .collect();
+    std::fs::write(&data, rows).unwrap();
+    let output = dir.path().join("out");
+    let trained = run(&[
+        "train",
+        "--model",
+        model_dir("tiny-qwen3-reranker").to_str().unwrap(),
+        "--loss",
+        "BinaryCrossEntropyLoss",
+        "--train",
+        data.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--max-length",
+        "64",
+    ]);
+    assert!(trained.status.success(), "{}", stderr(&trained));
+    assert!(
+        stdout(&trained).contains("ONNX export onnx/model.onnx: max |logit difference|"),
+        "{}",
+        stdout(&trained)
+    );
+    let card = std::fs::read_to_string(output.join("README.md")).unwrap();
+    assert!(
+        card.contains("**Architecture:** Qwen3ForCausalLM"),
+        "{card}"
+    );
+    assert!(card.contains("`AutoModelForCausalLM`"), "{card}");
+    assert!(output.join("1_LogitScore/config.json").is_file());
+}

@@ -76,13 +76,19 @@ pub fn render(
         .as_ref()
         .map(|d| format!(" on the {d} dataset"))
         .unwrap_or_default();
+    // A decoder reranker scored through its LM head loads in transformers as a causal LM.
+    let auto_class = if summary.architecture.ends_with("ForCausalLM") {
+        "AutoModelForCausalLM"
+    } else {
+        "AutoModelForSequenceClassification"
+    };
     let _ = writeln!(
         md,
         "This is a Cross Encoder model {origin}{on_data} with \
          [crosstrain](#citation), using {}. It computes scores for pairs of texts, \
          which can be used for {task}. The directory loads in crosstrain, in \
          sentence-transformers (`CrossEncoder`) and in transformers \
-         (`AutoModelForSequenceClassification`).\n",
+         (`{auto_class}`).\n",
         summary
             .losses()
             .iter()

@@ -64,16 +64,9 @@ pub(super) fn emit(
     };
 
     // Sequence length and positions.
-    let shape = graph.node("Shape", &["input_ids"], vec![]);
-    let one_index = graph.int_tensor("const_index_1", &[], &[1]);
-    let seq_len = graph.node(
-        "Gather",
-        &[&shape, &one_index],
-        vec![attribute_int("axis", 0)],
-    );
+    let super::Sequence { positions, .. } = super::sequence(graph);
     let zero = graph.int_tensor("const_zero", &[], &[0]);
     let one = graph.int_tensor("const_one", &[], &[1]);
-    let positions = graph.node("Range", &[&zero, &seq_len, &one], vec![]);
 
     // Embeddings.
     let word = initializer(

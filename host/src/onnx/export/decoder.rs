@@ -71,18 +71,13 @@ pub(super) fn emit(
     let width = config.hidden_size;
 
     // Sequence length and positions 0..L−1 (pads included, as the candle model numbers them).
-    let shape = graph.node("Shape", &["input_ids"], vec![]);
-    let one_index = graph.int_tensor("const_index_1", &[], &[1]);
-    let seq_len = graph.node(
-        "Gather",
-        &[&shape, &one_index],
-        vec![attribute_int("axis", 0)],
-    );
+    let super::Sequence {
+        positions,
+        length_1d: seq_len_1d,
+    } = super::sequence(graph);
     let zero = graph.int_tensor("const_zero", &[], &[0]);
     let one = graph.int_tensor("const_one", &[], &[1]);
-    let positions = graph.node("Range", &[&zero, &seq_len, &one], vec![]);
     let zero_1d = graph.int_tensor("const_zero_1d", &[1], &[0]);
-    let seq_len_1d = graph.node("Unsqueeze", &[&seq_len, &zero_1d], vec![]);
 
     let embeddings = initializer(graph, parameters, "model.embed_tokens.weight", false)?;
     let mut hidden = graph.node("Gather", &[&embeddings, "input_ids"], vec![]);

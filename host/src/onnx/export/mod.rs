@@ -302,6 +302,32 @@ fn product(
     }
 }
 
+/// The input's positions `0..s` and its length as a 1-D tensor (for slicing position
+/// tables), as every family's graph starts.
+struct Sequence {
+    positions: String,
+    length_1d: String,
+}
+
+fn sequence(graph: &mut GraphBuilder) -> Sequence {
+    let shape = graph.node("Shape", &["input_ids"], vec![]);
+    let one_index = graph.int_tensor("const_index_1", &[], &[1]);
+    let length = graph.node(
+        "Gather",
+        &[&shape, &one_index],
+        vec![attribute_int("axis", 0)],
+    );
+    let zero = graph.int_tensor("const_zero", &[], &[0]);
+    let one = graph.int_tensor("const_one", &[], &[1]);
+    let positions = graph.node("Range", &[&zero, &length, &one], vec![]);
+    let zero_1d = graph.int_tensor("const_zero_1d", &[1], &[0]);
+    let length_1d = graph.node("Unsqueeze", &[&length, &zero_1d], vec![]);
+    Sequence {
+        positions,
+        length_1d,
+    }
+}
+
 /// The attention mask as a float `[b, s]` tensor, and the score bias `[b, 1, 1, s]` from it:
 /// 0 where attended, `masked` where padded.
 fn padding_bias(graph: &mut GraphBuilder, masked: f32) -> (String, String) {

@@ -500,3 +500,27 @@ fn a_trained_decoder_has_its_onnx_export_and_card() {
     assert!(card.contains("`AutoModelForCausalLM`"), "{card}");
     assert!(output.join("1_LogitScore/config.json").is_file());
 }
+
+/// From scratch, a decoder's weights are drawn as transformers draws them: the embedding's
+/// pad row (its `padding_idx`, Qwen's `pad_token_id`) zero, the norms one.
+#[test]
+fn a_decoder_from_scratch_keeps_its_pad_row_zero_and_its_norms_one() {
+    let options = LoadOptions {
+        from_scratch: true,
+        ..LoadOptions::default()
+    };
+    let model = CrossEncoder::load_dir(&model_dir("tiny-qwen3-reranker"), &options).unwrap();
+    let parameters: std::collections::HashMap<String, candle_core::Tensor> =
+        model.named_parameters().unwrap().into_iter().collect();
+    let embeddings: Vec<Vec<f32>> = parameters["model.embed_tokens.weight"].to_vec2().unwrap();
+    assert!(embeddings[1497].iter().all(|&v| v == 0.0));
+    assert!(embeddings[1496].iter().any(|&v| v != 0.0));
+    for norm in [
+        "model.norm.weight",
+        "model.layers.0.input_layernorm.weight",
+        "model.layers.1.self_attn.q_norm.weight",
+    ] {
+        let values: Vec<f32> = parameters[norm].to_vec1().unwrap();
+        assert!(values.iter().all(|&v| v == 1.0), "{norm}");
+    }
+}

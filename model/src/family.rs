@@ -392,8 +392,12 @@ impl FamilyConfig {
                 "word_embeddings.weight",
                 config.pad_token_id.unwrap_or(0) as usize,
             )],
-            // transformers' decoders set no padding_idx on their embeddings.
-            FamilyConfig::Decoder(_) => Vec::new(),
+            // Qwen's and Llama's embeddings take `pad_token_id` as their padding_idx.
+            FamilyConfig::Decoder(config) => config
+                .pad_token_id
+                .filter(|&id| (id as usize) < config.vocab_size)
+                .map(|id| vec![("embed_tokens.weight", id as usize)])
+                .unwrap_or_default(),
         }
     }
 

@@ -174,13 +174,10 @@ fn read_prompts(
 /// padding side its head reads (left for a causal LM, right for a classifier).
 fn decoder_setup(
     dir: &Path,
-    config: FamilyConfig,
+    decoder: crate::qwen::DecoderConfig,
     modules: &crate::modules::CrossEncoderModules,
     tokenizer: &PairTokenizer,
-) -> Result<(FamilyConfig, crate::chat::ChatFormat), ModelError> {
-    let FamilyConfig::Decoder(decoder) = config else {
-        return Ok((config, unreachable_chat()?));
-    };
+) -> Result<(crate::qwen::DecoderConfig, crate::chat::ChatFormat), ModelError> {
     let vocabulary = tokenizer.untruncated();
     let decoder = if decoder.is_causal_lm() {
         let (true_id, false_id) = match &modules.logit_score {
@@ -235,15 +232,7 @@ fn decoder_setup(
         crate::chat::PaddingSide::Right
     };
     let chat = crate::chat::ChatFormat::new(template, origin, vocabulary, side, pad_id)?;
-    Ok((FamilyConfig::Decoder(decoder), chat))
-}
-
-/// Never called: [`decoder_setup`] is only reached for decoders.
-fn unreachable_chat() -> Result<crate::chat::ChatFormat, ModelError> {
-    Err(ModelError::BadFile {
-        path: PathBuf::new(),
-        message: "not a decoder".into(),
-    })
+    Ok((decoder, chat))
 }
 
 /// The id of `tokenizer_config.json`'s `pad_token`.
@@ -385,10 +374,10 @@ impl CrossEncoder {
             None => default_max_length(dir, &config)?,
         };
         let mut tokenizer = load_tokenizer(&tokenizer_path, max_length)?;
-        let config = if config.family().is_decoder() {
-            let (config, chat) = decoder_setup(dir, config, &modules, &tokenizer)?;
+        let config = if let FamilyConfig::Decoder(decoder) = config {
+            let (decoder, chat) = decoder_setup(dir, decoder, &modules, &tokenizer)?;
             tokenizer = tokenizer.with_chat(chat);
-            config
+            FamilyConfig::Decoder(decoder)
         } else {
             if let Some((_, folder)) = &modules.logit_score {
                 return Err(ModelError::BadFile {

@@ -18,6 +18,7 @@ pub mod classification_head;
 mod cross_encoder;
 pub mod deberta_v2;
 mod device;
+mod directory;
 pub mod dropout;
 pub mod electra;
 mod embedder;

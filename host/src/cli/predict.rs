@@ -89,6 +89,13 @@ impl ModelArgs {
         Ok(model)
     }
 
+    /// The ONNX file `--backend onnx` runs, relative to the model directory.
+    pub fn onnx_file(&self) -> &std::path::Path {
+        self.onnx_file
+            .as_deref()
+            .unwrap_or(std::path::Path::new("onnx/model.onnx"))
+    }
+
     /// Loads the model on the chosen backend.
     pub fn scorer(&self) -> anyhow::Result<Scorer> {
         if self.backend == Backend::Candle {
@@ -104,11 +111,7 @@ impl ModelArgs {
         match self.backend {
             Backend::Candle => Ok(Box::new(model)),
             Backend::Onnx => {
-                let onnx = resolve_model_dir(&self.model)?.join(
-                    self.onnx_file
-                        .as_deref()
-                        .unwrap_or(std::path::Path::new("onnx/model.onnx")),
-                );
+                let onnx = resolve_model_dir(&self.model)?.join(self.onnx_file());
                 if onnx.is_dir() {
                     anyhow::bail!("{} is a directory, not an ONNX file", onnx.display());
                 }

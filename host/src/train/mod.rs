@@ -13,6 +13,7 @@ pub mod step;
 pub mod summary;
 
 mod evaluation;
+mod evaluator_config;
 mod finish;
 mod order;
 mod output;

@@ -137,14 +137,7 @@ fn bench_predict(args: BenchPredictArgs, out: &mut String) -> anyhow::Result<()>
             super::predict::Backend::Onnx => "onnx",
         },
         "onnx_file": (args.model.backend == super::predict::Backend::Onnx)
-            .then(|| {
-                args.model
-                    .onnx_file
-                    .as_deref()
-                    .unwrap_or(std::path::Path::new("onnx/model.onnx"))
-                    .display()
-                    .to_string()
-            }),
+            .then(|| args.model.onnx_file().display().to_string()),
         "device": args.model.device,
         "model": args.model.model,
         "from_scratch": args.from_scratch,

@@ -124,9 +124,6 @@ pub(super) fn emit(
         &[],
         &[1.0 / (head_dim as f32).sqrt()],
     );
-    let last_axis = graph.int_tensor("const_last_axis", &[1], &[-1]);
-    let half_start = graph.int_tensor("const_rotary_half", &[1], &[(head_dim / 2) as i64]);
-    let full_end = graph.int_tensor("const_rotary_end", &[1], &[head_dim as i64]);
     let groups = heads / kv_heads;
     let expand_groups = graph.int_tensor("const_expand_groups", &[5], &[1, 1, groups, 1, 1]);
     let two_1d = graph.int_tensor("const_two_1d", &[1], &[2]);
@@ -182,19 +179,8 @@ pub(super) fn emit(
         let query = split(graph, "q", heads, qkv_bias, qk_norm)?;
         let key = split(graph, "k", kv_heads, qkv_bias, qk_norm)?;
         let value = split(graph, "v", kv_heads, qkv_bias, false)?;
-        let rotate = |graph: &mut GraphBuilder, x: &str| {
-            let first = graph.node("Slice", &[x, &zero_1d, &half_start, &last_axis], vec![]);
-            let second = graph.node("Slice", &[x, &half_start, &full_end, &last_axis], vec![]);
-            let negated = graph.node("Neg", &[&second], vec![]);
-            let rotated = graph.node(
-                "Concat",
-                &[&negated, &first],
-                vec![attribute_int("axis", -1)],
-            );
-            let cosine = graph.node("Mul", &[x, &cos], vec![]);
-            let sine = graph.node("Mul", &[&rotated, &sin], vec![]);
-            graph.node("Add", &[&cosine, &sine], vec![])
-        };
+        let rotate =
+            |graph: &mut GraphBuilder, x: &str| super::rotate(graph, x, &cos, &sin, head_dim);
         let query = rotate(graph, &query);
         let key = rotate(graph, &key);
         // Each key/value head serves the query heads of its group.

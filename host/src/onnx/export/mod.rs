@@ -328,6 +328,26 @@ fn sequence(graph: &mut GraphBuilder) -> Sequence {
     }
 }
 
+/// Rotary embedding of `x` (`[.., head_size]`): `x · cos + rotate_half(x) · sin`, with the
+/// tables already sliced to the sequence.
+fn rotate(graph: &mut GraphBuilder, x: &str, cos: &str, sin: &str, head_size: usize) -> String {
+    let zero_1d = graph.int_tensor("const_zero_1d", &[1], &[0]);
+    let last_axis = graph.int_tensor("const_last_axis", &[1], &[-1]);
+    let half_start = graph.int_tensor("const_rotary_half", &[1], &[(head_size / 2) as i64]);
+    let full_end = graph.int_tensor("const_rotary_end", &[1], &[head_size as i64]);
+    let first = graph.node("Slice", &[x, &zero_1d, &half_start, &last_axis], vec![]);
+    let second = graph.node("Slice", &[x, &half_start, &full_end, &last_axis], vec![]);
+    let negated = graph.node("Neg", &[&second], vec![]);
+    let rotated = graph.node(
+        "Concat",
+        &[&negated, &first],
+        vec![attribute_int("axis", -1)],
+    );
+    let cosine = graph.node("Mul", &[x, cos], vec![]);
+    let sine = graph.node("Mul", &[&rotated, sin], vec![]);
+    graph.node("Add", &[&cosine, &sine], vec![])
+}
+
 /// The attention mask as a float `[b, s]` tensor, and the score bias `[b, 1, 1, s]` from it:
 /// 0 where attended, `masked` where padded.
 fn padding_bias(graph: &mut GraphBuilder, masked: f32) -> (String, String) {

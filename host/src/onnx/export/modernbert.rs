@@ -122,8 +122,6 @@ pub(super) fn emit(
         &[1.0 / (head_size as f32).sqrt()],
     );
     let last_axis = graph.int_tensor("const_last_axis", &[1], &[-1]);
-    let half_start = graph.int_tensor("const_rotary_half", &[1], &[(head_size / 2) as i64]);
-    let full_end = graph.int_tensor("const_rotary_end", &[1], &[head_size as i64]);
     let gate_start = graph.int_tensor("const_gate_start", &[1], &[intermediate]);
     let gate_end = graph.int_tensor("const_gate_end", &[1], &[2 * intermediate]);
     let mut tables: HashMap<u64, (String, String)> = HashMap::new();
@@ -164,19 +162,8 @@ pub(super) fn emit(
             let index = graph.int_tensor(&format!("const_qkv_{index}"), &[], &[index]);
             graph.node("Gather", &[&qkv, &index], vec![attribute_int("axis", 0)])
         };
-        let rotate = |graph: &mut GraphBuilder, x: &str| {
-            let first = graph.node("Slice", &[x, &zero_1d, &half_start, &last_axis], vec![]);
-            let second = graph.node("Slice", &[x, &half_start, &full_end, &last_axis], vec![]);
-            let negated = graph.node("Neg", &[&second], vec![]);
-            let rotated = graph.node(
-                "Concat",
-                &[&negated, &first],
-                vec![attribute_int("axis", -1)],
-            );
-            let cosine = graph.node("Mul", &[x, &cos], vec![]);
-            let sine = graph.node("Mul", &[&rotated, &sin], vec![]);
-            graph.node("Add", &[&cosine, &sine], vec![])
-        };
+        let rotate =
+            |graph: &mut GraphBuilder, x: &str| super::rotate(graph, x, &cos, &sin, head_size);
         let query = part(graph, 0);
         let query = rotate(graph, &query);
         let key = part(graph, 1);

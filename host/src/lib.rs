@@ -14,6 +14,7 @@ pub mod fsutil;
 pub mod mine;
 pub mod onnx;
 pub mod plugins;
+pub mod serve;
 pub mod shared_library;
 pub mod train;
 pub mod trainer_state;

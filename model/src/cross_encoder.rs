@@ -423,6 +423,9 @@ impl CrossEncoder {
         } else {
             1
         };
+        // Fewer pairs than the lanes' batches hold: smaller batches, so every lane gets
+        // work (20 pairs on 2 threads: two batches of 10, not one of 20 and an idle core).
+        let batch_size = batch_size.min(pairs.len().div_ceil(lanes)).max(1);
         let logits = score_longest_first_in_lanes(pairs, batch_size, lanes, |batch| {
             let encoded = self.encode(batch)?;
             Ok::<_, ModelError>(

@@ -53,6 +53,9 @@ pub trait PairScorer {
     /// Truncation length of the tokenizer.
     fn max_length(&self) -> usize;
 
+    /// The tokenizer the scorer encodes pairs with (a server counts tokens with it).
+    fn tokenizer(&self) -> &crate::tokenize::PairTokenizer;
+
     /// Logits after the default activation: the float32 scores the reference's evaluators
     /// see.
     fn activated_scores(
@@ -85,5 +88,9 @@ impl PairScorer for crate::CrossEncoder {
 
     fn max_length(&self) -> usize {
         crate::CrossEncoder::max_length(self)
+    }
+
+    fn tokenizer(&self) -> &crate::tokenize::PairTokenizer {
+        crate::CrossEncoder::tokenizer(self)
     }
 }

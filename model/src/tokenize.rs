@@ -286,6 +286,44 @@ impl PairTokenizer {
         self.encode_inputs(inputs)
     }
 
+    /// Each pair's length in tokens before truncation, special tokens (or the chat
+    /// template) included: what a server checks against [`Self::max_length`] when a request
+    /// asks not to be truncated, and what it budgets its batches by (capped at the max
+    /// length).
+    pub fn token_counts(&self, pairs: &[(&str, &str)]) -> Result<Vec<usize>, TokenizeError> {
+        if let Some(chat) = &self.chat {
+            return pairs
+                .iter()
+                .map(|&(query, document)| {
+                    Ok(chat
+                        .encode_one(
+                            &self.untruncated,
+                            query,
+                            document,
+                            self.prompt.as_deref(),
+                            usize::MAX,
+                        )?
+                        .len())
+                })
+                .collect();
+        }
+        let added = self
+            .untruncated
+            .get_post_processor()
+            .map_or(0, |processor| processor.added_tokens(true));
+        pairs
+            .iter()
+            .map(|&(query, document)| {
+                let count = |text: &str| self.untruncated.encode(text, false).map(|e| e.len());
+                Ok(count(query)? + count(document)? + added)
+            })
+            .collect::<tokenizers::Result<Vec<usize>>>()
+            .map_err(|source| TokenizeError::Encode {
+                count: pairs.len(),
+                source,
+            })
+    }
+
     /// Encodes single texts (one segment each, as a sentence embedder reads them), padded
     /// to the longest of them.
     pub fn encode_texts(&self, texts: &[&str]) -> Result<EncodedPairs, TokenizeError> {

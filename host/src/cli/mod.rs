@@ -7,6 +7,7 @@ mod export;
 mod losses;
 mod mine;
 mod predict;
+mod serve;
 mod signals;
 mod train;
 
@@ -56,6 +57,9 @@ enum Command {
     MineHardNegatives(Box<mine::MineArgs>),
     /// Turn class-labelled data into (anchor, positive, negative) triplets.
     Convert(mine::ConvertArgs),
+    /// Serve a reranker over HTTP: text-embeddings-inference's /rerank and /predict and the
+    /// Cohere-style /v1/rerank, with dynamic batching, /metrics and /openapi.json.
+    Serve(Box<serve::ServeArgs>),
     /// Benchmarks that print one JSON line.
     Bench {
         #[command(subcommand)]
@@ -142,6 +146,7 @@ fn dispatch(cli: Cli, out: &mut String) -> anyhow::Result<ExitCode> {
         Command::Eval(args) => eval::run(args, out).map(|()| ExitCode::SUCCESS),
         Command::MineHardNegatives(args) => mine::run_mine(*args, out).map(|()| ExitCode::SUCCESS),
         Command::Convert(args) => mine::run_convert(args, out).map(|()| ExitCode::SUCCESS),
+        Command::Serve(args) => serve::run(*args).map(|()| ExitCode::SUCCESS),
         Command::Bench { command } => {
             bench::run(command, registry, out).map(|()| ExitCode::SUCCESS)
         }

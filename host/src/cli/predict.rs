@@ -18,8 +18,8 @@ pub enum Backend {
     Onnx,
 }
 
-/// A loaded model on either backend.
-pub type Scorer = Box<dyn PairScorer>;
+/// A loaded model on either backend (`Send + Sync`: the server scores on its own thread).
+pub type Scorer = Box<dyn PairScorer + Send + Sync>;
 
 /// What to apply to the logits before printing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -291,4 +291,8 @@ impl PairScorer for OnnxScorer {
     fn max_length(&self) -> usize {
         self.tokenizer.max_length()
     }
+
+    fn tokenizer(&self) -> &PairTokenizer {
+        &self.tokenizer
+    }
 }

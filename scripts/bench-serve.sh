@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# Serving benchmark, same sitting: `crosstrain serve` (candle, and ONNX Runtime when the model
+# has onnx/model.onnx) against infinity_emb's torch engine on the same cross-encoder, with the
+# same requests (one query and 20 documents of ~70 words, POST /v1/rerank for crosstrain and
+# infinity's POST /rerank), load from oha. For each server and 1 and 64 concurrent clients:
+# documents/s and p50/p99 latency, one JSON line each. Then a soak of crosstrain at 64 clients
+# (SOAK_S seconds): failed and non-200 requests, and resident memory after 10 s and at the end.
+#
+# Installs what it needs through cargo and pip: oha (cargo install) into .bench-tools/, and
+# infinity-emb 0.0.78 (with torch) into its own virtual environment .bench-tools/infinity/
+# (skip it with INFINITY=0).
+# Usage: bash scripts/bench-serve.sh MODEL_DIR [SECONDS=20] [SOAK_S=60]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+model=$(realpath "$1")
+seconds=${2:-20}
+soak=${3:-60}
+tools=$PWD/.bench-tools
+binary=target/release/crosstrain
+[[ -x $binary ]] || cargo build --release -p crosstrain
+if [[ ! -x $tools/bin/oha ]]; then
+    cargo install oha --version 1.12.0 --locked --root "$tools" >&2
+fi
+oha=$tools/bin/oha
+if [[ ${INFINITY:-1} == 1 && ! -x $tools/infinity/bin/infinity_emb ]]; then
+    python3 -m venv "$tools/infinity"
+    "$tools/infinity/bin/pip" install -q "infinity-emb[server,torch]==0.0.78" >&2
+fi
+
+work=$(mktemp -d)
+pids=()
+cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+# The request: a query and 20 documents of ~70 words, built from a fixed word list so every
+# run sends the same text.
+python3 - "$work" <<'PY'
+import json, random, sys
+random.seed(0)
+words = ("network people travel river data country bridge team house court university plane "
+         "train leader study artist internet council market station ocean teacher wood bank "
+         "player forest weather model island family night school research history energy light "
+         "water plant sugar leaf root soil carbon cell protein music city road law").split()
+documents = [" ".join(random.choice(words) for _ in range(70)) + "." for _ in range(20)]
+query = "how do plants turn light and water into energy?"
+# The same body for both servers (crosstrain's /v1/rerank echoes `model`).
+json.dump({"query": query, "documents": documents, "model": "model"},
+          open(f"{sys.argv[1]}/request.json", "w"))
+PY
+
+wait_for() { # URL
+    for _ in $(seq 600); do
+        curl -sf "$1" >/dev/null 2>&1 && return 0
+        sleep 0.5
+    done
+    echo "no answer from $1" >&2
+    return 1
+}
+
+# oha's JSON summary -> one line: documents/s, p50, p99, non-200 and failed requests.
+load() { # NAME URL BODY CLIENTS
+    local name=$1 url=$2 body=$3 clients=$4
+    # Warm-up, then the timed run.
+    "$oha" --no-tui -z 3s -c "$clients" -m POST -H 'content-type: application/json' \
+        -D "$body" "$url" >/dev/null
+    "$oha" --no-tui --output-format json -z "${seconds}s" -c "$clients" -m POST \
+        -H 'content-type: application/json' -D "$body" "$url" >"$work/oha.json"
+    python3 - "$work/oha.json" "$name" "$clients" <<'PY'
+import json, sys
+run = json.load(open(sys.argv[1]))
+summary, percentiles = run["summary"], run["latencyPercentiles"]
+codes = run.get("statusCodeDistribution", {})
+ok = int(codes.get("200", 0))
+print(json.dumps({
+    "server": sys.argv[2], "clients": int(sys.argv[3]),
+    "documents_per_second": round(summary["requestsPerSec"] * 20 * ok / max(sum(map(int, codes.values())), 1), 1),
+    "requests_per_second": round(summary["requestsPerSec"], 2),
+    "p50_s": round(percentiles["p50"], 4), "p99_s": round(percentiles["p99"], 4),
+    "non_200": sum(int(v) for k, v in codes.items() if k != "200"),
+    "errors": sum(run.get("errorDistribution", {}).values()),
+}))
+PY
+}
+
+serve() { # PORT ARGS...
+    local port=$1
+    shift
+    "$binary" serve --model "$model" --port "$port" "$@" 2>"$work/serve-$port.log" &
+    pids+=($!)
+    wait_for "http://127.0.0.1:$port/health"
+}
+
+serve 18401
+for clients in 1 64; do
+    load crosstrain-candle http://127.0.0.1:18401/v1/rerank "$work/request.json" "$clients"
+done
+kill "${pids[-1]}"
+if [[ -f $model/onnx/model.onnx ]]; then
+    serve 18402 --backend onnx
+    for clients in 1 64; do
+        load crosstrain-onnx http://127.0.0.1:18402/v1/rerank "$work/request.json" "$clients"
+    done
+    kill "${pids[-1]}"
+fi
+
+if [[ ${INFINITY:-1} == 1 ]]; then
+    "$tools/infinity/bin/infinity_emb" v2 --model-id "$model" --served-model-name model \
+        --engine torch --device cpu --port 18403 --no-model-warmup \
+        >"$work/infinity.log" 2>&1 &
+    pids+=($!)
+    wait_for http://127.0.0.1:18403/health
+    for clients in 1 64; do
+        load infinity-torch http://127.0.0.1:18403/rerank "$work/request.json" "$clients"
+    done
+    kill "${pids[-1]}"
+fi
+
+# Soak: 64 clients for SOAK_S seconds; resident memory after 10 s and at the end.
+serve 18404
+pid=${pids[-1]}
+rss() { awk '/VmRSS/ {print $2}' "/proc/$pid/status"; }
+"$oha" --no-tui --output-format json -z "${soak}s" -c 64 -m POST -H 'content-type: application/json' \
+    -D "$work/request.json" http://127.0.0.1:18404/v1/rerank >"$work/soak.json" &
+oha_pid=$!
+sleep 10
+rss_10s=$(rss)
+wait "$oha_pid"
+rss_end=$(rss)
+python3 - "$work/soak.json" "$rss_10s" "$rss_end" "$soak" <<'PY'
+import json, sys
+run = json.load(open(sys.argv[1]))
+codes = run.get("statusCodeDistribution", {})
+rss_10s, rss_end = int(sys.argv[2]), int(sys.argv[3])
+print(json.dumps({
+    "soak_s": int(sys.argv[4]), "clients": 64,
+    "requests": sum(int(v) for v in codes.values()),
+    "non_200": sum(int(v) for k, v in codes.items() if k != "200"),
+    "errors": sum(run.get("errorDistribution", {}).values()),
+    "p50_s": round(run["latencyPercentiles"]["p50"], 4),
+    "rss_mb_at_10s": round(rss_10s / 1024, 1), "rss_mb_at_end": round(rss_end / 1024, 1),
+    "rss_change": round(rss_end / rss_10s - 1, 4),
+}))
+PY

@@ -363,10 +363,13 @@ fn score_batch(
     }
 }
 
-/// Sends a reply; a client that has gone meanwhile is no error.
+/// Sends a reply; a client that has gone meanwhile is no error. The job is dropped first, so
+/// its pairs have left the queue's count before the client hears back (a client that sends
+/// its next request at once finds the room it freed).
 fn answer(mut job: Job, reply: BatchReply) {
-    let (sender, _) = oneshot::channel();
-    let sender = std::mem::replace(&mut job.reply, sender);
+    let (placeholder, _) = oneshot::channel();
+    let sender = std::mem::replace(&mut job.reply, placeholder);
+    drop(job);
     let _ = sender.send(reply);
 }
 

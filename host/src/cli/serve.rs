@@ -104,8 +104,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         },
     };
     let state = crosstrain::serve::state(scorer, options)?;
+    // Tokenization runs on the blocking pool: as many threads as cores is all it can use, and
+    // a thread per waiting request (tokio's default allows 512) would only add stacks and
+    // allocator arenas that a long-running server keeps.
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(cores)
         .thread_name("crosstrain-http")
         .build()
         .context("starting the HTTP runtime")?;

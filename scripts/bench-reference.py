@@ -11,6 +11,12 @@ Prints two JSON lines: a training step (host/assets/bench_train_pairs.jsonl, bat
 file order, BinaryCrossEntropyLoss, AdamW lr 2e-5 fused, 3 untimed and 20 timed steps,
 max_length 128) and predict (host/assets/bench_pairs.jsonl, batch 32), with tokenisation.
 
+A decoder reranker's directory (config.json naming a *ForCausalLM architecture, with
+sentence-transformers' Transformer + LogitScore modules) is built with
+`AutoModelForCausalLM.from_config` into a copy of the directory, so its chat template, left
+padding and LogitScore run as users run them; its batches go through `model.preprocess` and
+`model(features)["scores"]`, as sentence-transformers' losses do, at max_length 256.
+
 --onnx adds the path a Python user serves with on CPU: the model exported by torch.onnx and
 run in ONNX Runtime, in float32 and after `onnxruntime.quantization.quantize_dynamic(
 weight_type=QInt8)`, on the same 512 pairs, batch 32, longest first as CrossEncoder.predict
@@ -51,7 +57,19 @@ def main():
     torch.manual_seed(12)
 
     model_dir = args.model
-    if args.from_config:
+    config = json.loads((Path(args.model) / "config.json").read_text())
+    decoder = any(name.endswith("ForCausalLM") for name in config.get("architectures", []))
+    max_length = 256 if decoder else 128
+    if args.from_config and decoder:
+        import shutil
+        import tempfile
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        model_dir = tempfile.mkdtemp(prefix="bench-from-config-")
+        shutil.copytree(args.model, model_dir, dirs_exist_ok=True)
+        AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(args.model)).save_pretrained(
+            model_dir)
+    elif args.from_config:
         import shutil
         import tempfile
         from transformers import AutoConfig, AutoModelForSequenceClassification
@@ -63,19 +81,24 @@ def main():
         for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
             if (Path(args.model) / name).is_file():
                 shutil.copy(Path(args.model) / name, Path(model_dir) / name)
-    model = CrossEncoder(model_dir, max_length=128, device="cpu")
+    model = CrossEncoder(model_dir, max_length=max_length, device="cpu")
     loss = BinaryCrossEntropyLoss(model)
-    optimizer = torch.optim.AdamW(model.model.parameters(), lr=2e-5, fused=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-5, fused=True)
     train = rows("bench_train_pairs.jsonl")
     batches = [train[i:i + 16] for i in range(0, len(train), 16)]
-    model.model.train()
+    model.train()
 
     def step(batch):
         started = time.perf_counter()
-        features = model.tokenizer([r["query"] for r in batch], [r["document"] for r in batch],
-                                   padding=True, truncation="longest_first", max_length=128,
-                                   return_tensors="pt")
-        logits = model.model(**features).logits.view(-1)
+        if decoder:
+            features = model.preprocess([(r["query"], r["document"]) for r in batch])
+            logits = model(features)["scores"].view(-1)
+        else:
+            features = model.tokenizer([r["query"] for r in batch],
+                                       [r["document"] for r in batch], padding=True,
+                                       truncation="longest_first", max_length=128,
+                                       return_tensors="pt")
+            logits = model.model(**features).logits.view(-1)
         value = loss.bce_with_logits_loss(logits, torch.tensor([float(r["label"]) for r in batch]))
         forward = time.perf_counter()
         value.backward()
@@ -104,7 +127,7 @@ def main():
         "peak_rss_mb": peak_rss_mb(), "threads": torch.get_num_threads(),
       }))
 
-    model.model.eval()
+    model.eval()
     pairs = [(r["query"], r["document"]) for r in rows("bench_pairs.jsonl")]
     model.predict(pairs[:32], batch_size=32)
     started = time.perf_counter()

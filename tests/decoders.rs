@@ -169,22 +169,77 @@ fn predict_takes_a_prompt_and_a_max_length_and_gives_the_raw_scores() {
             "{row:?} vs {want}"
         );
     }
-    // An encoder takes no prompt here: an error, not a prompt silently dropped.
-    let output = run(&[
-        "predict",
-        "--model",
-        fixture("models/tiny-bert-ce").to_str().unwrap(),
-        "--pairs",
-        pairs_file.to_str().unwrap(),
-        "--prompt",
-        "anything",
-    ]);
-    assert!(!output.status.success());
-    assert!(
-        stderr(&output).contains("decoder rerankers"),
-        "{}",
-        stderr(&output)
-    );
+    // An encoder's prompt prefixes the query, as sentence-transformers 6.3 applies it
+    // (`prepend_prompt_to_texts`): its ids and scores, recorded by
+    // scripts/make-prompt-fixtures.py.
+    let reference = support::read_json(&fixture("encoder_prompts.json"));
+    let prompt = reference["prompt"].as_str().unwrap();
+    let pairs: Vec<(String, String)> = reference["pairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p[0].as_str().unwrap().into(), p[1].as_str().unwrap().into()))
+        .collect();
+    let borrowed: Vec<(&str, &str)> = pairs
+        .iter()
+        .map(|(q, d)| (q.as_str(), d.as_str()))
+        .collect();
+    let encoder_pairs = dir.path().join("encoder_pairs.jsonl");
+    std::fs::write(
+        &encoder_pairs,
+        pairs
+            .iter()
+            .map(|(q, d)| serde_json::json!({"query": q, "document": d}).to_string() + "\n")
+            .collect::<String>(),
+    )
+    .unwrap();
+    for name in ["tiny-bert-ce", "tiny-bert-ce-3labels"] {
+        let expected = &reference["models"][name];
+        let mut model =
+            CrossEncoder::load_dir(&fixture(&format!("models/{name}")), &LoadOptions::default())
+                .unwrap();
+        model.set_prompt(Some(prompt.to_string())).unwrap();
+        let encoded = model.encode(&borrowed).unwrap();
+        for (row, want) in expected["input_ids"].as_array().unwrap().iter().enumerate() {
+            let want: Vec<u32> = want
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as u32)
+                .collect();
+            assert_eq!(encoded.row_ids(row), want, "{name} pair {row}");
+        }
+        let output = run(&[
+            "predict",
+            "--model",
+            fixture(&format!("models/{name}")).to_str().unwrap(),
+            "--pairs",
+            encoder_pairs.to_str().unwrap(),
+            "--prompt",
+            prompt,
+            "--json",
+        ]);
+        assert!(output.status.success(), "{}", stderr(&output));
+        let scores: Vec<Vec<f64>> = serde_json::from_str(&stdout(&output)).unwrap();
+        for ((row, want), plain) in scores
+            .iter()
+            .zip(expected["scores"].as_array().unwrap())
+            .zip(expected["scores_without_prompt"].as_array().unwrap())
+        {
+            for ((got, want), plain) in row
+                .iter()
+                .zip(want.as_array().unwrap())
+                .zip(plain.as_array().unwrap())
+            {
+                let (want, plain) = (want.as_f64().unwrap(), plain.as_f64().unwrap());
+                assert!((got - want).abs() <= 1e-5, "{name}: {got} vs {want}");
+                assert!(
+                    (want - plain).abs() > 1e-4,
+                    "{name}: the prompt changes the score"
+                );
+            }
+        }
+    }
 }
 
 #[test]

@@ -91,6 +91,34 @@ impl Server {
             .map_or(0.0, |value| value.trim().parse().unwrap())
     }
 
+    /// Sends a /rerank request of the five documents over a raw connection and waits until
+    /// its pairs are queued; the connection is returned open.
+    fn queue_raw_request(&self) -> TcpStream {
+        let address = self.base.trim_start_matches("http://");
+        let body = json!({"query": QUERY, "texts": documents()}).to_string();
+        let mut stream = TcpStream::connect(address).unwrap();
+        write!(
+            stream,
+            "POST /rerank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        self.wait_for_queued(5.0);
+        stream
+    }
+
+    /// Waits until `pairs` pairs are queued.
+    fn wait_for_queued(&self, pairs: f64) {
+        let started = Instant::now();
+        while self.metric("crosstrain_queue_pairs") < pairs {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the request never queued"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Sends SIGTERM.
     fn terminate(&self) {
         let status = std::process::Command::new("kill")
@@ -488,14 +516,7 @@ fn a_full_queue_answers_429_and_the_next_request_is_served() {
         let body = body.clone();
         std::thread::spawn(move || server.post("/rerank", &body))
     };
-    let started = Instant::now();
-    while server.metric("crosstrain_queue_pairs") < 5.0 {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "the first request never queued"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    server.wait_for_queued(5.0);
     let (status, text) = server.post("/rerank", &body);
     assert_eq!(status, 429, "{text}");
     assert_eq!(parse(&text)["error_type"], "Overloaded");
@@ -518,26 +539,9 @@ fn a_vanished_client_costs_no_scoring() {
         "--batch-window-ms",
         "800",
     ]);
-    let address = server.base.trim_start_matches("http://").to_string();
-    let body = json!({"query": QUERY, "texts": documents()}).to_string();
-    {
-        let mut stream = TcpStream::connect(&address).unwrap();
-        write!(
-            stream,
-            "POST /rerank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
-        let started = Instant::now();
-        while server.metric("crosstrain_queue_pairs") < 5.0 {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "the request never queued"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        // The client goes away while its request waits in the queue.
-    }
+    // The client goes away while its request waits in the queue.
+    drop(server.queue_raw_request());
+
     let (status, _) = server.post(
         "/rerank",
         &json!({"query": QUERY, "texts": ["one"]}).to_string(),
@@ -584,22 +588,7 @@ fn sigterm_finishes_the_requests_in_flight_and_exits_zero() {
         "1000",
     ]);
     let address = server.base.trim_start_matches("http://").to_string();
-    let body = json!({"query": QUERY, "texts": documents()}).to_string();
-    let mut stream = TcpStream::connect(&address).unwrap();
-    write!(
-        stream,
-        "POST /rerank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let started = Instant::now();
-    while server.metric("crosstrain_queue_pairs") < 5.0 {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "the request never queued"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let mut stream = server.queue_raw_request();
     server.terminate();
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
@@ -617,4 +606,80 @@ fn sigterm_finishes_the_requests_in_flight_and_exits_zero() {
         "{log}"
     );
     assert!(TcpStream::connect(&address).is_err(), "no longer accepting");
+}
+
+#[test]
+fn predict_gives_every_label_of_a_classifier_and_rerank_refuses_it() {
+    let model = fixture("models/tiny-bert-ce-3labels");
+    let pairs = tempfile::tempdir().unwrap();
+    let file = pairs.path().join("pairs.jsonl");
+    std::fs::write(
+        &file,
+        format!("{}\n", json!({"query": QUERY, "document": documents()[0]})),
+    )
+    .unwrap();
+    let output = run(&[
+        "predict",
+        "--model",
+        model.to_str().unwrap(),
+        "--pairs",
+        file.to_str().unwrap(),
+        "--activation",
+        "softmax",
+        "--json",
+    ]);
+    assert!(output.status.success(), "{output:?}");
+    let expected: Vec<f32> =
+        serde_json::from_str::<Vec<Vec<f32>>>(&stdout(&output)).unwrap()[0].clone();
+    let server = Server::start(&["--model", model.to_str().unwrap()]);
+    let (status, body) = server.post(
+        "/predict",
+        &json!({"inputs": [QUERY, documents()[0]]}).to_string(),
+    );
+    assert_eq!(status, 200, "{body}");
+    let labels = parse(&body);
+    let labels = labels.as_array().unwrap();
+    assert_eq!(labels.len(), 3);
+    let config = support::read_json(&model.join("config.json"));
+    let mut previous = f64::INFINITY;
+    for entry in labels {
+        let label = entry["label"].as_str().unwrap();
+        let index = (0..3)
+            .find(|i| config["id2label"][i.to_string()] == label)
+            .unwrap_or_else(|| panic!("{label} is not in id2label"));
+        let score = entry["score"].as_f64().unwrap();
+        assert!((score as f32 - expected[index]).abs() < 1e-6, "{label}");
+        assert!(score <= previous, "best label first");
+        previous = score;
+    }
+    let (status, body) = server.post(
+        "/rerank",
+        &json!({"query": "q", "texts": ["d"]}).to_string(),
+    );
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("3 outputs"), "{body}");
+    assert_eq!(
+        parse(&server.get("/info").1)["model_type"]["classifier"]["id2label"]
+            .as_object()
+            .unwrap()
+            .len(),
+        3
+    );
+}
+
+#[test]
+fn a_decoder_served_with_a_prompt_scores_as_rank_with_that_prompt() {
+    let decoder = fixture("models/tiny-qwen3-reranker");
+    let prompt = "Judge whether the document answers the question about botany.";
+    let expected = rank_scores(&decoder, &["--prompt", prompt]);
+    let plain = rank_scores(&decoder, &[]);
+    assert!(
+        expected
+            .iter()
+            .zip(&plain)
+            .any(|(a, b)| (a - b).abs() > 1e-4),
+        "the prompt changes the scores"
+    );
+    let server = Server::start(&["--model", decoder.to_str().unwrap(), "--prompt", prompt]);
+    assert_apis_match_rank(&server, &expected);
 }

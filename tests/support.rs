@@ -229,3 +229,14 @@ pub fn ensure_onnxruntime() {
         crosstrain::onnx::library_path().expect("ONNX Runtime library available");
     });
 }
+
+/// The training losses a run logged in its `metrics.jsonl`, in order.
+pub fn losses_of(output: &Path) -> Vec<f64> {
+    std::fs::read_to_string(output.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|line| {
+            serde_json::from_str::<serde_json::Value>(line).unwrap()["loss"].as_f64()
+        })
+        .collect()
+}

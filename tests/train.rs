@@ -13,7 +13,9 @@ use crosstrain::train::config::TrainConfig;
 use crosstrain::train::step::{accumulate_batch, GradAccumulator};
 use crosstrain::train::{train, RunOptions};
 use serde_json::{json, Value};
-use support::{copy_tree, fixture, read_json, run, stderr, stdout, train_cli, MODEL_FILES};
+use support::{
+    copy_tree, fixture, losses_of, read_json, run, stderr, stdout, train_cli, MODEL_FILES,
+};
 
 fn tiny_model() -> String {
     fixture("models/tiny-bert-ce").display().to_string()
@@ -113,14 +115,6 @@ fn toml_inline(value: &Value) -> String {
     }
 }
 
-fn losses_of(output: &Path) -> Vec<f64> {
-    std::fs::read_to_string(output.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).unwrap()["loss"].as_f64())
-        .collect()
-}
-
 /// A copy of the tiny model without dropout, so that the loss curve of a repeated batch is
 /// smooth enough to test.
 fn assert_learns(family: &str, loss: &str, loss_config: Value) {
@@ -202,7 +196,7 @@ fn batch_gradients(
     let mut grads = GradAccumulator::new(vars.len());
     let all: Vec<usize> = (0..dataset.len()).collect();
     let outcome = accumulate_batch(
-        &model, &vars, &loss, &dataset, &all, 7, chunk, 1.0, &mut grads,
+        &model, &vars, &loss, &dataset, &all, 7, chunk, 1.0, None, &mut grads,
     )
     .unwrap();
     let grads = grads

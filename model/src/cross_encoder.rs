@@ -318,20 +318,9 @@ impl CrossEncoder {
         self.tokenizer.prompt()
     }
 
-    /// Sets the prompt every pair gets: a decoder reranker's leading system message, as
-    /// sentence-transformers applies `prompt=`. Encoder cross-encoders take no prompt here:
-    /// that is an error rather than a prompt silently dropped.
+    /// Sets the prompt every pair gets, as sentence-transformers applies `prompt=`: a decoder
+    /// reranker's leading system message, an encoder cross-encoder's prefix of the query.
     pub fn set_prompt(&mut self, prompt: Option<String>) -> Result<(), ModelError> {
-        if prompt.is_some() && self.tokenizer.chat().is_none() {
-            return Err(ModelError::BadFile {
-                path: self.source_dir.clone(),
-                message: format!(
-                    "prompts apply to decoder rerankers (chat messages); this is a {} \
-                     cross-encoder",
-                    self.family().display_name()
-                ),
-            });
-        }
         self.tokenizer.set_prompt(prompt);
         Ok(())
     }
@@ -395,6 +384,17 @@ impl CrossEncoder {
     /// Tokenizes the pairs.
     pub fn encode(&self, pairs: &[(&str, &str)]) -> Result<EncodedPairs, ModelError> {
         Ok(self.tokenizer.encode_pairs(pairs)?)
+    }
+
+    /// Tokenizes pairs with this prompt (or none) rather than the model's current one: what
+    /// training uses, since sentence-transformers' losses apply only the training arguments'
+    /// `prompts`, never the model's default prompt.
+    pub fn encode_with_prompt(
+        &self,
+        pairs: &[(&str, &str)],
+        prompt: Option<&str>,
+    ) -> Result<EncodedPairs, ModelError> {
+        Ok(self.tokenizer.encode_pairs_with_prompt(pairs, prompt)?)
     }
 
     /// `[batch, num_labels]` logits (with a graph; in training mode with dropout).

@@ -244,7 +244,9 @@ impl PairTokenizer {
         self.chat.as_ref()
     }
 
-    /// Sets the prompt every pair gets (`None`: no prompt).
+    /// Sets the prompt every pair gets (`None`: no prompt): a decoder's leading system
+    /// message, or for an encoder a prefix of the query, as sentence-transformers applies
+    /// `prompt=` to each modality.
     pub fn set_prompt(&mut self, prompt: Option<String>) {
         self.prompt = prompt;
     }
@@ -269,20 +271,33 @@ impl PairTokenizer {
         &self.tokenizer
     }
 
-    /// Encodes pairs, padded to the longest of them.
+    /// Encodes pairs with the tokenizer's prompt, padded to the longest of them.
     pub fn encode_pairs(&self, pairs: &[(&str, &str)]) -> Result<EncodedPairs, TokenizeError> {
+        self.encode_pairs_with_prompt(pairs, self.prompt.as_deref())
+    }
+
+    /// Encodes pairs with this prompt (or none) instead of the tokenizer's: the trainer's
+    /// per-dataset prompts, as sentence-transformers' losses pass `prompt=` to `preprocess`.
+    pub fn encode_pairs_with_prompt(
+        &self,
+        pairs: &[(&str, &str)],
+        prompt: Option<&str>,
+    ) -> Result<EncodedPairs, TokenizeError> {
         if let Some(chat) = &self.chat {
-            return Ok(chat.encode(
-                &self.untruncated,
-                pairs,
-                self.prompt.as_deref(),
-                self.max_length,
-            )?);
+            return Ok(chat.encode(&self.untruncated, pairs, prompt, self.max_length)?);
         }
-        let inputs: Vec<EncodeInput> = pairs
-            .iter()
-            .map(|&(query, document)| (query, document).into())
-            .collect();
+        let inputs: Vec<EncodeInput> = match prompt {
+            // sentence-transformers' text modality: the prompt is prepended to the first text
+            // of each pair (`prepend_prompt_to_texts`).
+            Some(prompt) => pairs
+                .iter()
+                .map(|&(query, document)| (format!("{prompt}{query}"), document.to_string()).into())
+                .collect(),
+            None => pairs
+                .iter()
+                .map(|&(query, document)| (query, document).into())
+                .collect(),
+        };
         self.encode_inputs(inputs)
     }
 
@@ -311,11 +326,12 @@ impl PairTokenizer {
             .untruncated
             .get_post_processor()
             .map_or(0, |processor| processor.added_tokens(true));
+        let prompt = self.prompt.as_deref().unwrap_or("");
         pairs
             .iter()
             .map(|&(query, document)| {
                 let count = |text: &str| self.untruncated.encode(text, false).map(|e| e.len());
-                Ok(count(query)? + count(document)? + added)
+                Ok(count(&format!("{prompt}{query}"))? + count(document)? + added)
             })
             .collect::<tokenizers::Result<Vec<usize>>>()
             .map_err(|source| TokenizeError::Encode {

@@ -49,6 +49,26 @@ pub use super::settings::{
     BatchSampler, IntervalStrategy, LrScheduler, LrSchedulerKwargs, MultiDatasetBatchSampler,
 };
 
+/// The recipe's `prompts`: one for all datasets, or one per named dataset.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Prompts {
+    /// The same prompt for every dataset.
+    All(String),
+    /// Dataset name → prompt.
+    PerDataset(std::collections::BTreeMap<String, String>),
+}
+
+impl Prompts {
+    /// The prompt of the dataset called `name`, if any.
+    pub fn for_dataset(&self, name: &str) -> Option<&str> {
+        match self {
+            Self::All(prompt) => Some(prompt),
+            Self::PerDataset(prompts) => prompts.get(name).map(String::as_str),
+        }
+    }
+}
+
 /// A training run. Defaults are those of the reference (`CrossEncoderTrainingArguments`,
 /// i.e. transformers' `TrainingArguments`) unless noted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -94,6 +114,14 @@ pub struct TrainConfig {
     /// Evaluators run every `eval_steps` and after training.
     #[serde(default)]
     pub evaluators: Vec<EvaluatorConfig>,
+    /// Prompts in training (`CrossEncoderTrainingArguments.prompts`): one string for every
+    /// dataset, or a table of named dataset → prompt (a dataset left out gets none). It goes
+    /// to the training and evaluation-loss batches as the reference's losses pass `prompt=`:
+    /// a decoder reranker's leading system message, an encoder's prefix of the query. The
+    /// model's own default prompt is not applied in training (nor by the reference); the
+    /// evaluators score with the model's prompts, as `predict` does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompts: Option<Prompts>,
     /// Passes over the training data (3). Also read as `epochs`.
     #[serde(rename = "num_train_epochs", default = "default_epochs")]
     pub epochs: usize,
@@ -344,6 +372,32 @@ impl TrainConfig {
         }
         if self.batch_size == 0 {
             return invalid("per_device_train_batch_size", "must be at least 1".into());
+        }
+        if let Some(Prompts::PerDataset(prompts)) = &self.prompts {
+            let names: Vec<&str> = self
+                .train
+                .entries
+                .iter()
+                .chain(self.eval.iter().flat_map(|eval| eval.entries.iter()))
+                .filter(|_| self.train.named)
+                .map(|entry| entry.name.as_str())
+                .collect();
+            if let Some(unknown) = prompts.keys().find(|key| !names.contains(&key.as_str())) {
+                return invalid(
+                    "prompts",
+                    if self.train.named {
+                        format!(
+                            "{unknown:?} is no dataset of this recipe (its datasets: {})",
+                            names.join(", ")
+                        )
+                    } else {
+                        format!(
+                            "a table of prompts per dataset needs named datasets ([train.NAME]); \
+                             {unknown:?} names none: give one string for the single dataset"
+                        )
+                    },
+                );
+            }
         }
         if self.eval_batch_size == 0 {
             return invalid("per_device_eval_batch_size", "must be at least 1".into());

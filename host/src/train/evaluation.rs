@@ -197,6 +197,10 @@ impl Run<'_> {
                         rows,
                         seed,
                         self.config.eval_batch_size,
+                        self.config
+                            .prompts
+                            .as_ref()
+                            .and_then(|prompts| prompts.for_dataset(&source.name)),
                     )
                     .map_err(|source| TrainError::Step {
                         step: self.state.global_step,

@@ -159,7 +159,8 @@ fn scores(logits: &Tensor) -> Result<Vec<f32>, StepError> {
 }
 
 /// Runs one batch and adds `scale ×` its gradients to `grads` (`scale` is
-/// 1/gradient_accumulation_steps). `chunk` overrides the plan's `mini_batch_size`.
+/// 1/gradient_accumulation_steps). `chunk` overrides the plan's `mini_batch_size`; `prompt`
+/// is the recipe's prompt for the batch's dataset.
 #[allow(clippy::too_many_arguments)]
 pub fn accumulate_batch(
     model: &CrossEncoder,
@@ -170,6 +171,7 @@ pub fn accumulate_batch(
     plan_seed: u64,
     chunk: Option<usize>,
     scale: f64,
+    prompt: Option<&str>,
     grads: &mut GradAccumulator,
 ) -> Result<BatchOutcome, StepError> {
     let mut times = PhaseTimes::default();
@@ -189,7 +191,7 @@ pub fn accumulate_batch(
     };
     let mut encoded = Vec::with_capacity(chunks.len());
     for pairs in &chunks {
-        let tokens = model.encode(pairs)?;
+        let tokens = model.encode_with_prompt(pairs, prompt)?;
         encoded.push(model.token_tensors(&tokens)?);
     }
     times.tokenize += started.elapsed();
@@ -284,6 +286,7 @@ pub fn batch_loss(
     rows: &[usize],
     plan_seed: u64,
     eval_batch_size: usize,
+    prompt: Option<&str>,
 ) -> Result<f64, StepError> {
     let shape = dataset.batch_shape(rows);
     let plan = loss.plan(&shape, plan_seed)?;
@@ -291,7 +294,8 @@ pub fn batch_loss(
     let pairs = plan_texts(loss, dataset, rows, &plan)?;
     let mut values = Vec::with_capacity(pairs.len() * model.num_labels());
     for chunk in pairs.chunks(eval_batch_size.max(1)) {
-        values.extend(scores(&model.logits(chunk)?)?);
+        let tokens = model.encode_with_prompt(chunk, prompt)?;
+        values.extend(scores(&model.forward(&model.token_tensors(&tokens)?)?)?);
     }
     Ok(loss
         .compute(&plan, &values, model.num_labels(), &labels)?

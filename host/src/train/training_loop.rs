@@ -82,6 +82,10 @@ impl Run<'_> {
                         plan_seed,
                         config.mini_batch_size,
                         scale * weight,
+                        config
+                            .prompts
+                            .as_ref()
+                            .and_then(|prompts| prompts.for_dataset(&source.name)),
                         &mut grads,
                     )
                 };

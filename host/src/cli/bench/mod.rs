@@ -215,6 +215,7 @@ fn bench_train(
             step as u64,
             args.mini_batch_size,
             1.0,
+            None,
             &mut grads,
         )?;
         times += outcome.times;

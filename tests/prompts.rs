@@ -6,7 +6,7 @@ mod support;
 
 use std::path::Path;
 
-use serde_json::json;
+use serde_json::{json, Value};
 use support::{copy_tree, fixture, losses_of, run, stderr, stdout};
 
 const PROMPT: &str = "Search query: ";
@@ -178,5 +178,102 @@ fn prompts_per_dataset_must_name_the_recipes_datasets() {
     assert!(
         message.contains("prompts") && message.contains("named datasets"),
         "{message}"
+    );
+}
+
+#[test]
+fn an_evaluator_scores_with_its_prompt_name_as_eval_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    copy_tree(&fixture("models/tiny-qwen3-reranker"), &model);
+    let prompt = "Judge whether the document is about botany.";
+    let st_config = model.join("config_sentence_transformers.json");
+    let mut saved = support::read_json(&st_config);
+    saved["prompts"] = json!({"botany": prompt});
+    std::fs::write(&st_config, saved.to_string()).unwrap();
+    let data = dir.path().join("dev.jsonl");
+    write_rows(&data, "");
+    let eval = |more: &[&str]| -> f64 {
+        let mut args = vec![
+            "eval",
+            "--model",
+            model.to_str().unwrap(),
+            "--evaluator",
+            "correlation",
+            "--data",
+            data.to_str().unwrap(),
+            "--name",
+            "dev",
+            "--json",
+        ];
+        args.extend_from_slice(more);
+        let output = run(&args);
+        assert!(output.status.success(), "{}", stderr(&output));
+        let metrics: Value = serde_json::from_str(&stdout(&output)).unwrap();
+        metrics["dev_pearson"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{metrics}"))
+    };
+    let (prompted, plain) = (eval(&["--prompt-name", "botany"]), eval(&[]));
+    assert!(
+        (prompted - plain).abs() > 1e-6,
+        "the prompt changes the metric"
+    );
+    // Before the first step, the trainer's evaluator gives `eval`'s number for its prompt.
+    let first_pearson = |prompt_name: Option<&str>, output: &Path| -> f64 {
+        let evaluator = match prompt_name {
+            Some(name) => format!(
+                "evaluators=[{{kind = \"correlation\", name = \"dev\", data = {{files = [{}]}}, prompt_name = \"{name}\"}}]",
+                json!(data)
+            ),
+            None => format!(
+                "evaluators=[{{kind = \"correlation\", name = \"dev\", data = {{files = [{}]}}}}]",
+                json!(data)
+            ),
+        };
+        train(
+            &model,
+            &data,
+            output,
+            8,
+            &["--set", &evaluator, "--set", "eval_on_start=true"],
+        );
+        std::fs::read_to_string(output.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .find_map(|line| {
+                serde_json::from_str::<Value>(line).unwrap()["metrics"]["eval_dev_pearson"].as_f64()
+            })
+            .expect("an evaluation was logged")
+    };
+    let with_name = first_pearson(Some("botany"), &dir.path().join("a"));
+    assert!(
+        (with_name - prompted).abs() < 1e-6,
+        "{with_name} vs {prompted}"
+    );
+    let without = first_pearson(None, &dir.path().join("b"));
+    assert!((without - plain).abs() < 1e-6, "{without} vs {plain}");
+    // A name the model does not have is refused before training.
+    let output = run(&[
+        "train",
+        "--model",
+        model.to_str().unwrap(),
+        "--loss",
+        "BinaryCrossEntropyLoss",
+        "--train",
+        data.to_str().unwrap(),
+        "--output",
+        dir.path().join("c").to_str().unwrap(),
+        "--set",
+        &format!(
+            "evaluators=[{{kind = \"correlation\", data = {{files = [{}]}}, prompt_name = \"nope\"}}]",
+            json!(data)
+        ),
+    ]);
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("\"nope\" is none of the model's prompts (botany)"),
+        "{}",
+        stderr(&output)
     );
 }

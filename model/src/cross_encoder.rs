@@ -416,6 +416,17 @@ impl CrossEncoder {
         pairs: &[(&str, &str)],
         batch_size: usize,
     ) -> Result<Vec<Vec<f32>>, ModelError> {
+        self.predict_with_prompt(pairs, batch_size, self.prompt())
+    }
+
+    /// [`Self::predict`] with this prompt (or none) instead of the model's current one: an
+    /// evaluator's `prompt_name`, as the reference's evaluators pass it to `predict`.
+    pub fn predict_with_prompt(
+        &self,
+        pairs: &[(&str, &str)],
+        batch_size: usize,
+        prompt: Option<&str>,
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
         let network = self.inference_network()?;
         // On the CPU, one batch per thread at a time (see `score_longest_first_in_lanes`).
         let lanes = if self.device.is_cpu() {
@@ -427,7 +438,7 @@ impl CrossEncoder {
         // work (20 pairs on 2 threads: two batches of 10, not one of 20 and an idle core).
         let batch_size = batch_size.min(pairs.len().div_ceil(lanes)).max(1);
         let logits = score_longest_first_in_lanes(pairs, batch_size, lanes, |batch| {
-            let encoded = self.encode(batch)?;
+            let encoded = self.encode_with_prompt(batch, prompt)?;
             Ok::<_, ModelError>(
                 network
                     .forward(&self.token_tensors(&encoded)?)?

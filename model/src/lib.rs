@@ -48,5 +48,5 @@ pub use embedder::{Pooling, SentenceEmbedder};
 pub use error::ModelError;
 pub use family::{FamilyConfig, ModelFamily};
 pub use hub::resolve_model_dir;
-pub use scorer::{PairScorer, ScoreError};
+pub use scorer::{PairScorer, PromptedModel, ScoreError};
 pub use tokens::TokenTensors;

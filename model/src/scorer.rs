@@ -94,3 +94,40 @@ impl PairScorer for crate::CrossEncoder {
         crate::CrossEncoder::tokenizer(self)
     }
 }
+
+/// The model scoring with a prompt of its own choosing rather than the model's current one
+/// (an evaluator's `prompt_name`), without changing the model.
+pub struct PromptedModel<'a> {
+    /// The model.
+    pub model: &'a crate::CrossEncoder,
+    /// The prompt every pair gets (`None`: none).
+    pub prompt: Option<&'a str>,
+}
+
+impl PairScorer for PromptedModel<'_> {
+    fn predict(
+        &self,
+        pairs: &[(&str, &str)],
+        batch_size: usize,
+    ) -> Result<Vec<Vec<f32>>, ScoreError> {
+        Ok(self
+            .model
+            .predict_with_prompt(pairs, batch_size, self.prompt)?)
+    }
+
+    fn num_labels(&self) -> usize {
+        self.model.num_labels()
+    }
+
+    fn default_activation(&self) -> DefaultActivation {
+        self.model.default_activation()
+    }
+
+    fn max_length(&self) -> usize {
+        self.model.max_length()
+    }
+
+    fn tokenizer(&self) -> &crate::tokenize::PairTokenizer {
+        self.model.tokenizer()
+    }
+}

@@ -214,8 +214,15 @@ impl Run<'_> {
                 );
             }
             let batch_size = self.config.eval_batch_size;
-            let scorer: &dyn PairScorer = &self.model;
-            for evaluator in &self.evaluators {
+            for (evaluator, prompt) in self.evaluators.iter().zip(&self.evaluator_prompts) {
+                let prompted = crosstrain_model::PromptedModel {
+                    model: &self.model,
+                    prompt: prompt.as_deref(),
+                };
+                let scorer: &dyn PairScorer = match prompt {
+                    Some(_) => &prompted,
+                    None => &self.model,
+                };
                 let (name, result) = match evaluator {
                     LoadedEvaluator::Reranking { evaluator, samples } => (
                         evaluator.name.clone(),

@@ -37,6 +37,10 @@ pub struct EvaluatorConfig {
     /// Reranking with `documents`: also score positives the retriever missed.
     #[serde(default = "default_true")]
     pub always_rerank_positives: bool,
+    /// One of the model's saved prompts to score with, by name (the reference evaluators'
+    /// `prompt_name`); default: the model's default prompt, as `predict` applies it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_name: Option<String>,
 }
 
 fn default_at_k() -> usize {

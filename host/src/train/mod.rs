@@ -341,6 +341,9 @@ struct Run<'a> {
     /// The evaluation-loss datasets with their losses.
     eval_sources: Vec<sources::EvalSource>,
     evaluators: Vec<LoadedEvaluator>,
+    /// Each evaluator's prompt (its `prompt_name`, looked up in the model's prompts), or
+    /// `None` for the model's current prompt.
+    evaluator_prompts: Vec<Option<String>>,
     state: TrainerState,
     metrics_log: PathBuf,
     plugin_versions: Vec<(String, String)>,
@@ -443,6 +446,38 @@ pub fn train(
         .map(load_evaluator)
         .collect::<Result<Vec<_>, _>>()?;
     evaluation::check_best_metric(config, &eval_sources, &evaluators, model.num_labels())?;
+    let evaluator_prompts = config
+        .evaluators
+        .iter()
+        .map(|evaluator| {
+            evaluator
+                .prompt_name
+                .as_ref()
+                .map(|name| {
+                    model.prompts().get(name).cloned().ok_or_else(|| {
+                        TrainError::from(config::ConfigError::Invalid {
+                            field: "evaluators",
+                            message: format!(
+                                "evaluator {:?}: prompt_name {name:?} is none of the model's \
+                                 prompts ({})",
+                                evaluator.name,
+                                if model.prompts().is_empty() {
+                                    "it has none".to_string()
+                                } else {
+                                    model
+                                        .prompts()
+                                        .keys()
+                                        .cloned()
+                                        .collect::<Vec<_>>()
+                                        .join(", ")
+                                }
+                            ),
+                        })
+                    })
+                })
+                .transpose()
+        })
+        .collect::<Result<Vec<_>, _>>()?;
 
     world::check_same_job(world, config, &model, &train_sources, &eval_sources)?;
     let device_sum = crate::distributed::DeviceSum::for_device(world, model.device())
@@ -602,6 +637,7 @@ pub fn train(
         sources: train_sources,
         eval_sources,
         evaluators,
+        evaluator_prompts,
         state,
         metrics_log,
         plugin_versions,

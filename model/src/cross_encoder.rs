@@ -320,9 +320,8 @@ impl CrossEncoder {
 
     /// Sets the prompt every pair gets, as sentence-transformers applies `prompt=`: a decoder
     /// reranker's leading system message, an encoder cross-encoder's prefix of the query.
-    pub fn set_prompt(&mut self, prompt: Option<String>) -> Result<(), ModelError> {
+    pub fn set_prompt(&mut self, prompt: Option<String>) {
         self.tokenizer.set_prompt(prompt);
-        Ok(())
     }
 
     /// Sets the saved prompt `name` as the prompt every pair gets.
@@ -342,7 +341,8 @@ impl CrossEncoder {
                     }
                 ),
             })?;
-        self.set_prompt(Some(prompt))
+        self.set_prompt(Some(prompt));
+        Ok(())
     }
 
     /// The activation sentence-transformers' `predict` would apply.

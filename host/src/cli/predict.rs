@@ -82,7 +82,7 @@ impl ModelArgs {
         let mut model = CrossEncoder::load(&self.model, &options)
             .with_context(|| format!("loading model {}", self.model))?;
         if let Some(prompt) = &self.prompt {
-            model.set_prompt(Some(prompt.clone()))?;
+            model.set_prompt(Some(prompt.clone()));
         } else if let Some(name) = &self.prompt_name {
             model.set_prompt_name(name)?;
         }

@@ -44,30 +44,11 @@ fn default_true() -> bool {
 }
 
 pub use super::evaluator_config::{check_evaluators, EvaluatorConfig, EvaluatorKind};
+pub use super::prompts::Prompts;
 pub use super::recipe_keys::{canonical_key, set_key, set_value, twin_key, KEY_ALIASES};
 pub use super::settings::{
     BatchSampler, IntervalStrategy, LrScheduler, LrSchedulerKwargs, MultiDatasetBatchSampler,
 };
-
-/// The recipe's `prompts`: one for all datasets, or one per named dataset.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(untagged)]
-pub enum Prompts {
-    /// The same prompt for every dataset.
-    All(String),
-    /// Dataset name → prompt.
-    PerDataset(std::collections::BTreeMap<String, String>),
-}
-
-impl Prompts {
-    /// The prompt of the dataset called `name`, if any.
-    pub fn for_dataset(&self, name: &str) -> Option<&str> {
-        match self {
-            Self::All(prompt) => Some(prompt),
-            Self::PerDataset(prompts) => prompts.get(name).map(String::as_str),
-        }
-    }
-}
 
 /// A training run. Defaults are those of the reference (`CrossEncoderTrainingArguments`,
 /// i.e. transformers' `TrainingArguments`) unless noted.
@@ -373,31 +354,10 @@ impl TrainConfig {
         if self.batch_size == 0 {
             return invalid("per_device_train_batch_size", "must be at least 1".into());
         }
-        if let Some(Prompts::PerDataset(prompts)) = &self.prompts {
-            let names: Vec<&str> = self
-                .train
-                .entries
-                .iter()
-                .chain(self.eval.iter().flat_map(|eval| eval.entries.iter()))
-                .filter(|_| self.train.named)
-                .map(|entry| entry.name.as_str())
-                .collect();
-            if let Some(unknown) = prompts.keys().find(|key| !names.contains(&key.as_str())) {
-                return invalid(
-                    "prompts",
-                    if self.train.named {
-                        format!(
-                            "{unknown:?} is no dataset of this recipe (its datasets: {})",
-                            names.join(", ")
-                        )
-                    } else {
-                        format!(
-                            "a table of prompts per dataset needs named datasets ([train.NAME]); \
-                             {unknown:?} names none: give one string for the single dataset"
-                        )
-                    },
-                );
-            }
+        if let Some(prompts) = &self.prompts {
+            prompts
+                .check(&self.train, self.eval.as_ref())
+                .or_else(|message| invalid("prompts", message))?;
         }
         if self.eval_batch_size == 0 {
             return invalid("per_device_eval_batch_size", "must be at least 1".into());

@@ -84,3 +84,35 @@ pub fn check_evaluators(evaluators: &[EvaluatorConfig]) -> Result<(), (&'static 
     }
     Ok(())
 }
+
+/// Each evaluator's prompt: the model's saved prompt its `prompt_name` names, or `None` (the
+/// model's current prompt). A name the model lacks is refused before training.
+pub(super) fn evaluator_prompts(
+    evaluators: &[EvaluatorConfig],
+    model: &crosstrain_model::CrossEncoder,
+) -> Result<Vec<Option<String>>, super::config::ConfigError> {
+    let prompts = model.prompts();
+    evaluators
+        .iter()
+        .map(|evaluator| {
+            let Some(name) = &evaluator.prompt_name else {
+                return Ok(None);
+            };
+            prompts.get(name).cloned().map(Some).ok_or_else(|| {
+                let known: Vec<&str> = prompts.keys().map(String::as_str).collect();
+                super::config::ConfigError::Invalid {
+                    field: "evaluators",
+                    message: format!(
+                        "evaluator {:?}: prompt_name {name:?} is none of the model's prompts ({})",
+                        evaluator.name,
+                        if known.is_empty() {
+                            "it has none".to_string()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                }
+            })
+        })
+        .collect()
+}

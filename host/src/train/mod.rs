@@ -17,6 +17,7 @@ mod evaluator_config;
 mod finish;
 mod order;
 mod output;
+mod prompts;
 mod resume;
 mod sources;
 mod training_loop;
@@ -446,38 +447,7 @@ pub fn train(
         .map(load_evaluator)
         .collect::<Result<Vec<_>, _>>()?;
     evaluation::check_best_metric(config, &eval_sources, &evaluators, model.num_labels())?;
-    let evaluator_prompts = config
-        .evaluators
-        .iter()
-        .map(|evaluator| {
-            evaluator
-                .prompt_name
-                .as_ref()
-                .map(|name| {
-                    model.prompts().get(name).cloned().ok_or_else(|| {
-                        TrainError::from(config::ConfigError::Invalid {
-                            field: "evaluators",
-                            message: format!(
-                                "evaluator {:?}: prompt_name {name:?} is none of the model's \
-                                 prompts ({})",
-                                evaluator.name,
-                                if model.prompts().is_empty() {
-                                    "it has none".to_string()
-                                } else {
-                                    model
-                                        .prompts()
-                                        .keys()
-                                        .cloned()
-                                        .collect::<Vec<_>>()
-                                        .join(", ")
-                                }
-                            ),
-                        })
-                    })
-                })
-                .transpose()
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let evaluator_prompts = evaluator_config::evaluator_prompts(&config.evaluators, &model)?;
 
     world::check_same_job(world, config, &model, &train_sources, &eval_sources)?;
     let device_sum = crate::distributed::DeviceSum::for_device(world, model.device())
@@ -524,76 +494,77 @@ pub fn train(
             (source.name.clone(), hex)
         })
         .collect();
-    let state =
-        match &resume_from {
-            Some(checkpoint) => {
-                let mut state = TrainerState::read(&checkpoint.join("trainer_state.json"))?;
-                check_same_data(checkpoint, &state, &data_digests, &train_sources, options)?;
-                state.data_digests = data_digests;
-                if state.batches_per_epoch != batches_per_epoch || state.max_steps != max_steps {
-                    return Err(TrainError::Checkpoint {
-                        path: checkpoint.clone(),
-                        message: format!(
+    let state = match &resume_from {
+        Some(checkpoint) => {
+            let mut state = TrainerState::read(&checkpoint.join("trainer_state.json"))?;
+            resume::check_same_data(checkpoint, &state, &data_digests, &train_sources, options)?;
+            state.data_digests = data_digests;
+            if state.batches_per_epoch != batches_per_epoch || state.max_steps != max_steps {
+                return Err(TrainError::Checkpoint {
+                    path: checkpoint.clone(),
+                    message: format!(
                         "it was written for {} batches per epoch and {} steps, this config gives \
                          {batches_per_epoch} and {max_steps}; resume with the same data and \
                          settings",
                         state.batches_per_epoch, state.max_steps
                     ),
-                    });
-                }
-                let optimizer_file = checkpoint.join("optimizer.safetensors");
-                let tensors = candle_core::safetensors::load(&optimizer_file, model.device())
-                    .map_err(|e| TrainError::Checkpoint {
+                });
+            }
+            let optimizer_file = checkpoint.join("optimizer.safetensors");
+            let tensors =
+                candle_core::safetensors::load(&optimizer_file, model.device()).map_err(|e| {
+                    TrainError::Checkpoint {
                         path: checkpoint.clone(),
                         message: format!(
                             "{}: unreadable ({e}); resume from an earlier checkpoint",
                             optimizer_file.display()
                         ),
-                    })?;
-                optimizer
-                    .load_state(&tensors, state.global_step as u64)
-                    .map_err(|source| TrainError::OptimizerState {
-                        path: optimizer_file.clone(),
-                        source,
-                    })?;
-                model
-                    .dropout()
-                    .restore(state.dropout_state_of(world.rank()));
-                tracing::info!(
-                    step = state.global_step,
-                    "resuming from {}",
-                    checkpoint.display()
-                );
-                state
+                    }
+                })?;
+            optimizer
+                .load_state(&tensors, state.global_step as u64)
+                .map_err(|source| TrainError::OptimizerState {
+                    path: optimizer_file.clone(),
+                    source,
+                })?;
+            model
+                .dropout()
+                .restore(state.dropout_state_of(world.rank()));
+            tracing::info!(
+                step = state.global_step,
+                "resuming from {}",
+                checkpoint.display()
+            );
+            state
+        }
+        None => {
+            // Each rank draws its own masks (rank 0 the single-process stream).
+            model
+                .dropout()
+                .train(derive_seed(config.seed, DROPOUT, world.rank() as u64));
+            TrainerState {
+                global_step: 0,
+                max_steps,
+                warmup_steps,
+                batches_per_epoch,
+                epoch: 0,
+                batch_in_epoch: 0,
+                dropout_state: None,
+                rank_dropout_states: Vec::new(),
+                since_log: LossSums::default(),
+                total: LossSums::default(),
+                pairs_seen: 0,
+                train_seconds: 0.0,
+                log_history: Vec::new(),
+                best_metric_name,
+                best_metric: None,
+                best_checkpoint: None,
+                onnx: None,
+                data_digests,
+                crosstrain_version: env!("CARGO_PKG_VERSION").to_string(),
             }
-            None => {
-                // Each rank draws its own masks (rank 0 the single-process stream).
-                model
-                    .dropout()
-                    .train(derive_seed(config.seed, DROPOUT, world.rank() as u64));
-                TrainerState {
-                    global_step: 0,
-                    max_steps,
-                    warmup_steps,
-                    batches_per_epoch,
-                    epoch: 0,
-                    batch_in_epoch: 0,
-                    dropout_state: None,
-                    rank_dropout_states: Vec::new(),
-                    since_log: LossSums::default(),
-                    total: LossSums::default(),
-                    pairs_seen: 0,
-                    train_seconds: 0.0,
-                    log_history: Vec::new(),
-                    best_metric_name,
-                    best_metric: None,
-                    best_checkpoint: None,
-                    onnx: None,
-                    data_digests,
-                    crosstrain_version: env!("CARGO_PKG_VERSION").to_string(),
-                }
-            }
-        };
+        }
+    };
 
     let previous_output = if replace_previous {
         let previous = output::PreviousOutput::move_aside(&output)?;
@@ -729,58 +700,6 @@ pub fn train(
         final_metrics: run.last_metrics,
         times: run.times,
         optimizer_seconds: run.optimizer_seconds,
-    })
-}
-
-/// Refuses to resume on training data whose rows, labels or texts differ from those the
-/// checkpoint was trained on (a file changed under the same path), naming the files, unless
-/// `--allow-change train` allows it. A checkpoint without digests (an older crosstrain's) is
-/// not checked.
-fn check_same_data(
-    checkpoint: &Path,
-    state: &TrainerState,
-    digests: &BTreeMap<String, String>,
-    sources: &[sources::TrainSource],
-    options: &RunOptions,
-) -> Result<(), TrainError> {
-    if state.data_digests.is_empty() {
-        return Ok(());
-    }
-    let changed: Vec<String> = sources
-        .iter()
-        .filter(|source| state.data_digests.get(&source.name) != digests.get(&source.name))
-        .map(|source| {
-            let files: Vec<String> = source
-                .dataset
-                .files
-                .iter()
-                .map(|f| f.display().to_string())
-                .collect();
-            format!(
-                "training data {} ({}) differs in its rows, labels or texts",
-                source.name,
-                files.join(", ")
-            )
-        })
-        .collect();
-    if changed.is_empty() {
-        return Ok(());
-    }
-    let allowed = options
-        .allowed_changes
-        .iter()
-        .any(|key| config::canonical_key(key) == "train");
-    if allowed {
-        tracing::warn!(
-            "resuming {} on changed data, as --allow-change train allows: {}",
-            checkpoint.display(),
-            changed.join("; ")
-        );
-        return Ok(());
-    }
-    Err(TrainError::ResumeChanged {
-        path: checkpoint.to_path_buf(),
-        changes: changed.join("; "),
     })
 }
 

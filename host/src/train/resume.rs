@@ -193,3 +193,55 @@ fn show(value: &Value) -> String {
         other => other.to_string(),
     }
 }
+
+/// Refuses to resume on training data whose rows, labels or texts differ from those the
+/// checkpoint was trained on (a file changed under the same path), naming the files, unless
+/// `--allow-change train` allows it. A checkpoint without digests (an older crosstrain's) is
+/// not checked.
+pub(super) fn check_same_data(
+    checkpoint: &Path,
+    state: &super::state::TrainerState,
+    digests: &std::collections::BTreeMap<String, String>,
+    sources: &[super::sources::TrainSource],
+    options: &super::RunOptions,
+) -> Result<(), TrainError> {
+    if state.data_digests.is_empty() {
+        return Ok(());
+    }
+    let changed: Vec<String> = sources
+        .iter()
+        .filter(|source| state.data_digests.get(&source.name) != digests.get(&source.name))
+        .map(|source| {
+            let files: Vec<String> = source
+                .dataset
+                .files
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect();
+            format!(
+                "training data {} ({}) differs in its rows, labels or texts",
+                source.name,
+                files.join(", ")
+            )
+        })
+        .collect();
+    if changed.is_empty() {
+        return Ok(());
+    }
+    let allowed = options
+        .allowed_changes
+        .iter()
+        .any(|key| super::config::canonical_key(key) == "train");
+    if allowed {
+        tracing::warn!(
+            "resuming {} on changed data, as --allow-change train allows: {}",
+            checkpoint.display(),
+            changed.join("; ")
+        );
+        return Ok(());
+    }
+    Err(TrainError::ResumeChanged {
+        path: checkpoint.to_path_buf(),
+        changes: changed.join("; "),
+    })
+}

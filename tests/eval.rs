@@ -66,9 +66,25 @@ fn f32_list(value: &Value) -> Vec<f32> {
 
 #[test]
 fn reranking_metrics_equal_the_reference() {
-    let golden = golden();
+    // The 6.2 cases re-run through sentence-transformers 6.3, whose reranking metrics we
+    // follow (`scripts/make-golden-metrics-st63.py`); the 6.2 file says which MRRs tie.
+    let golden_62 = golden();
+    let golden: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("golden_metrics_st63.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        golden["meta"]["versions"]["sentence-transformers"],
+        "6.3.0"
+    );
     let mut worst: f64 = 0.0;
-    for case in golden["reranking"].as_array().unwrap() {
+    for (case, case_62) in golden["reranking"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(golden_62["reranking"].as_array().unwrap())
+    {
+        assert_eq!(case["id"], case_62["id"]);
         let id = case["id"].as_str().unwrap();
         let kwargs = &case["evaluator_kwargs"];
         let evaluator = RerankingEvaluator {
@@ -82,13 +98,9 @@ fn reranking_metrics_equal_the_reference() {
         let result = evaluator.evaluate(&samples, |index, document| {
             doc_scores[index][document].as_f64().unwrap() as f32
         });
-        if case["error"].is_string() {
-            let error = result.unwrap_err().to_string();
-            assert!(error.contains("more than 1 document"), "{id}: {error}");
-            continue;
-        }
+        assert!(case["error"].is_null(), "{id}: 6.3 raises no error");
         // MRR is undefined under ties at the deciding position (numpy's unstable sort).
-        let tie_sensitive = case["per_query"]
+        let tie_sensitive = case_62["per_query"]
             .as_array()
             .unwrap()
             .iter()

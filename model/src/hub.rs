@@ -97,3 +97,51 @@ fn download_from_hub(model_id: &str) -> Result<PathBuf, ModelError> {
         .map(Path::to_path_buf)
         .ok_or_else(|| download_error("the hub cache returned no directory".into()))
 }
+
+/// A Hugging Face **dataset** repository's files whose repository paths `wanted` accepts,
+/// downloaded with hf-hub into its cache; returns the local snapshot directory, in which
+/// each file has its repository path. (The NanoBEIR evaluator reads its subsets this way;
+/// this path needs the network, so tests use local directories.)
+#[cfg(feature = "hub")]
+pub fn download_dataset_files(
+    dataset_id: &str,
+    wanted: &dyn Fn(&str) -> bool,
+) -> Result<PathBuf, ModelError> {
+    let download_error = |message: String| ModelError::Download {
+        model: format!("dataset {dataset_id}"),
+        message,
+    };
+    let api = hf_hub::api::sync::Api::new().map_err(|e| download_error(e.to_string()))?;
+    let repo = api.dataset(dataset_id.to_string());
+    let info = repo.info().map_err(|e| download_error(e.to_string()))?;
+    let files: Vec<&str> = info
+        .siblings
+        .iter()
+        .map(|sibling| sibling.rfilename.as_str())
+        .filter(|name| wanted(name))
+        .collect();
+    let mut root = None;
+    for file in &files {
+        let local = repo
+            .get(file)
+            .map_err(|e| download_error(format!("{file}: {e}")))?;
+        // The snapshot directory: the local path less the file's repository path.
+        let depth = Path::new(file).components().count();
+        root = local.ancestors().nth(depth).map(Path::to_path_buf);
+    }
+    root.ok_or_else(|| download_error("no file of the repository is one it needs".into()))
+}
+
+/// Without the `hub` feature a dataset id cannot be fetched.
+#[cfg(not(feature = "hub"))]
+pub fn download_dataset_files(
+    dataset_id: &str,
+    _wanted: &dyn Fn(&str) -> bool,
+) -> Result<PathBuf, ModelError> {
+    Err(ModelError::Download {
+        model: format!("dataset {dataset_id}"),
+        message: "this build of crosstrain-model has no hub support (enable its `hub` \
+                  feature), and no such local directory exists"
+            .into(),
+    })
+}

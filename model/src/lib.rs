@@ -47,6 +47,6 @@ pub use dropout::DropoutRng;
 pub use embedder::{Pooling, SentenceEmbedder};
 pub use error::ModelError;
 pub use family::{FamilyConfig, ModelFamily};
-pub use hub::resolve_model_dir;
+pub use hub::{download_dataset_files, resolve_model_dir};
 pub use scorer::{PairScorer, PromptedModel, ScoreError};
 pub use tokens::TokenTensors;

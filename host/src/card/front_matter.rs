@@ -24,6 +24,7 @@ pub(super) fn pretty_metric_name(key: &str) -> String {
 pub(super) fn task_type(kind: &str) -> (&'static str, &'static str) {
     match kind {
         "reranking" => ("cross-encoder-reranking", "Cross Encoder Reranking"),
+        "nanobeir" => ("cross-encoder-nano-beir", "Cross Encoder Nano BEIR"),
         "classification" => (
             "cross-encoder-classification",
             "Cross Encoder Classification",

@@ -2,6 +2,7 @@
 
 pub mod dataset;
 pub mod eval_sets;
+pub mod nanobeir;
 pub mod pairs;
 
 /// The UTF-8 byte-order mark some editors (and Excel) put at the start of a text file.

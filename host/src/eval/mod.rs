@@ -5,6 +5,7 @@
 
 pub mod classification;
 pub mod correlation;
+pub mod nanobeir;
 pub mod reranking;
 pub mod run;
 

@@ -1,5 +1,8 @@
-//! CrossEncoderRerankingEvaluator: MAP, MRR@k and NDCG@k per query, averaged; and the
-//! `base_*` metrics of a retriever's given order.
+//! CrossEncoderRerankingEvaluator as sentence-transformers 6.3 computes it: MAP, MRR@k and
+//! NDCG@k per query, averaged over every query; and the `base_*` metrics of a retriever's
+//! given order. Since 6.3 a query's positives the list lacks still count: in NDCG's ideal
+//! (over min(positives, k)) and as AP's factor retrieved/positives; the base metrics are those
+//! of the retriever's list alone.
 
 use super::{average_precision, descending_tie_groups, Metrics};
 
@@ -18,38 +21,35 @@ pub enum RerankingError {
         /// The query.
         query: String,
     },
-    /// sklearn's NDCG needs at least two documents.
-    #[error(
-        "sample {index} (query {query:?}): computing NDCG is only meaningful when there is more \
-         than 1 document, got 1 (as in the reference, which raises here)"
-    )]
-    SingleDocument {
-        /// 0-based sample index.
-        index: usize,
-        /// The query.
-        query: String,
-    },
 }
 
 /// The per-query metrics.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct QueryMetrics {
-    /// Average precision over the whole list.
+    /// Average precision over the list, times retrieved/all positives.
     pub average_precision: f64,
     /// Reciprocal rank of the first relevant document in the top k.
     pub reciprocal_rank: f64,
-    /// Tie-averaged NDCG@k with linear gains.
+    /// Tie-averaged DCG@k with linear gains over the ideal DCG of the query's positives.
     pub ndcg: f64,
 }
 
-/// MRR@k, NDCG@k and AP of one scored list. Ties in MRR (undefined in the reference, whose
-/// numpy sort is unstable) put relevant documents last; NDCG and AP are tie-aware as sklearn.
-pub fn query_metrics(relevant: &[bool], scores: &[f32], at_k: usize) -> Option<QueryMetrics> {
-    let n = relevant.len();
-    if n < 2 {
-        return None;
+/// MRR@k, NDCG@k and AP of one scored list whose query has `total_positives` relevant
+/// documents in all (at least those in the list). A list without a relevant document scores
+/// 0 everywhere. Ties in MRR (undefined in the reference, whose numpy sort is unstable) put
+/// relevant documents last; NDCG and AP are tie-aware as sklearn.
+pub fn query_metrics(
+    relevant: &[bool],
+    scores: &[f32],
+    total_positives: usize,
+    at_k: usize,
+) -> QueryMetrics {
+    let retrieved = relevant.iter().filter(|&&r| r).count();
+    if retrieved == 0 {
+        return QueryMetrics::default();
     }
-    let mut order: Vec<usize> = (0..n).collect();
+    let positives = total_positives.max(retrieved);
+    let mut order: Vec<usize> = (0..relevant.len()).collect();
     order.sort_by(|&a, &b| {
         scores[b]
             .total_cmp(&scores[a])
@@ -75,13 +75,13 @@ pub fn query_metrics(relevant: &[bool], scores: &[f32], at_k: usize) -> Option<Q
         dcg += gain * discounts;
         start += members.len();
     }
-    let positives = relevant.iter().filter(|&&r| r).count();
-    let ideal: f64 = (0..positives).map(discount).sum();
-    Some(QueryMetrics {
-        average_precision: average_precision(relevant, scores),
+    let ideal: f64 = (0..positives.min(at_k)).map(discount).sum();
+    QueryMetrics {
+        average_precision: average_precision(relevant, scores) * retrieved as f64
+            / positives as f64,
         reciprocal_rank,
-        ndcg: if ideal > 0.0 { dcg / ideal } else { 0.0 },
-    })
+        ndcg: dcg / ideal,
+    }
 }
 
 /// The reranking evaluator's settings.
@@ -111,9 +111,7 @@ pub fn scored_documents(
     always_rerank_positives: bool,
     index: usize,
 ) -> Result<Vec<(String, bool)>, RerankingError> {
-    // An empty `documents` list is falsy in the reference: it counts as absent.
-    let documents = sample.documents.as_ref().filter(|d| !d.is_empty());
-    match (&sample.negative, documents) {
+    match (&sample.negative, sample.documents.as_ref()) {
         (Some(negative), None) => Ok(sample
             .positive
             .iter()
@@ -154,45 +152,31 @@ impl RerankingEvaluator {
         let mut sums = [0.0f64; 3];
         let mut base_sums = [0.0f64; 3];
         let mut base_count = 0usize;
+        let add = |sums: &mut [f64; 3], metrics: QueryMetrics| {
+            sums[0] += metrics.average_precision;
+            sums[1] += metrics.reciprocal_rank;
+            sums[2] += metrics.ndcg;
+        };
         for (index, sample) in samples.iter().enumerate() {
+            let positives = sample.positive.len();
+            if let Some(documents) = &sample.documents {
+                base_count += 1;
+                let relevant: Vec<bool> = documents
+                    .iter()
+                    .map(|d| sample.positive.contains(d))
+                    .collect();
+                let n = relevant.len();
+                let scores: Vec<f32> = (0..n).map(|i| (n - i) as f32).collect();
+                add(
+                    &mut base_sums,
+                    query_metrics(&relevant, &scores, positives, k),
+                );
+            }
             let scored = scored_documents(sample, self.always_rerank_positives, index)?;
             if scored.iter().any(|(_, relevant)| *relevant) {
                 let relevant: Vec<bool> = scored.iter().map(|(_, r)| *r).collect();
                 let scores: Vec<f32> = scored.iter().map(|(d, _)| score(index, d)).collect();
-                let metrics = query_metrics(&relevant, &scores, k).ok_or_else(|| {
-                    RerankingError::SingleDocument {
-                        index,
-                        query: sample.query.clone(),
-                    }
-                })?;
-                sums[0] += metrics.average_precision;
-                sums[1] += metrics.reciprocal_rank;
-                sums[2] += metrics.ndcg;
-            }
-            if let Some(documents) = sample.documents.as_ref().filter(|d| !d.is_empty()) {
-                base_count += 1;
-                let mut relevant: Vec<bool> = documents
-                    .iter()
-                    .map(|d| sample.positive.contains(d))
-                    .collect();
-                let found = relevant.iter().filter(|&&r| r).count();
-                if found > 0 {
-                    relevant.extend(std::iter::repeat_n(
-                        true,
-                        sample.positive.len().saturating_sub(found),
-                    ));
-                    let n = relevant.len();
-                    let scores: Vec<f32> = (0..n).map(|i| (n - i) as f32).collect();
-                    let metrics = query_metrics(&relevant, &scores, k).ok_or_else(|| {
-                        RerankingError::SingleDocument {
-                            index,
-                            query: sample.query.clone(),
-                        }
-                    })?;
-                    base_sums[0] += metrics.average_precision;
-                    base_sums[1] += metrics.reciprocal_rank;
-                    base_sums[2] += metrics.ndcg;
-                }
+                add(&mut sums, query_metrics(&relevant, &scores, positives, k));
             }
         }
         let count = samples.len().max(1) as f64;

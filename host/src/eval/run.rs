@@ -137,3 +137,23 @@ pub fn correlation(
     let predicted: Vec<f32> = scores.iter().map(|r| r[0]).collect();
     Ok(correlation_metrics(name, gold, &predicted))
 }
+
+/// NanoBEIR: the reranking evaluator on each dataset's samples (`(split, samples)`, the split
+/// `Nano{Name}`), one scoring call per dataset as the reference, then the means.
+pub fn nanobeir(
+    evaluator: &super::nanobeir::NanoBeirEvaluator,
+    datasets: &[(String, Vec<RerankingSample>)],
+    scorer: &dyn PairScorer,
+    batch_size: usize,
+) -> Result<Metrics, EvalRunError> {
+    let mut per_dataset = Vec::with_capacity(datasets.len());
+    for (split, samples) in datasets {
+        let dataset_evaluator = RerankingEvaluator {
+            at_k: evaluator.at_k,
+            always_rerank_positives: evaluator.always_rerank_positives,
+            name: evaluator.dataset_name(split),
+        };
+        per_dataset.push(reranking(&dataset_evaluator, samples, scorer, batch_size)?);
+    }
+    Ok(evaluator.aggregate(&per_dataset))
+}

@@ -327,7 +327,15 @@ impl TrainConfig {
             eval.resolve_paths(base);
         }
         for evaluator in &mut self.evaluators {
-            evaluator.data.resolve_paths(base);
+            if let Some(data) = &mut evaluator.data {
+                data.resolve_paths(base);
+            }
+            if let Some(id) = &mut evaluator.dataset_id {
+                let local = base.join(id.as_str());
+                if Path::new(id.as_str()).is_relative() && local.is_dir() {
+                    *id = crate::fsutil::tidy_path(&local).display().to_string();
+                }
+            }
         }
         if self.output.is_relative() {
             self.output = base.join(&self.output);

@@ -16,6 +16,13 @@ pub(super) enum LoadedEvaluator {
         dataset: Dataset,
         gold: Vec<f64>,
     },
+    NanoBeir {
+        evaluator: NanoBeirEvaluator,
+        /// The recipe's `dataset_id`, for the card.
+        dataset_id: String,
+        /// `(split, samples)` per dataset.
+        datasets: Vec<(String, Vec<RerankingSample>)>,
+    },
 }
 
 pub(super) fn load_evaluator(config: &EvaluatorConfig) -> Result<LoadedEvaluator, TrainError> {
@@ -23,25 +30,48 @@ pub(super) fn load_evaluator(config: &EvaluatorConfig) -> Result<LoadedEvaluator
         EvaluatorKind::Reranking => "reranking",
         EvaluatorKind::Classification => "classification",
         EvaluatorKind::Correlation => "correlation",
+        EvaluatorKind::Nanobeir => "nanobeir",
     };
     let evaluator_error = |message: String| TrainError::EvaluatorData {
-        name: if config.name.is_empty() {
+        name: if config.key_name().is_empty() {
             label.to_string()
         } else {
-            config.name.clone()
+            config.key_name()
         },
         message,
     };
+    if config.kind == EvaluatorKind::Nanobeir {
+        let evaluator = NanoBeirEvaluator {
+            dataset_names: config.nanobeir_datasets(),
+            rerank_k: config.rerank_k.unwrap_or(100),
+            at_k: config.at_k,
+            always_rerank_positives: config.always_rerank_positives,
+        };
+        let dataset_id = config
+            .dataset_id
+            .clone()
+            .unwrap_or_else(|| super::evaluator_config::DEFAULT_NANOBEIR_ID.to_string());
+        let datasets = crate::data::nanobeir::load_nanobeir(&dataset_id, &evaluator.dataset_names, evaluator.rerank_k)
+            .map_err(|e| evaluator_error(e.to_string()))?;
+        return Ok(LoadedEvaluator::NanoBeir {
+            evaluator,
+            dataset_id,
+            datasets,
+        });
+    }
+    let Some(data) = &config.data else {
+        return Err(evaluator_error("`data` is missing".into()));
+    };
     match config.kind {
         EvaluatorKind::Reranking => {
-            config.data.check()?;
+            data.check()?;
             let mut samples = Vec::new();
-            for file in &config.data.files {
+            for file in &data.files {
                 samples.extend(
                     read_reranking_samples(file).map_err(|e| evaluator_error(e.to_string()))?,
                 );
             }
-            if let Some(limit) = config.data.limit {
+            if let Some(limit) = data.limit {
                 samples.truncate(limit);
             }
             Ok(LoadedEvaluator::Reranking {
@@ -54,7 +84,7 @@ pub(super) fn load_evaluator(config: &EvaluatorConfig) -> Result<LoadedEvaluator
             })
         }
         kind => {
-            let dataset = read_dataset(&config.data)?;
+            let dataset = read_dataset(data)?;
             if dataset.columns.len() < 2 || dataset.columns.iter().any(|c| c.is_list()) {
                 return Err(evaluator_error(format!(
                     "{}: needs two text columns and a label, has {}",
@@ -114,6 +144,25 @@ impl LoadedEvaluator {
                     _ => &["pearson", "spearman"],
                 };
                 (name, metrics.iter().map(|m| m.to_string()).collect())
+            }
+            LoadedEvaluator::NanoBeir {
+                evaluator,
+                datasets,
+                ..
+            } => {
+                let k = evaluator.at_k;
+                let plain = ["map".to_string(), format!("mrr@{k}"), format!("ndcg@{k}")];
+                let metrics: Vec<String> = plain
+                    .iter()
+                    .cloned()
+                    .chain(plain.iter().map(|m| format!("base_{m}")))
+                    .collect();
+                return datasets
+                    .iter()
+                    .map(|(split, _)| evaluator.dataset_name(split))
+                    .chain(std::iter::once(evaluator.name()))
+                    .flat_map(|name| metrics.iter().map(move |m| format!("eval_{name}_{m}")))
+                    .collect();
             }
         };
         metrics
@@ -213,8 +262,11 @@ impl Run<'_> {
                     weighted / eval.len().max(1) as f64,
                 );
             }
-            let batch_size = self.config.eval_batch_size;
-            for (evaluator, prompt) in self.evaluators.iter().zip(&self.evaluator_prompts) {
+            let configs = &self.config.evaluators;
+            for ((evaluator, prompt), config) in
+                self.evaluators.iter().zip(&self.evaluator_prompts).zip(configs)
+            {
+                let batch_size = config.batch_size.unwrap_or(self.config.eval_batch_size);
                 let prompted = crosstrain_model::PromptedModel {
                     model: &self.model,
                     prompt: prompt.as_deref(),
@@ -257,6 +309,14 @@ impl Run<'_> {
                         };
                         (name.clone(), result)
                     }
+                    LoadedEvaluator::NanoBeir {
+                        evaluator,
+                        datasets,
+                        ..
+                    } => (
+                        evaluator.name(),
+                        eval_run::nanobeir(evaluator, datasets, scorer, batch_size),
+                    ),
                 };
                 let values = result.map_err(|source| TrainError::Evaluator { name, source })?;
                 primaries.push(values.primary_metric.clone());

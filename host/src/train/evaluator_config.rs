@@ -16,6 +16,9 @@ pub enum EvaluatorKind {
     Classification,
     /// Pearson and Spearman against gold scores.
     Correlation,
+    /// The reranking metrics on NanoBEIR's BM25 top `rerank_k` per dataset, and their means
+    /// (sentence-transformers' `CrossEncoderNanoBEIREvaluator`).
+    Nanobeir,
 }
 
 /// One evaluator run every `eval_steps` and at the end.
@@ -27,8 +30,11 @@ pub struct EvaluatorConfig {
     /// Its data. Reranking: a JSONL file of `{query, positive, negative|documents}` or
     /// `{query, documents, labels}` samples. Classification/correlation: a dataset whose
     /// first two text columns are the pair and whose label column is the gold value.
-    pub data: DatasetSpec,
-    /// Metric key prefix, as the reference's `name` (e.g. `sts-dev`).
+    /// NanoBEIR: none (`dataset_id` says where its data is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<DatasetSpec>,
+    /// Metric key prefix, as the reference's `name` (e.g. `sts-dev`). NanoBEIR takes none:
+    /// its keys are `Nano{Name}_R{rerank_k}_*` and `NanoBEIR_R{rerank_k}_mean_*`.
     #[serde(default)]
     pub name: String,
     /// Cut-off for MRR and NDCG (reranking).
@@ -41,6 +47,41 @@ pub struct EvaluatorConfig {
     /// `prompt_name`); default: the model's default prompt, as `predict` applies it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt_name: Option<String>,
+    /// Pairs per forward pass; default: the recipe's `per_device_eval_batch_size` (32).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<usize>,
+    /// NanoBEIR: the datasets, by short name (`msmarco`, `nq`, ...); default: all 13 but
+    /// `arguana` and `touche2020`, as the reference.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset_names: Option<Vec<String>>,
+    /// NanoBEIR: a hub dataset id (downloaded into the hub cache) or a local directory in
+    /// the hub's layout (`{corpus,queries,qrels,bm25}/Nano{Name}-*.parquet`); default
+    /// `sentence-transformers/NanoBEIR-en`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset_id: Option<String>,
+    /// NanoBEIR: BM25 documents reranked per query (100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rerank_k: Option<usize>,
+}
+
+/// The reference's NanoBEIR dataset.
+pub const DEFAULT_NANOBEIR_ID: &str = "sentence-transformers/NanoBEIR-en";
+
+impl EvaluatorConfig {
+    /// The name its metric keys start with: `name`, or NanoBEIR's `NanoBEIR_R{k}_mean`.
+    pub fn key_name(&self) -> String {
+        match self.kind {
+            EvaluatorKind::Nanobeir => format!("NanoBEIR_R{}_mean", self.rerank_k.unwrap_or(100)),
+            _ => self.name.clone(),
+        }
+    }
+
+    /// NanoBEIR's dataset names in force.
+    pub fn nanobeir_datasets(&self) -> Vec<String> {
+        self.dataset_names
+            .clone()
+            .unwrap_or_else(crate::data::nanobeir::default_dataset_names)
+    }
 }
 
 fn default_at_k() -> usize {
@@ -55,6 +96,49 @@ fn default_true() -> bool {
 /// `name`): the field and what is wrong.
 pub fn check_evaluators(evaluators: &[EvaluatorConfig]) -> Result<(), (&'static str, String)> {
     for evaluator in evaluators {
+        let label = evaluator.key_name();
+        let refuse = |message: String| Err(("evaluators", format!("evaluator {label:?}: {message}")));
+        let nanobeir = evaluator.kind == EvaluatorKind::Nanobeir;
+        if nanobeir {
+            if evaluator.data.is_some() {
+                return refuse("nanobeir reads `dataset_id`, not `data`".into());
+            }
+            if !evaluator.name.is_empty() {
+                return refuse(
+                    "nanobeir takes no `name`: its keys are Nano{Name}_R{rerank_k}_* and \
+                     NanoBEIR_R{rerank_k}_mean_*"
+                        .into(),
+                );
+            }
+            if evaluator.rerank_k == Some(0) {
+                return refuse("rerank_k = 0 reranks nothing; set at least 1".into());
+            }
+            let names = evaluator.nanobeir_datasets();
+            if names.is_empty() {
+                return refuse("dataset_names is empty; leave it out for the default datasets".into());
+            }
+            for name in &names {
+                if let Err(error) = crate::data::nanobeir::split_name(name) {
+                    return refuse(format!("dataset_names: {error}"));
+                }
+            }
+        } else {
+            if evaluator.data.is_none() {
+                return refuse("`data` is missing".into());
+            }
+            for (key, given) in [
+                ("dataset_names", evaluator.dataset_names.is_some()),
+                ("dataset_id", evaluator.dataset_id.is_some()),
+                ("rerank_k", evaluator.rerank_k.is_some()),
+            ] {
+                if given {
+                    return refuse(format!("`{key}` is a nanobeir setting"));
+                }
+            }
+        }
+        if evaluator.batch_size == Some(0) {
+            return refuse("batch_size must be at least 1".into());
+        }
         if evaluator.at_k == 0 {
             return Err((
                 "evaluators",
@@ -67,7 +151,7 @@ pub fn check_evaluators(evaluators: &[EvaluatorConfig]) -> Result<(), (&'static 
     }
     let mut names = std::collections::BTreeSet::new();
     for evaluator in evaluators {
-        if !names.insert(evaluator.name.as_str()) {
+        if !names.insert(evaluator.key_name()) {
             let which = if evaluator.name.is_empty() {
                 "two evaluators have no `name`".to_string()
             } else {

@@ -241,7 +241,11 @@ impl Run<'_> {
             datasets.push(summary);
         }
         let mut evaluators = Vec::new();
+        // (kind, name, settings, primary metric) per evaluator; NanoBEIR gives one reranking
+        // entry per dataset and its aggregate, as the reference's card lists them.
+        let mut described: Vec<(&str, String, Value, String)> = Vec::new();
         for (index, loaded) in self.evaluators.iter().enumerate() {
+            let primary = self.primaries.get(index).cloned().unwrap_or_default();
             let (kind, name, settings) = match loaded {
                 LoadedEvaluator::Reranking { evaluator, .. } => (
                     "reranking",
@@ -266,7 +270,36 @@ impl Run<'_> {
                     };
                     (kind, name.clone(), json!({}))
                 }
+                LoadedEvaluator::NanoBeir {
+                    evaluator,
+                    dataset_id,
+                    datasets,
+                } => {
+                    for (split, _) in datasets {
+                        let name = evaluator.dataset_name(split);
+                        let primary = format!("{name}_ndcg@{}", evaluator.at_k);
+                        let settings = json!({
+                            "at_k": evaluator.at_k,
+                            "always_rerank_positives": evaluator.always_rerank_positives,
+                        });
+                        described.push(("reranking", name, settings, primary));
+                    }
+                    (
+                        "nanobeir",
+                        evaluator.name(),
+                        json!({
+                            "dataset_names": evaluator.dataset_names,
+                            "dataset_id": dataset_id,
+                            "rerank_k": evaluator.rerank_k,
+                            "at_k": evaluator.at_k,
+                            "always_rerank_positives": evaluator.always_rerank_positives,
+                        }),
+                    )
+                }
             };
+            described.push((kind, name, settings, primary));
+        }
+        for (kind, name, settings, primary) in described {
             // Keys of this evaluator: `eval_<name>_<metric>` (or `eval_<metric>` unnamed).
             let prefix = if name.is_empty() {
                 "eval_".to_string()
@@ -284,7 +317,7 @@ impl Run<'_> {
                 name,
                 config: settings,
                 metrics,
-                primary_metric: self.primaries.get(index).cloned().unwrap_or_default(),
+                primary_metric: primary,
             });
         }
         let example_data = self

@@ -37,6 +37,7 @@ use serde_json::{json, Value};
 
 use crate::data::dataset::{read_dataset, Dataset, DatasetError, LabelValues};
 use crate::data::eval_sets::read_reranking_samples;
+use crate::eval::nanobeir::NanoBeirEvaluator;
 use crate::eval::reranking::{RerankingEvaluator, RerankingSample};
 use crate::eval::run as eval_run;
 use crate::fsutil::{is_non_empty_dir, write_dir_atomically};
@@ -737,7 +738,8 @@ fn run_inputs(
     let evaluators = config
         .evaluators
         .iter()
-        .map(|e| ("evaluator data".to_string(), &e.data));
+        .filter_map(|e| e.data.as_ref())
+        .map(|data| ("evaluator data".to_string(), data));
     for (what, spec) in train.chain(eval).chain(evaluators) {
         inputs.extend(spec.files.iter().map(|f| (what.clone(), f.clone())));
     }

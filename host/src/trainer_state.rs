@@ -106,6 +106,44 @@ pub struct OnnxReport {
     pub not_checked: Option<String>,
 }
 
+/// transformers' `EarlyStoppingCallback` over the run's evaluations: the best value of the
+/// metric so far (updated by every evaluation after a step, as the trainer's `best_metric`)
+/// and how many evaluations in a row failed to beat it by more than the threshold.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EarlyStopping {
+    /// The best value of the metric among the evaluations after a step.
+    pub best: Option<f64>,
+    /// Evaluations since the last improvement.
+    pub patience_counter: usize,
+    /// The step after which the run stopped early.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_at: Option<usize>,
+}
+
+impl EarlyStopping {
+    fn is_unused(&self) -> bool {
+        self == &Self::default()
+    }
+
+    /// One evaluation's `value` after a step (`greater` is better, or smaller): the
+    /// callback's check against the best so far, then the trainer's best update. (The
+    /// evaluation before the first step only resets the counter, which is 0 then.) Returns
+    /// whether the patience is spent.
+    pub fn observe(&mut self, value: f64, greater: bool, threshold: f64, patience: usize) -> bool {
+        let beats = |best: f64| if greater { value > best } else { value < best };
+        match self.best {
+            Some(best) if !(beats(best) && (value - best).abs() > threshold) => {
+                self.patience_counter += 1
+            }
+            _ => self.patience_counter = 0,
+        }
+        if self.best.is_none_or(beats) {
+            self.best = Some(value);
+        }
+        self.patience_counter >= patience
+    }
+}
+
 /// `trainer_state.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainerState {
@@ -143,6 +181,10 @@ pub struct TrainerState {
     pub best_metric: Option<f64>,
     /// The checkpoint that had it.
     pub best_checkpoint: Option<String>,
+    /// Early stopping's record (transformers' `EarlyStoppingCallback` state), kept in
+    /// checkpoints so a resumed run stops where the whole run would have.
+    #[serde(default, skip_serializing_if = "EarlyStopping::is_unused")]
+    pub early_stopping: EarlyStopping,
     /// The ONNX export, once done.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub onnx: Option<OnnxReport>,

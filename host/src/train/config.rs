@@ -207,6 +207,13 @@ pub struct TrainConfig {
     /// Whether a larger metric is better; default: false for names ending in `loss`.
     #[serde(default)]
     pub greater_is_better: Option<bool>,
+    /// Stop training after this many evaluations in a row that do not improve
+    /// `metric_for_best_model` (transformers' `EarlyStoppingCallback`); unset: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub early_stopping_patience: Option<usize>,
+    /// How much the metric must improve on the best so far to count (0).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub early_stopping_threshold: f64,
     /// Export `onnx/model.onnx` after training and check it in ONNX Runtime when available.
     #[serde(default = "default_true")]
     pub export_onnx: bool,
@@ -220,6 +227,10 @@ pub struct TrainConfig {
     /// `--resume`); for time-boxed runs and for testing resumption.
     #[serde(default)]
     pub stop_at_step: Option<usize>,
+}
+
+fn is_zero(value: &f64) -> bool {
+    *value == 0.0
 }
 
 fn empty_object() -> Value {
@@ -475,6 +486,23 @@ impl TrainConfig {
                     "lr_end = {} must be in [0, learning_rate = {})",
                     kwargs.lr_end, self.lr
                 ),
+            );
+        }
+        if let Some(patience) = self.early_stopping_patience {
+            if patience == 0 {
+                return invalid("early_stopping_patience", "must be at least 1".into());
+            }
+            if self.effective_eval_strategy() == IntervalStrategy::No {
+                return invalid(
+                    "early_stopping_patience",
+                    "needs evaluations during training (eval_strategy or eval_steps)".into(),
+                );
+            }
+        }
+        if !(self.early_stopping_threshold >= 0.0 && self.early_stopping_threshold.is_finite()) {
+            return invalid(
+                "early_stopping_threshold",
+                format!("{} is not a non-negative number", self.early_stopping_threshold),
             );
         }
         if let Err((field, message)) = check_evaluators(&self.evaluators) {

@@ -560,6 +560,7 @@ pub fn train(
                 best_metric_name,
                 best_metric: None,
                 best_checkpoint: None,
+                early_stopping: Default::default(),
                 onnx: None,
                 data_digests,
                 crosstrain_version: env!("CARGO_PKG_VERSION").to_string(),

@@ -11,7 +11,7 @@ use super::TrainError;
 
 /// The top-level settings that decide the numbers of a run. The others (where and how often
 /// to log, evaluate, save and export, the device, the output) may differ on resume.
-const RECIPE_KEYS: [&str; 27] = [
+const RECIPE_KEYS: [&str; 29] = [
     "model",
     "from_scratch",
     "num_labels",
@@ -39,6 +39,8 @@ const RECIPE_KEYS: [&str; 27] = [
     "group_by_length",
     "prompts",
     "seed",
+    "early_stopping_patience",
+    "early_stopping_threshold",
 ];
 
 /// Compares `config` and the job's `world_size` with the `training_args.json` of

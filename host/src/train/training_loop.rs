@@ -36,6 +36,7 @@ impl Run<'_> {
         let pairs_before = self.state.pairs_seen;
         let mut micro = 0usize;
         if config.eval_on_start && self.state.global_step == 0 && self.world.is_main() {
+            // Early stopping's check here only resets its counter (no best yet).
             self.evaluate_and_log()?;
         }
         if let Some(signal) = world::agreed_signal(&self.world, stop_requested()) {
@@ -192,6 +193,7 @@ impl Run<'_> {
                     self.evaluate_and_log()?;
                     self.evaluated_step = Some(global_step);
                 }
+                let stop_early = evaluated && self.early_stop_check() && !last;
                 let stop_here = config.stop_at_step == Some(global_step) && !last;
                 let signal = world::agreed_signal(&self.world, stop_requested());
                 let scheduled = config.saves_after(global_step, epoch_done);
@@ -206,10 +208,46 @@ impl Run<'_> {
                     report(TrainProgress::Stopped { step: global_step });
                     return Ok(LoopEnd::StoppedAtStep);
                 }
+                if stop_early {
+                    self.state.early_stopping.stopped_at = Some(global_step);
+                    tracing::info!(
+                        step = global_step,
+                        metric = %self.state.best_metric_name,
+                        "early stopping: {} evaluations without improvement",
+                        self.state.early_stopping.patience_counter
+                    );
+                    report(TrainProgress::Finished);
+                    return Ok(LoopEnd::Finished);
+                }
             }
         }
         report(TrainProgress::Finished);
         Ok(LoopEnd::Finished)
+    }
+
+    /// Early stopping's check after an evaluation that followed a step; true when the
+    /// patience is spent. Every rank calls it and agrees, since only rank 0 evaluates.
+    pub(super) fn early_stop_check(&mut self) -> bool {
+        let Some(patience) = self.config.early_stopping_patience else {
+            return false;
+        };
+        let mut spent = false;
+        if self.world.is_main() {
+            let metric = &self.state.best_metric_name;
+            if let Some(&value) = self.last_metrics.get(metric) {
+                let greater = self
+                    .config
+                    .greater_is_better
+                    .unwrap_or(!metric.ends_with("loss"));
+                spent = self.state.early_stopping.observe(
+                    value,
+                    greater,
+                    self.config.early_stopping_threshold,
+                    patience,
+                );
+            }
+        }
+        world::agreed_flag(&self.world, spent)
     }
 
     /// The error for a NaN or infinite value at `step`, naming the last good checkpoint.

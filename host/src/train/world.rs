@@ -289,6 +289,16 @@ pub(super) fn agreed_signal(world: &World, local: Option<i32>) -> Option<i32> {
     (signal[0] > 0.0).then_some(signal[0] as i32)
 }
 
+/// Whether any rank's `local` is true (rank 0 decides what only it computed).
+pub(super) fn agreed_flag(world: &World, local: bool) -> bool {
+    if !world.is_distributed() {
+        return local;
+    }
+    let mut flag = [f64::from(u8::from(local))];
+    world.max_f64(&mut flag);
+    flag[0] > 0.0
+}
+
 /// Every rank's dropout stream position, in rank order (for the checkpoint).
 pub(super) fn gather_dropout_states(world: &World, local: Option<u64>) -> Vec<Option<u64>> {
     if !world.is_distributed() {

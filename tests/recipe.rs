@@ -129,3 +129,36 @@ fn early_stopping_resumes_exactly() {
         read_json(&parted.join("trainer_state.json"))["early_stopping"]
     );
 }
+
+#[test]
+fn no_loss_named_trains_with_the_reference_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("pairs.jsonl");
+    write_pairs(&data);
+    let model = support::tiny_model_without_dropout(dir.path());
+    let run = |output: &Path, more: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--model",
+            model.to_str().unwrap(),
+            "--train",
+            data.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+            "--no-export-onnx",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+        ];
+        args.extend_from_slice(more);
+        let result = support::run(&args);
+        assert!(result.status.success(), "{}", support::stderr(&result));
+    };
+    let (default, named) = (dir.path().join("default"), dir.path().join("named"));
+    run(&default, &[]);
+    run(&named, &["--loss", "BinaryCrossEntropyLoss"]);
+    assert_eq!(support::losses_of(&default), support::losses_of(&named));
+    let card = std::fs::read_to_string(default.join("README.md")).unwrap();
+    assert!(card.contains("\"loss:BinaryCrossEntropyLoss\""), "{card}");
+}

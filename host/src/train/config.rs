@@ -74,8 +74,9 @@ pub struct TrainConfig {
     pub max_length: Option<usize>,
     /// The output directory: the trained model directory, its logs and checkpoints.
     pub output: PathBuf,
-    /// The loss: a name from `crosstrain losses list` (or `library/name`). May be left out
-    /// when every named training dataset names its own.
+    /// The loss: a name from `crosstrain losses list` (or `library/name`). Left out (and for
+    /// a named dataset without its own): the reference trainer's default,
+    /// `BinaryCrossEntropyLoss` for a model of one output, else `CrossEntropyLoss`.
     #[serde(default)]
     pub loss: String,
     /// The loss's config (see `crosstrain losses show NAME`); default: the loss's defaults.
@@ -442,22 +443,6 @@ impl TrainConfig {
         }
         if self.num_labels == Some(0) {
             return invalid("num_labels", "must be at least 1".into());
-        }
-        if let Some(entry) = self
-            .train
-            .entries
-            .iter()
-            .find(|e| self.loss.is_empty() && e.loss.is_none())
-        {
-            let message = if self.train.named {
-                format!(
-                    "missing: set `loss`, or a `loss` in [train.{}] (and every other dataset)",
-                    entry.name
-                )
-            } else {
-                "missing: name the loss (`loss = \"BinaryCrossEntropyLoss\"`, --loss)".into()
-            };
-            return invalid("loss", message);
         }
         if !self.loss_config.is_object() {
             return invalid("loss_config", "must be a table".into());

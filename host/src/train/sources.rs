@@ -45,8 +45,14 @@ fn build_loss(
     entry: &NamedDataset,
     config: &TrainConfig,
     what: &str,
+    model_num_labels: usize,
 ) -> Result<(Loss, crate::plugins::LibraryInfo), TrainError> {
     let (loss_name, loss_config) = Datasets::loss_of(entry, &config.loss, &config.loss_config);
+    let loss_name = if loss_name.is_empty() {
+        default_loss(model_num_labels)
+    } else {
+        loss_name
+    };
     let named = |error: PluginError| -> TrainError {
         if config.train.named {
             TrainError::Dataset(DatasetError::Format(format!(
@@ -64,6 +70,16 @@ fn build_loss(
     Ok((loss, library))
 }
 
+/// The reference trainer's loss when none is named (`CrossEncoderTrainer.get_default_loss`):
+/// `BinaryCrossEntropyLoss` for a model of one output, else `CrossEntropyLoss`.
+pub fn default_loss(num_labels: usize) -> &'static str {
+    if num_labels == 1 {
+        "BinaryCrossEntropyLoss"
+    } else {
+        "CrossEntropyLoss"
+    }
+}
+
 /// Reads every training dataset, builds its loss, and checks one against the other.
 pub(super) fn load_train_sources(
     config: &TrainConfig,
@@ -72,7 +88,7 @@ pub(super) fn load_train_sources(
 ) -> Result<Vec<TrainSource>, TrainError> {
     let mut sources = Vec::new();
     for (index, entry) in config.train.entries.iter().enumerate() {
-        let (loss, library) = build_loss(registry, entry, config, "training dataset")?;
+        let (loss, library) = build_loss(registry, entry, config, "training dataset", model_num_labels)?;
         let dataset = read_dataset(&entry.spec)?;
         let description = loss.description().clone();
         let format = dataset
@@ -150,7 +166,7 @@ pub(super) fn load_eval_sources(
             },
             _ => entry.clone(),
         };
-        let (loss, _) = build_loss(registry, &effective, config, "evaluation dataset")?;
+        let (loss, _) = build_loss(registry, &effective, config, "evaluation dataset", model_num_labels)?;
         let dataset = read_dataset(&entry.spec)?;
         let description = loss.description().clone();
         dataset

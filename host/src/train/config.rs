@@ -490,6 +490,24 @@ impl TrainConfig {
                 format!("{} is not a non-negative number", self.early_stopping_threshold),
             );
         }
+        if matches!(
+            self.lr_scheduler,
+            LrScheduler::CosineWithMinLr | LrScheduler::CosineWarmupWithMinLr
+        ) && kwargs.min_lr.is_some() == kwargs.min_lr_rate.is_some()
+        {
+            return invalid(
+                "lr_scheduler_kwargs",
+                "set exactly one of min_lr and min_lr_rate for this schedule, as transformers \
+                 requires"
+                    .into(),
+            );
+        }
+        if self.lr_scheduler == LrScheduler::WarmupStableDecay && kwargs.num_decay_steps.is_none() {
+            return invalid(
+                "lr_scheduler_kwargs",
+                "warmup_stable_decay needs num_decay_steps".into(),
+            );
+        }
         if let Err((field, message)) = check_evaluators(&self.evaluators) {
             return invalid(field, message);
         }

@@ -18,6 +18,22 @@ pub fn learning_rate(
     if scheduler == LrScheduler::Constant {
         return peak;
     }
+    match scheduler {
+        LrScheduler::CosineWarmupWithMinLr => {
+            return peak * cosine_warmup_with_min_lr(kwargs, peak, step, warmup, total)
+        }
+        LrScheduler::WarmupStableDecay => {
+            return peak * warmup_stable_decay(kwargs, step, warmup, total)
+        }
+        LrScheduler::InverseSqrt if step >= warmup => {
+            let timescale = kwargs
+                .timescale
+                .unwrap_or(if warmup > 0 { warmup } else { 10_000 }) as f64;
+            let shift = timescale - warmup as f64;
+            return peak / ((step as f64 + shift) / timescale).sqrt();
+        }
+        _ => {}
+    }
     if step < warmup {
         return peak * step as f64 / warmup.max(1) as f64;
     }
@@ -31,6 +47,12 @@ pub fn learning_rate(
             let cycles = kwargs.num_cycles.unwrap_or(0.5);
             (0.5 * (1.0 + (std::f64::consts::PI * cycles * 2.0 * progress).cos())).max(0.0)
         }
+        LrScheduler::CosineWithMinLr => {
+            let cycles = kwargs.num_cycles.unwrap_or(0.5);
+            let rate = min_lr_rate(kwargs, peak);
+            let factor = 0.5 * (1.0 + (std::f64::consts::PI * cycles * 2.0 * progress).cos());
+            (factor * (1.0 - rate) + rate).max(0.0)
+        }
         LrScheduler::CosineWithRestarts => {
             let cycles = kwargs.num_cycles.unwrap_or(1.0);
             if progress >= 1.0 {
@@ -39,6 +61,9 @@ pub fn learning_rate(
                 (0.5 * (1.0 + (std::f64::consts::PI * ((cycles * progress) % 1.0)).cos())).max(0.0)
             }
         }
+        LrScheduler::CosineWarmupWithMinLr
+        | LrScheduler::WarmupStableDecay
+        | LrScheduler::InverseSqrt => unreachable!("returned above"),
         LrScheduler::Polynomial => {
             let lr_end = kwargs.lr_end;
             if step > total {
@@ -50,6 +75,74 @@ pub fn learning_rate(
         }
     };
     peak * factor
+}
+
+/// The floor of the min-lr cosines as a fraction of the peak: `min_lr_rate`, or `min_lr` over
+/// the peak (the config's check makes sure one is given).
+fn min_lr_rate(kwargs: &LrSchedulerKwargs, peak: f64) -> f64 {
+    kwargs
+        .min_lr_rate
+        .or(kwargs.min_lr.map(|min_lr| min_lr / peak))
+        .unwrap_or(0.0)
+}
+
+/// transformers' `_get_cosine_with_min_lr_schedule_with_warmup_lr_rate_lambda`: its warm-up
+/// counts from step 1 (or starts at `warmup_lr_rate`), and its cosine reaches the floor at the
+/// last step.
+fn cosine_warmup_with_min_lr(
+    kwargs: &LrSchedulerKwargs,
+    peak: f64,
+    step: usize,
+    warmup: usize,
+    total: usize,
+) -> f64 {
+    let (step, warmup_f, total) = (step as f64, warmup as f64, total as f64);
+    if step < warmup_f {
+        return match kwargs.warmup_lr_rate {
+            None => (step + 1.0) / warmup_f.max(1.0),
+            Some(rate) => rate + (1.0 - rate) * step / (warmup.saturating_sub(1)).max(1) as f64,
+        };
+    }
+    let cycles = kwargs.num_cycles.unwrap_or(0.5);
+    let rate = min_lr_rate(kwargs, peak);
+    let progress = (step - warmup_f + 1.0) / (total - warmup_f).max(1.0);
+    let factor = 0.5 * (1.0 + (std::f64::consts::PI * cycles * 2.0 * progress).cos());
+    (factor * (1.0 - rate) + rate).max(0.0)
+}
+
+/// transformers' `get_wsd_schedule`.
+fn warmup_stable_decay(kwargs: &LrSchedulerKwargs, step: usize, warmup: usize, total: usize) -> f64 {
+    use super::settings::Shape;
+    let decay = kwargs.num_decay_steps.unwrap_or(0);
+    let stable = kwargs
+        .num_stable_steps
+        .unwrap_or_else(|| total.saturating_sub(warmup + decay));
+    let floor = kwargs.min_lr_ratio.unwrap_or(0.0);
+    let cycles = kwargs.num_cycles.unwrap_or(0.5);
+    if step < warmup {
+        let progress = step as f64 / warmup.max(1) as f64;
+        let factor = match kwargs.warmup_type.unwrap_or(Shape::Linear) {
+            Shape::Linear => progress,
+            Shape::Cosine => 0.5 * (1.0 - (std::f64::consts::PI * progress).cos()),
+            Shape::OneMinusSqrt => 1.0 - (1.0 - progress).sqrt(),
+        };
+        return (factor * (1.0 - floor) + floor).max(0.0);
+    }
+    if step < warmup + stable {
+        return 1.0;
+    }
+    if step < warmup + stable + decay {
+        let progress = (step - warmup - stable) as f64 / decay.max(1) as f64;
+        let factor = match kwargs.decay_type.unwrap_or(Shape::Cosine) {
+            Shape::Linear => 1.0 - progress,
+            Shape::Cosine => {
+                0.5 * (1.0 + (std::f64::consts::PI * cycles * 2.0 * progress).cos())
+            }
+            Shape::OneMinusSqrt => 1.0 - progress.sqrt(),
+        };
+        return (factor * (1.0 - floor) + floor).max(0.0);
+    }
+    floor
 }
 
 /// The global L2 norm of the gradients; when it exceeds `max_norm` (> 0) they are scaled by
@@ -192,6 +285,90 @@ mod tests {
             }
         }
     }
+    /// transformers 5.25 `get_scheduler(...)` for the transformers-5 schedules, same setting.
+    #[test]
+    fn newer_schedules_equal_transformers() {
+        use crate::train::settings::Shape;
+        let kwargs = |edit: &dyn Fn(&mut LrSchedulerKwargs)| {
+            let mut kwargs = LrSchedulerKwargs::default();
+            edit(&mut kwargs);
+            kwargs
+        };
+        let cases: Vec<(LrScheduler, LrSchedulerKwargs, [f64; 10])> = vec![
+            (
+                LrScheduler::CosineWithMinLr,
+                kwargs(&|k| k.min_lr = Some(1e-4)),
+                [0.0, 0.0003333333333333333, 0.0006666666666666666, 0.001, 0.0009554359905560886, 0.0008305704108364302, 0.0006501344202803415, 0.0004498655797196586, 0.00026942958916356994, 0.00014456400944391147],
+            ),
+            (
+                LrScheduler::CosineWithMinLr,
+                kwargs(&|k| {
+                    k.min_lr_rate = Some(0.1);
+                    k.num_cycles = Some(1.0)
+                }),
+                [0.0, 0.0003333333333333333, 0.0006666666666666666, 0.001, 0.0008305704108364302, 0.0004498655797196586, 0.00014456400944391147, 0.0001445640094439114, 0.0004498655797196585, 0.0008305704108364301],
+            ),
+            (
+                LrScheduler::CosineWarmupWithMinLr,
+                kwargs(&|k| k.min_lr_rate = Some(0.05)),
+                [0.0003333333333333333, 0.0006666666666666666, 0.001, 0.000952960212253649, 0.0008211576558828984, 0.0006306974436292493, 0.00041930255637075066, 0.00022884234411710158, 9.703978774635096e-05, 5e-05],
+            ),
+            (
+                LrScheduler::CosineWarmupWithMinLr,
+                kwargs(&|k| {
+                    k.min_lr = Some(1e-4);
+                    k.warmup_lr_rate = Some(0.1)
+                }),
+                [0.0001, 0.00055, 0.001, 0.0009554359905560886, 0.0008305704108364302, 0.0006501344202803415, 0.0004498655797196586, 0.00026942958916356994, 0.00014456400944391147, 0.0001],
+            ),
+            (
+                LrScheduler::WarmupStableDecay,
+                kwargs(&|k| {
+                    k.num_decay_steps = Some(4);
+                    k.min_lr_ratio = Some(0.1)
+                }),
+                [0.0001, 0.0004, 0.0007, 0.001, 0.001, 0.001, 0.001, 0.0008681980515339464, 0.00055, 0.00023180194846605365],
+            ),
+            (
+                LrScheduler::WarmupStableDecay,
+                kwargs(&|k| {
+                    k.num_decay_steps = Some(3);
+                    k.warmup_type = Some(Shape::Cosine);
+                    k.decay_type = Some(Shape::OneMinusSqrt)
+                }),
+                [0.0, 0.00024999999999999995, 0.0007499999999999999, 0.001, 0.001, 0.001, 0.001, 0.001, 0.0004226497308103743, 0.00018350341907227396],
+            ),
+            (
+                LrScheduler::WarmupStableDecay,
+                kwargs(&|k| {
+                    k.num_decay_steps = Some(2);
+                    k.num_stable_steps = Some(3);
+                    k.decay_type = Some(Shape::Linear)
+                }),
+                [0.0, 0.0003333333333333333, 0.0006666666666666666, 0.001, 0.001, 0.001, 0.001, 0.0005, 0.0, 0.0],
+            ),
+            (
+                LrScheduler::InverseSqrt,
+                LrSchedulerKwargs::default(),
+                [0.0, 0.0003333333333333333, 0.0006666666666666666, 0.001, 0.0008660254037844387, 0.0007745966692414834, 0.0007071067811865475, 0.000654653670707977, 0.0006123724356957945, 0.0005773502691896259],
+            ),
+            (
+                LrScheduler::InverseSqrt,
+                kwargs(&|k| k.timescale = Some(5)),
+                [0.0, 0.0003333333333333333, 0.0006666666666666666, 0.001, 0.000912870929175277, 0.0008451542547285166, 0.0007905694150420947, 0.00074535599249993, 0.0007071067811865475, 0.0006741998624632421],
+            ),
+        ];
+        for (scheduler, kwargs, expected) in cases {
+            for (step, want) in expected.iter().enumerate() {
+                let got = learning_rate(scheduler, &kwargs, 1e-3, step, 3, 10);
+                assert!(
+                    (got - want).abs() < 1e-15,
+                    "{scheduler:?} {kwargs:?} step {step}: {got} vs {want}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn schedule_matches_the_reference_stsb_run() {
         // 360 steps, warm-up ceil(0.1 × 360) = 36, lr 2e-5 (reference README).

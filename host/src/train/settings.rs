@@ -21,6 +21,18 @@ pub enum LrScheduler {
     CosineWithRestarts,
     /// Linear warm-up, then a polynomial decay of `power` (1.0) to `lr_end` (1e-7).
     Polynomial,
+    /// `cosine` ending at `min_lr` (or `min_lr_rate` × the peak) instead of 0.
+    CosineWithMinLr,
+    /// Warm-up from `warmup_lr_rate` × the peak (default: counting from step 1), then a
+    /// cosine to `min_lr` (or `min_lr_rate` × the peak) that reaches it at the last step.
+    CosineWarmupWithMinLr,
+    /// Warm-up (`warmup_type`: linear, cosine, 1-sqrt), the peak for `num_stable_steps`
+    /// (default: what the warm-up and `num_decay_steps` leave), then a `decay_type` decay
+    /// (cosine) to `min_lr_ratio` × the peak.
+    WarmupStableDecay,
+    /// Linear warm-up, then peak / sqrt((step + timescale − warm-up) / timescale), the
+    /// timescale defaulting to the warm-up (else 10,000).
+    InverseSqrt,
 }
 
 /// The schedules' parameters (transformers' `lr_scheduler_kwargs`); each has the default of
@@ -37,6 +49,47 @@ pub struct LrSchedulerKwargs {
     /// `polynomial`: the final learning rate (1e-7).
     #[serde(default = "default_lr_end")]
     pub lr_end: f64,
+    /// `cosine_with_min_lr`, `cosine_warmup_with_min_lr`: the final learning rate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_lr: Option<f64>,
+    /// The same as a fraction of the peak (one of the two is needed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_lr_rate: Option<f64>,
+    /// `cosine_warmup_with_min_lr`: where the warm-up starts, as a fraction of the peak.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup_lr_rate: Option<f64>,
+    /// `warmup_stable_decay`: steps of the decay (needed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_decay_steps: Option<usize>,
+    /// `warmup_stable_decay`: steps at the peak.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_stable_steps: Option<usize>,
+    /// `warmup_stable_decay`: `linear` (default), `cosine` or `1-sqrt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup_type: Option<Shape>,
+    /// `warmup_stable_decay`: `cosine` (default), `linear` or `1-sqrt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decay_type: Option<Shape>,
+    /// `warmup_stable_decay`: the floor, as a fraction of the peak (0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_lr_ratio: Option<f64>,
+    /// `inverse_sqrt`: the decay's timescale in steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timescale: Option<usize>,
+}
+
+/// The curve of a warm-up or decay phase of `warmup_stable_decay`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum Shape {
+    /// A straight line.
+    #[serde(rename = "linear")]
+    Linear,
+    /// Half a cosine.
+    #[serde(rename = "cosine")]
+    Cosine,
+    /// 1 − sqrt(progress) (the warm-up: 1 − sqrt(1 − progress)).
+    #[serde(rename = "1-sqrt")]
+    OneMinusSqrt,
 }
 
 impl Default for LrSchedulerKwargs {
@@ -45,6 +98,15 @@ impl Default for LrSchedulerKwargs {
             num_cycles: None,
             power: default_power(),
             lr_end: default_lr_end(),
+            min_lr: None,
+            min_lr_rate: None,
+            warmup_lr_rate: None,
+            num_decay_steps: None,
+            num_stable_steps: None,
+            warmup_type: None,
+            decay_type: None,
+            min_lr_ratio: None,
+            timescale: None,
         }
     }
 }

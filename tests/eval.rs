@@ -73,10 +73,7 @@ fn reranking_metrics_equal_the_reference() {
         &std::fs::read_to_string(fixture("golden_metrics_st63.json")).unwrap(),
     )
     .unwrap();
-    assert_eq!(
-        golden["meta"]["versions"]["sentence-transformers"],
-        "6.3.0"
-    );
+    assert_eq!(golden["meta"]["versions"]["sentence-transformers"], "6.3.0");
     let mut worst: f64 = 0.0;
     for (case, case_62) in golden["reranking"]
         .as_array()

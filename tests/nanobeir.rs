@@ -13,8 +13,8 @@ use support::fixture;
 
 const WORDS: [&str; 24] = [
     "mars", "moon", "water", "boils", "orbit", "planet", "river", "ocean", "rust", "language",
-    "compiler", "memory", "protein", "cell", "virus", "vaccine", "tax", "market", "stock",
-    "bank", "football", "league", "music", "guitar",
+    "compiler", "memory", "protein", "cell", "virus", "vaccine", "tax", "market", "stock", "bank",
+    "football", "league", "music", "guitar",
 ];
 
 /// A deterministic text of `n` words from a counter.
@@ -75,10 +75,9 @@ fn nanobeir_equals_the_reference() {
         // For scripts/make-nanobeir-reference.py: the same files the reference reads.
         make_nanobeir(Path::new(&keep));
     }
-    let reference: Value = serde_json::from_str(
-        &std::fs::read_to_string(fixture("nanobeir_reference.json")).unwrap(),
-    )
-    .unwrap();
+    let reference: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("nanobeir_reference.json")).unwrap())
+            .unwrap();
     let model = fixture("models").join("tiny-bert-ce");
     let mut worst: f64 = 0.0;
     for case in reference["cases"].as_array().unwrap() {
@@ -153,5 +152,8 @@ fn nanobeir_refuses_what_it_cannot_read() {
         "msmarko",
     ]);
     let error = support::stderr(&output);
-    assert!(error.contains("\"msmarko\" is not a NanoBEIR dataset"), "{error}");
+    assert!(
+        error.contains("\"msmarko\" is not a NanoBEIR dataset"),
+        "{error}"
+    );
 }

@@ -15,13 +15,23 @@ fn evaluations(output: &Path) -> Vec<(usize, Value)> {
         .lines()
         .map(|line| serde_json::from_str::<Value>(line).unwrap())
         .filter(|entry| entry.get("metrics").is_some())
-        .map(|entry| (entry["step"].as_u64().unwrap() as usize, entry["metrics"].clone()))
+        .map(|entry| {
+            (
+                entry["step"].as_u64().unwrap() as usize,
+                entry["metrics"].clone(),
+            )
+        })
         .collect()
 }
 
 /// transformers' `EarlyStoppingCallback` replayed on logged values: the step after which it
 /// stops the run, if any.
-fn reference_stop(values: &[(usize, f64)], greater: bool, threshold: f64, patience: usize) -> Option<usize> {
+fn reference_stop(
+    values: &[(usize, f64)],
+    greater: bool,
+    threshold: f64,
+    patience: usize,
+) -> Option<usize> {
     let mut best: Option<f64> = None;
     let mut counter = 0;
     for &(step, value) in values {
@@ -75,7 +85,11 @@ fn early_stopping_stops_where_the_reference_callback_would() {
         .collect();
     let expected = reference_stop(&values, true, 0.0, 3).expect("the reference stops");
     assert!(expected < 20, "stop at {expected}");
-    assert_eq!(values.last().unwrap().0, expected, "no evaluation after the stop");
+    assert_eq!(
+        values.last().unwrap().0,
+        expected,
+        "no evaluation after the stop"
+    );
     let state = read_json(&output.join("trainer_state.json"));
     assert_eq!(state["early_stopping"]["stopped_at"], expected);
     assert_eq!(state["global_step"], expected);
@@ -113,7 +127,11 @@ fn early_stopping_resumes_exactly() {
     let run = train_cli(&config, &whole, &[]);
     assert!(run.status.success(), "{}", support::stderr(&run));
     let parted = dir.path().join("parted");
-    let run = train_cli(&config, &parted, &["--set", "stop_at_step=3", "--set", "save_steps=1"]);
+    let run = train_cli(
+        &config,
+        &parted,
+        &["--set", "stop_at_step=3", "--set", "save_steps=1"],
+    );
     assert!(run.status.success(), "{}", support::stderr(&run));
     let run = train_cli(&config, &parted, &["--resume", "--set", "save_steps=1"]);
     assert!(run.status.success(), "{}", support::stderr(&run));
@@ -161,4 +179,108 @@ fn no_loss_named_trains_with_the_reference_default() {
     assert_eq!(support::losses_of(&default), support::losses_of(&named));
     let card = std::fs::read_to_string(default.join("README.md")).unwrap();
     assert!(card.contains("\"loss:BinaryCrossEntropyLoss\""), "{card}");
+}
+
+#[test]
+fn fractional_epochs_and_steps_are_read_as_transformers_5_does() {
+    let dir = tempfile::tempdir().unwrap();
+    // 16 rows in batches of 4: 4 steps an epoch, 1.5 epochs = 6 steps; every fraction
+    // below is ceil(0.5 × 6) = 3 steps.
+    let config = recipe(dir.path(), "");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("num_train_epochs = 5", "num_train_epochs = 1.5")
+        .replace("logging_steps = 1", "logging_steps = 0.5")
+        .replace(
+            "save_steps = 0",
+            "save_steps = 0.5\neval_steps = 0.5\nwarmup_steps = 0.5",
+        );
+    std::fs::write(&config, text).unwrap();
+    let output = dir.path().join("out");
+    let run = train_cli(&config, &output, &[]);
+    assert!(run.status.success(), "{}", support::stderr(&run));
+    let entries: Vec<Value> = std::fs::read_to_string(output.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let logged = |key: &str| -> Vec<u64> {
+        entries
+            .iter()
+            .filter(|e| e.get(key).is_some())
+            .map(|e| e["step"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(logged("loss"), vec![3, 6]);
+    assert_eq!(logged("metrics"), vec![3, 6]);
+    // Linear warm-up over 3 of 6 steps: step 3 ran at 2/3 of the peak, step 6 at 1/3.
+    let rates: Vec<f64> = entries
+        .iter()
+        .filter_map(|e| e["learning_rate"].as_f64())
+        .collect();
+    assert_eq!(rates.len(), 2);
+    assert!((rates[0] - 1e-3 * 2.0 / 3.0).abs() < 1e-12, "{rates:?}");
+    assert!((rates[1] - 1e-3 / 3.0).abs() < 1e-12, "{rates:?}");
+    assert!(output.join("checkpoint-3").is_dir() && output.join("checkpoint-6").is_dir());
+    let args = read_json(&output.join("training_args.json"));
+    assert_eq!(args["num_train_epochs"], 1.5);
+    assert_eq!(args["warmup_steps"], 0.5);
+    assert_eq!(
+        read_json(&output.join("trainer_state.json"))["global_step"],
+        6
+    );
+
+    // A fraction of a step above 1 is refused by name, as transformers does.
+    let dir = tempfile::tempdir().unwrap();
+    let config = recipe(dir.path(), "eval_steps = 2.5");
+    let run = train_cli(&config, &dir.path().join("out"), &[]);
+    let error = support::stderr(&run);
+    assert!(
+        error.contains("eval_steps") && error.contains("whole number"),
+        "{error}"
+    );
+}
+
+#[test]
+fn save_strategy_best_checkpoints_each_new_best() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = recipe(
+        dir.path(),
+        "eval_steps = 1\nsave_strategy = \"best\"\nnum_train_epochs = 2",
+    );
+    // A large step size, so that some evaluations are worse than the best.
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("num_train_epochs = 5\n", "")
+        .replace("learning_rate = 1e-3", "learning_rate = 2e-2");
+    std::fs::write(&config, text).unwrap();
+    let output = dir.path().join("out");
+    let run = train_cli(&config, &output, &[]);
+    assert!(run.status.success(), "{}", support::stderr(&run));
+    let mut best: Option<f64> = None;
+    let mut expected = Vec::new();
+    for (step, metrics) in evaluations(&output) {
+        let value = metrics["eval_loss"].as_f64().unwrap();
+        if best.is_none_or(|b| value < b) {
+            best = Some(value);
+            expected.push(step);
+        }
+    }
+    let mut saved: Vec<usize> = std::fs::read_dir(&output)
+        .unwrap()
+        .filter_map(|e| {
+            e.unwrap()
+                .file_name()
+                .to_str()?
+                .strip_prefix("checkpoint-")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    saved.sort();
+    assert!(
+        !expected.is_empty() && expected.len() < 8,
+        "{expected:?} (every step a best)"
+    );
+    assert_eq!(saved, expected);
 }

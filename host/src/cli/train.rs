@@ -40,9 +40,9 @@ pub struct TrainArgs {
     /// Evaluation-loss data file (`eval.files`).
     #[arg(long = "eval")]
     eval_files: Vec<PathBuf>,
-    /// `num_train_epochs` (alias `epochs`).
+    /// `num_train_epochs` (alias `epochs`); may be fractional.
     #[arg(long, visible_alias = "num-train-epochs")]
-    epochs: Option<usize>,
+    epochs: Option<f64>,
     /// `max_steps`.
     #[arg(long)]
     max_steps: Option<usize>,
@@ -67,15 +67,15 @@ pub struct TrainArgs {
     /// `mini_batch_size` (gradient caching chunk, pairs).
     #[arg(long)]
     mini_batch_size: Option<usize>,
-    /// `logging_steps`.
+    /// `logging_steps` (below 1: a fraction of the run's steps).
     #[arg(long)]
-    logging_steps: Option<usize>,
-    /// `eval_steps`.
+    logging_steps: Option<f64>,
+    /// `eval_steps` (below 1: a fraction of the run's steps).
     #[arg(long)]
-    eval_steps: Option<usize>,
-    /// `save_steps` (0: no checkpoints).
+    eval_steps: Option<f64>,
+    /// `save_steps` (0: no checkpoints; below 1: a fraction of the run's steps).
     #[arg(long)]
-    save_steps: Option<usize>,
+    save_steps: Option<f64>,
     /// `stop_at_step`: stop after this step's checkpoint, as an interruption would.
     #[arg(long)]
     stop_at_step: Option<usize>,
@@ -295,8 +295,23 @@ fn build_config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
         let files: Vec<toml::Value> = args.eval_files.iter().map(|f| absolute(f).into()).collect();
         put("eval.files", toml::Value::Array(files))?;
     }
-    let integers: [(&str, Option<usize>); 11] = [
+    // Whole numbers stay integers (as a recipe writes them); others are fractions.
+    for (key, value) in [
         ("num_train_epochs", args.epochs),
+        ("logging_steps", args.logging_steps),
+        ("eval_steps", args.eval_steps),
+        ("save_steps", args.save_steps),
+    ] {
+        if let Some(value) = value {
+            let value = if value.fract() == 0.0 && value >= 0.0 {
+                toml::Value::Integer(value as i64)
+            } else {
+                toml::Value::Float(value)
+            };
+            put(key, value)?;
+        }
+    }
+    let integers: [(&str, Option<usize>); 7] = [
         ("max_steps", args.max_steps),
         ("per_device_train_batch_size", args.batch_size),
         ("max_length", args.max_length),
@@ -305,9 +320,6 @@ fn build_config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
             args.gradient_accumulation_steps,
         ),
         ("mini_batch_size", args.mini_batch_size),
-        ("logging_steps", args.logging_steps),
-        ("eval_steps", args.eval_steps),
-        ("save_steps", args.save_steps),
         ("stop_at_step", args.stop_at_step),
         ("seed", args.seed.map(|s| s as usize)),
     ];

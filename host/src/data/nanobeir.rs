@@ -228,7 +228,11 @@ fn wrong_type(entry: &(PathBuf, usize, Row), name: &str, expected: &str) -> Nano
 }
 
 /// `_id` → `text` of the `corpus` or `queries` subset.
-fn texts_by_id(dir: &Path, subset: &str, split: &str) -> Result<HashMap<String, String>, NanoBeirError> {
+fn texts_by_id(
+    dir: &Path,
+    subset: &str,
+    split: &str,
+) -> Result<HashMap<String, String>, NanoBeirError> {
     let mut texts = HashMap::new();
     for entry in read_rows(dir, subset, split)? {
         let id = id_of(column(&entry, "_id")?).ok_or_else(|| wrong_type(&entry, "_id", "an id"))?;
@@ -256,8 +260,8 @@ pub fn read_nanobeir(
     let queries = texts_by_id(dir, "queries", &split)?;
     let mut positives: HashMap<String, Vec<String>> = HashMap::new();
     for entry in read_rows(dir, "qrels", &split)? {
-        let query =
-            id_of(column(&entry, "query-id")?).ok_or_else(|| wrong_type(&entry, "query-id", "an id"))?;
+        let query = id_of(column(&entry, "query-id")?)
+            .ok_or_else(|| wrong_type(&entry, "query-id", "an id"))?;
         let documents = ids_of(column(&entry, "corpus-id")?)
             .ok_or_else(|| wrong_type(&entry, "corpus-id", "an id or a list of ids"))?;
         let known = positives.entry(query).or_default();
@@ -274,8 +278,8 @@ pub fn read_nanobeir(
             row: entry.1,
             message: format!("{what} {id:?} is not in the {split} split"),
         };
-        let query_id =
-            id_of(column(&entry, "query-id")?).ok_or_else(|| wrong_type(&entry, "query-id", "an id"))?;
+        let query_id = id_of(column(&entry, "query-id")?)
+            .ok_or_else(|| wrong_type(&entry, "query-id", "an id"))?;
         let ranked = match column(&entry, "corpus-ids")? {
             Field::ListInternal(_) => ids_of(column(&entry, "corpus-ids")?),
             _ => None,
@@ -382,31 +386,59 @@ pub fn write_nanobeir_split(
             "corpus",
             pairs("_id", "text"),
             vec![
-                (bytes(&mut data.corpus.iter().map(|(i, _)| i.as_str())), None, None),
-                (bytes(&mut data.corpus.iter().map(|(_, t)| t.as_str())), None, None),
+                (
+                    bytes(&mut data.corpus.iter().map(|(i, _)| i.as_str())),
+                    None,
+                    None,
+                ),
+                (
+                    bytes(&mut data.corpus.iter().map(|(_, t)| t.as_str())),
+                    None,
+                    None,
+                ),
             ],
         ),
         (
             "queries",
             pairs("_id", "text"),
             vec![
-                (bytes(&mut data.queries.iter().map(|(i, _)| i.as_str())), None, None),
-                (bytes(&mut data.queries.iter().map(|(_, t)| t.as_str())), None, None),
+                (
+                    bytes(&mut data.queries.iter().map(|(i, _)| i.as_str())),
+                    None,
+                    None,
+                ),
+                (
+                    bytes(&mut data.queries.iter().map(|(_, t)| t.as_str())),
+                    None,
+                    None,
+                ),
             ],
         ),
         (
             "qrels",
             pairs("query-id", "corpus-id"),
             vec![
-                (bytes(&mut data.qrels.iter().map(|(q, _)| q.as_str())), None, None),
-                (bytes(&mut data.qrels.iter().map(|(_, c)| c.as_str())), None, None),
+                (
+                    bytes(&mut data.qrels.iter().map(|(q, _)| q.as_str())),
+                    None,
+                    None,
+                ),
+                (
+                    bytes(&mut data.qrels.iter().map(|(_, c)| c.as_str())),
+                    None,
+                    None,
+                ),
             ],
         ),
         (
             "bm25",
             list.to_string(),
             vec![
-                (bytes(&mut data.bm25.iter().map(|(q, _)| q.as_str())), None, None),
+                (
+                    bytes(&mut data.bm25.iter().map(|(q, _)| q.as_str())),
+                    None,
+                    None,
+                ),
                 (
                     bytes(&mut ranked.iter().copied()),
                     Some(vec![1; ranked.len()]),
@@ -462,13 +494,16 @@ fn write_readme(dir: &Path) -> Result<(), NanoBeirError> {
             .flatten()
             .filter_map(|entry| {
                 let name = entry.file_name().to_string_lossy().into_owned();
-                name.strip_suffix("-00000-of-00001.parquet").map(str::to_string)
+                name.strip_suffix("-00000-of-00001.parquet")
+                    .map(str::to_string)
             })
             .collect();
         splits.sort();
         card.push_str(&format!("- config_name: {subset}\n  data_files:\n"));
         for split in splits {
-            card.push_str(&format!("  - split: {split}\n    path: {subset}/{split}-*\n"));
+            card.push_str(&format!(
+                "  - split: {split}\n    path: {subset}/{split}-*\n"
+            ));
         }
     }
     card.push_str("---\n");
@@ -491,8 +526,13 @@ mod tests {
     fn written_layout_reads_back_as_the_references_samples() {
         let dir = tempfile::tempdir().unwrap();
         let data = NanoBeirSplit {
-            corpus: (0..5).map(|i| (format!("d{i}"), format!("document {i}"))).collect(),
-            queries: vec![("q1".into(), "first".into()), ("q2".into(), "second".into())],
+            corpus: (0..5)
+                .map(|i| (format!("d{i}"), format!("document {i}")))
+                .collect(),
+            queries: vec![
+                ("q1".into(), "first".into()),
+                ("q2".into(), "second".into()),
+            ],
             qrels: vec![
                 ("q1".into(), "d4".into()),
                 ("q1".into(), "d0".into()),
@@ -506,7 +546,10 @@ mod tests {
         };
         write_nanobeir_split(dir.path(), "NanoNQ", &data).unwrap();
         let readme = std::fs::read_to_string(dir.path().join("README.md")).unwrap();
-        assert!(readme.contains("- split: NanoNQ\n    path: bm25/NanoNQ-*"), "{readme}");
+        assert!(
+            readme.contains("- split: NanoNQ\n    path: bm25/NanoNQ-*"),
+            "{readme}"
+        );
         let samples = read_nanobeir(dir.path(), "NQ", 2).unwrap();
         assert_eq!(samples.len(), 2);
         // BM25's order of queries; positives once each, in qrels order; the top rerank_k.
@@ -516,18 +559,22 @@ mod tests {
             samples[1].documents.as_deref(),
             Some(&ids(&["document 0", "document 1"])[..])
         );
-        let error = read_nanobeir(dir.path(), "msmarco", 2).unwrap_err().to_string();
+        let error = read_nanobeir(dir.path(), "msmarco", 2)
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("corpus/NanoMSMARCO-*.parquet"), "{error}");
         let error = split_name("touche").unwrap_err().to_string();
-        assert!(error.contains("\"touche\" is not a NanoBEIR dataset"), "{error}");
+        assert!(
+            error.contains("\"touche\" is not a NanoBEIR dataset"),
+            "{error}"
+        );
         // An id the corpus lacks names its file and row.
         let mut broken = data.clone();
         broken.bm25[1].1.push("d9".into());
         write_nanobeir_split(dir.path(), "NanoNQ", &broken).unwrap();
         let error = read_nanobeir(dir.path(), "nq", 10).unwrap_err().to_string();
         assert!(
-            error.contains("bm25/NanoNQ-00000-of-00001.parquet: row 2")
-                && error.contains("\"d9\""),
+            error.contains("bm25/NanoNQ-00000-of-00001.parquet: row 2") && error.contains("\"d9\""),
             "{error}"
         );
     }

@@ -44,7 +44,10 @@ impl NanoBeirEvaluator {
             for (key, value) in &metrics.values {
                 // `Nano{Name}_R{k}_{metric}`: the metric is what follows the second `_`.
                 let metric = key.splitn(3, '_').nth(2).unwrap_or(key);
-                by_metric.entry(metric.to_string()).or_default().push(*value);
+                by_metric
+                    .entry(metric.to_string())
+                    .or_default()
+                    .push(*value);
                 values.insert(key.clone(), *value);
             }
         }
@@ -74,12 +77,20 @@ mod tests {
         };
         let one = Metrics::new(
             "NanoMSMARCO_R50",
-            vec![("map".into(), 0.5), ("ndcg@5".into(), 0.25), ("base_map".into(), 0.1)],
+            vec![
+                ("map".into(), 0.5),
+                ("ndcg@5".into(), 0.25),
+                ("base_map".into(), 0.1),
+            ],
             "ndcg@5",
         );
         let two = Metrics::new(
             "NanoNQ_R50",
-            vec![("map".into(), 1.0), ("ndcg@5".into(), 0.75), ("base_map".into(), 0.3)],
+            vec![
+                ("map".into(), 1.0),
+                ("ndcg@5".into(), 0.75),
+                ("base_map".into(), 0.3),
+            ],
             "ndcg@5",
         );
         let metrics = evaluator.aggregate(&[one, two]);

@@ -47,7 +47,8 @@ pub use super::evaluator_config::{check_evaluators, EvaluatorConfig, EvaluatorKi
 pub use super::prompts::Prompts;
 pub use super::recipe_keys::{canonical_key, set_key, set_value, twin_key, KEY_ALIASES};
 pub use super::settings::{
-    BatchSampler, IntervalStrategy, LrScheduler, LrSchedulerKwargs, MultiDatasetBatchSampler,
+    BatchSampler, Epochs, IntervalStrategy, LrScheduler, LrSchedulerKwargs,
+    MultiDatasetBatchSampler, SaveStrategy, Steps, TrainSamplingStrategy,
 };
 
 /// A training run. Defaults are those of the reference (`CrossEncoderTrainingArguments`,
@@ -104,9 +105,11 @@ pub struct TrainConfig {
     /// evaluators score with the model's prompts, as `predict` does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompts: Option<Prompts>,
-    /// Passes over the training data (3). Also read as `epochs`.
+    /// Passes over the training data (3); a fraction trains ceil(epochs × steps per epoch)
+    /// steps, as transformers. Also read as `epochs`.
     #[serde(rename = "num_train_epochs", default = "default_epochs")]
-    pub epochs: usize,
+    #[schemars(with = "f64")]
+    pub epochs: Epochs,
     /// Stop after this many optimiser steps, overriding `epochs` (`max_steps`).
     #[serde(default)]
     pub max_steps: Option<usize>,
@@ -135,12 +138,15 @@ pub struct TrainConfig {
     /// AdamW ε (1e-8).
     #[serde(default = "default_eps")]
     pub adam_epsilon: f64,
-    /// Warm-up as a fraction of all optimiser steps, rounded up (0).
+    /// Warm-up as a fraction of all optimiser steps, rounded up (0). Deprecated in
+    /// transformers 5, which reads a fractional `warmup_steps` instead.
     #[serde(default)]
     pub warmup_ratio: f64,
-    /// Warm-up in optimiser steps; overrides `warmup_ratio`.
+    /// Warm-up in optimiser steps, or below 1 a fraction of them (transformers 5); overrides
+    /// `warmup_ratio`.
     #[serde(default)]
-    pub warmup_steps: Option<usize>,
+    #[schemars(with = "Option<f64>")]
+    pub warmup_steps: Option<Steps>,
     /// The schedule (`linear`; also `constant`, `constant_with_warmup`, `cosine`,
     /// `cosine_with_restarts`, `polynomial`, as transformers defines them). Also read as
     /// `lr_scheduler`.
@@ -164,6 +170,11 @@ pub struct TrainConfig {
     /// `group_by_length`, default false).
     #[serde(default)]
     pub group_by_length: bool,
+    /// The order of the rows before batching (transformers 5, which replaces
+    /// `group_by_length` with it): `random` (default), `sequential` or `group_by_length`.
+    /// (`batch_rebalance`, for data-parallel runs in transformers, is not implemented.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_sampling_strategy: Option<TrainSamplingStrategy>,
     /// How rows are cut into batches: `batch_sampler` (default), `no_duplicates` (no text
     /// twice in a batch) or `group_by_label`.
     #[serde(default = "default_batch_sampler")]
@@ -175,26 +186,32 @@ pub struct TrainConfig {
     /// Seed of shuffling, dropout, in-batch negatives and new weights (42).
     #[serde(default = "default_seed")]
     pub seed: u64,
-    /// Log the mean training loss every this many steps (500, as the reference).
+    /// Log the mean training loss every this many steps (500, as the reference); below 1, a
+    /// fraction of the run's steps (rounded up), as transformers 5.
     #[serde(default = "default_steps")]
-    pub logging_steps: usize,
+    #[schemars(with = "f64")]
+    pub logging_steps: Steps,
     /// When to evaluate during training: `no`, `steps` (every `eval_steps`; its default is
     /// `logging_steps`, as in transformers) or `epoch`. Unset: `steps` when `eval_steps` is
     /// set, else `no`. There is always an evaluation after training.
     #[serde(default)]
     pub eval_strategy: Option<IntervalStrategy>,
-    /// Evaluate every this many steps (with `eval_strategy = "steps"`).
+    /// Evaluate every this many steps (with `eval_strategy = "steps"`); below 1, a fraction
+    /// of the run's steps.
     #[serde(default)]
-    pub eval_steps: Option<usize>,
+    #[schemars(with = "Option<f64>")]
+    pub eval_steps: Option<Steps>,
     /// Also evaluate before the first step, to log the untrained model's metrics.
     #[serde(default)]
     pub eval_on_start: bool,
     /// When to checkpoint: `steps` (every `save_steps`, the default), `epoch` or `no`.
     #[serde(default = "default_save_strategy")]
-    pub save_strategy: IntervalStrategy,
-    /// Write a checkpoint every this many steps (500); 0 turns checkpoints off.
+    pub save_strategy: SaveStrategy,
+    /// Write a checkpoint every this many steps (500); below 1, a fraction of the run's
+    /// steps; 0 turns checkpoints off.
     #[serde(default = "default_steps")]
-    pub save_steps: usize,
+    #[schemars(with = "f64")]
+    pub save_steps: Steps,
     /// Keep at most this many checkpoints (oldest deleted first; the best is kept).
     #[serde(default)]
     pub save_total_limit: Option<usize>,
@@ -241,8 +258,8 @@ fn default_device() -> String {
     "cpu".into()
 }
 
-fn default_epochs() -> usize {
-    3
+fn default_epochs() -> Epochs {
+    Epochs::Whole(3)
 }
 fn default_batch_size() -> usize {
     8
@@ -265,8 +282,8 @@ fn default_eps() -> f64 {
 fn default_scheduler() -> LrScheduler {
     LrScheduler::Linear
 }
-fn default_save_strategy() -> IntervalStrategy {
-    IntervalStrategy::Steps
+fn default_save_strategy() -> SaveStrategy {
+    SaveStrategy::Steps
 }
 fn default_batch_sampler() -> BatchSampler {
     BatchSampler::BatchSampler
@@ -283,8 +300,8 @@ fn default_one() -> usize {
 fn default_seed() -> u64 {
     42
 }
-fn default_steps() -> usize {
-    500
+fn default_steps() -> Steps {
+    Steps::Count(500)
 }
 fn default_opset() -> i64 {
     17
@@ -382,7 +399,7 @@ impl TrainConfig {
         if self.eval_batch_size == 0 {
             return invalid("per_device_eval_batch_size", "must be at least 1".into());
         }
-        if self.epochs == 0 && self.max_steps.is_none() {
+        if self.epochs.is_zero() && self.max_steps.is_none() {
             return invalid(
                 "num_train_epochs",
                 "must be at least 1 (or set max_steps)".into(),
@@ -426,11 +443,17 @@ impl TrainConfig {
         if self.mini_batch_size == Some(0) {
             return invalid("mini_batch_size", "must be at least 1".into());
         }
-        if self.logging_steps == 0 {
-            return invalid("logging_steps", "must be at least 1".into());
-        }
-        if self.eval_steps == Some(0) {
-            return invalid("eval_steps", "must be at least 1".into());
+        for (field, steps, zero_allowed) in [
+            ("logging_steps", Some(self.logging_steps), false),
+            ("eval_steps", self.eval_steps, false),
+            ("save_steps", Some(self.save_steps), true),
+            ("warmup_steps", self.warmup_steps, true),
+        ] {
+            if let Some(steps) = steps {
+                steps
+                    .check(zero_allowed)
+                    .or_else(|message| invalid(field, message))?;
+            }
         }
         if self.save_total_limit == Some(0) {
             return invalid("save_total_limit", "must be at least 1".into());
@@ -473,6 +496,26 @@ impl TrainConfig {
                 ),
             );
         }
+        if self.group_by_length
+            && self
+                .train_sampling_strategy
+                .is_some_and(|s| s != TrainSamplingStrategy::GroupByLength)
+        {
+            return invalid(
+                "train_sampling_strategy",
+                "group_by_length = true asks for another order; keep one of the two".into(),
+            );
+        }
+        if self.save_strategy == SaveStrategy::Best
+            && self.effective_eval_strategy() == IntervalStrategy::No
+        {
+            return invalid(
+                "save_strategy",
+                "\"best\" saves after evaluations that improve metric_for_best_model: set \
+                 eval_strategy or eval_steps"
+                    .into(),
+            );
+        }
         if let Some(patience) = self.early_stopping_patience {
             if patience == 0 {
                 return invalid("early_stopping_patience", "must be at least 1".into());
@@ -487,7 +530,10 @@ impl TrainConfig {
         if !(self.early_stopping_threshold >= 0.0 && self.early_stopping_threshold.is_finite()) {
             return invalid(
                 "early_stopping_threshold",
-                format!("{} is not a non-negative number", self.early_stopping_threshold),
+                format!(
+                    "{} is not a non-negative number",
+                    self.early_stopping_threshold
+                ),
             );
         }
         if matches!(
@@ -530,10 +576,11 @@ impl TrainConfig {
                 self.effective_eval_strategy(),
                 self.effective_save_strategy(),
             );
-            if save == IntervalStrategy::No {
+            if save == SaveStrategy::No {
                 return invalid(
                     "load_best_model_at_end",
-                    "needs checkpoints (save_strategy \"steps\" with save_steps > 0, or \"epoch\")"
+                    "needs checkpoints (save_strategy \"steps\" with save_steps > 0, \"epoch\" \
+                     or \"best\")"
                         .into(),
                 );
             }
@@ -543,7 +590,7 @@ impl TrainConfig {
                     "needs evaluations during training (eval_strategy or eval_steps)".into(),
                 );
             }
-            if eval != save {
+            if save != SaveStrategy::Best && save.as_interval() != Some(eval) {
                 return invalid(
                     "load_best_model_at_end",
                     format!(
@@ -558,18 +605,50 @@ impl TrainConfig {
                     "needs `eval` data or an evaluator".into(),
                 );
             }
-            if eval == IntervalStrategy::Steps && self.save_steps % self.eval_every() != 0 {
-                return invalid(
-                    "save_steps",
-                    format!(
-                        "with load_best_model_at_end, must be a multiple of eval_steps \
-                         ({}), so every checkpoint has metrics",
-                        self.eval_every()
-                    ),
-                );
+            if eval == IntervalStrategy::Steps && save == SaveStrategy::Steps {
+                let eval_steps = self.eval_steps.unwrap_or(self.logging_steps);
+                let multiple = match (self.save_steps, eval_steps) {
+                    (Steps::Count(save), Steps::Count(eval)) => Some(save % eval == 0),
+                    (save, eval) if save.is_fraction() && eval.is_fraction() => {
+                        let scale = |steps: Steps| (steps.resolve(1_000_000_000)) as u64;
+                        Some(scale(save) % scale(eval) == 0)
+                    }
+                    (save, eval) if save.is_fraction() || eval.is_fraction() => None,
+                    (save, eval) => Some(save.resolve(0) % eval.resolve(0).max(1) == 0),
+                };
+                match multiple {
+                    Some(true) => {}
+                    Some(false) => {
+                        return invalid(
+                            "save_steps",
+                            format!(
+                                "with load_best_model_at_end, must be a multiple of eval_steps \
+                                 ({eval_steps:?}), so every checkpoint has metrics"
+                            ),
+                        )
+                    }
+                    None => {
+                        return invalid(
+                            "save_steps",
+                            "with load_best_model_at_end, save_steps and eval_steps must both \
+                             be step counts or both fractions of the run, as transformers requires"
+                                .into(),
+                        )
+                    }
+                }
             }
         }
         Ok(())
+    }
+
+    /// The row order in force: `train_sampling_strategy`, else `group_by_length`'s.
+    pub fn sampling_strategy(&self) -> TrainSamplingStrategy {
+        self.train_sampling_strategy
+            .unwrap_or(if self.group_by_length {
+                TrainSamplingStrategy::GroupByLength
+            } else {
+                TrainSamplingStrategy::Random
+            })
     }
 
     /// The evaluation strategy in force: `eval_strategy`, else `steps` when `eval_steps` is
@@ -582,36 +661,46 @@ impl TrainConfig {
         })
     }
 
-    /// Steps between evaluations under `steps`: `eval_steps`, else `logging_steps` (as
-    /// transformers).
-    pub fn eval_every(&self) -> usize {
-        self.eval_steps.unwrap_or(self.logging_steps)
+    /// Steps between evaluations under `steps` in a run of `max_steps`: `eval_steps`, else
+    /// `logging_steps` (as transformers).
+    pub fn eval_every(&self, max_steps: usize) -> usize {
+        self.eval_steps
+            .unwrap_or(self.logging_steps)
+            .resolve(max_steps)
+            .max(1)
+    }
+
+    /// Steps between loss logs in a run of `max_steps`.
+    pub fn log_every(&self, max_steps: usize) -> usize {
+        self.logging_steps.resolve(max_steps).max(1)
     }
 
     /// The checkpoint strategy in force (`steps` with `save_steps = 0` is `no`).
-    pub fn effective_save_strategy(&self) -> IntervalStrategy {
+    pub fn effective_save_strategy(&self) -> SaveStrategy {
         match self.save_strategy {
-            IntervalStrategy::Steps if self.save_steps == 0 => IntervalStrategy::No,
+            SaveStrategy::Steps if self.save_steps.resolve(1) == 0 => SaveStrategy::No,
             strategy => strategy,
         }
     }
 
-    /// Whether to evaluate after optimiser step `step` (1-based), `epoch_done` when it ended
-    /// an epoch. The last step's evaluation is the final one, so it is not counted here.
-    pub fn evaluates_after(&self, step: usize, epoch_done: bool) -> bool {
+    /// Whether to evaluate after optimiser step `step` (1-based) of `max_steps`,
+    /// `epoch_done` when it ended an epoch. The last step's evaluation is the final one, so it
+    /// is not counted here.
+    pub fn evaluates_after(&self, step: usize, epoch_done: bool, max_steps: usize) -> bool {
         match self.effective_eval_strategy() {
             IntervalStrategy::No => false,
-            IntervalStrategy::Steps => step % self.eval_every() == 0,
+            IntervalStrategy::Steps => step % self.eval_every(max_steps) == 0,
             IntervalStrategy::Epoch => epoch_done,
         }
     }
 
-    /// Whether to checkpoint after optimiser step `step` (1-based).
-    pub fn saves_after(&self, step: usize, epoch_done: bool) -> bool {
+    /// Whether to checkpoint after optimiser step `step` (1-based) of `max_steps` on the
+    /// schedule (`best` decides after each evaluation, so never here).
+    pub fn saves_after(&self, step: usize, epoch_done: bool, max_steps: usize) -> bool {
         match self.effective_save_strategy() {
-            IntervalStrategy::No => false,
-            IntervalStrategy::Steps => step % self.save_steps == 0,
-            IntervalStrategy::Epoch => epoch_done,
+            SaveStrategy::No | SaveStrategy::Best => false,
+            SaveStrategy::Steps => step % self.save_steps.resolve(max_steps).max(1) == 0,
+            SaveStrategy::Epoch => epoch_done,
         }
     }
 
@@ -644,159 +733,5 @@ pub fn eval_metric_key(name: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const MINIMAL: &str = r#"
-        model = "m"
-        output = "out"
-        loss = "BinaryCrossEntropyLoss"
-        train = { files = "train.jsonl" }
-    "#;
-
-    #[test]
-    fn defaults_are_the_reference_trainers() {
-        let config = TrainConfig::from_toml(MINIMAL, "t.toml", Path::new("/base")).unwrap();
-        assert_eq!(config.epochs, 3);
-        assert_eq!(config.batch_size, 8);
-        assert_eq!(config.lr, 5e-5);
-        assert_eq!(config.max_grad_norm, 1.0);
-        assert_eq!(config.seed, 42);
-        assert_eq!(config.adam_epsilon, 1e-8);
-        assert_eq!(
-            config.train.entries[0].spec.files,
-            vec![PathBuf::from("/base/train.jsonl")]
-        );
-        assert_eq!(config.output, PathBuf::from("/base/out"));
-        assert!(config.export_onnx);
-        assert_eq!(config.device, "cpu");
-    }
-
-    #[test]
-    fn unknown_device_is_named() {
-        let text = format!("{MINIMAL}\ndevice = \"tpu:0\"\n");
-        let error = TrainConfig::from_toml(&text, "t.toml", Path::new("/base"))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            error.contains("device") && error.contains("tpu:0"),
-            "{error}"
-        );
-        let text = format!("{MINIMAL}\ndevice = \"cuda:1\"\n");
-        assert!(TrainConfig::from_toml(&text, "t.toml", Path::new("/base")).is_ok());
-    }
-
-    #[test]
-    fn unknown_key_is_named() {
-        let text = format!("{MINIMAL}\nlearning_rat = 1e-5\n");
-        let error = TrainConfig::from_toml(&text, "t.toml", Path::new("."))
-            .unwrap_err()
-            .to_string();
-        assert!(error.contains("t.toml"), "{error}");
-        assert!(error.contains("learning_rat"), "{error}");
-    }
-
-    #[test]
-    fn out_of_range_value_is_named() {
-        let text = format!("{MINIMAL}\nwarmup_ratio = 1.5\n");
-        let error = TrainConfig::from_toml(&text, "t.toml", Path::new("."))
-            .unwrap_err()
-            .to_string();
-        assert!(error.contains("warmup_ratio"), "{error}");
-    }
-
-    #[test]
-    fn dotted_overrides() {
-        let mut table: toml::Table = toml::from_str(MINIMAL).unwrap();
-        set_key(&mut table, "train.limit", "10").unwrap();
-        set_key(&mut table, "lr", "2e-5").unwrap();
-        set_key(&mut table, "loss", "MSELoss").unwrap();
-        let config = TrainConfig::from_table(table, "t", Path::new(".")).unwrap();
-        assert_eq!(config.train.entries[0].spec.limit, Some(10));
-        assert_eq!(config.lr, 2e-5);
-        assert_eq!(config.loss, "MSELoss");
-    }
-
-    #[test]
-    fn training_arguments_names_are_the_same_settings_and_not_both() {
-        let short = format!("{MINIMAL}\nlr = 2e-5\nepochs = 2\nbatch_size = 16\neval_batch_size = 4\nlr_scheduler = \"cosine\"\n");
-        let long = format!(
-            "{MINIMAL}\nlearning_rate = 2e-5\nnum_train_epochs = 2\nper_device_train_batch_size = 16\n\
-             per_device_eval_batch_size = 4\nlr_scheduler_type = \"cosine\"\n"
-        );
-        let short = TrainConfig::from_toml(&short, "t", Path::new(".")).unwrap();
-        let long = TrainConfig::from_toml(&long, "t", Path::new(".")).unwrap();
-        assert_eq!(short, long);
-        assert_eq!(long.lr, 2e-5);
-        assert_eq!(long.lr_scheduler, LrScheduler::Cosine);
-        // Written under the TrainingArguments names.
-        let written = serde_json::to_value(&long).unwrap();
-        assert_eq!(written["learning_rate"], 2e-5);
-        assert_eq!(written["per_device_train_batch_size"], 16);
-        assert!(written.get("lr").is_none());
-        let both = format!("{MINIMAL}\nlr = 2e-5\nlearning_rate = 3e-5\n");
-        let error = TrainConfig::from_toml(&both, "t.toml", Path::new("."))
-            .unwrap_err()
-            .to_string();
-        assert!(error.contains("both `lr` and `learning_rate`"), "{error}");
-        // A flag overrides the file's value under either name.
-        let mut table: toml::Table =
-            toml::from_str(&format!("{MINIMAL}\nlearning_rate = 3e-5\n")).unwrap();
-        set_key(&mut table, "lr", "1e-4").unwrap();
-        assert_eq!(
-            TrainConfig::from_table(table, "t", Path::new("."))
-                .unwrap()
-                .lr,
-            1e-4
-        );
-    }
-
-    #[test]
-    fn strategies_decide_evaluations_and_checkpoints() {
-        // Evaluation needs something to evaluate.
-        let config = |extra: &str| {
-            let text = format!("{MINIMAL}\neval = {{ files = \"e.jsonl\" }}\n{extra}\n");
-            TrainConfig::from_toml(&text, "t", Path::new(".")).unwrap()
-        };
-        let nothing = format!("{MINIMAL}\neval_steps = 4\n");
-        let error = TrainConfig::from_toml(&nothing, "t", Path::new("."))
-            .unwrap_err()
-            .to_string();
-        assert!(error.contains("nothing to evaluate"), "{error}");
-        let epoch = config("eval_strategy = \"epoch\"\nsave_strategy = \"epoch\"");
-        assert!(epoch.evaluates_after(7, true) && !epoch.evaluates_after(8, false));
-        assert!(epoch.saves_after(7, true) && !epoch.saves_after(500, false));
-        let steps = config("eval_strategy = \"steps\"\nlogging_steps = 5");
-        assert!(steps.evaluates_after(10, false) && !steps.evaluates_after(11, true));
-        assert!(!config("").evaluates_after(500, true));
-        assert!(config("eval_steps = 4").evaluates_after(8, false));
-        assert!(!config("save_strategy = \"no\"").saves_after(500, true));
-        assert!(!config("save_steps = 0").saves_after(500, true));
-        let mismatch = format!(
-            "{MINIMAL}\neval = {{ files = \"e.jsonl\" }}\nload_best_model_at_end = true\n\
-             eval_strategy = \"epoch\"\n"
-        );
-        let error = TrainConfig::from_toml(&mismatch, "t", Path::new("."))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            error.contains("same eval_strategy and save_strategy"),
-            "{error}"
-        );
-    }
-
-    #[test]
-    fn schema_lists_every_key() {
-        let schema = TrainConfig::schema();
-        let properties = schema["properties"].as_object().unwrap();
-        for key in [
-            "model",
-            "loss",
-            "loss_config",
-            "warmup_ratio",
-            "mini_batch_size",
-        ] {
-            assert!(properties.contains_key(key), "{key}");
-        }
-    }
-}
+#[path = "config_tests.rs"]
+mod tests;

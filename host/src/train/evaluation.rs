@@ -51,8 +51,12 @@ pub(super) fn load_evaluator(config: &EvaluatorConfig) -> Result<LoadedEvaluator
             .dataset_id
             .clone()
             .unwrap_or_else(|| super::evaluator_config::DEFAULT_NANOBEIR_ID.to_string());
-        let datasets = crate::data::nanobeir::load_nanobeir(&dataset_id, &evaluator.dataset_names, evaluator.rerank_k)
-            .map_err(|e| evaluator_error(e.to_string()))?;
+        let datasets = crate::data::nanobeir::load_nanobeir(
+            &dataset_id,
+            &evaluator.dataset_names,
+            evaluator.rerank_k,
+        )
+        .map_err(|e| evaluator_error(e.to_string()))?;
         return Ok(LoadedEvaluator::NanoBeir {
             evaluator,
             dataset_id,
@@ -263,8 +267,11 @@ impl Run<'_> {
                 );
             }
             let configs = &self.config.evaluators;
-            for ((evaluator, prompt), config) in
-                self.evaluators.iter().zip(&self.evaluator_prompts).zip(configs)
+            for ((evaluator, prompt), config) in self
+                .evaluators
+                .iter()
+                .zip(&self.evaluator_prompts)
+                .zip(configs)
             {
                 let batch_size = config.batch_size.unwrap_or(self.config.eval_batch_size);
                 let prompted = crosstrain_model::PromptedModel {

@@ -97,7 +97,8 @@ fn default_true() -> bool {
 pub fn check_evaluators(evaluators: &[EvaluatorConfig]) -> Result<(), (&'static str, String)> {
     for evaluator in evaluators {
         let label = evaluator.key_name();
-        let refuse = |message: String| Err(("evaluators", format!("evaluator {label:?}: {message}")));
+        let refuse =
+            |message: String| Err(("evaluators", format!("evaluator {label:?}: {message}")));
         let nanobeir = evaluator.kind == EvaluatorKind::Nanobeir;
         if nanobeir {
             if evaluator.data.is_some() {
@@ -115,7 +116,9 @@ pub fn check_evaluators(evaluators: &[EvaluatorConfig]) -> Result<(), (&'static 
             }
             let names = evaluator.nanobeir_datasets();
             if names.is_empty() {
-                return refuse("dataset_names is empty; leave it out for the default datasets".into());
+                return refuse(
+                    "dataset_names is empty; leave it out for the default datasets".into(),
+                );
             }
             for name in &names {
                 if let Err(error) = crate::data::nanobeir::split_name(name) {

@@ -5,6 +5,23 @@
 use super::*;
 
 impl Run<'_> {
+    /// The last evaluation's `metric_for_best_model` when it beats the best checkpoint's
+    /// (or there is none yet).
+    pub(super) fn improved_best(&self) -> Option<f64> {
+        let metric = &self.state.best_metric_name;
+        let greater = self
+            .config
+            .greater_is_better
+            .unwrap_or(!metric.ends_with("loss"));
+        let value = *self.last_metrics.get(metric)?;
+        let better = match self.state.best_metric {
+            None => true,
+            Some(best) if greater => value > best,
+            Some(best) => value < best,
+        };
+        better.then_some(value)
+    }
+
     /// Writes `checkpoint-N`. `scheduled` says whether it is one the recipe asked for (or
     /// `stop_at_step`'s): only such a checkpoint lets `--overwrite`'s previous output go. One
     /// written because a signal stopped the run keeps the previous output where it was moved,
@@ -21,21 +38,9 @@ impl Run<'_> {
             return Err(TrainError::CheckpointExists { path: target });
         }
         if evaluated {
-            let metric = &self.state.best_metric_name;
-            let greater = self
-                .config
-                .greater_is_better
-                .unwrap_or(!metric.ends_with("loss"));
-            if let Some(&value) = self.last_metrics.get(metric) {
-                let better = match self.state.best_metric {
-                    None => true,
-                    Some(best) if greater => value > best,
-                    Some(best) => value < best,
-                };
-                if better {
-                    self.state.best_metric = Some(value);
-                    self.state.best_checkpoint = Some(name.clone());
-                }
+            if let Some(value) = self.improved_best() {
+                self.state.best_metric = Some(value);
+                self.state.best_checkpoint = Some(name.clone());
             }
         }
         self.state.dropout_state = self.model.dropout().snapshot();

@@ -464,10 +464,12 @@ pub fn train(
         .max(1);
     let max_steps = config
         .max_steps
-        .unwrap_or(updates_per_epoch * config.epochs);
-    let warmup_steps = config
-        .warmup_steps
-        .unwrap_or_else(|| (config.warmup_ratio * max_steps as f64).ceil() as usize);
+        .unwrap_or_else(|| config.epochs.steps(updates_per_epoch));
+    // transformers 5: `warmup_steps` below 1 is a fraction of the run, rounded up.
+    let warmup_steps = config.warmup_steps.map_or_else(
+        || (config.warmup_ratio * max_steps as f64).ceil() as usize,
+        |steps| steps.resolve(max_steps),
+    );
     // Without an explicit metric, the first evaluation picks it (the first evaluator's
     // primary metric, else the eval loss).
     let best_metric_name = config

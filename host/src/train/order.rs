@@ -40,29 +40,45 @@ pub fn length_grouped_order(
 pub fn epoch_batches(
     sampler: config::BatchSampler,
     dataset: &Dataset,
-    row_lengths: Option<&[usize]>,
+    row_order: RowOrder<'_>,
     seed: u64,
     epoch: usize,
     batch_size: usize,
 ) -> Result<Vec<Vec<usize>>, DatasetError> {
     let batch_size = batch_size.max(1);
+    let order = || match row_order {
+        RowOrder::Random => epoch_order(dataset.len(), seed, epoch),
+        RowOrder::Sequential => (0..dataset.len()).collect(),
+        RowOrder::LengthGrouped(lengths) => length_grouped_order(lengths, seed, epoch, batch_size),
+    };
     Ok(match sampler {
         config::BatchSampler::BatchSampler => {
-            let order = match row_lengths {
-                Some(lengths) => length_grouped_order(lengths, seed, epoch, batch_size),
-                None => epoch_order(dataset.len(), seed, epoch),
-            };
-            order.chunks(batch_size).map(<[usize]>::to_vec).collect()
+            order().chunks(batch_size).map(<[usize]>::to_vec).collect()
         }
         config::BatchSampler::NoDuplicates => no_duplicate_batches(
             dataset,
-            &epoch_order(dataset.len(), seed, epoch),
+            &match row_order {
+                RowOrder::Sequential => (0..dataset.len()).collect(),
+                _ => epoch_order(dataset.len(), seed, epoch),
+            },
             batch_size,
         ),
         config::BatchSampler::GroupByLabel => {
             group_by_label_batches(dataset, seed, epoch, batch_size)?
         }
     })
+}
+
+/// The order rows are taken in before the batch sampler cuts them
+/// (`train_sampling_strategy`).
+#[derive(Debug, Clone, Copy)]
+pub enum RowOrder<'a> {
+    /// A seeded permutation per epoch (the default, and the reference's).
+    Random,
+    /// The data's own order every epoch.
+    Sequential,
+    /// Shuffled, then sorted by these row lengths within megabatches (`group_by_length`).
+    LengthGrouped(&'a [usize]),
 }
 
 /// The texts of a row that `no_duplicates` compares: each text column's value, a document
@@ -224,9 +240,15 @@ mod tests {
             .collect();
         let data = dataset(&text);
         for epoch in 0..3 {
-            let batches =
-                epoch_batches(config::BatchSampler::NoDuplicates, &data, None, 7, epoch, 4)
-                    .unwrap();
+            let batches = epoch_batches(
+                config::BatchSampler::NoDuplicates,
+                &data,
+                RowOrder::Random,
+                7,
+                epoch,
+                4,
+            )
+            .unwrap();
             let mut placed: Vec<usize> = batches.concat();
             placed.sort();
             assert_eq!(placed, (0..40).collect::<Vec<_>>());
@@ -255,8 +277,15 @@ mod tests {
             })
             .collect();
         let data = dataset(&text);
-        let batches =
-            epoch_batches(config::BatchSampler::GroupByLabel, &data, None, 3, 0, 4).unwrap();
+        let batches = epoch_batches(
+            config::BatchSampler::GroupByLabel,
+            &data,
+            RowOrder::Random,
+            3,
+            0,
+            4,
+        )
+        .unwrap();
         let labels = match &data.label.as_ref().unwrap().values {
             LabelValues::Scalars(values) => values.clone(),
             _ => unreachable!(),
@@ -278,9 +307,16 @@ mod tests {
         // (the reference's length) 2 × (5 + 5 + 2) = 24 rows, 6 batches of 4.
         let placed: usize = batches.iter().map(Vec::len).sum();
         assert_eq!((placed, batches.len()), (24, 6));
-        let error = epoch_batches(config::BatchSampler::GroupByLabel, &data, None, 3, 0, 5)
-            .unwrap_err()
-            .to_string();
+        let error = epoch_batches(
+            config::BatchSampler::GroupByLabel,
+            &data,
+            RowOrder::Random,
+            3,
+            0,
+            5,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(error.contains("even batch size"), "{error}");
     }
 
@@ -305,6 +341,42 @@ mod tests {
         assert!(padded(&order) * 10 < padded(&epoch_order(1000, 5, 0)) * 8);
         assert_eq!(order, length_grouped_order(&lengths, 5, 0, 4));
         assert_ne!(order, length_grouped_order(&lengths, 5, 1, 4));
+    }
+
+    #[test]
+    fn sequential_order_keeps_the_datas_order_every_epoch() {
+        let data = crate::data::dataset::parse_jsonl_dataset(
+            &(0..10)
+                .map(|i| format!("{{\"query\": \"q{i}\", \"document\": \"d{i}\", \"label\": 1}}\n"))
+                .collect::<String>(),
+            std::path::Path::new("t.jsonl"),
+        )
+        .unwrap();
+        for epoch in 0..2 {
+            let batches = epoch_batches(
+                config::BatchSampler::BatchSampler,
+                &data,
+                RowOrder::Sequential,
+                7,
+                epoch,
+                4,
+            )
+            .unwrap();
+            assert_eq!(
+                batches,
+                vec![vec![0, 1, 2, 3], vec![4, 5, 6, 7], vec![8, 9]]
+            );
+        }
+        let random = epoch_batches(
+            config::BatchSampler::BatchSampler,
+            &data,
+            RowOrder::Random,
+            7,
+            0,
+            4,
+        )
+        .unwrap();
+        assert_ne!(random[0], vec![0, 1, 2, 3]);
     }
 
     #[test]

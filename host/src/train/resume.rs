@@ -11,7 +11,7 @@ use super::TrainError;
 
 /// The top-level settings that decide the numbers of a run. The others (where and how often
 /// to log, evaluate, save and export, the device, the output) may differ on resume.
-const RECIPE_KEYS: [&str; 29] = [
+const RECIPE_KEYS: [&str; 30] = [
     "model",
     "from_scratch",
     "num_labels",
@@ -37,6 +37,7 @@ const RECIPE_KEYS: [&str; 29] = [
     "gradient_accumulation_steps",
     "mini_batch_size",
     "group_by_length",
+    "train_sampling_strategy",
     "prompts",
     "seed",
     "early_stopping_patience",

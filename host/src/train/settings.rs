@@ -130,6 +130,45 @@ pub enum IntervalStrategy {
     Epoch,
 }
 
+/// When to write checkpoints (transformers' `SaveStrategy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SaveStrategy {
+    /// Never.
+    No,
+    /// Every `save_steps` optimiser steps.
+    Steps,
+    /// At the end of every epoch.
+    Epoch,
+    /// After an evaluation whose `metric_for_best_model` is a new best.
+    Best,
+}
+
+impl SaveStrategy {
+    /// The same schedule as an evaluation strategy, if it is one.
+    pub fn as_interval(self) -> Option<IntervalStrategy> {
+        match self {
+            SaveStrategy::No => Some(IntervalStrategy::No),
+            SaveStrategy::Steps => Some(IntervalStrategy::Steps),
+            SaveStrategy::Epoch => Some(IntervalStrategy::Epoch),
+            SaveStrategy::Best => None,
+        }
+    }
+}
+
+/// The order of the rows before batching (transformers 5's `train_sampling_strategy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TrainSamplingStrategy {
+    /// A seeded shuffle every epoch (the default).
+    Random,
+    /// The data's own order every epoch (the reference's batch samplers shuffle anyway).
+    Sequential,
+    /// Rows of similar length together (transformers' `LengthGroupedSampler`; the same as
+    /// `group_by_length = true`).
+    GroupByLength,
+}
+
 /// How a dataset's rows are cut into batches (sentence-transformers' `batch_sampler`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -153,4 +192,81 @@ pub enum MultiDatasetBatchSampler {
     Proportional,
     /// One batch of each dataset in turn, until the smallest is exhausted.
     RoundRobin,
+}
+
+/// A number of optimiser steps, or, below 1, a fraction of the run's steps (rounded up): how
+/// transformers 5 reads `logging_steps`, `eval_steps`, `save_steps` and `warmup_steps`.
+/// Written back as given.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Steps {
+    /// Steps.
+    Count(usize),
+    /// A fraction of the run in (0, 1), or a whole number of steps written as a float.
+    Fraction(f64),
+}
+
+impl Steps {
+    /// The steps this is in a run of `max_steps`.
+    pub fn resolve(self, max_steps: usize) -> usize {
+        match self {
+            Steps::Count(count) => count,
+            Steps::Fraction(fraction) if fraction < 1.0 => {
+                (max_steps as f64 * fraction).ceil() as usize
+            }
+            Steps::Fraction(steps) => steps as usize,
+        }
+    }
+
+    /// Whether this is a fraction of the run.
+    pub fn is_fraction(self) -> bool {
+        matches!(self, Steps::Fraction(f) if f < 1.0)
+    }
+
+    /// transformers' rules: a fraction in (0, 1), else a whole number of steps; zero only
+    /// where `zero_allowed`.
+    pub fn check(self, zero_allowed: bool) -> Result<(), String> {
+        match self {
+            Steps::Count(0) if !zero_allowed => Err("must be at least 1".into()),
+            Steps::Count(_) => Ok(()),
+            Steps::Fraction(f) if !(f.is_finite() && f >= 0.0) => Err(format!(
+                "{f} is neither a step count nor a fraction of the run in (0, 1)"
+            )),
+            Steps::Fraction(f) if f == 0.0 && !zero_allowed => Err("must be at least 1".into()),
+            Steps::Fraction(f) if f > 1.0 && f.fract() != 0.0 => Err(format!(
+                "{f}: above 1 it counts steps and must be a whole number (below 1 it is a \
+                 fraction of the run)"
+            )),
+            Steps::Fraction(_) => Ok(()),
+        }
+    }
+}
+
+/// `num_train_epochs`: whole passes, or a fractional number (transformers trains
+/// ceil(epochs × steps per epoch) steps).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Epochs {
+    /// Whole passes.
+    Whole(usize),
+    /// A fractional number of passes.
+    Fraction(f64),
+}
+
+impl Epochs {
+    /// Optimiser steps for `updates_per_epoch` per epoch.
+    pub fn steps(self, updates_per_epoch: usize) -> usize {
+        match self {
+            Epochs::Whole(epochs) => epochs * updates_per_epoch,
+            Epochs::Fraction(epochs) => (epochs * updates_per_epoch as f64).ceil() as usize,
+        }
+    }
+
+    /// Whether this trains nothing.
+    pub fn is_zero(self) -> bool {
+        match self {
+            Epochs::Whole(epochs) => epochs == 0,
+            Epochs::Fraction(epochs) => !(epochs > 0.0 && epochs.is_finite()),
+        }
+    }
 }

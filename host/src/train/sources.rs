@@ -88,7 +88,13 @@ pub(super) fn load_train_sources(
 ) -> Result<Vec<TrainSource>, TrainError> {
     let mut sources = Vec::new();
     for (index, entry) in config.train.entries.iter().enumerate() {
-        let (loss, library) = build_loss(registry, entry, config, "training dataset", model_num_labels)?;
+        let (loss, library) = build_loss(
+            registry,
+            entry,
+            config,
+            "training dataset",
+            model_num_labels,
+        )?;
         let dataset = read_dataset(&entry.spec)?;
         let description = loss.description().clone();
         let format = dataset
@@ -114,7 +120,9 @@ pub(super) fn load_train_sources(
             dataset.origin(),
             dataset.describe()
         );
-        let row_lengths = config.group_by_length.then(|| dataset.row_lengths());
+        let row_lengths = (config.sampling_strategy()
+            == config::TrainSamplingStrategy::GroupByLength)
+            .then(|| dataset.row_lengths());
         sources.push(TrainSource {
             name: entry.name.clone(),
             dataset,
@@ -166,7 +174,13 @@ pub(super) fn load_eval_sources(
             },
             _ => entry.clone(),
         };
-        let (loss, _) = build_loss(registry, &effective, config, "evaluation dataset", model_num_labels)?;
+        let (loss, _) = build_loss(
+            registry,
+            &effective,
+            config,
+            "evaluation dataset",
+            model_num_labels,
+        )?;
         let dataset = read_dataset(&entry.spec)?;
         let description = loss.description().clone();
         dataset
@@ -218,7 +232,13 @@ fn per_source_batches(
             epoch_batches(
                 config.batch_sampler,
                 &source.dataset,
-                source.row_lengths.as_deref(),
+                match (&source.row_lengths, config.sampling_strategy()) {
+                    (Some(lengths), _) => super::order::RowOrder::LengthGrouped(lengths),
+                    (None, config::TrainSamplingStrategy::Sequential) => {
+                        super::order::RowOrder::Sequential
+                    }
+                    (None, _) => super::order::RowOrder::Random,
+                },
                 source.seed,
                 epoch,
                 batch_size,
@@ -239,7 +259,7 @@ fn sampler_len(
         config::BatchSampler::GroupByLabel => epoch_batches(
             config.batch_sampler,
             &source.dataset,
-            None,
+            super::order::RowOrder::Random,
             source.seed,
             0,
             batch_size,

@@ -169,7 +169,7 @@ impl Run<'_> {
                 });
                 let global_step = self.state.global_step;
                 let last = global_step == self.state.max_steps;
-                if global_step % config.logging_steps == 0 || last {
+                if global_step % config.log_every(self.state.max_steps) == 0 || last {
                     if let Some((loss, components)) = self.state.since_log.means() {
                         let dataset_losses = self.state.since_log.dataset_means();
                         self.log(LogEntry {
@@ -188,7 +188,8 @@ impl Run<'_> {
                 // The last step is evaluated and checkpointed when it falls on the schedule,
                 // as transformers does, so that `load_best_model_at_end` weighs the final
                 // model too (the end of the run then reuses that evaluation).
-                let evaluated = config.evaluates_after(global_step, epoch_done);
+                let evaluated =
+                    config.evaluates_after(global_step, epoch_done, self.state.max_steps);
                 if evaluated && self.world.is_main() {
                     self.evaluate_and_log()?;
                     self.evaluated_step = Some(global_step);
@@ -196,7 +197,13 @@ impl Run<'_> {
                 let stop_early = evaluated && self.early_stop_check() && !last;
                 let stop_here = config.stop_at_step == Some(global_step) && !last;
                 let signal = world::agreed_signal(&self.world, stop_requested());
-                let scheduled = config.saves_after(global_step, epoch_done);
+                // `save_strategy = "best"`: after an evaluation with a new best metric (rank 0
+                // alone evaluates; every rank takes part in the checkpoint).
+                let new_best = evaluated
+                    && config.save_strategy == config::SaveStrategy::Best
+                    && world::agreed_flag(&self.world, self.improved_best().is_some());
+                let scheduled =
+                    config.saves_after(global_step, epoch_done, self.state.max_steps) || new_best;
                 if scheduled || stop_here || signal.is_some() {
                     self.save_checkpoint(evaluated, scheduled || stop_here)?;
                 }

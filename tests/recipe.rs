@@ -284,3 +284,81 @@ fn save_strategy_best_checkpoints_each_new_best() {
     );
     assert_eq!(saved, expected);
 }
+
+/// `trajectory_recipe_2026.json`: sentence-transformers 6.3's `CrossEncoderTrainer` on
+/// trajectories.json's tiny BERT run with a fractional `warmup_steps`, `cosine_with_min_lr`
+/// and `learning_rate_mapping` (the classifier at 10x), reproduced step by step.
+#[test]
+fn recipe_items_train_as_the_cross_encoder_trainer() {
+    let reference = read_json(&support::fixture("trajectory_recipe_2026.json"));
+    let run = &read_json(&support::fixture("trajectories.json"))["runs"]["tiny-bert-ce/bce"];
+    let dir = tempfile::tempdir().unwrap();
+    let model = support::tiny_model_without_dropout(dir.path());
+    let train = dir.path().join("train.jsonl");
+    let lines: String = run["train"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| format!("{row}\n"))
+        .collect();
+    std::fs::write(&train, lines).unwrap();
+    let settings = &reference["settings"];
+    let recipe = dir.path().join("recipe.toml");
+    std::fs::write(
+        &recipe,
+        format!(
+            "model = {model:?}\noutput = \"out\"\nloss = \"BinaryCrossEntropyLoss\"\n\
+             train = {{ files = {train:?} }}\nper_device_train_batch_size = {rows}\n\
+             num_train_epochs = {steps}\nlearning_rate = {lr}\nweight_decay = {wd}\n\
+             warmup_steps = {warmup}\nlr_scheduler_type = \"cosine_with_min_lr\"\n\
+             lr_scheduler_kwargs = {{ min_lr = {min_lr} }}\n\
+             learning_rate_mapping = {{ \"classifier\" = {head_lr} }}\n\
+             max_length = {max_length}\nseed = 12\nlogging_steps = 1\nsave_steps = 0\n\
+             export_onnx = false\n",
+            rows = run["train"].as_array().unwrap().len(),
+            steps = settings["steps"],
+            lr = settings["lr"],
+            wd = settings["weight_decay"],
+            warmup = settings["warmup_steps"],
+            min_lr = settings["lr_scheduler_kwargs"]["min_lr"],
+            head_lr = settings["learning_rate_mapping"]["classifier"],
+            max_length = settings["max_length"],
+        ),
+    )
+    .unwrap();
+    let output = dir.path().join("out");
+    let trained = train_cli(&recipe, &output, &[]);
+    assert!(trained.status.success(), "{}", support::stderr(&trained));
+    let losses = support::losses_of(&output);
+    let expected: Vec<f64> = reference["losses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(losses.len(), expected.len());
+    let worst = losses
+        .iter()
+        .zip(&expected)
+        .map(|(ours, theirs)| (ours - theirs).abs() / theirs.abs())
+        .fold(0.0, f64::max);
+    eprintln!("2026 recipe trajectory: loss rel err {worst:.1e}");
+    assert!(
+        worst < 1e-4,
+        "loss rel err {worst}: {losses:?} vs {expected:?}"
+    );
+    // Without the mapping the head would learn 10x slower: the run must differ from that.
+    let plain = dir.path().join("plain");
+    let text = std::fs::read_to_string(&recipe)
+        .unwrap()
+        .replace("learning_rate_mapping = { \"classifier\" = 0.01 }\n", "");
+    let plain_recipe = dir.path().join("plain.toml");
+    std::fs::write(&plain_recipe, text).unwrap();
+    let trained = train_cli(&plain_recipe, &plain, &[]);
+    assert!(trained.status.success(), "{}", support::stderr(&trained));
+    let plain_losses = support::losses_of(&plain);
+    assert!(
+        (plain_losses[7] - losses[7]).abs() > 1e-3,
+        "{plain_losses:?} vs {losses:?}"
+    );
+}

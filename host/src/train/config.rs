@@ -126,6 +126,12 @@ pub struct TrainConfig {
     /// Peak learning rate (5e-5). Also read as `lr`.
     #[serde(rename = "learning_rate", default = "default_lr")]
     pub lr: f64,
+    /// Other learning rates by parameter name (sentence-transformers'
+    /// `learning_rate_mapping`): regular expression → rate, searched in the name the
+    /// reference's trainer uses (`model.0.model.` + the Hugging Face name, e.g.
+    /// `classifier\\.` or `score`); the schedule scales every rate alike.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub learning_rate_mapping: std::collections::BTreeMap<String, f64>,
     /// Decoupled weight decay of AdamW, not applied to biases and LayerNorm weights (0).
     #[serde(default)]
     pub weight_decay: f64,
@@ -419,6 +425,20 @@ impl TrainConfig {
                 "warmup_ratio",
                 format!("{} is not in [0, 1)", self.warmup_ratio),
             );
+        }
+        for (pattern, rate) in &self.learning_rate_mapping {
+            if !(rate.is_finite() && *rate > 0.0) {
+                return invalid(
+                    "learning_rate_mapping",
+                    format!("{pattern:?}: {rate} is not a positive number"),
+                );
+            }
+            if let Err(error) = regex::Regex::new(pattern) {
+                return invalid(
+                    "learning_rate_mapping",
+                    format!("{pattern:?} is not a regular expression: {error}"),
+                );
+            }
         }
         if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
             return invalid("weight_decay", format!("{} is negative", self.weight_decay));

@@ -487,6 +487,18 @@ pub fn train(
         config.adam_epsilon,
         config.weight_decay,
     )?;
+    if !config.learning_rate_mapping.is_empty() {
+        let scales = optim::learning_rate_scales(
+            &config.learning_rate_mapping,
+            config.lr,
+            model.trainable_parameters(),
+        )
+        .map_err(|message| config::ConfigError::Invalid {
+            field: "learning_rate_mapping",
+            message,
+        })?;
+        optimizer.set_learning_rate_scales(&|name| scales.get(name).copied().unwrap_or(1.0))?;
+    }
 
     // What the rows are, so that a resume on changed data under the same path is refused.
     let data_digests: BTreeMap<String, String> = train_sources

@@ -35,6 +35,11 @@ struct ParamState {
     decays: Vec<bool>,
     /// For the tensor moments of a `Var` whose parts differ in decay: 1 where it applies.
     decay_mask: Option<Tensor>,
+    /// Per part, its learning rate over the schedule's (`learning_rate_mapping`; 1 else).
+    lr_scales: Vec<f64>,
+    /// For the tensor moments of a `Var` whose parts differ in learning rate: each
+    /// element's scale.
+    lr_scale_mask: Option<Tensor>,
     moments: Moments,
 }
 
@@ -56,9 +61,9 @@ impl ParamState {
     }
 
     fn step(&mut self, grad: &Tensor, update: Update) -> Result<()> {
-        let decay_of = |decays: bool| {
+        let decay_at = |decays: bool, lr: f64| {
             if decays && update.weight_decay > 0.0 {
-                1.0 - update.lr * update.weight_decay
+                1.0 - lr * update.weight_decay
             } else {
                 1.0
             }
@@ -69,11 +74,11 @@ impl ParamState {
                 exp_avg,
                 exp_avg_sq,
             } => {
-                let step_with = |decay: f64| AdamwStep {
+                let step_with = |decay: f64, scale: f64| AdamwStep {
                     decay: decay as f32,
                     beta1: update.beta1 as f32,
                     beta2: update.beta2 as f32,
-                    step_size: update.step_size as f32,
+                    step_size: (update.step_size * scale) as f32,
                     sqrt_bias_correction2: update.sqrt_bc2 as f32,
                     eps: update.eps as f32,
                 };
@@ -82,7 +87,13 @@ impl ParamState {
                     .parts
                     .iter()
                     .zip(&self.decays)
-                    .map(|(part, &decays)| (part.range(), step_with(decay_of(decays))))
+                    .zip(&self.lr_scales)
+                    .map(|((part, &decays), &scale)| {
+                        (
+                            part.range(),
+                            step_with(decay_at(decays, update.lr * scale), scale),
+                        )
+                    })
                     .collect();
                 let name = &self.trainable.parts[0].name;
                 let grad = grad.to_dtype(DType::F32)?.contiguous()?;
@@ -123,14 +134,26 @@ impl ParamState {
             } => {
                 let grad = grad.to_dtype(var.dtype())?;
                 let mut theta = var.as_tensor().clone();
-                match &self.decay_mask {
-                    // theta · (1 − lr·wd·mask): the decay only where the mask is 1.
-                    Some(mask) if update.weight_decay > 0.0 => {
-                        let factor = mask.affine(-(update.lr * update.weight_decay), 1.0)?;
-                        theta = theta.mul(&factor)?;
+                // One scale for the whole `Var` unless its parts differ (then the mask).
+                let scale = self.lr_scales[0];
+                match (&self.decay_mask, &self.lr_scale_mask) {
+                    // theta · (1 − lr·scale·wd·mask): the decay only where the mask is 1.
+                    (Some(mask), scales) if update.weight_decay > 0.0 => {
+                        let mut rate = (mask * (update.lr * update.weight_decay))?;
+                        rate = match scales {
+                            Some(scales) => rate.mul(scales)?,
+                            None => (rate * scale)?,
+                        };
+                        theta = theta.mul(&rate.affine(-1.0, 1.0)?)?;
+                    }
+                    (None, Some(scales)) if update.weight_decay > 0.0 => {
+                        if self.decays.iter().any(|&d| d) {
+                            let rate = (scales * (update.lr * update.weight_decay))?;
+                            theta = theta.mul(&rate.affine(-1.0, 1.0)?)?;
+                        }
                     }
                     _ => {
-                        let decay = decay_of(self.decays.iter().any(|&d| d));
+                        let decay = decay_at(self.decays.iter().any(|&d| d), update.lr * scale);
                         if decay != 1.0 {
                             theta = (theta * decay)?;
                         }
@@ -140,7 +163,11 @@ impl ParamState {
                 *exp_avg_sq =
                     ((&*exp_avg_sq * update.beta2)? + (grad.sqr()? * (1.0 - update.beta2))?)?;
                 let denom = ((exp_avg_sq.sqrt()? / update.sqrt_bc2)? + update.eps)?;
-                let change = (exp_avg.div(&denom)? * update.step_size)?;
+                let mut change = exp_avg.div(&denom)?;
+                change = match &self.lr_scale_mask {
+                    Some(scales) => (change.mul(scales)? * update.step_size)?,
+                    None => (change * (update.step_size * scale))?,
+                };
                 var.set(&(theta - change)?)
             }
         }
@@ -178,6 +205,63 @@ impl ParamState {
             })
             .collect()
     }
+}
+
+/// sentence-transformers' `learning_rate_mapping`: each parameter a pattern finds gets that
+/// learning rate, as a scale of the peak `lr`. Patterns are regular expressions searched (as
+/// Python's `re.search`) in the name the reference's trainer sees, `model.0.model.` + the
+/// Hugging Face name, so a recipe's patterns carry over. A pattern that finds nothing is an
+/// error, as in the reference; so is a parameter two patterns give different rates (the
+/// reference's outcome would depend on the order of a mapping).
+pub fn learning_rate_scales(
+    mapping: &std::collections::BTreeMap<String, f64>,
+    lr: f64,
+    trainables: &[Trainable],
+) -> std::result::Result<std::collections::HashMap<String, f64>, String> {
+    let patterns = mapping
+        .iter()
+        .map(|(pattern, rate)| {
+            regex::Regex::new(pattern)
+                .map(|regex| (pattern, regex, *rate))
+                .map_err(|e| format!("{pattern:?} is not a regular expression: {e}"))
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let mut scales = std::collections::HashMap::new();
+    let mut found = vec![false; patterns.len()];
+    for part in trainables.iter().flat_map(|t| &t.parts) {
+        let qualified = format!("model.0.model.{}", part.name);
+        let mut rate: Option<(&String, f64)> = None;
+        for (index, (pattern, regex, value)) in patterns.iter().enumerate() {
+            if !regex.is_match(&qualified) {
+                continue;
+            }
+            found[index] = true;
+            match rate {
+                Some((other, earlier)) if earlier != *value => {
+                    return Err(format!(
+                        "{} is matched by {other:?} ({earlier}) and {pattern:?} ({value}); make \
+                         the patterns exclusive",
+                        part.name
+                    ))
+                }
+                _ => rate = Some((pattern, *value)),
+            }
+        }
+        if let Some((_, value)) = rate {
+            scales.insert(part.name.clone(), value / lr);
+        }
+    }
+    if let Some(index) = found.iter().position(|f| !f) {
+        return Err(format!(
+            "no parameter matches {:?} (names look like model.0.model.{})",
+            patterns[index].0,
+            trainables
+                .first()
+                .and_then(|t| t.parts.first())
+                .map_or("...", |p| p.name.as_str())
+        ));
+    }
+    Ok(scales)
 }
 
 /// torch's AdamW (decoupled weight decay, bias-corrected moments).
@@ -238,6 +322,8 @@ impl AdamW {
                     None
                 };
                 Ok(ParamState {
+                    lr_scales: vec![1.0; trainable.parts.len()],
+                    lr_scale_mask: None,
                     decays: part_decays,
                     decay_mask,
                     moments,
@@ -253,6 +339,32 @@ impl AdamW {
             weight_decay,
             step: 0,
         })
+    }
+
+    /// Sets each parameter's learning rate to `scale_of(name)` times the schedule's
+    /// (sentence-transformers' `learning_rate_mapping`: the mapped rate over the peak, so the
+    /// schedule's factor applies to every group alike, as torch's `LambdaLR` does).
+    pub fn set_learning_rate_scales(&mut self, scale_of: &dyn Fn(&str) -> f64) -> Result<()> {
+        for param in &mut self.params {
+            param.lr_scales = param
+                .trainable
+                .parts
+                .iter()
+                .map(|part| scale_of(&part.name))
+                .collect();
+            let mixed = param.lr_scales.iter().any(|&s| s != param.lr_scales[0]);
+            param.lr_scale_mask = if mixed && matches!(param.moments, Moments::Tensors { .. }) {
+                let var = &param.trainable.var;
+                let mut mask = vec![0f32; var.elem_count()];
+                for (part, &scale) in param.trainable.parts.iter().zip(&param.lr_scales) {
+                    mask[part.range()].fill(scale as f32);
+                }
+                Some(Tensor::from_vec(mask, var.shape(), var.device())?.to_dtype(var.dtype())?)
+            } else {
+                None
+            };
+        }
+        Ok(())
     }
 
     /// Optimiser steps taken.
@@ -583,6 +695,89 @@ mod tests {
                 assert_eq!(to_f64(&again[key]), to_f64(value), "{key}");
             }
         }
+        check::<f32>(|x| x);
+        check::<f64>(f64::from);
+    }
+
+    #[test]
+    fn learning_rate_scales_step_each_part_at_its_rate() {
+        use crosstrain_model::parameters::NamedPart;
+        fn check<T: candle_core::WithDType>(cast: fn(f32) -> T) {
+            let device = Device::Cpu;
+            let values: Vec<T> = [0.5f32, -1.5, 2.0, 0.25, 1.0, -0.75, 0.3, -0.1]
+                .map(cast)
+                .to_vec();
+            let packed = Var::new(values.as_slice(), &device).unwrap();
+            let parts = vec![
+                NamedPart {
+                    name: "head.weight".into(),
+                    offset: 0,
+                    shape: (3, 2).into(),
+                },
+                NamedPart {
+                    name: "head.bias".into(),
+                    offset: 6,
+                    shape: 2.into(),
+                },
+            ];
+            let trainable = Trainable {
+                var: packed.clone(),
+                parts,
+            };
+            let mut scaled = AdamW::new(vec![trainable], 0.9, 0.999, 1e-8, 0.1).unwrap();
+            scaled
+                .set_learning_rate_scales(&|name| if name.ends_with("weight") { 3.0 } else { 0.5 })
+                .unwrap();
+            // Apart, each part with its own optimiser at its own rate.
+            let weight = Var::new(&values[..6], &device).unwrap();
+            let bias = Var::new(&values[6..], &device).unwrap();
+            let mut weight_alone = AdamW::new(
+                vec![Trainable::single("head.weight".into(), weight.clone())],
+                0.9,
+                0.999,
+                1e-8,
+                0.1,
+            )
+            .unwrap();
+            let mut bias_alone = AdamW::new(
+                vec![Trainable::single("head.bias".into(), bias.clone())],
+                0.9,
+                0.999,
+                1e-8,
+                0.1,
+            )
+            .unwrap();
+            for step in 0..4 {
+                let g: Vec<T> = (0..8)
+                    .map(|i| cast(0.1 * (i as f32 - 3.0) + 0.05 * step as f32))
+                    .collect();
+                let g = Tensor::new(g.as_slice(), &device).unwrap();
+                scaled.step(&[Some(g.clone())], 1e-2).unwrap();
+                weight_alone
+                    .step(&[Some(g.narrow(0, 0, 6).unwrap())], 3e-2)
+                    .unwrap();
+                bias_alone
+                    .step(&[Some(g.narrow(0, 6, 2).unwrap())], 0.5e-2)
+                    .unwrap();
+            }
+            let to_f64 =
+                |t: &Tensor| -> Vec<f64> { t.to_dtype(DType::F64).unwrap().to_vec1().unwrap() };
+            let expected: Vec<f64> = to_f64(weight.as_tensor())
+                .into_iter()
+                .chain(to_f64(bias.as_tensor()))
+                .collect();
+            for (got, want) in to_f64(packed.as_tensor()).iter().zip(&expected) {
+                assert!(
+                    (got - want).abs() <= 1e-6 * want.abs().max(1.0),
+                    "{got} vs {want}"
+                );
+            }
+            assert_ne!(
+                to_f64(packed.as_tensor()),
+                to_f64(&Tensor::new(values.as_slice(), &device).unwrap())
+            );
+        }
+        // f32 takes the fused CPU loop, f64 the tensor path with its scale mask.
         check::<f32>(|x| x);
         check::<f64>(f64::from);
     }

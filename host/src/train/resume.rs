@@ -11,7 +11,7 @@ use super::TrainError;
 
 /// The top-level settings that decide the numbers of a run. The others (where and how often
 /// to log, evaluate, save and export, the device, the output) may differ on resume.
-const RECIPE_KEYS: [&str; 30] = [
+const RECIPE_KEYS: [&str; 31] = [
     "model",
     "from_scratch",
     "num_labels",
@@ -23,6 +23,7 @@ const RECIPE_KEYS: [&str; 30] = [
     "max_steps",
     "per_device_train_batch_size",
     "learning_rate",
+    "learning_rate_mapping",
     "weight_decay",
     "adam_beta1",
     "adam_beta2",

@@ -362,3 +362,52 @@ fn recipe_items_train_as_the_cross_encoder_trainer() {
         "{plain_losses:?} vs {losses:?}"
     );
 }
+
+#[test]
+fn reduce_lr_on_plateau_cuts_after_each_stalled_evaluation() {
+    let dir = tempfile::tempdir().unwrap();
+    // Mode max on a falling eval loss: every evaluation but an improving one stalls, and
+    // patience 0 cuts the rate by half right after it.
+    let config = recipe(
+        dir.path(),
+        "eval_steps = 1\nlr_scheduler_type = \"reduce_lr_on_plateau\"\n\
+         lr_scheduler_kwargs = { mode = \"max\", patience = 0, factor = 0.5, \
+         threshold = 0.0, threshold_mode = \"abs\", eps = 0.0 }",
+    );
+    let output = dir.path().join("out");
+    let run = train_cli(&config, &output, &[]);
+    assert!(run.status.success(), "{}", support::stderr(&run));
+    let entries: Vec<Value> = std::fs::read_to_string(output.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let mut expected_lr = 1e-3;
+    let mut best: Option<f64> = None;
+    let mut cuts = 0;
+    for entry in &entries {
+        if let Some(lr) = entry["learning_rate"].as_f64() {
+            assert!(
+                (lr - expected_lr).abs() < 1e-15,
+                "step {}: {lr} vs {expected_lr}",
+                entry["step"]
+            );
+        }
+        if let Some(value) = entry["metrics"]["eval_loss"].as_f64() {
+            if best.is_none_or(|b| value > b) {
+                best = Some(value);
+            } else {
+                expected_lr *= 0.5;
+                cuts += 1;
+            }
+        }
+    }
+    assert!(cuts >= 3, "{cuts} cuts");
+    let state = read_json(&output.join("trainer_state.json"));
+    let saved = state["plateau"]["lr"].as_f64().unwrap();
+    assert!(
+        (saved - expected_lr).abs() < 1e-15,
+        "{saved} vs {expected_lr}: {}",
+        state["plateau"]
+    );
+}

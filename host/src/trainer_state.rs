@@ -144,6 +144,20 @@ impl EarlyStopping {
     }
 }
 
+/// torch's `ReduceLROnPlateau` state (`lr_scheduler_type = "reduce_lr_on_plateau"`): the
+/// learning rate in force and what decides the next cut.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plateau {
+    /// The learning rate in force.
+    pub lr: f64,
+    /// The best metric so far (by the scheduler's own mode and threshold).
+    pub best: Option<f64>,
+    /// Evaluations since the best.
+    pub num_bad_epochs: usize,
+    /// Evaluations left in the cool-down after a cut.
+    pub cooldown_counter: usize,
+}
+
 /// `trainer_state.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainerState {
@@ -185,6 +199,9 @@ pub struct TrainerState {
     /// checkpoints so a resumed run stops where the whole run would have.
     #[serde(default, skip_serializing_if = "EarlyStopping::is_unused")]
     pub early_stopping: EarlyStopping,
+    /// `reduce_lr_on_plateau`'s state, in runs that use it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plateau: Option<Plateau>,
     /// The ONNX export, once done.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub onnx: Option<OnnxReport>,

@@ -536,6 +536,24 @@ impl TrainConfig {
                     .into(),
             );
         }
+        if self.lr_scheduler == LrScheduler::ReduceLrOnPlateau {
+            if self.effective_eval_strategy() == IntervalStrategy::No {
+                return invalid(
+                    "lr_scheduler_type",
+                    "reduce_lr_on_plateau needs evaluations during training (eval_strategy or \
+                     eval_steps), as transformers requires"
+                        .into(),
+                );
+            }
+            if self.metric_for_best_model.is_none() && self.eval.is_none() {
+                return invalid(
+                    "lr_scheduler_type",
+                    "reduce_lr_on_plateau watches eval_loss unless metric_for_best_model names \
+                     another metric: add `eval` data or set metric_for_best_model"
+                        .into(),
+                );
+            }
+        }
         if let Some(patience) = self.early_stopping_patience {
             if patience == 0 {
                 return invalid("early_stopping_patience", "must be at least 1".into());
@@ -659,6 +677,12 @@ impl TrainConfig {
             }
         }
         Ok(())
+    }
+
+    /// The metric `reduce_lr_on_plateau` watches: `metric_for_best_model`, else the eval
+    /// loss (transformers' default for it).
+    pub fn plateau_metric(&self) -> &str {
+        self.metric_for_best_model.as_deref().unwrap_or("eval_loss")
     }
 
     /// The row order in force: `train_sampling_strategy`, else `group_by_length`'s.

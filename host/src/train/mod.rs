@@ -575,6 +575,14 @@ pub fn train(
                 best_metric: None,
                 best_checkpoint: None,
                 early_stopping: Default::default(),
+                plateau: (config.lr_scheduler == config::LrScheduler::ReduceLrOnPlateau).then(
+                    || crate::trainer_state::Plateau {
+                        lr: config.lr,
+                        best: None,
+                        num_bad_epochs: 0,
+                        cooldown_counter: 0,
+                    },
+                ),
                 onnx: None,
                 data_digests,
                 crosstrain_version: env!("CARGO_PKG_VERSION").to_string(),

@@ -4,6 +4,8 @@
 use candle_core::{DType, Result, Tensor};
 
 use super::config::{LrScheduler, LrSchedulerKwargs};
+use super::settings::{PlateauMode, ThresholdMode};
+use crate::trainer_state::Plateau;
 
 /// The learning rate of optimiser step `step` (0-based, as `LambdaLR` counts) of `total`
 /// with `warmup` warm-up steps: transformers' `get_scheduler` schedules, factor by factor.
@@ -15,7 +17,10 @@ pub fn learning_rate(
     warmup: usize,
     total: usize,
 ) -> f64 {
-    if scheduler == LrScheduler::Constant {
+    if matches!(
+        scheduler,
+        LrScheduler::Constant | LrScheduler::ReduceLrOnPlateau
+    ) {
         return peak;
     }
     match scheduler {
@@ -65,6 +70,8 @@ pub fn learning_rate(
         LrScheduler::CosineWarmupWithMinLr
         | LrScheduler::WarmupStableDecay
         | LrScheduler::InverseSqrt => unreachable!("returned above"),
+        // The rate lives in the run's `Plateau` state; this is its start.
+        LrScheduler::ReduceLrOnPlateau => 1.0,
         LrScheduler::Polynomial => {
             let lr_end = kwargs.lr_end;
             if step > total {
@@ -76,6 +83,43 @@ pub fn learning_rate(
         }
     };
     peak * factor
+}
+
+/// torch's `ReduceLROnPlateau.step(metric)`: one evaluation's `value` of the watched metric;
+/// cuts `plateau.lr` when the patience is spent. Returns whether it cut.
+pub fn plateau_step(plateau: &mut Plateau, kwargs: &LrSchedulerKwargs, value: f64) -> bool {
+    let mode = kwargs.mode.unwrap_or(PlateauMode::Min);
+    let threshold = kwargs.threshold.unwrap_or(1e-4);
+    let better = match plateau.best {
+        None => true,
+        Some(best) => match (mode, kwargs.threshold_mode.unwrap_or(ThresholdMode::Rel)) {
+            (PlateauMode::Min, ThresholdMode::Rel) => value < best * (1.0 - threshold),
+            (PlateauMode::Min, ThresholdMode::Abs) => value < best - threshold,
+            (PlateauMode::Max, ThresholdMode::Rel) => value > best * (threshold + 1.0),
+            (PlateauMode::Max, ThresholdMode::Abs) => value > best + threshold,
+        },
+    };
+    if better {
+        plateau.best = Some(value);
+        plateau.num_bad_epochs = 0;
+    } else {
+        plateau.num_bad_epochs += 1;
+    }
+    if plateau.cooldown_counter > 0 {
+        plateau.cooldown_counter -= 1;
+        plateau.num_bad_epochs = 0;
+    }
+    if plateau.num_bad_epochs > kwargs.patience.unwrap_or(10) {
+        plateau.cooldown_counter = kwargs.cooldown.unwrap_or(0);
+        plateau.num_bad_epochs = 0;
+        let old = plateau.lr;
+        let new = (old * kwargs.factor.unwrap_or(0.1)).max(kwargs.min_lr.unwrap_or(0.0));
+        if old - new > kwargs.eps.unwrap_or(1e-8) {
+            plateau.lr = new;
+            return true;
+        }
+    }
+    false
 }
 
 /// The floor of the min-lr cosines as a fraction of the peak: `min_lr_rate`, or `min_lr` over
@@ -467,6 +511,61 @@ mod tests {
                 assert!(
                     (got - want).abs() < 1e-15,
                     "{scheduler:?} {kwargs:?} step {step}: {got} vs {want}"
+                );
+            }
+        }
+    }
+
+    /// torch 2.15's `ReduceLROnPlateau(AdamW(lr=1e-2), **kwargs)`, stepped with the metric
+    /// sequence below: the rate after each step.
+    #[test]
+    fn reduce_lr_on_plateau_equals_torch() {
+        let metrics = [
+            1.0, 0.9, 0.95, 0.96, 0.97, 0.89, 0.9, 0.91, 0.92, 0.93, 0.5, 0.6,
+        ];
+        let cases: [(LrSchedulerKwargs, [f64; 12]); 2] = [
+            (
+                LrSchedulerKwargs {
+                    patience: Some(2),
+                    ..LrSchedulerKwargs::default()
+                },
+                [
+                    1e-2, 1e-2, 1e-2, 1e-2, 1e-3, 1e-3, 1e-3, 1e-3, 1e-4, 1e-4, 1e-4, 1e-4,
+                ],
+            ),
+            (
+                LrSchedulerKwargs {
+                    patience: Some(1),
+                    cooldown: Some(1),
+                    factor: Some(0.5),
+                    min_lr: Some(3e-3),
+                    threshold: Some(0.05),
+                    threshold_mode: Some(ThresholdMode::Abs),
+                    ..LrSchedulerKwargs::default()
+                },
+                [
+                    1e-2, 1e-2, 1e-2, 5e-3, 5e-3, 5e-3, 3e-3, 3e-3, 3e-3, 3e-3, 3e-3, 3e-3,
+                ],
+            ),
+        ];
+        for (kwargs, expected) in cases {
+            let mut plateau = Plateau {
+                lr: 1e-2,
+                best: None,
+                num_bad_epochs: 0,
+                cooldown_counter: 0,
+            };
+            let rates: Vec<f64> = metrics
+                .iter()
+                .map(|&m| {
+                    plateau_step(&mut plateau, &kwargs, m);
+                    plateau.lr
+                })
+                .collect();
+            for (got, want) in rates.iter().zip(&expected) {
+                assert!(
+                    (got - want).abs() < 1e-15,
+                    "{kwargs:?}: {rates:?} vs {expected:?}"
                 );
             }
         }

@@ -33,6 +33,12 @@ pub enum LrScheduler {
     /// Linear warm-up, then peak / sqrt((step + timescale − warm-up) / timescale), the
     /// timescale defaulting to the warm-up (else 10,000).
     InverseSqrt,
+    /// torch's `ReduceLROnPlateau` on `metric_for_best_model` (default `eval_loss`) after
+    /// each evaluation: the rate times `factor` (0.1) once `patience` (10) evaluations in a
+    /// row fail to improve it by `threshold` (1e-4, `threshold_mode` rel) in `mode` (min),
+    /// then `cooldown` (0) evaluations of rest, never below `min_lr` (0). No warm-up.
+    #[serde(rename = "reduce_lr_on_plateau")]
+    ReduceLrOnPlateau,
 }
 
 /// The schedules' parameters (transformers' `lr_scheduler_kwargs`); each has the default of
@@ -76,6 +82,47 @@ pub struct LrSchedulerKwargs {
     /// `inverse_sqrt`: the decay's timescale in steps.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timescale: Option<usize>,
+    /// `reduce_lr_on_plateau`: `min` (default, as torch) or `max`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<PlateauMode>,
+    /// `reduce_lr_on_plateau`: the cut's factor (0.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub factor: Option<f64>,
+    /// `reduce_lr_on_plateau`: evaluations without improvement before a cut (10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patience: Option<usize>,
+    /// `reduce_lr_on_plateau`: the improvement that counts (1e-4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f64>,
+    /// `reduce_lr_on_plateau`: `rel` (default) or `abs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold_mode: Option<ThresholdMode>,
+    /// `reduce_lr_on_plateau`: evaluations of rest after a cut (0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cooldown: Option<usize>,
+    /// `reduce_lr_on_plateau`: a cut smaller than this is skipped (1e-8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eps: Option<f64>,
+}
+
+/// Which way `reduce_lr_on_plateau`'s metric improves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PlateauMode {
+    /// Smaller is better.
+    Min,
+    /// Larger is better.
+    Max,
+}
+
+/// How `reduce_lr_on_plateau` measures an improvement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ThresholdMode {
+    /// Relative to the best: best × (1 ∓ threshold).
+    Rel,
+    /// Absolute: best ∓ threshold.
+    Abs,
 }
 
 /// The curve of a warm-up or decay phase of `warmup_stable_decay`.
@@ -107,6 +154,13 @@ impl Default for LrSchedulerKwargs {
             decay_type: None,
             min_lr_ratio: None,
             timescale: None,
+            mode: None,
+            factor: None,
+            patience: None,
+            threshold: None,
+            threshold_mode: None,
+            cooldown: None,
+            eps: None,
         }
     }
 }

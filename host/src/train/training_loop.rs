@@ -136,14 +136,17 @@ impl Run<'_> {
                 micro = 0;
 
                 let optimizer_started = Instant::now();
-                let lr = learning_rate(
-                    config.lr_scheduler,
-                    &config.lr_scheduler_kwargs,
-                    config.lr,
-                    self.state.global_step,
-                    self.state.warmup_steps,
-                    self.state.max_steps,
-                );
+                let lr = match &self.state.plateau {
+                    Some(plateau) => plateau.lr,
+                    None => learning_rate(
+                        config.lr_scheduler,
+                        &config.lr_scheduler_kwargs,
+                        config.lr,
+                        self.state.global_step,
+                        self.state.warmup_steps,
+                        self.state.max_steps,
+                    ),
+                };
                 let mut step_grads = grads.take();
                 world::sum_gradients(
                     &self.world,
@@ -195,6 +198,9 @@ impl Run<'_> {
                     self.evaluated_step = Some(global_step);
                 }
                 let stop_early = evaluated && self.early_stop_check() && !last;
+                if evaluated {
+                    self.plateau_step();
+                }
                 let stop_here = config.stop_at_step == Some(global_step) && !last;
                 let signal = world::agreed_signal(&self.world, stop_requested());
                 // `save_strategy = "best"`: after an evaluation with a new best metric (rank 0
@@ -255,6 +261,32 @@ impl Run<'_> {
             }
         }
         world::agreed_flag(&self.world, spent)
+    }
+
+    /// `reduce_lr_on_plateau`'s step after an evaluation that followed a step (torch's
+    /// `ReduceLROnPlateau.step(metric)`, as transformers calls it); rank 0's rate is every
+    /// rank's.
+    fn plateau_step(&mut self) {
+        let metric = config::eval_metric_key(self.config.plateau_metric());
+        let Some(plateau) = &mut self.state.plateau else {
+            return;
+        };
+        if self.world.is_main() {
+            if let Some(&value) = self.last_metrics.get(&metric) {
+                if super::schedule::plateau_step(plateau, &self.config.lr_scheduler_kwargs, value) {
+                    tracing::info!(lr = plateau.lr, "reduce_lr_on_plateau: {metric} stalled");
+                }
+            }
+        }
+        let mut rate = [if self.world.is_main() {
+            plateau.lr
+        } else {
+            0.0
+        }];
+        if self.world.is_distributed() {
+            self.world.max_f64(&mut rate);
+        }
+        plateau.lr = rate[0];
     }
 
     /// The error for a NaN or infinite value at `step`, naming the last good checkpoint.

@@ -575,8 +575,8 @@ pub fn train(
                 best_metric: None,
                 best_checkpoint: None,
                 early_stopping: Default::default(),
-                plateau: (config.lr_scheduler == config::LrScheduler::ReduceLrOnPlateau).then(
-                    || crate::trainer_state::Plateau {
+                plateau: (config.lr_scheduler == config::LrScheduler::ReduceLrOnPlateau).then_some(
+                    crate::trainer_state::Plateau {
                         lr: config.lr,
                         best: None,
                         num_bad_epochs: 0,

@@ -411,3 +411,71 @@ fn reduce_lr_on_plateau_cuts_after_each_stalled_evaluation() {
         state["plateau"]
     );
 }
+
+/// `report_to = ["tensorboard"]`: event files whose scalars are metrics.jsonl's, also after
+/// a resume (the superseded file is replaced by one with the checkpoint's history).
+#[test]
+fn tensorboard_event_files_hold_the_logged_scalars() {
+    use tfrecord::protobuf::event::What;
+    use tfrecord::protobuf::summary::value::Value as Scalar;
+    let dir = tempfile::tempdir().unwrap();
+    let config = recipe(dir.path(), "eval_steps = 2\nreport_to = \"tensorboard\"");
+    let output = dir.path().join("out");
+    let args = ["--set", "stop_at_step=6", "--set", "save_steps=3"];
+    let run = train_cli(&config, &output, &args);
+    assert!(run.status.success(), "{}", support::stderr(&run));
+    let run = train_cli(&config, &output, &["--resume", "--set", "save_steps=3"]);
+    assert!(run.status.success(), "{}", support::stderr(&run));
+    let files: Vec<std::path::PathBuf> = std::fs::read_dir(output.join("runs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let mut read: Vec<(i64, String, f32)> = Vec::new();
+    for event in tfrecord::EventIter::open(&files[0], Default::default()).unwrap() {
+        if let Some(What::Summary(summary)) = event.unwrap().what {
+            for value in summary.value {
+                if let Some(Scalar::SimpleValue(number)) = value.value {
+                    read.push((0, value.tag, number));
+                }
+            }
+        }
+    }
+    // The same scalars, in order, from metrics.jsonl.
+    let mut expected: Vec<(String, f32)> = Vec::new();
+    for line in std::fs::read_to_string(output.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+    {
+        let entry: Value = serde_json::from_str(line).unwrap();
+        for (key, tag) in [
+            ("loss", "train/loss"),
+            ("grad_norm", "train/grad_norm"),
+            ("learning_rate", "train/learning_rate"),
+        ] {
+            if let Some(value) = entry[key].as_f64() {
+                expected.push((tag.to_string(), value as f32));
+            }
+        }
+        if let Some(metrics) = entry["metrics"].as_object() {
+            for (key, value) in metrics {
+                let tag = format!("eval/{}", key.trim_start_matches("eval_"));
+                expected.push((tag, value.as_f64().unwrap() as f32));
+            }
+        }
+        expected.push((
+            "train/epoch".into(),
+            entry["epoch"].as_f64().unwrap() as f32,
+        ));
+    }
+    let read: Vec<(String, f32)> = read.into_iter().map(|(_, tag, v)| (tag, v)).collect();
+    assert_eq!(read, expected);
+    assert!(expected.iter().any(|(tag, _)| tag == "eval/loss"));
+    assert_eq!(
+        expected
+            .iter()
+            .filter(|(tag, _)| tag == "train/loss")
+            .count(),
+        20
+    );
+}

@@ -238,6 +238,19 @@ pub struct TrainConfig {
     /// How much the metric must improve on the best so far to count (0).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub early_stopping_threshold: f64,
+    /// Where the run's log also goes (transformers' `report_to`): `tensorboard` writes event
+    /// files to `logging_dir`; `none` (or nothing): only `metrics.jsonl`, which is always
+    /// written. `all` is `tensorboard`, the one integration crosstrain has; others
+    /// (`wandb`, `mlflow`, ...) are refused by name.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "crate::data::one_or_many"
+    )]
+    pub report_to: Vec<String>,
+    /// TensorBoard's folder; default `OUTPUT/runs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logging_dir: Option<PathBuf>,
     /// Export `onnx/model.onnx` after training and check it in ONNX Runtime when available.
     #[serde(default = "default_true")]
     pub export_onnx: bool,
@@ -376,6 +389,11 @@ impl TrainConfig {
             self.output = base.join(&self.output);
         }
         self.output = crate::fsutil::tidy_path(&self.output);
+        if let Some(dir) = &mut self.logging_dir {
+            if dir.is_relative() {
+                *dir = crate::fsutil::tidy_path(&base.join(&*dir));
+            }
+        }
         let model = Path::new(&self.model);
         if model.is_relative() && base.join(model).is_dir() {
             self.model = crate::fsutil::tidy_path(&base.join(model))
@@ -425,6 +443,17 @@ impl TrainConfig {
                 "warmup_ratio",
                 format!("{} is not in [0, 1)", self.warmup_ratio),
             );
+        }
+        for integration in &self.report_to {
+            if !["tensorboard", "none", "all"].contains(&integration.as_str()) {
+                return invalid(
+                    "report_to",
+                    format!(
+                        "{integration:?} is not an integration crosstrain has: use \
+                         \"tensorboard\" (metrics.jsonl is always written)"
+                    ),
+                );
+            }
         }
         for (pattern, rate) in &self.learning_rate_mapping {
             if !(rate.is_finite() && *rate > 0.0) {
@@ -677,6 +706,19 @@ impl TrainConfig {
             }
         }
         Ok(())
+    }
+
+    /// TensorBoard's folder when the run reports to it.
+    pub fn tensorboard_dir(&self) -> Option<PathBuf> {
+        let wanted = self
+            .report_to
+            .iter()
+            .any(|r| r == "tensorboard" || r == "all");
+        wanted.then(|| {
+            self.logging_dir
+                .clone()
+                .unwrap_or_else(|| self.output.join("runs"))
+        })
     }
 
     /// The metric `reduce_lr_on_plateau` watches: `metric_for_best_model`, else the eval

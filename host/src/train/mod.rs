@@ -11,6 +11,7 @@ mod settings;
 pub mod state;
 pub mod step;
 pub mod summary;
+pub mod tensorboard;
 
 mod evaluation;
 mod evaluator_config;
@@ -348,6 +349,8 @@ struct Run<'a> {
     evaluator_prompts: Vec<Option<String>>,
     state: TrainerState,
     metrics_log: PathBuf,
+    /// The TensorBoard event file (`report_to = ["tensorboard"]`, rank 0).
+    tensorboard: Option<tensorboard::TensorBoard>,
     plugin_versions: Vec<(String, String)>,
     primaries: Vec<String>,
     last_checkpoint: Option<PathBuf>,
@@ -612,6 +615,13 @@ pub fn train(
         }
         std::fs::write(&metrics_log, lines).map_err(|e| io_error(&metrics_log, e))?;
     }
+    let tensorboard = match config.tensorboard_dir() {
+        Some(dir) if world.is_main() => Some(
+            tensorboard::TensorBoard::start(&dir, &state.log_history)
+                .map_err(|e| io_error(&dir, e))?,
+        ),
+        _ => None,
+    };
     if world.is_distributed() {
         tracing::info!(
             rank = world.rank(),
@@ -635,6 +645,7 @@ pub fn train(
         evaluator_prompts,
         state,
         metrics_log,
+        tensorboard,
         plugin_versions,
         primaries: Vec::new(),
         last_checkpoint: resume_from,

@@ -321,6 +321,10 @@ impl Run<'_> {
             .open(&self.metrics_log)
             .map_err(|e| io_error(&self.metrics_log, e))?;
         writeln!(file, "{line}").map_err(|e| io_error(&self.metrics_log, e))?;
+        if let (Some(board), Some(entry)) = (&mut self.tensorboard, self.state.log_history.last()) {
+            let path = board.path().to_path_buf();
+            board.write(entry).map_err(|e| io_error(&path, e))?;
+        }
         Ok(())
     }
 }

@@ -157,3 +157,67 @@ fn nanobeir_refuses_what_it_cannot_read() {
         "{error}"
     );
 }
+
+/// A NanoBEIR evaluator in a recipe: its keys in the log (per dataset and the means), its
+/// primary metric choosing the best checkpoint, and the card's table and model-index.
+#[test]
+fn nanobeir_evaluates_during_training_and_fills_the_card() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("NanoBEIR-local");
+    make_nanobeir(&data_dir);
+    let train = dir.path().join("train.jsonl");
+    support::write_pairs(&train);
+    let recipe = dir.path().join("recipe.toml");
+    std::fs::write(
+        &recipe,
+        format!(
+            "model = {:?}\noutput = \"out\"\nloss = \"BinaryCrossEntropyLoss\"\n\
+             train = {{ files = {train:?} }}\nper_device_train_batch_size = 8\n\
+             num_train_epochs = 2\neval_steps = 2\nsave_steps = 2\nlogging_steps = 1\n\
+             load_best_model_at_end = true\nexport_onnx = false\n\
+             metric_for_best_model = \"NanoBEIR_R6_mean_ndcg@3\"\n\
+             [[evaluators]]\nkind = \"nanobeir\"\ndataset_id = \"NanoBEIR-local\"\n\
+             dataset_names = [\"msmarco\", \"nq\"]\nrerank_k = 6\nat_k = 3\nbatch_size = 5\n",
+            fixture("models").join("tiny-bert-ce")
+        ),
+    )
+    .unwrap();
+    let output = dir.path().join("out");
+    let run = support::train_cli(&recipe, &output, &[]);
+    assert!(run.status.success(), "{}", support::stderr(&run));
+    let state = support::read_json(&output.join("trainer_state.json"));
+    assert_eq!(state["best_metric_name"], "eval_NanoBEIR_R6_mean_ndcg@3");
+    let last: Value = serde_json::from_str(
+        std::fs::read_to_string(output.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap(),
+    )
+    .unwrap();
+    for key in [
+        "eval_NanoMSMARCO_R6_map",
+        "eval_NanoNQ_R6_ndcg@3",
+        "eval_NanoBEIR_R6_mean_mrr@3",
+        "eval_NanoBEIR_R6_mean_base_ndcg@3",
+    ] {
+        assert!(last["metrics"][key].is_f64(), "{key}: {last}");
+    }
+    let card = std::fs::read_to_string(output.join("README.md")).unwrap();
+    for needle in [
+        "type: cross-encoder-nano-beir",
+        "name: Cross Encoder Nano BEIR",
+        "CrossEncoderNanoBEIREvaluator",
+        "\"dataset_names\": [",
+        "#### Cross Encoder Reranking\n\n* Dataset: `NanoMSMARCO_R6`",
+        "| **ndcg@3** |",
+    ] {
+        assert!(card.contains(needle), "{needle}:\n{card}");
+    }
+    // A recipe's nanobeir evaluator with a `name` or `data` is refused by name.
+    let bad = std::fs::read_to_string(&recipe).unwrap() + "name = \"mine\"\n";
+    std::fs::write(&recipe, bad).unwrap();
+    let run = support::train_cli(&recipe, &dir.path().join("out2"), &[]);
+    let error = support::stderr(&run);
+    assert!(error.contains("nanobeir takes no `name`"), "{error}");
+}

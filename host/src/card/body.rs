@@ -198,7 +198,11 @@ pub fn render(
                 "\n#### {task_name}\n\n* Dataset: `{dataset}`\n* Evaluated with crosstrain's `{}` evaluator (sentence-transformers' \
                  `CrossEncoder{}Evaluator` metrics) with these parameters:\n\n```json\n{}\n```\n",
                 evaluator.kind,
-                pretty_metric_name(&evaluator.kind),
+                if evaluator.kind == "nanobeir" {
+                    "NanoBEIR".to_string()
+                } else {
+                    pretty_metric_name(&evaluator.kind)
+                },
                 code_json(&evaluator.config)
             );
             md.push_str("| Metric | Value |\n|:--|:--|\n");

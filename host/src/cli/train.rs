@@ -116,7 +116,7 @@ struct NamedSettings {
     /// `weight_decay`.
     #[arg(long, value_name = "X")]
     weight_decay: Option<String>,
-    /// `warmup_steps`.
+    /// `warmup_steps` (below 1: a fraction of the run's steps).
     #[arg(long, value_name = "N")]
     warmup_steps: Option<String>,
     /// `adam_beta1`.
@@ -132,15 +132,32 @@ struct NamedSettings {
     #[arg(long, value_name = "X")]
     max_grad_norm: Option<String>,
     /// `lr_scheduler_type`: linear, constant, constant_with_warmup, cosine,
-    /// cosine_with_restarts, polynomial.
+    /// cosine_with_restarts, polynomial, cosine_with_min_lr, cosine_warmup_with_min_lr,
+    /// warmup_stable_decay, inverse_sqrt, reduce_lr_on_plateau (parameters:
+    /// `--set lr_scheduler_kwargs.NAME=VALUE`).
     #[arg(long, value_name = "NAME")]
     lr_scheduler_type: Option<String>,
     /// `eval_strategy`: no, steps, epoch.
     #[arg(long, value_name = "WHEN")]
     eval_strategy: Option<String>,
-    /// `save_strategy`: no, steps, epoch.
+    /// `save_strategy`: no, steps, epoch, best.
     #[arg(long, value_name = "WHEN")]
     save_strategy: Option<String>,
+    /// `early_stopping_patience`: evaluations without improvement before stopping.
+    #[arg(long, value_name = "N")]
+    early_stopping_patience: Option<String>,
+    /// `early_stopping_threshold`: the improvement that counts.
+    #[arg(long, value_name = "X")]
+    early_stopping_threshold: Option<String>,
+    /// `train_sampling_strategy`: random, sequential, group_by_length.
+    #[arg(long, value_name = "NAME")]
+    train_sampling_strategy: Option<String>,
+    /// `report_to`: tensorboard or none.
+    #[arg(long, value_name = "NAME")]
+    report_to: Option<String>,
+    /// `logging_dir`: TensorBoard's folder (default OUTPUT/runs).
+    #[arg(long, value_name = "DIR")]
+    logging_dir: Option<String>,
     /// `save_total_limit`.
     #[arg(long, value_name = "N")]
     save_total_limit: Option<String>,
@@ -166,7 +183,7 @@ struct NamedSettings {
 
 impl NamedSettings {
     /// Each setting's key and the value given, if any.
-    fn pairs(&self) -> [(&'static str, Option<&str>); 17] {
+    fn pairs(&self) -> [(&'static str, Option<&str>); 22] {
         [
             (
                 "per_device_eval_batch_size",
@@ -181,6 +198,20 @@ impl NamedSettings {
             ("lr_scheduler_type", self.lr_scheduler_type.as_deref()),
             ("eval_strategy", self.eval_strategy.as_deref()),
             ("save_strategy", self.save_strategy.as_deref()),
+            (
+                "early_stopping_patience",
+                self.early_stopping_patience.as_deref(),
+            ),
+            (
+                "early_stopping_threshold",
+                self.early_stopping_threshold.as_deref(),
+            ),
+            (
+                "train_sampling_strategy",
+                self.train_sampling_strategy.as_deref(),
+            ),
+            ("report_to", self.report_to.as_deref()),
+            ("logging_dir", self.logging_dir.as_deref()),
             ("save_total_limit", self.save_total_limit.as_deref()),
             (
                 "load_best_model_at_end",

@@ -179,6 +179,9 @@ fn no_loss_named_trains_with_the_reference_default() {
     assert_eq!(support::losses_of(&default), support::losses_of(&named));
     let card = std::fs::read_to_string(default.join("README.md")).unwrap();
     assert!(card.contains("\"loss:BinaryCrossEntropyLoss\""), "{card}");
+    // The directory is sentence-transformers 6.3's layout, and says so (an encoder too).
+    let saved = read_json(&default.join("config_sentence_transformers.json"));
+    assert_eq!(saved["__version__"]["sentence_transformers"], "6.3.0");
 }
 
 #[test]

@@ -547,13 +547,11 @@ impl CrossEncoder {
             DefaultActivation::Sigmoid => "torch.nn.modules.activation.Sigmoid",
             DefaultActivation::Identity => "torch.nn.modules.linear.Identity",
         };
-        // The layout of the sentence-transformers release whose files this one follows:
-        // 6.2 for the encoders, 6.3 (which added decoder rerankers) for the decoders.
-        let layout_version = if self.family().is_decoder() {
-            "6.3.0"
-        } else {
-            "6.2.0"
-        };
+        // The sentence-transformers release whose files these are: 6.3 writes every family's
+        // directory exactly so (checked file by file against its `save`), and it is the one
+        // that loads decoder rerankers. Its own `pytorch`/`transformers` entries are left
+        // out: no such library wrote these files.
+        let layout_version = "6.3.0";
         write_json(
             "config_sentence_transformers.json",
             &serde_json::json!({

@@ -221,3 +221,50 @@ fn nanobeir_evaluates_during_training_and_fills_the_card() {
     let error = support::stderr(&run);
     assert!(error.contains("nanobeir takes no `name`"), "{error}");
 }
+
+/// Issue 34's recipe with every item at once (NanoBEIR evaluator, early stopping, fractional
+/// epochs, steps and warm-up, `save_strategy = "best"`, `train_sampling_strategy`, a
+/// transformers 5 schedule, `learning_rate_mapping`, the default loss, TensorBoard) trains,
+/// and a run stopped half-way and resumed ends exactly as the whole run.
+#[test]
+fn a_recipe_with_every_2026_item_trains_and_resumes_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    make_nanobeir(&dir.path().join("NanoBEIR-local"));
+    let train = dir.path().join("train.jsonl");
+    support::write_pairs(&train);
+    let model = support::tiny_model_without_dropout(dir.path());
+    let recipe = dir.path().join("recipe.toml");
+    std::fs::write(
+        &recipe,
+        format!(
+            "model = {model:?}\noutput = \"out\"\ntrain = {{ files = {train:?} }}\n\
+             per_device_train_batch_size = 4\nnum_train_epochs = 2.5\nlearning_rate = 1e-3\n\
+             warmup_steps = 0.2\nlogging_steps = 0.1\neval_steps = 0.2\nsave_strategy = \"best\"\n\
+             train_sampling_strategy = \"sequential\"\n\
+             lr_scheduler_type = \"warmup_stable_decay\"\n\
+             lr_scheduler_kwargs = {{ num_decay_steps = 4, min_lr_ratio = 0.1 }}\n\
+             learning_rate_mapping = {{ \"classifier\" = 5e-3 }}\n\
+             metric_for_best_model = \"NanoBEIR_R6_mean_ndcg@3\"\n\
+             early_stopping_patience = 3\nreport_to = [\"tensorboard\"]\nexport_onnx = false\n\
+             [[evaluators]]\nkind = \"nanobeir\"\ndataset_id = \"NanoBEIR-local\"\n\
+             dataset_names = [\"msmarco\", \"nq\"]\nrerank_k = 6\nat_k = 3\n"
+        ),
+    )
+    .unwrap();
+    let whole = dir.path().join("whole");
+    let run = support::train_cli(&recipe, &whole, &[]);
+    assert!(run.status.success(), "{}", support::stderr(&run));
+    let parted = dir.path().join("parted");
+    let run = support::train_cli(&recipe, &parted, &["--set", "stop_at_step=4"]);
+    assert!(run.status.success(), "{}", support::stderr(&run));
+    let run = support::train_cli(&recipe, &parted, &["--resume"]);
+    assert!(run.status.success(), "{}", support::stderr(&run));
+    let log = |output: &Path| std::fs::read_to_string(output.join("metrics.jsonl")).unwrap();
+    assert_eq!(log(&whole), log(&parted));
+    assert!(log(&whole).contains("eval_NanoBEIR_R6_mean_ndcg@3"));
+    let weights = |output: &Path| std::fs::read(output.join("model.safetensors")).unwrap();
+    assert!(weights(&whole) == weights(&parted), "final weights differ");
+    let state = support::read_json(&whole.join("trainer_state.json"));
+    assert_eq!(state["max_steps"], 10);
+    assert!(whole.join("runs").read_dir().unwrap().count() == 1);
+}

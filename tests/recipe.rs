@@ -8,12 +8,19 @@ use std::path::Path;
 use serde_json::Value;
 use support::{read_json, train_cli, write_pairs};
 
-/// The evaluations a run logged: `(step, metrics)`.
-fn evaluations(output: &Path) -> Vec<(usize, Value)> {
+/// Every entry of a run's `metrics.jsonl`.
+fn log_entries(output: &Path) -> Vec<Value> {
     std::fs::read_to_string(output.join("metrics.jsonl"))
         .unwrap()
         .lines()
-        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+/// The evaluations a run logged: `(step, metrics)`.
+fn evaluations(output: &Path) -> Vec<(usize, Value)> {
+    log_entries(output)
+        .into_iter()
         .filter(|entry| entry.get("metrics").is_some())
         .map(|entry| {
             (
@@ -202,11 +209,7 @@ fn fractional_epochs_and_steps_are_read_as_transformers_5_does() {
     let output = dir.path().join("out");
     let run = train_cli(&config, &output, &[]);
     assert!(run.status.success(), "{}", support::stderr(&run));
-    let entries: Vec<Value> = std::fs::read_to_string(output.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect();
+    let entries = log_entries(&output);
     let logged = |key: &str| -> Vec<u64> {
         entries
             .iter()
@@ -380,11 +383,7 @@ fn reduce_lr_on_plateau_cuts_after_each_stalled_evaluation() {
     let output = dir.path().join("out");
     let run = train_cli(&config, &output, &[]);
     assert!(run.status.success(), "{}", support::stderr(&run));
-    let entries: Vec<Value> = std::fs::read_to_string(output.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect();
+    let entries = log_entries(&output);
     let mut expected_lr = 1e-3;
     let mut best: Option<f64> = None;
     let mut cuts = 0;
@@ -446,11 +445,7 @@ fn tensorboard_event_files_hold_the_logged_scalars() {
     }
     // The same scalars, in order, from metrics.jsonl.
     let mut expected: Vec<(String, f32)> = Vec::new();
-    for line in std::fs::read_to_string(output.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-    {
-        let entry: Value = serde_json::from_str(line).unwrap();
+    for entry in log_entries(&output) {
         for (key, tag) in [
             ("loss", "train/loss"),
             ("grad_norm", "train/grad_norm"),

@@ -367,6 +367,15 @@ fn recipe_items_train_as_the_cross_encoder_trainer() {
         (plain_losses[7] - losses[7]).abs() > 1e-3,
         "{plain_losses:?} vs {losses:?}"
     );
+    // The same mapping as a flag (JSON, as sentence-transformers takes it stringified).
+    let flagged = dir.path().join("flagged");
+    let trained = train_cli(
+        &plain_recipe,
+        &flagged,
+        &["--learning-rate-mapping", "{\"classifier\": 0.01}"],
+    );
+    assert!(trained.status.success(), "{}", support::stderr(&trained));
+    assert_eq!(support::losses_of(&flagged), losses);
 }
 
 #[test]

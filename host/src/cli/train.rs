@@ -31,6 +31,10 @@ pub struct TrainArgs {
     /// Loss name (`loss`).
     #[arg(long)]
     loss: Option<String>,
+    /// `learning_rate_mapping` as JSON, as sentence-transformers takes it stringified, e.g.
+    /// '{"classifier": 1e-4}': parameter-name pattern → learning rate.
+    #[arg(long, value_name = "JSON")]
+    learning_rate_mapping: Option<String>,
     /// Loss config as JSON, e.g. '{"scale": 20}' (`loss_config`).
     #[arg(long)]
     loss_config: Option<String>,
@@ -313,6 +317,14 @@ fn build_config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
         let value: toml::Value = serde_json::from_value(json)
             .with_context(|| "--loss-config must be a JSON object without nulls".to_string())?;
         put("loss_config", value)?;
+    }
+    if let Some(text) = &args.learning_rate_mapping {
+        let json: serde_json::Value = serde_json::from_str(text)
+            .with_context(|| format!("--learning-rate-mapping is not valid JSON: {text}"))?;
+        let value: toml::Value = serde_json::from_value(json).with_context(|| {
+            "--learning-rate-mapping must be a JSON object of pattern → rate".to_string()
+        })?;
+        put("learning_rate_mapping", value)?;
     }
     if !args.train_files.is_empty() {
         let files: Vec<toml::Value> = args

@@ -9,7 +9,8 @@ shared=${1:-../shared}
 reference="$shared/reference"
 for model in tiny-bert-ce tiny-bert-ce-3labels tiny-xlmr-ce tiny-electra-ce tiny-modernbert-ce \
     tiny-modernbert-mean-ce tiny-deberta-v2-ce tiny-qwen3-reranker tiny-qwen3-seqcls \
-    tiny-qwen2-reranker; do
+    tiny-qwen2-reranker tiny-qwen3-reranker-lora-random-init tiny-qwen3-reranker-lora-default-init \
+    tiny-qwen3-reranker-lora-trained; do
     rm -rf "tests/fixtures/models/$model"
     cp -r "$reference/models/$model" "tests/fixtures/models/$model"
     rm -f "tests/fixtures/models/$model/README.md"  # the card is not a test input

@@ -836,6 +836,21 @@ fn trajectory_errors(trajectories: &str, run_id: &str) -> (f64, f64) {
         config[key] = json!(0.0);
     }
     std::fs::write(model.join("config.json"), config.to_string()).unwrap();
+    // A LoRA run continues the adapter it started from (PEFT's format) on that base.
+    let lora = reference["lora"].as_object();
+    let (model_arg, base_args) = match lora {
+        Some(lora) => {
+            let adapter = dir.path().join("adapter");
+            let initial = lora["initial_adapter"].as_str().unwrap();
+            copy_tree(
+                &fixture("models").join(initial.trim_start_matches("models/")),
+                &adapter,
+            );
+            let base = vec!["--base-model".to_string(), model.display().to_string()];
+            (adapter, base)
+        }
+        None => (model.clone(), Vec::new()),
+    };
     let train_file = dir.path().join("train.jsonl");
     write_jsonl(&train_file, reference["train"].as_array().unwrap());
     let pairs_file = dir.path().join("pairs.jsonl");
@@ -848,35 +863,50 @@ fn trajectory_errors(trajectories: &str, run_id: &str) -> (f64, f64) {
     write_jsonl(&pairs_file, &eval_pairs);
     let output = dir.path().join("out");
     let text = |value: &Value| value.to_string();
+    let base_args: Vec<&str> = base_args.iter().map(String::as_str).collect();
     let trained = run(&[
-        "train",
-        "--loss",
-        reference["loss"].as_str().unwrap(),
-        "--model",
-        model.to_str().unwrap(),
-        "--train",
-        train_file.to_str().unwrap(),
-        "--output",
-        output.to_str().unwrap(),
-        "--epochs",
-        &text(&settings["steps"]),
-        "--batch-size",
-        &text(&settings["batch_size"]),
-        "--lr",
-        &text(&settings["lr"]),
-        "--set",
-        &format!("weight_decay={}", settings["weight_decay"]),
-        "--warmup-ratio",
-        &text(&settings["warmup_ratio"]),
-        "--max-length",
-        &text(&settings["max_length"]),
-        "--logging-steps",
-        "1",
-        "--seed",
-        "12",
-        "--no-export-onnx",
-    ]);
+        &[
+            "train",
+            "--loss",
+            reference["loss"].as_str().unwrap(),
+            "--model",
+            model_arg.to_str().unwrap(),
+        ][..],
+        &base_args,
+        &[
+            "--train",
+            train_file.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+            "--epochs",
+            &text(&settings["steps"]),
+            "--batch-size",
+            &text(&settings["batch_size"]),
+            "--lr",
+            &text(&settings["lr"]),
+            "--set",
+            &format!("weight_decay={}", settings["weight_decay"]),
+            "--warmup-ratio",
+            &text(&settings["warmup_ratio"]),
+            "--max-length",
+            &text(&settings["max_length"]),
+            "--logging-steps",
+            "1",
+            "--seed",
+            "12",
+            "--no-export-onnx",
+        ],
+    ]
+    .concat());
     assert!(trained.status.success(), "{run_id}: {}", stderr(&trained));
+    if lora.is_some() {
+        // The output is an adapter in PEFT's format, not a copy of the model.
+        assert!(
+            output.join("adapter_model.safetensors").is_file(),
+            "{run_id}"
+        );
+        assert!(!output.join("model.safetensors").exists(), "{run_id}");
+    }
     let losses: Vec<f64> = std::fs::read_to_string(output.join("metrics.jsonl"))
         .unwrap()
         .lines()
@@ -896,15 +926,19 @@ fn trajectory_errors(trajectories: &str, run_id: &str) -> (f64, f64) {
         .map(|(ours, theirs)| (ours - theirs).abs() / theirs.abs().max(1e-12))
         .fold(0.0, f64::max);
     let predicted = run(&[
-        "predict",
-        "--model",
-        output.to_str().unwrap(),
-        "--pairs",
-        pairs_file.to_str().unwrap(),
-        "--max-length",
-        &text(&settings["max_length"]),
-        "--json",
-    ]);
+        &[
+            "predict",
+            "--model",
+            output.to_str().unwrap(),
+            "--pairs",
+            pairs_file.to_str().unwrap(),
+            "--max-length",
+            &text(&settings["max_length"]),
+            "--json",
+        ][..],
+        &base_args,
+    ]
+    .concat());
     assert!(predicted.status.success(), "{}", stderr(&predicted));
     let ours: Vec<Vec<f64>> = serde_json::from_str(&stdout(&predicted)).unwrap();
     let logit_error = ours
@@ -961,6 +995,25 @@ fn decoder_training_trajectories_match_the_cross_encoder_trainer() {
         "tiny-qwen3-reranker/bce",
         "tiny-qwen3-seqcls/bce",
         "tiny-qwen2-reranker/bce",
+    ] {
+        let (loss_error, score_error) = trajectory_errors("trajectories_decoders.json", run_id);
+        assert!(loss_error < 1e-4, "{run_id}: loss rel err {loss_error}");
+        assert!(
+            score_error < 1e-4,
+            "{run_id}: final scores err {score_error}"
+        );
+    }
+}
+
+/// `trajectories_decoders.json`, the LoRA runs (PEFT, r 4, alpha 8, all seven projections):
+/// each continues the initial adapter sentence-transformers saved (`--model ADAPTER
+/// --base-model BASE`), one with A and B both drawn and one with PEFT's zero B, and must log
+/// the reference's losses and end at its scores.
+#[test]
+fn lora_training_trajectories_match_the_cross_encoder_trainer() {
+    for run_id in [
+        "tiny-qwen3-reranker/lora-random-init",
+        "tiny-qwen3-reranker/lora-default-init",
     ] {
         let (loss_error, score_error) = trajectory_errors("trajectories_decoders.json", run_id);
         assert!(loss_error < 1e-4, "{run_id}: loss rel err {loss_error}");

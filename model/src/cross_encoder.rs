@@ -42,6 +42,12 @@ pub struct LoadOptions {
     /// Ignore `model.safetensors` and initialise every parameter from the seed (training
     /// from scratch; the directory needs only `config.json` and `tokenizer.json`).
     pub from_scratch: bool,
+    /// The base model of an adapter directory, instead of its `base_model_name_or_path`.
+    pub base_model: Option<String>,
+    /// A fresh LoRA adapter to add to a full model (the recipe's `[peft]` table).
+    pub adapter: Option<crate::lora::LoraConfig>,
+    /// The dtype a LoRA model's frozen base is kept in (`--base-dtype bf16`); default: `dtype`.
+    pub base_dtype: Option<DType>,
 }
 
 impl Default for LoadOptions {
@@ -53,6 +59,9 @@ impl Default for LoadOptions {
             dtype: DType::F32,
             seed: 42,
             from_scratch: false,
+            base_model: None,
+            adapter: None,
+            base_dtype: None,
         }
     }
 }
@@ -77,6 +86,12 @@ pub struct CrossEncoder {
     prompts: std::collections::BTreeMap<String, String>,
     /// The prompt applied when none is asked for, by name.
     default_prompt_name: Option<String>,
+    /// A LoRA model's adapter config (then only the adapter and `modules_to_save` train).
+    lora: Option<crate::lora::LoraConfig>,
+    /// A LoRA model's frozen base parameters, by name.
+    frozen: Vec<(String, Tensor)>,
+    /// A LoRA model's base, as `adapter_config.json` names it.
+    base_model: Option<String>,
 }
 
 /// The first pair (0-based, input order) with a NaN or infinite logit, and that logit: a
@@ -112,15 +127,94 @@ impl CrossEncoder {
     /// Loads a model from a directory or a Hugging Face model id.
     pub fn load(spec: &str, options: &LoadOptions) -> Result<Self, ModelError> {
         let dir = resolve_model_dir(spec)?;
-        Self::load_dir(&dir, options)
+        let mut model = Self::load_dir(&dir, options)?;
+        if options.adapter.is_some() {
+            // A fresh adapter names its base as the user did (a hub id stays an id).
+            model.base_model = Some(spec.to_string());
+        }
+        Ok(model)
     }
 
-    /// Loads a model directory.
+    /// Loads a model directory, or a PEFT adapter directory on its base model.
     pub fn load_dir(dir: &Path, options: &LoadOptions) -> Result<Self, ModelError> {
+        if crate::lora::is_adapter_dir(dir) {
+            if options.adapter.is_some() {
+                return Err(ModelError::BadFile {
+                    path: dir.join(crate::lora::ADAPTER_CONFIG),
+                    message: "this is a LoRA adapter already: its adapter_config.json gives the \
+                              adapter's settings, so a [peft] table cannot add another"
+                        .into(),
+                });
+            }
+            let adapter = crate::lora::read_adapter(dir, options.base_model.as_deref())?;
+            let base_spec = crate::lora::resolve_base_model(dir, &adapter.base_model);
+            let base_dir = resolve_model_dir(&base_spec).map_err(|e| ModelError::BadFile {
+                path: dir.join(crate::lora::ADAPTER_CONFIG),
+                message: format!(
+                    "the base model {:?} does not load ({e}); name it with --base-model",
+                    adapter.base_model
+                ),
+            })?;
+            // sentence-transformers saves the tokenizer and its own files with the adapter.
+            let files_dir = if dir.join("tokenizer.json").is_file() {
+                dir
+            } else {
+                base_dir.as_path()
+            };
+            return Self::load_parts(&base_dir, files_dir, Some(adapter), options);
+        }
+        if let Some(base) = &options.base_model {
+            return Err(ModelError::BadFile {
+                path: dir.to_path_buf(),
+                message: format!(
+                    "a base model ({base}) is for a LoRA adapter directory (adapter_config.json \
+                     without config.json); this is a full model"
+                ),
+            });
+        }
+        let adapter = options
+            .adapter
+            .clone()
+            .map(|config| crate::lora::AdapterFiles {
+                config,
+                tensors: Default::default(),
+                base_model: dir.to_string_lossy().into_owned(),
+            });
+        Self::load_parts(dir, dir, adapter, options)
+    }
+
+    /// Loads the network of `dir` (config and weights) with the tokenizer, prompts and
+    /// sentence-transformers files of `files_dir` (the same directory, or an adapter's), and
+    /// the adapter, if any.
+    fn load_parts(
+        dir: &Path,
+        files_dir: &Path,
+        adapter: Option<crate::lora::AdapterFiles>,
+        options: &LoadOptions,
+    ) -> Result<Self, ModelError> {
         // The family is decided (and an unsupported one refused) before anything else is read.
         let (config, raw_config) = read_model_config(dir)?;
+        if let Some(adapter) = &adapter {
+            if !matches!(config, FamilyConfig::Decoder(_)) {
+                return Err(ModelError::BadFile {
+                    path: dir.join("config.json"),
+                    message: format!(
+                        "LoRA adapters are implemented for the decoder rerankers (Qwen3, Qwen2, \
+                         Llama), not yet for {}",
+                        config.family().display_name()
+                    ),
+                });
+            }
+            adapter
+                .config
+                .validate()
+                .map_err(|message| ModelError::BadFile {
+                    path: dir.join(crate::lora::ADAPTER_CONFIG),
+                    message,
+                })?;
+        }
         // sentence-transformers' modules: any this crate does not run is an error here.
-        let modules = crate::modules::read_modules(dir)?;
+        let modules = crate::modules::read_modules(files_dir)?;
         let tensor_names = config.family().tensor_names();
         let weights_path = dir.join("model.safetensors");
         if weights_path.is_dir() {
@@ -144,15 +238,16 @@ impl CrossEncoder {
                 file: "model.safetensors",
             });
         }
-        let tokenizer_path = crate::files::model_file(dir, "tokenizer.json")?;
+        let tokenizer_path = crate::files::model_file(files_dir, "tokenizer.json")?;
         let max_length = match options.max_length {
-            Some(length) => check_max_length(dir, length, &config)?,
-            None => default_max_length(dir, &config)?,
+            Some(length) => check_max_length(files_dir, length, &config)?,
+            None => default_max_length(files_dir, &config)?,
         };
         let mut tokenizer = load_tokenizer(&tokenizer_path, max_length)?;
         let config = if let FamilyConfig::Decoder(decoder) = config {
-            let (decoder, chat) = decoder_setup(dir, decoder, &modules, &tokenizer)?;
+            let (mut decoder, chat) = decoder_setup(files_dir, decoder, &modules, &tokenizer)?;
             tokenizer = tokenizer.with_chat(chat);
+            decoder.lora = adapter.as_ref().map(|adapter| adapter.config.clone());
             FamilyConfig::Decoder(decoder)
         } else {
             if let Some((_, folder)) = &modules.logit_score {
@@ -170,7 +265,7 @@ impl CrossEncoder {
         let num_labels = options.num_labels.unwrap_or_else(|| config.num_labels());
         let initializer_range = config.initializer_range();
 
-        let checkpoint = if options.from_scratch {
+        let mut checkpoint = if options.from_scratch {
             std::collections::HashMap::new()
         } else if sharded {
             load_shards(dir, &weights_path)?
@@ -182,6 +277,14 @@ impl CrossEncoder {
                 }
             })?
         };
+        // The adapter's tensors (and its saved modules', which replace the base's).
+        let adapter_names: Vec<String> = adapter
+            .as_ref()
+            .map(|adapter| adapter.tensors.keys().cloned().collect())
+            .unwrap_or_default();
+        if let Some(adapter) = &adapter {
+            checkpoint.extend(adapter.tensors.clone());
+        }
         // Names the checkpoint has; whatever else the model needs was initialised.
         let checkpoint_names: std::collections::HashSet<String> = checkpoint
             .keys()
@@ -204,7 +307,11 @@ impl CrossEncoder {
                 initializer_range,
             )
         };
-        let backend = backend.with_padding_rows(config.padding_rows());
+        let mut backend = backend.with_padding_rows(config.padding_rows());
+        if let Some(adapter) = &adapter {
+            backend = backend.with_adapter(adapter.config.clone(), options.base_dtype);
+        }
+        let frozen_handle = backend.frozen_handle();
         let backend_box: Box<dyn candle_nn::var_builder::SimpleBackend> = Box::new(backend);
         let vb = VarBuilder::from_backend(backend_box, options.dtype, options.device.clone());
         let dropout = DropoutRng::default();
@@ -215,18 +322,29 @@ impl CrossEncoder {
                     message: e.to_string(),
                 }
             })?;
+        let frozen: Vec<(String, Tensor)> = frozen_handle
+            .lock()
+            .map(|mut frozen| std::mem::take(&mut *frozen))
+            .unwrap_or_default();
         let mut initialised: Vec<String> = varmap
             .data()
             .lock()
             .map(|vars| {
                 vars.keys()
                     .filter(|name| !checkpoint_names.contains(*name))
+                    // A fresh adapter is drawn as PEFT draws it, not "as transformers does".
+                    .filter(|name| !crate::lora::is_adapter_tensor(name))
                     .cloned()
                     .collect()
             })
             .unwrap_or_default();
         initialised.sort();
-        check_unused_tensors(&weights_path, &checkpoint_names, &varmap)?;
+        let frozen_names: std::collections::HashSet<String> =
+            frozen.iter().map(|(name, _)| name.clone()).collect();
+        if let Some(adapter) = &adapter {
+            crate::directory::check_adapter_used(dir, adapter, &adapter_names, &varmap)?;
+        }
+        check_unused_tensors(&weights_path, &checkpoint_names, &varmap, &frozen_names)?;
         if !initialised.is_empty() && !options.from_scratch {
             tracing::warn!(
                 model = %dir.display(),
@@ -237,11 +355,11 @@ impl CrossEncoder {
             );
         }
         let (trainables, packed_layers) = pack_parameters(&mut network, &varmap)?;
-        let default_activation = default_activation(dir, num_labels);
-        let (prompts, default_prompt_name) = read_prompts(dir)?;
+        let default_activation = default_activation(files_dir, num_labels);
+        let (prompts, default_prompt_name) = read_prompts(files_dir)?;
         if let Some(name) = &default_prompt_name {
             let prompt = prompts.get(name).ok_or_else(|| ModelError::BadFile {
-                path: dir.join("config_sentence_transformers.json"),
+                path: files_dir.join("config_sentence_transformers.json"),
                 message: format!(
                     "default_prompt_name {name:?} is not among the prompts ({})",
                     prompts.keys().cloned().collect::<Vec<_>>().join(", ")
@@ -256,7 +374,7 @@ impl CrossEncoder {
             tokenizer,
             config,
             raw_config,
-            source_dir: dir.to_path_buf(),
+            source_dir: files_dir.to_path_buf(),
             trainables,
             packed_layers,
             dropout,
@@ -265,6 +383,9 @@ impl CrossEncoder {
             default_activation,
             prompts,
             default_prompt_name,
+            lora: adapter.as_ref().map(|adapter| adapter.config.clone()),
+            base_model: adapter.map(|adapter| adapter.base_model),
+            frozen,
         })
     }
 
@@ -353,12 +474,73 @@ impl CrossEncoder {
     /// Every parameter's current value under its transformers name, sorted by name (views,
     /// no copies; a packed layer's parameters are slices of its `Var`).
     pub fn named_parameters(&self) -> candle_core::Result<Vec<(String, Tensor)>> {
-        let mut values = Vec::new();
+        let mut values = self.frozen.clone();
         for trainable in &self.trainables {
             values.extend(trainable.named_values()?);
         }
         values.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(values)
+    }
+
+    /// A LoRA model's adapter config (`None` for a model trained in full).
+    pub fn lora(&self) -> Option<&crate::lora::LoraConfig> {
+        self.lora.as_ref()
+    }
+
+    /// A LoRA model's base model, as its `adapter_config.json` names it.
+    pub fn base_model(&self) -> Option<&str> {
+        self.base_model.as_deref()
+    }
+
+    /// How many numbers train (all of them without an adapter).
+    pub fn trainable_count(&self) -> usize {
+        self.trainables
+            .iter()
+            .map(|trainable| trainable.var.elem_count())
+            .sum()
+    }
+
+    /// How many numbers the model has, frozen or not.
+    pub fn parameter_count(&self) -> usize {
+        self.trainable_count()
+            + self
+                .frozen
+                .iter()
+                .map(|(_, tensor)| tensor.elem_count())
+                .sum::<usize>()
+    }
+
+    /// Every parameter with each adapter merged into its layer (`W + scaling · B A`) and the
+    /// adapter matrices gone: the full model the adapter makes, as PEFT's `merge_and_unload`
+    /// gives it (in the base weights' dtype). Without an adapter, [`Self::named_parameters`].
+    pub fn merged_parameters(&self) -> candle_core::Result<Vec<(String, Tensor)>> {
+        let parameters = self.named_parameters()?;
+        let Some(lora) = &self.lora else {
+            return Ok(parameters);
+        };
+        let by_name: std::collections::HashMap<&str, &Tensor> = parameters
+            .iter()
+            .map(|(name, tensor)| (name.as_str(), tensor))
+            .collect();
+        let mut merged = Vec::new();
+        for (name, tensor) in &parameters {
+            if crate::lora::is_adapter_tensor(name) {
+                continue;
+            }
+            let module = name.strip_suffix(".weight");
+            let pair = module.and_then(|module| {
+                Some((
+                    *by_name.get(format!("{module}.lora_A.weight").as_str())?,
+                    *by_name.get(format!("{module}.lora_B.weight").as_str())?,
+                ))
+            });
+            let value = match pair {
+                Some((a, b)) => crate::lora::merge_weight(tensor, a, b, lora.scaling())?,
+                None => tensor.detach(),
+            };
+            merged.push((name.clone(), value));
+        }
+        Ok(merged)
     }
 
     /// The trainable `Var`s (what gets gradients and optimiser state) with the named
@@ -464,10 +646,11 @@ impl CrossEncoder {
             .into_iter()
             .map(|(name, value)| (name, value.detach()))
             .collect();
-        let dtype = tensors
-            .values()
-            .next()
-            .map_or(DType::F32, |tensor| tensor.dtype());
+        // The trainable parameters' dtype (a LoRA model's frozen base may be kept in bf16).
+        let dtype = self
+            .trainables
+            .first()
+            .map_or(DType::F32, |trainable| trainable.var.dtype());
         let vb = VarBuilder::from_tensors(tensors, dtype, &self.device);
         let mut network =
             SequenceClassifier::load(vb, &self.config, self.num_labels(), &DropoutRng::default())?;
@@ -506,10 +689,37 @@ impl CrossEncoder {
     /// Writes the model files into an existing directory (not atomically; [`Self::save`] and
     /// the trainer's checkpoints wrap this in a staging directory).
     pub fn write_to(&self, dir: &Path) -> Result<(), ModelError> {
-        self.write_files(dir)
+        self.write_files(dir, false)
     }
 
-    fn write_files(&self, dir: &Path) -> Result<(), ModelError> {
+    /// Writes a LoRA model as the full model its adapter makes (`merge-adapter`): base and
+    /// adapter merged into one `model.safetensors` with the base's `config.json`, atomically
+    /// as [`Self::save`] does. Without an adapter, the same as [`Self::save`].
+    pub fn save_merged(&self, dir: &Path) -> Result<(), ModelError> {
+        if dir.exists()
+            && std::fs::read_dir(dir)
+                .map_err(|source| ModelError::Io {
+                    path: dir.to_path_buf(),
+                    source,
+                })?
+                .next()
+                .is_some()
+        {
+            return Err(ModelError::AlreadyExists {
+                path: dir.to_path_buf(),
+            });
+        }
+        crate::atomic::write_dir_atomically(
+            dir,
+            |path, source| ModelError::Io {
+                path: path.to_path_buf(),
+                source,
+            },
+            |staging| self.write_files(staging, true),
+        )
+    }
+
+    fn write_files(&self, dir: &Path, merged: bool) -> Result<(), ModelError> {
         let write_json = |file: &str, value: &Value| -> Result<(), ModelError> {
             let path = dir.join(file);
             let text = serde_json::to_string_pretty(value).map_err(|e| ModelError::BadFile {
@@ -518,11 +728,37 @@ impl CrossEncoder {
             })?;
             std::fs::write(&path, text + "\n").map_err(|source| ModelError::Io { path, source })
         };
-        weights::save_safetensors(&self.named_parameters()?, &dir.join("model.safetensors"))?;
-        let config = self
-            .config
-            .to_saved_json(&self.raw_config, self.num_labels());
-        write_json("config.json", &Value::Object(config))?;
+        match (&self.lora, merged) {
+            (Some(lora), false) => {
+                // PEFT's files: the adapter (and saved modules) under PEFT's names, its
+                // config naming the base; no base weights and no config.json.
+                let adapter: Vec<(String, Tensor)> = self
+                    .trainables
+                    .iter()
+                    .map(|trainable| trainable.named_values())
+                    .collect::<candle_core::Result<Vec<_>>>()?
+                    .into_iter()
+                    .flatten()
+                    .map(|(name, tensor)| (format!("{}{name}", crate::lora::PEFT_PREFIX), tensor))
+                    .collect();
+                weights::save_safetensors(&adapter, &dir.join(crate::lora::ADAPTER_WEIGHTS))?;
+                let base_model = self.base_model.clone().unwrap_or_default();
+                write_json(
+                    crate::lora::ADAPTER_CONFIG,
+                    &lora.to_adapter_config(&base_model),
+                )?;
+            }
+            _ => {
+                weights::save_safetensors(
+                    &self.merged_parameters()?,
+                    &dir.join("model.safetensors"),
+                )?;
+                let config = self
+                    .config
+                    .to_saved_json(&self.raw_config, self.num_labels());
+                write_json("config.json", &Value::Object(config))?;
+            }
+        }
 
         let tokenizer_path = dir.join("tokenizer.json");
         self.tokenizer

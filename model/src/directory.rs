@@ -172,6 +172,44 @@ fn tokenizer_pad_id(dir: &Path, tokenizer: &tokenizers::Tokenizer) -> Option<u32
     tokenizer.token_to_id(&token)
 }
 
+/// An adapter's tensors all went to layers, and its targets matched at least one layer
+/// (PEFT refuses target modules that match nothing; an adapter tensor no layer takes would
+/// be silently dropped).
+pub(crate) fn check_adapter_used(
+    dir: &Path,
+    adapter: &crate::lora::AdapterFiles,
+    adapter_names: &[String],
+    varmap: &VarMap,
+) -> Result<(), ModelError> {
+    let trained: std::collections::HashSet<String> = varmap
+        .data()
+        .lock()
+        .map(|vars| vars.keys().cloned().collect())
+        .unwrap_or_default();
+    if let Some(unused) = adapter_names.iter().find(|name| !trained.contains(*name)) {
+        return Err(ModelError::BadFile {
+            path: dir.join(crate::lora::ADAPTER_WEIGHTS),
+            message: format!(
+                "{unused} belongs to no layer the adapter config targets ({:?})",
+                adapter.config.target_modules
+            ),
+        });
+    }
+    if !trained
+        .iter()
+        .any(|name| crate::lora::is_adapter_tensor(name))
+    {
+        return Err(ModelError::BadFile {
+            path: dir.join(crate::lora::ADAPTER_CONFIG),
+            message: format!(
+                "target_modules {:?} match no linear layer of the model",
+                adapter.config.target_modules
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Checkpoint tensors the network did not take. Tensors of encoder layers the config does
 /// not have (`config.json` with fewer layers than the weights) are an error: the model would
 /// run silently as a smaller one. Others (a masked-LM head, buffers) are named in a warning,
@@ -180,12 +218,14 @@ pub(crate) fn check_unused_tensors(
     weights_path: &Path,
     checkpoint_names: &std::collections::HashSet<String>,
     varmap: &VarMap,
+    frozen_names: &std::collections::HashSet<String>,
 ) -> Result<(), ModelError> {
-    let used: std::collections::HashSet<String> = varmap
+    let mut used: std::collections::HashSet<String> = varmap
         .data()
         .lock()
         .map(|vars| vars.keys().cloned().collect())
         .unwrap_or_default();
+    used.extend(frozen_names.iter().cloned());
     let mut unused: Vec<&String> = checkpoint_names
         .iter()
         .filter(|name| !used.contains(*name) && !name.ends_with("position_ids"))

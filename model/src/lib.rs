@@ -28,6 +28,7 @@ mod files;
 mod hub;
 pub mod kernels;
 pub mod layer_norm;
+pub mod lora;
 pub mod modernbert;
 pub mod modules;
 pub mod parameters;

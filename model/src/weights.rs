@@ -82,6 +82,13 @@ pub struct CheckpointBackend {
     from_scratch: bool,
     /// `(name ending, row)` of embedding rows that freshly initialised weights keep at zero.
     padding_rows: Vec<(&'static str, usize)>,
+    /// A LoRA adapter: its missing matrices are drawn from their hints, and every parameter
+    /// it does not train is frozen (a plain tensor, no `Var`, kept in `frozen`).
+    adapter: Option<crate::lora::LoraConfig>,
+    /// The dtype frozen parameters are kept in (bf16 halves a large base's memory).
+    frozen_dtype: Option<DType>,
+    /// The frozen parameters handed out, by name.
+    frozen: std::sync::Arc<Mutex<Vec<(String, Tensor)>>>,
 }
 
 impl CheckpointBackend {
@@ -104,7 +111,27 @@ impl CheckpointBackend {
             initializer_range,
             from_scratch: false,
             padding_rows: vec![("word_embeddings.weight", 0)],
+            adapter: None,
+            frozen_dtype: None,
+            frozen: Default::default(),
         }
+    }
+
+    /// Loads for LoRA training: only what `adapter` trains becomes a `Var`; the rest is
+    /// frozen, in `frozen_dtype` when given.
+    pub fn with_adapter(
+        mut self,
+        adapter: crate::lora::LoraConfig,
+        frozen_dtype: Option<DType>,
+    ) -> Self {
+        self.adapter = Some(adapter);
+        self.frozen_dtype = frozen_dtype;
+        self
+    }
+
+    /// The list the frozen parameters go to as the network loads (read it after loading).
+    pub fn frozen_handle(&self) -> std::sync::Arc<Mutex<Vec<(String, Tensor)>>> {
+        self.frozen.clone()
     }
 
     /// Embedding rows that initialisation zeroes, as transformers does for an embedding's
@@ -171,12 +198,46 @@ impl CheckpointBackend {
     }
 }
 
+impl CheckpointBackend {
+    /// A fresh adapter matrix as its layer asks for it: uniform in the hint's bounds (PEFT's
+    /// Kaiming-uniform) or constant, from the seeded stream.
+    fn initialise_from_hint(
+        &self,
+        shape: &Shape,
+        hint: Init,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor> {
+        match hint {
+            Init::Const(value) => {
+                (Tensor::ones(shape, DType::F32, device)? * value)?.to_dtype(dtype)
+            }
+            Init::Uniform { lo, up } => {
+                let mut rng = self
+                    .rng
+                    .lock()
+                    .map_err(|_| candle_core::Error::Msg("initialiser lock poisoned".into()))?;
+                let values: Vec<f64> = (0..shape.elem_count())
+                    .map(|_| {
+                        let unit = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+                        lo + (up - lo) * unit
+                    })
+                    .collect();
+                Tensor::from_vec(values, shape, device)?.to_dtype(dtype)
+            }
+            other => Err(candle_core::Error::Msg(format!(
+                "no initialiser for an adapter matrix hinted {other:?}"
+            ))),
+        }
+    }
+}
+
 impl SimpleBackend for CheckpointBackend {
     fn get(
         &self,
         shape: Shape,
         name: &str,
-        _hint: Init,
+        hint: Init,
         dtype: DType,
         device: &Device,
     ) -> Result<Tensor> {
@@ -191,6 +252,9 @@ impl SimpleBackend for CheckpointBackend {
                 }
                 tensor.to_dtype(dtype)?.to_device(device)?
             }
+            None if self.adapter.is_some() && crate::lora::is_adapter_tensor(name) => {
+                self.initialise_from_hint(&shape, hint, dtype, device)?
+            }
             None if self.from_scratch || self.names.may_be_initialised(name) => {
                 self.initialise(name, &shape, dtype, device)?
             }
@@ -201,6 +265,19 @@ impl SimpleBackend for CheckpointBackend {
                 )))
             }
         };
+        if let Some(adapter) = &self.adapter {
+            if !adapter.trains(name) {
+                let frozen = match self.frozen_dtype {
+                    Some(frozen_dtype) => tensor.to_dtype(frozen_dtype)?,
+                    None => tensor,
+                };
+                self.frozen
+                    .lock()
+                    .map_err(|_| candle_core::Error::Msg("frozen list lock poisoned".into()))?
+                    .push((name.to_string(), frozen.clone()));
+                return Ok(frozen);
+            }
+        }
         let var = Var::from_tensor(&tensor)?;
         let mut vars = self
             .varmap

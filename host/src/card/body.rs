@@ -109,12 +109,47 @@ pub fn render(
         "- **Architecture:** {} ({})",
         summary.architecture, summary.architecture_details
     );
-    let _ = writeln!(
-        md,
-        "- **Parameters:** {} ({:.1} M)",
-        summary.parameters,
-        summary.parameters as f64 / 1e6
-    );
+    match &summary.adapter {
+        None => {
+            let _ = writeln!(
+                md,
+                "- **Parameters:** {} ({:.1} M)",
+                summary.parameters,
+                summary.parameters as f64 / 1e6
+            );
+        }
+        Some(adapter) => {
+            let config = &adapter.config;
+            let targets = match &config.target_modules {
+                Some(targets) => serde_json::to_string(targets).unwrap_or_default(),
+                None => "PEFT's default (q_proj, v_proj)".into(),
+            };
+            let _ = writeln!(
+                md,
+                "- **Adapter:** LoRA in PEFT's format (this directory holds the adapter, not the \
+                 base weights): r {}, lora_alpha {}, lora_dropout {}, target_modules {}{}{}",
+                config.r,
+                config.lora_alpha,
+                config.lora_dropout,
+                targets,
+                config
+                    .modules_to_save
+                    .as_ref()
+                    .map(|modules| format!(", modules_to_save {modules:?}"))
+                    .unwrap_or_default(),
+                if config.use_rslora { ", rsLoRA" } else { "" }
+            );
+            let _ = writeln!(
+                md,
+                "- **Parameters:** {} trainable of {} ({:.2}%, {:.1} M in all)",
+                adapter.trainable_parameters,
+                adapter.total_parameters,
+                100.0 * adapter.trainable_parameters as f64
+                    / adapter.total_parameters.max(1) as f64,
+                adapter.total_parameters as f64 / 1e6
+            );
+        }
+    }
     let _ = writeln!(
         md,
         "- **Maximum Sequence Length:** {} tokens",
@@ -148,7 +183,12 @@ pub fn render(
     md.push_str("\n## Usage\n\n### crosstrain\n\n```sh\n");
     md.push_str("crosstrain predict --model path/to/this/model --pairs pairs.jsonl   # {\"query\", \"document\"} per line\n");
     md.push_str("crosstrain rank --model path/to/this/model --query \"...\" --documents documents.txt\n```\n\n");
-    md.push_str("### Sentence Transformers\n\n```sh\npip install -U sentence-transformers\n```\n\n```python\nfrom sentence_transformers import CrossEncoder\n\nmodel = CrossEncoder(\"path/to/this/model\")\npairs = [\n");
+    md.push_str(if summary.adapter.is_some() {
+        "### Sentence Transformers\n\nThe adapter loads on its base model with PEFT installed.\n\n```sh\npip install -U sentence-transformers peft\n```"
+    } else {
+        "### Sentence Transformers\n\n```sh\npip install -U sentence-transformers\n```"
+    });
+    md.push_str("\n\n```python\nfrom sentence_transformers import CrossEncoder\n\nmodel = CrossEncoder(\"path/to/this/model\")\npairs = [\n");
     for (query, document, _) in &summary.example_scores {
         let _ = writeln!(
             md,

@@ -214,6 +214,20 @@ pub struct TrainingSummary {
     /// float32 model, once made.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quantized_onnx: Option<QuantizedOnnxSummary>,
+    /// A LoRA run's adapter: the model directory is a PEFT adapter on `base_model`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<AdapterSummary>,
+}
+
+/// What a LoRA-trained model's card says of its adapter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdapterSummary {
+    /// The adapter's `LoraConfig` (the recipe's `[peft]` table, resolved).
+    pub config: crosstrain_model::lora::LoraConfig,
+    /// Numbers that trained (adapter matrices and `modules_to_save`).
+    pub trainable_parameters: usize,
+    /// Numbers of base and adapter together.
+    pub total_parameters: usize,
 }
 
 /// A quantized ONNX export and its measured agreement with the float32 model.

@@ -5,6 +5,7 @@ mod card;
 mod eval;
 mod export;
 mod losses;
+mod merge;
 mod mine;
 mod predict;
 mod serve;
@@ -49,6 +50,8 @@ enum Command {
     Rank(predict::RankArgs),
     /// Export a model to ONNX (MODEL/onnx/model.onnx) and optionally check it in ONNX Runtime.
     ExportOnnx(export::ExportArgs),
+    /// Merge a LoRA adapter into its base model and write the full model.
+    MergeAdapter(merge::MergeArgs),
     /// Evaluate a model with the reference's reranking, classification or correlation metrics.
     Eval(eval::EvalArgs),
     /// Mine hard negatives for (anchor, positive) pairs with BM25 or a dense retriever, as
@@ -144,6 +147,7 @@ fn dispatch(cli: Cli, out: &mut String) -> anyhow::Result<ExitCode> {
             }
         }),
         Command::Eval(args) => eval::run(args, out).map(|()| ExitCode::SUCCESS),
+        Command::MergeAdapter(args) => merge::run(args, out).map(|()| ExitCode::SUCCESS),
         Command::MineHardNegatives(args) => mine::run_mine(*args, out).map(|()| ExitCode::SUCCESS),
         Command::Convert(args) => mine::run_convert(args, out).map(|()| ExitCode::SUCCESS),
         Command::Serve(args) => serve::run(*args).map(|()| ExitCode::SUCCESS),

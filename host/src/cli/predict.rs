@@ -38,6 +38,10 @@ pub struct ModelArgs {
     /// Model directory, or a Hugging Face model id (downloaded with hf-hub).
     #[arg(long)]
     pub model: String,
+    /// The base model of a LoRA adapter directory, instead of the one its
+    /// adapter_config.json names.
+    #[arg(long, value_name = "DIR|ID")]
+    pub base_model: Option<String>,
     /// Truncation length (default: the model's max length).
     #[arg(long)]
     pub max_length: Option<usize>,
@@ -77,6 +81,7 @@ impl ModelArgs {
             max_length: self.max_length,
             device: crosstrain::model::parse_device(&self.device)?,
             from_scratch,
+            base_model: self.base_model.clone(),
             ..LoadOptions::default()
         };
         let mut model = CrossEncoder::load(&self.model, &options)

@@ -22,6 +22,13 @@ pub struct TrainArgs {
     /// Initialise every weight instead of reading model.safetensors (`from_scratch`).
     #[arg(long)]
     from_scratch: bool,
+    /// The base model of a LoRA adapter directory given as --model, instead of the one its
+    /// adapter_config.json names (`base_model`).
+    #[arg(long, value_name = "DIR|ID")]
+    base_model: Option<String>,
+    /// Keep a LoRA run's frozen base in f32 or bf16 (`base_dtype`).
+    #[arg(long, value_name = "f32|bf16")]
+    base_dtype: Option<String>,
     /// Output directory (`output`).
     #[arg(long)]
     output: Option<PathBuf>,
@@ -301,6 +308,18 @@ fn build_config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
     }
     if args.from_scratch {
         put("from_scratch", true.into())?;
+    }
+    if let Some(base) = &args.base_model {
+        let path = Path::new(base);
+        let value = if path.exists() {
+            absolute(path)
+        } else {
+            base.clone()
+        };
+        put("base_model", value.into())?;
+    }
+    if let Some(dtype) = &args.base_dtype {
+        put("base_dtype", dtype.clone().into())?;
     }
     if let Some(output) = &args.output {
         put("output", absolute(output).into())?;

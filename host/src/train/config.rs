@@ -62,6 +62,22 @@ pub struct TrainConfig {
     /// directory then needs only `config.json` and `tokenizer.json`).
     #[serde(default)]
     pub from_scratch: bool,
+    /// The base model of a LoRA adapter directory given as `model`, instead of the base its
+    /// `adapter_config.json` names (`base_model_name_or_path`).
+    #[serde(default)]
+    pub base_model: Option<String>,
+    /// Train a LoRA adapter instead of the whole model, with PEFT's `LoraConfig` keys
+    /// (`[peft] type = "lora"`, `r`, `lora_alpha`, `lora_dropout`, `target_modules` (names, a
+    /// regex or `"all-linear"`), `modules_to_save`, `bias = "none"`, `use_rslora`,
+    /// `init_lora_weights`). Only the adapter and `modules_to_save` train; the output is a
+    /// PEFT adapter directory. A `model` that is an adapter directory trains that adapter and
+    /// needs no table.
+    #[serde(default)]
+    pub peft: Option<crosstrain_model::lora::LoraConfig>,
+    /// The dtype a LoRA run keeps the frozen base in: `f32` (default) or `bf16` (half the
+    /// memory; the adapter, the loss and the optimiser stay f32).
+    #[serde(default)]
+    pub base_dtype: Option<String>,
     /// Where the model, its backward pass and the optimiser run: `cpu`, `cuda` or `cuda:N`
     /// (CUDA needs a build with `--features cuda`). Only the logits and their gradient
     /// (`pairs × num_labels` floats) cross to the CPU for the loss plugin.
@@ -414,6 +430,15 @@ impl TrainConfig {
         }
         if self.batch_size == 0 {
             return invalid("per_device_train_batch_size", "must be at least 1".into());
+        }
+        if let Some(peft) = &self.peft {
+            peft.validate()
+                .or_else(|message| invalid("peft", message))?;
+        }
+        if let Some(dtype) = &self.base_dtype {
+            if !matches!(dtype.as_str(), "f32" | "bf16") {
+                return invalid("base_dtype", format!("{dtype:?}: use f32 or bf16"));
+            }
         }
         if let Some(prompts) = &self.prompts {
             prompts

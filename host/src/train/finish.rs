@@ -357,6 +357,11 @@ impl Run<'_> {
             example_scores,
             metadata: config.card.clone(),
             quantized_onnx: None,
+            adapter: self.model.lora().map(|config| crate::card::AdapterSummary {
+                config: config.clone(),
+                trainable_parameters: self.model.trainable_count(),
+                total_parameters: self.model.parameter_count(),
+            }),
         })
     }
 

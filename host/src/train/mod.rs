@@ -436,6 +436,13 @@ pub fn train(
         seed: config.seed,
         from_scratch: config.from_scratch && resume_from.is_none(),
         device: crosstrain_model::parse_device(&rank_device(&config.device, world))?,
+        base_model: config.base_model.clone(),
+        // A checkpoint of a LoRA run is an adapter directory already.
+        adapter: config.peft.clone().filter(|_| resume_from.is_none()),
+        base_dtype: match config.base_dtype.as_deref() {
+            Some("bf16") => Some(candle_core::DType::BF16),
+            _ => None,
+        },
         ..LoadOptions::default()
     };
     let model = match &resume_from {

@@ -11,9 +11,12 @@ use super::TrainError;
 
 /// The top-level settings that decide the numbers of a run. The others (where and how often
 /// to log, evaluate, save and export, the device, the output) may differ on resume.
-const RECIPE_KEYS: [&str; 31] = [
+const RECIPE_KEYS: [&str; 34] = [
     "model",
     "from_scratch",
+    "base_model",
+    "peft",
+    "base_dtype",
     "num_labels",
     "max_length",
     "loss",

@@ -2,12 +2,13 @@
 //! padded batch: a query attends to the keys at or before it that are real tokens.
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 use super::config::DecoderConfig;
 use super::rms_norm::RmsNorm;
 use super::rotary::Rotary;
 use crate::dropout::{Dropout, DropoutRng};
+use crate::lora::LoraLinear;
 
 /// What is added to a masked score: large and finite, so that a row with no key to attend (a
 /// left pad) softmaxes to a uniform row instead of NaN, as transformers' `finfo.min` does.
@@ -40,10 +41,10 @@ pub fn causal_padding_bias(
 /// `Qwen3Attention` / `Qwen2Attention` / `LlamaAttention`.
 #[derive(Debug, Clone)]
 pub struct DecoderAttention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    o_proj: Linear,
+    q_proj: LoraLinear,
+    k_proj: LoraLinear,
+    v_proj: LoraLinear,
+    o_proj: LoraLinear,
     /// Qwen3's per-head RMSNorm of queries and keys.
     q_norm: Option<RmsNorm>,
     k_norm: Option<RmsNorm>,
@@ -51,14 +52,6 @@ pub struct DecoderAttention {
     kv_heads: usize,
     head_dim: usize,
     dropout: Dropout,
-}
-
-fn linear(inputs: usize, outputs: usize, bias: bool, vb: VarBuilder) -> Result<Linear> {
-    if bias {
-        candle_nn::linear(inputs, outputs, vb)
-    } else {
-        candle_nn::linear_no_bias(inputs, outputs, vb)
-    }
 }
 
 impl DecoderAttention {
@@ -87,16 +80,15 @@ impl DecoderAttention {
         } else {
             (None, None)
         };
+        let lora = config.lora.as_ref();
+        let linear = |inputs, outputs, bias, name| {
+            LoraLinear::load(vb.pp(name), inputs, outputs, bias, lora, rng)
+        };
         Ok(Self {
-            q_proj: linear(hidden, heads * head_dim, qkv_bias, vb.pp("q_proj"))?,
-            k_proj: linear(hidden, kv_heads * head_dim, qkv_bias, vb.pp("k_proj"))?,
-            v_proj: linear(hidden, kv_heads * head_dim, qkv_bias, vb.pp("v_proj"))?,
-            o_proj: linear(
-                heads * head_dim,
-                hidden,
-                config.output_bias(),
-                vb.pp("o_proj"),
-            )?,
+            q_proj: linear(hidden, heads * head_dim, qkv_bias, "q_proj")?,
+            k_proj: linear(hidden, kv_heads * head_dim, qkv_bias, "k_proj")?,
+            v_proj: linear(hidden, kv_heads * head_dim, qkv_bias, "v_proj")?,
+            o_proj: linear(heads * head_dim, hidden, config.output_bias(), "o_proj")?,
             q_norm,
             k_norm,
             heads,

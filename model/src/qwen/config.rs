@@ -91,6 +91,9 @@ pub struct DecoderConfig {
     /// The `architectures` entry it was read from (what a saved config names again).
     #[serde(skip)]
     pub architecture: String,
+    /// A LoRA adapter on the linear layers it targets (not part of `config.json`).
+    #[serde(skip)]
+    pub lora: Option<crate::lora::LoraConfig>,
 }
 
 fn default_rms_eps() -> f64 {

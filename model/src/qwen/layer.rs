@@ -31,7 +31,7 @@ impl DecoderLayer {
                 config.hidden_size,
                 eps,
             )?,
-            mlp: DecoderMlp::load(vb.pp("mlp"), config)?,
+            mlp: DecoderMlp::load(vb.pp("mlp"), config, rng)?,
         })
     }
 

@@ -1,26 +1,32 @@
 //! The SwiGLU MLP: `down(silu(gate(x)) · up(x))`.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 use super::config::DecoderConfig;
+use crate::dropout::DropoutRng;
+use crate::lora::LoraLinear;
 
 /// `Qwen3MLP` / `LlamaMLP` (no biases).
 #[derive(Debug, Clone)]
 pub struct DecoderMlp {
-    gate_proj: Linear,
-    up_proj: Linear,
-    down_proj: Linear,
+    gate_proj: LoraLinear,
+    up_proj: LoraLinear,
+    down_proj: LoraLinear,
 }
 
 impl DecoderMlp {
     /// Loads `layers.N.mlp`.
-    pub fn load(vb: VarBuilder, config: &DecoderConfig) -> Result<Self> {
+    pub fn load(vb: VarBuilder, config: &DecoderConfig, rng: &DropoutRng) -> Result<Self> {
         let (hidden, intermediate) = (config.hidden_size, config.intermediate_size);
+        let lora = config.lora.as_ref();
+        let linear = |inputs, outputs, name| {
+            LoraLinear::load(vb.pp(name), inputs, outputs, false, lora, rng)
+        };
         Ok(Self {
-            gate_proj: candle_nn::linear_no_bias(hidden, intermediate, vb.pp("gate_proj"))?,
-            up_proj: candle_nn::linear_no_bias(hidden, intermediate, vb.pp("up_proj"))?,
-            down_proj: candle_nn::linear_no_bias(intermediate, hidden, vb.pp("down_proj"))?,
+            gate_proj: linear(hidden, intermediate, "gate_proj")?,
+            up_proj: linear(hidden, intermediate, "up_proj")?,
+            down_proj: linear(intermediate, hidden, "down_proj")?,
         })
     }
 }

@@ -2,6 +2,7 @@
 same-machine comparison (the reference recipe of ../shared/reference/README.md).
 
     python3 scripts/bench-reference.py MODEL_DIR [--threads 2] [--from-config] [--onnx] [--skip-train]
+        [--lora-r R] [--steps 20] [--warmup-steps 3] [--skip-predict]
 
 --from-config builds the weights from MODEL_DIR's config.json alone
 (`AutoModelForSequenceClassification.from_config`, seed 12), for the config-only benchmark
@@ -16,6 +17,10 @@ sentence-transformers' Transformer + LogitScore modules) is built with
 `AutoModelForCausalLM.from_config` into a copy of the directory, so its chat template, left
 padding and LogitScore run as users run them; its batches go through `model.preprocess` and
 `model(features)["scores"]`, as sentence-transformers' losses do, at max_length 256.
+
+--lora-r R trains a PEFT LoRA adapter instead of the whole model (`model.add_adapter(LoraConfig(r=R,
+lora_alpha=2R, target_modules="all-linear"))`, AdamW over the adapter only): the counterpart of
+`crosstrain bench train --lora-r R`.
 
 --onnx adds the path a Python user serves with on CPU: the model exported by torch.onnx and
 run in ONNX Runtime, in float32 and after `onnxruntime.quantization.quantize_dynamic(
@@ -52,6 +57,10 @@ def main():
     parser.add_argument("--from-config", action="store_true")
     parser.add_argument("--onnx", action="store_true")
     parser.add_argument("--skip-train", action="store_true")
+    parser.add_argument("--skip-predict", action="store_true")
+    parser.add_argument("--lora-r", type=int)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup-steps", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(12)
@@ -82,8 +91,19 @@ def main():
             if (Path(args.model) / name).is_file():
                 shutil.copy(Path(args.model) / name, Path(model_dir) / name)
     model = CrossEncoder(model_dir, max_length=max_length, device="cpu")
+    if args.lora_r:
+        import transformers.integrations.peft as transformers_peft
+        from peft import LoraConfig
+
+        # transformers 5.25 asks for peft >= 0.22, which the package index does not have yet;
+        # the reference's own LoRA runs lowered this gate the same way (its README).
+        transformers_peft.check_peft_version = lambda min_version: None
+
+        model.add_adapter(LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r,
+                                     target_modules="all-linear"))
     loss = BinaryCrossEntropyLoss(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-5, fused=True)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=2e-5, fused=True)
     train = rows("bench_train_pairs.jsonl")
     batches = [train[i:i + 16] for i in range(0, len(train), 16)]
     model.train()
@@ -110,9 +130,10 @@ def main():
 
     if args.skip_train:
         batches = []
-    for batch in batches[:3]:
+    for batch in batches[:args.warmup_steps]:
         step(batch)
-    timed = [batches[(3 + i) % len(batches)] for i in range(20)] if batches else []
+    timed = ([batches[(args.warmup_steps + i) % len(batches)] for i in range(args.steps)]
+             if batches else [])
     started = time.perf_counter()
     phases = [step(batch) for batch in timed]
     seconds = time.perf_counter() - started
@@ -120,6 +141,7 @@ def main():
     if timed:
       print(json.dumps({
         "bench": "train", "engine": "sentence-transformers", "torch": torch.__version__,
+        "lora_r": args.lora_r, "trainable_parameters": sum(p.numel() for p in trainable),
         "pairs": pairs, "seconds": seconds, "pairs_per_second": pairs / seconds,
         "forward_s": sum(p[0] for p in phases) / len(phases),
         "backward_s": sum(p[1] for p in phases) / len(phases),
@@ -127,6 +149,8 @@ def main():
         "peak_rss_mb": peak_rss_mb(), "threads": torch.get_num_threads(),
       }))
 
+    if args.skip_predict:
+        return
     model.eval()
     pairs = [(r["query"], r["document"]) for r in rows("bench_pairs.jsonl")]
     model.predict(pairs[:32], batch_size=32)

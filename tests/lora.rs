@@ -318,6 +318,13 @@ fn a_peft_recipe_trains_only_the_adapter_and_resumes_exactly() {
     ] {
         assert_eq!(merged_weights[name], base_weights[name], "{name}");
     }
+    // ONNX: the adapter merged into the graph, checked in ONNX Runtime against candle.
+    support::ensure_onnxruntime();
+    let exported = run(&["export-onnx", "--model", whole.to_str().unwrap(), "--check"]);
+    assert!(exported.status.success(), "{}", stderr(&exported));
+    let onnx_scores = scores(&whole, &pairs, &["--backend", "onnx"]);
+    assert!(max_difference(&onnx_scores, &adapter_scores) < 3e-5);
+    std::fs::remove_dir_all(whole.join("onnx")).unwrap();
 
     // Stopped after a checkpoint at step 3, then resumed.
     let parted = dir.path().join("parted");
@@ -335,6 +342,23 @@ fn a_peft_recipe_trains_only_the_adapter_and_resumes_exactly() {
     assert_eq!(support::losses_of(&whole), support::losses_of(&parted));
     assert_eq!(support::losses_of(&whole).len(), 6);
     assert_eq!(tensors(&parted.join("adapter_model.safetensors")), adapter);
+
+    // The frozen base kept in bf16: the same run, up to bf16's rounding of the base.
+    let halved = dir.path().join("bf16");
+    let trained = train_cli(&config, &halved, &["--base-dtype", "bf16"]);
+    assert!(trained.status.success(), "{}", stderr(&trained));
+    let (f32_losses, bf16_losses) = (support::losses_of(&whole), support::losses_of(&halved));
+    assert_ne!(f32_losses, bf16_losses);
+    for (full, half) in f32_losses.iter().zip(&bf16_losses) {
+        assert!(
+            (full - half).abs() / full < 2e-2,
+            "{f32_losses:?} vs {bf16_losses:?}"
+        );
+    }
+    assert_eq!(
+        read_json(&halved.join("training_args.json"))["base_dtype"],
+        "bf16"
+    );
 }
 
 /// `[peft]` on an encoder is refused before training, naming what is missing.

@@ -651,7 +651,11 @@ impl CrossEncoder {
             .trainables
             .first()
             .map_or(DType::F32, |trainable| trainable.var.dtype());
-        let vb = VarBuilder::from_tensors(tensors, dtype, &self.device);
+        let vb = VarBuilder::from_backend(
+            Box::new(weights::AsStored(tensors)),
+            dtype,
+            self.device.clone(),
+        );
         let mut network =
             SequenceClassifier::load(vb, &self.config, self.num_labels(), &DropoutRng::default())?;
         // The packed layers read their packed vector as it is, detached like the rest.

@@ -101,6 +101,11 @@ impl Dropout {
 }
 
 impl Dropout {
+    /// Whether the layer is the identity whatever the mode (p = 0).
+    pub fn is_identity(&self) -> bool {
+        self.p == 0.0
+    }
+
     /// The mask values this layer would apply to a tensor of `count` elements (drawing them
     /// from the stream exactly as [`Module::forward`] does), or `None` where it would be the
     /// identity (eval mode, or p = 0). For fused kernels that apply dropout themselves.

@@ -216,7 +216,8 @@ impl LoraConfig {
                 "peft_type {peft_type:?}: only LORA adapters are supported"
             )));
         }
-        let unsupported: &[(&str, fn(&Value) -> bool)] = &[
+        type IsSet = fn(&Value) -> bool;
+        let unsupported: &[(&str, IsSet)] = &[
             ("use_dora", |v| v.as_bool() == Some(true)),
             ("fan_in_fan_out", |v| v.as_bool() == Some(true)),
             ("lora_bias", |v| v.as_bool() == Some(true)),
@@ -510,8 +511,23 @@ impl LoraLinear {
 impl Module for LoraLinear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let weight = self.base.weight();
-        // A frozen base kept in bf16 (`--base-dtype bf16`) runs in the activations' dtype.
-        let output = if weight.dtype() != x.dtype() {
+        if let Some(adapter) = &self.adapter {
+            let training = x.track_op() || adapter.a.weight().track_op();
+            if training && !weight.is_variable() && adapter.dropout.is_identity() {
+                // Training a frozen layer's adapter: one op, no weight gradient.
+                return crate::kernels::frozen_linear::frozen_lora_linear(
+                    x,
+                    weight,
+                    self.base.bias(),
+                    adapter.a.weight(),
+                    adapter.b.weight(),
+                    adapter.scaling,
+                );
+            }
+        }
+        let output = if x.track_op() && !weight.is_variable() {
+            crate::kernels::frozen_linear::frozen_linear(x, weight, self.base.bias())?
+        } else if weight.dtype() != x.dtype() {
             let weight = weight.to_dtype(x.dtype())?;
             let bias = self
                 .base

@@ -267,9 +267,11 @@ impl SimpleBackend for CheckpointBackend {
         };
         if let Some(adapter) = &self.adapter {
             if !adapter.trains(name) {
+                // Norm weights are few and are applied in float32 anyway: only the matrices
+                // (embeddings, projections, heads) are worth halving.
                 let frozen = match self.frozen_dtype {
-                    Some(frozen_dtype) => tensor.to_dtype(frozen_dtype)?,
-                    None => tensor,
+                    Some(frozen_dtype) if !is_layer_norm(name) => tensor.to_dtype(frozen_dtype)?,
+                    _ => tensor,
                 };
                 self.frozen
                     .lock()
@@ -299,6 +301,45 @@ impl SimpleBackend for CheckpointBackend {
 
     fn contains_tensor(&self, name: &str) -> bool {
         self.tensors.contains_key(name)
+    }
+}
+
+/// A VarBuilder backend over tensors handed out as they are stored, whatever dtype the
+/// builder asks for: a LoRA model's frozen bf16 base stays bf16 in an inference copy of the
+/// network (candle's `HashMap` backend would convert every tensor to one dtype).
+pub struct AsStored(pub HashMap<String, Tensor>);
+
+impl SimpleBackend for AsStored {
+    fn get(
+        &self,
+        shape: Shape,
+        name: &str,
+        _hint: Init,
+        _dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor> {
+        let tensor = self.0.get(name).ok_or_else(|| {
+            candle_core::Error::Msg(format!("no tensor {name} among the model's parameters"))
+        })?;
+        if tensor.shape() != &shape {
+            return Err(candle_core::Error::Msg(format!(
+                "tensor {name} has shape {:?}, the config implies {:?}",
+                tensor.dims(),
+                shape.dims()
+            )));
+        }
+        tensor.to_device(device)
+    }
+
+    fn get_unchecked(&self, name: &str, _dtype: DType, device: &Device) -> Result<Tensor> {
+        self.0
+            .get(name)
+            .ok_or_else(|| candle_core::Error::Msg(format!("no tensor {name}")))?
+            .to_device(device)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.0.contains_key(name)
     }
 }
 

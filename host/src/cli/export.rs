@@ -16,6 +16,10 @@ pub struct ExportArgs {
     /// Model directory (or Hugging Face id; then --output is required).
     #[arg(long)]
     model: String,
+    /// The base model of a LoRA adapter directory, instead of the one its
+    /// adapter_config.json names (the adapter is merged into the graph).
+    #[arg(long, value_name = "DIR|ID")]
+    base_model: Option<String>,
     /// Where to write the ONNX file (default: MODEL/onnx/model.onnx, or
     /// MODEL/onnx/model_qint8_avx512_vnni.onnx with --quantize int8,
     /// MODEL/onnx/model_quint8_avx2.onnx with --quantize uint8).
@@ -53,7 +57,11 @@ pub fn run(args: ExportArgs, out: &mut String) -> anyhow::Result<bool> {
     if !(MIN_OPSET..=MAX_OPSET).contains(&args.opset) {
         anyhow::bail!(crosstrain::onnx::ExportError::Opset(args.opset));
     }
-    let model = CrossEncoder::load(&args.model, &LoadOptions::default())
+    let options = LoadOptions {
+        base_model: args.base_model.clone(),
+        ..LoadOptions::default()
+    };
+    let model = CrossEncoder::load(&args.model, &options)
         .with_context(|| format!("loading model {}", args.model))?;
     let quantization = match args.quantize.as_deref() {
         Some("int8") => Quantization::Int8,

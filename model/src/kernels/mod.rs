@@ -10,6 +10,7 @@
 //!   AVX2+FMA and picked at run time; also the AdamW update the trainer runs.
 
 pub mod encoder_layer;
+pub mod frozen_linear;
 pub mod modernbert_layer;
 pub mod ops;
 pub mod simd;

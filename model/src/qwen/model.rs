@@ -3,7 +3,7 @@
 //! classification `score` layer at the last non-pad token.
 
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{Embedding, Linear, VarBuilder};
+use candle_nn::{Embedding, VarBuilder};
 
 use super::attention::causal_padding_bias;
 use super::config::{DecoderConfig, DecoderHead};
@@ -11,6 +11,7 @@ use super::layer::DecoderLayer;
 use super::rms_norm::RmsNorm;
 use super::rotary::Rotary;
 use crate::dropout::DropoutRng;
+use crate::lora::LoraLinear;
 use crate::tokens::TokenTensors;
 
 /// `Qwen3Model` / `Qwen2Model` / `LlamaModel`.
@@ -21,6 +22,8 @@ pub struct DecoderModel {
     norm: RmsNorm,
     head_dim: usize,
     rope_theta: f64,
+    /// The activations' dtype (a frozen bf16 embedding is read into it).
+    dtype: DType,
 }
 
 impl DecoderModel {
@@ -37,6 +40,7 @@ impl DecoderModel {
             norm: RmsNorm::load(vb.pp("norm"), config.hidden_size, config.rms_norm_eps)?,
             head_dim: config.head_dim(),
             rope_theta: config.rope_theta,
+            dtype: vb.dtype(),
         })
     }
 
@@ -48,7 +52,10 @@ impl DecoderModel {
     /// `[batch, L, hidden]` final hidden states.
     pub fn forward(&self, tokens: &TokenTensors) -> Result<Tensor> {
         let (batch, length) = tokens.input_ids.dims2()?;
-        let mut hidden = self.embed_tokens.forward(&tokens.input_ids)?;
+        let mut hidden = self
+            .embed_tokens
+            .forward(&tokens.input_ids)?
+            .to_dtype(self.dtype)?;
         let dtype = hidden.dtype();
         let device = hidden.device().clone();
         let mask: Vec<u32> = tokens.attention_mask.flatten_all()?.to_vec1()?;
@@ -73,7 +80,10 @@ enum ScoreHead {
         difference: bool,
     },
     /// `score` (no bias) at the last token that is not the pad id.
-    Classification { score: Linear, pad_token_id: u32 },
+    Classification {
+        score: LoraLinear,
+        pad_token_id: u32,
+    },
 }
 
 /// A decoder reranker: `*ForCausalLM` with LogitScore, or `*ForSequenceClassification`.
@@ -109,7 +119,14 @@ impl DecoderReranker {
                 }
             }
             DecoderHead::Classification { num_labels } => ScoreHead::Classification {
-                score: candle_nn::linear_no_bias(config.hidden_size, num_labels, vb.pp("score"))?,
+                score: LoraLinear::load(
+                    vb.pp("score"),
+                    config.hidden_size,
+                    num_labels,
+                    false,
+                    config.lora.as_ref(),
+                    rng,
+                )?,
                 pad_token_id: config.pad_token_id.unwrap_or(u32::MAX),
             },
         };
@@ -137,7 +154,7 @@ impl DecoderReranker {
             } => {
                 // Left-padded: every row's last position is its last token.
                 let last = hidden.narrow(1, length - 1, 1)?.squeeze(1)?;
-                let rows = lm_head.index_select(ids, 0)?;
+                let rows = lm_head.index_select(ids, 0)?.to_dtype(last.dtype())?;
                 let logits = last.matmul(&rows.t()?)?;
                 if *difference {
                     logits.narrow(1, 0, 1)? - logits.narrow(1, 1, 1)?
@@ -171,6 +188,6 @@ impl DecoderReranker {
 
     /// The network's dtype.
     pub fn dtype(&self) -> DType {
-        self.model.embeddings().dtype()
+        self.model.dtype
     }
 }

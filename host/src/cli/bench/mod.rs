@@ -74,6 +74,13 @@ pub struct BenchTrainArgs {
     /// tokenizer files benchmarks too (as transformers' `from_config` on the PyTorch side).
     #[arg(long)]
     from_scratch: bool,
+    /// Train a LoRA adapter of this rank on every linear layer (alpha 2·r, as the usual
+    /// recipe) instead of the whole model (decoder rerankers).
+    #[arg(long, value_name = "R")]
+    lora_r: Option<usize>,
+    /// With --lora-r: keep the frozen base in f32 or bf16.
+    #[arg(long, value_name = "f32|bf16", requires = "lora_r", value_parser = ["f32", "bf16"])]
+    base_dtype: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -172,6 +179,16 @@ fn bench_train(
         max_length: Some(args.max_length),
         device: crosstrain::model::parse_device(&args.device)?,
         from_scratch: args.from_scratch,
+        adapter: args.lora_r.map(|r| crosstrain::model::lora::LoraConfig {
+            r,
+            lora_alpha: 2.0 * r as f64,
+            target_modules: Some(crosstrain::model::lora::TargetModules::Pattern(
+                "all-linear".into(),
+            )),
+            ..Default::default()
+        }),
+        base_dtype: (args.base_dtype.as_deref() == Some("bf16"))
+            .then_some(candle_core::DType::BF16),
         ..LoadOptions::default()
     };
     let model = CrossEncoder::load(&args.model, &options)
@@ -231,6 +248,10 @@ fn bench_train(
         "device": args.device,
         "model": args.model,
         "from_scratch": args.from_scratch,
+        "lora_r": args.lora_r,
+        "base_dtype": args.base_dtype.as_deref().unwrap_or("f32"),
+        "trainable_parameters": model.trainable_count(),
+        "parameters": model.parameter_count(),
         "loss": loss.qualified_name(),
         "batch_size": args.batch_size,
         "mini_batch_size": args.mini_batch_size,

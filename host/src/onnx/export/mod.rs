@@ -527,7 +527,8 @@ pub fn export_onnx_with(
     if !(MIN_OPSET..=MAX_OPSET).contains(&opset) {
         return Err(ExportError::Opset(opset));
     }
-    let parameters: HashMap<String, Tensor> = model.named_parameters()?.into_iter().collect();
+    // A LoRA model's adapters are merged into their layers: the graph is the full model.
+    let parameters: HashMap<String, Tensor> = model.merged_parameters()?.into_iter().collect();
     let mut graph = GraphBuilder::new(quantization);
 
     // The BERT-encoder families share one graph, the family saying how it differs;

@@ -671,6 +671,23 @@ impl CrossEncoder {
     /// Writes the model directory atomically: everything goes to a temporary directory beside
     /// `dir`, which is renamed into place. An existing non-empty `dir` is an error.
     pub fn save(&self, dir: &Path) -> Result<(), ModelError> {
+        self.save_atomically(dir, false)
+    }
+
+    /// Writes the model files into an existing directory (not atomically; [`Self::save`] and
+    /// the trainer's checkpoints wrap this in a staging directory).
+    pub fn write_to(&self, dir: &Path) -> Result<(), ModelError> {
+        self.write_files(dir, false)
+    }
+
+    /// Writes a LoRA model as the full model its adapter makes (`merge-adapter`): base and
+    /// adapter merged into one `model.safetensors` with the base's `config.json`, atomically
+    /// as [`Self::save`] does. Without an adapter, the same as [`Self::save`].
+    pub fn save_merged(&self, dir: &Path) -> Result<(), ModelError> {
+        self.save_atomically(dir, true)
+    }
+
+    fn save_atomically(&self, dir: &Path, merged: bool) -> Result<(), ModelError> {
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| ModelError::Io { path, source }
@@ -686,40 +703,7 @@ impl CrossEncoder {
                 path: path.to_path_buf(),
                 source,
             },
-            |staging| self.write_to(staging),
-        )
-    }
-
-    /// Writes the model files into an existing directory (not atomically; [`Self::save`] and
-    /// the trainer's checkpoints wrap this in a staging directory).
-    pub fn write_to(&self, dir: &Path) -> Result<(), ModelError> {
-        self.write_files(dir, false)
-    }
-
-    /// Writes a LoRA model as the full model its adapter makes (`merge-adapter`): base and
-    /// adapter merged into one `model.safetensors` with the base's `config.json`, atomically
-    /// as [`Self::save`] does. Without an adapter, the same as [`Self::save`].
-    pub fn save_merged(&self, dir: &Path) -> Result<(), ModelError> {
-        if dir.exists()
-            && std::fs::read_dir(dir)
-                .map_err(|source| ModelError::Io {
-                    path: dir.to_path_buf(),
-                    source,
-                })?
-                .next()
-                .is_some()
-        {
-            return Err(ModelError::AlreadyExists {
-                path: dir.to_path_buf(),
-            });
-        }
-        crate::atomic::write_dir_atomically(
-            dir,
-            |path, source| ModelError::Io {
-                path: path.to_path_buf(),
-                source,
-            },
-            |staging| self.write_files(staging, true),
+            |staging| self.write_files(staging, merged),
         )
     }
 

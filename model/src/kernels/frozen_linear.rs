@@ -231,6 +231,20 @@ mod tests {
         Tensor::from_vec(values, dims, &Device::Cpu).unwrap()
     }
 
+    /// The largest |a − b|.
+    fn difference(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
     /// The op and candle's primitives agree on the output and on the input's gradient, for
     /// an f32 and a bf16 weight.
     #[test]
@@ -245,18 +259,6 @@ mod tests {
                 candle_nn::Linear::new(weight.to_dtype(DType::F32).unwrap(), Some(bias.clone()))
                     .forward(x.as_tensor())
                     .unwrap();
-            let difference = |a: &Tensor, b: &Tensor| -> f32 {
-                (a - b)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .max(0)
-                    .unwrap()
-                    .to_scalar()
-                    .unwrap()
-            };
             assert!(difference(&ours, &reference) < 1e-6);
             let grad_ours = (ours * &probe)
                 .unwrap()
@@ -302,18 +304,6 @@ mod tests {
             )
             .unwrap();
         let reference = (base + (update * 1.5).unwrap()).unwrap();
-        let difference = |a: &Tensor, b: &Tensor| -> f32 {
-            (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar()
-                .unwrap()
-        };
         assert!(difference(&ours, &reference) < 1e-6);
         let grads_ours = (ours * &probe)
             .unwrap()

@@ -361,6 +361,66 @@ fn a_peft_recipe_trains_only_the_adapter_and_resumes_exactly() {
     );
 }
 
+/// `load_best_model_at_end` on a LoRA run reloads the best checkpoint's adapter (the
+/// checkpoints hold `adapter_model.safetensors`, not `model.safetensors`).
+#[test]
+fn a_lora_run_loads_its_best_checkpoint_at_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("tiny-qwen3-reranker");
+    copy_tree(&fixture("models/tiny-qwen3-reranker"), &base);
+    let reference = random_init_run();
+    let train = dir.path().join("train.jsonl");
+    write_jsonl(&train, reference["train"].as_array().unwrap());
+    let config = dir.path().join("recipe.toml");
+    // The eval loss read as "greater is better", and a learning rate that makes it swing, so
+    // the best checkpoint is not the last.
+    std::fs::write(
+        &config,
+        format!(
+            "model = {:?}\nloss = \"BinaryCrossEntropyLoss\"\nmax_length = 192\n\
+             per_device_train_batch_size = 8\nmax_steps = 6\nlearning_rate = 0.3\n\
+             logging_steps = 1\nexport_onnx = false\ntrain = {{ files = {:?} }}\n\
+             eval = {{ files = {:?} }}\neval_steps = 2\nsave_steps = 2\n\
+             load_best_model_at_end = true\nmetric_for_best_model = \"eval_loss\"\n\
+             greater_is_better = true\n\n\
+             [peft]\nr = 2\nlora_alpha = 4\ntarget_modules = \"all-linear\"\n",
+            base.to_str().unwrap(),
+            train.to_str().unwrap(),
+            train.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let output = dir.path().join("out");
+    let trained = train_cli(&config, &output, &[]);
+    assert!(trained.status.success(), "{}", stderr(&trained));
+    let state = read_json(&output.join("trainer_state.json"));
+    let best = state["best_checkpoint"]
+        .as_str()
+        .or_else(|| state["best_model_checkpoint"].as_str())
+        .expect("a best checkpoint")
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+    assert_ne!(
+        best, "checkpoint-6",
+        "the test needs a best checkpoint before the last"
+    );
+    assert_ne!(
+        tensors(
+            &output
+                .join("checkpoint-6")
+                .join("adapter_model.safetensors")
+        ),
+        tensors(&output.join(&best).join("adapter_model.safetensors"))
+    );
+    assert_eq!(
+        tensors(&output.join("adapter_model.safetensors")),
+        tensors(&output.join(&best).join("adapter_model.safetensors")),
+        "the output is not {best}'s adapter"
+    );
+}
+
 /// `[peft]` on an encoder is refused before training, naming what is missing.
 #[test]
 fn peft_on_an_encoder_is_refused() {

@@ -366,20 +366,36 @@ impl Run<'_> {
     }
 
     pub(super) fn load_weights(&self, checkpoint: &Path) -> Result<(), TrainError> {
-        let file = checkpoint.join("model.safetensors");
-        let tensors = candle_core::safetensors::load(&file, self.model.device()).map_err(|e| {
-            TrainError::Checkpoint {
-                path: checkpoint.to_path_buf(),
-                message: e.to_string(),
-            }
-        })?;
+        // A LoRA run's checkpoints hold the adapter (and saved modules) under PEFT's names.
+        let (file_name, prefix) = match self.model.lora() {
+            Some(_) => (
+                crosstrain_model::lora::ADAPTER_WEIGHTS,
+                crosstrain_model::lora::PEFT_PREFIX,
+            ),
+            None => ("model.safetensors", ""),
+        };
+        let file = checkpoint.join(file_name);
+        let tensors: std::collections::HashMap<String, candle_core::Tensor> =
+            candle_core::safetensors::load(&file, self.model.device())
+                .map_err(|e| TrainError::Checkpoint {
+                    path: checkpoint.to_path_buf(),
+                    message: e.to_string(),
+                })?
+                .into_iter()
+                .map(|(name, tensor)| {
+                    (
+                        name.strip_prefix(prefix).unwrap_or(&name).to_string(),
+                        tensor,
+                    )
+                })
+                .collect();
         for trainable in self.model.trainable_parameters() {
             for part in &trainable.parts {
                 let tensor = tensors
                     .get(&part.name)
                     .ok_or_else(|| TrainError::Checkpoint {
                         path: checkpoint.to_path_buf(),
-                        message: format!("model.safetensors has no {}", part.name),
+                        message: format!("{file_name} has no {}", part.name),
                     })?;
                 trainable.set(part, tensor)?;
             }

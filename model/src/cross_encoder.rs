@@ -179,6 +179,7 @@ impl CrossEncoder {
                 config,
                 tensors: Default::default(),
                 base_model: dir.to_string_lossy().into_owned(),
+                dir: None,
             });
         Self::load_parts(dir, dir, adapter, options)
     }
@@ -209,7 +210,7 @@ impl CrossEncoder {
                 .config
                 .validate()
                 .map_err(|message| ModelError::BadFile {
-                    path: dir.join(crate::lora::ADAPTER_CONFIG),
+                    path: adapter.config_path(),
                     message,
                 })?;
         }
@@ -342,7 +343,7 @@ impl CrossEncoder {
         let frozen_names: std::collections::HashSet<String> =
             frozen.iter().map(|(name, _)| name.clone()).collect();
         if let Some(adapter) = &adapter {
-            crate::directory::check_adapter_used(dir, adapter, &adapter_names, &varmap)?;
+            crate::directory::check_adapter_used(adapter, &adapter_names, &varmap)?;
         }
         check_unused_tensors(&weights_path, &checkpoint_names, &varmap, &frozen_names)?;
         if !initialised.is_empty() && !options.from_scratch {

@@ -176,7 +176,6 @@ fn tokenizer_pad_id(dir: &Path, tokenizer: &tokenizers::Tokenizer) -> Option<u32
 /// (PEFT refuses target modules that match nothing; an adapter tensor no layer takes would
 /// be silently dropped).
 pub(crate) fn check_adapter_used(
-    dir: &Path,
     adapter: &crate::lora::AdapterFiles,
     adapter_names: &[String],
     varmap: &VarMap,
@@ -188,7 +187,7 @@ pub(crate) fn check_adapter_used(
         .unwrap_or_default();
     if let Some(unused) = adapter_names.iter().find(|name| !trained.contains(*name)) {
         return Err(ModelError::BadFile {
-            path: dir.join(crate::lora::ADAPTER_WEIGHTS),
+            path: adapter.weights_path(),
             message: format!(
                 "{unused} belongs to no layer the adapter config targets ({:?})",
                 adapter.config.target_modules
@@ -200,7 +199,7 @@ pub(crate) fn check_adapter_used(
         .any(|name| crate::lora::is_adapter_tensor(name))
     {
         return Err(ModelError::BadFile {
-            path: dir.join(crate::lora::ADAPTER_CONFIG),
+            path: adapter.config_path(),
             message: format!(
                 "target_modules {:?} match no linear layer of the model",
                 adapter.config.target_modules

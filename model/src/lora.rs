@@ -343,6 +343,28 @@ pub struct AdapterFiles {
     pub tensors: HashMap<String, Tensor>,
     /// `base_model_name_or_path` as written (kept when the adapter is saved again).
     pub base_model: String,
+    /// The adapter directory it was read from; `None` for a fresh adapter (a recipe's
+    /// `[peft]` table), whose errors name the table instead.
+    pub dir: Option<PathBuf>,
+}
+
+impl AdapterFiles {
+    /// What an error about the adapter's config names: its `adapter_config.json`, or the
+    /// recipe's `[peft]` table.
+    pub fn config_path(&self) -> PathBuf {
+        match &self.dir {
+            Some(dir) => dir.join(ADAPTER_CONFIG),
+            None => PathBuf::from("[peft]"),
+        }
+    }
+
+    /// What an error about the adapter's tensors names.
+    pub fn weights_path(&self) -> PathBuf {
+        match &self.dir {
+            Some(dir) => dir.join(ADAPTER_WEIGHTS),
+            None => PathBuf::from("[peft]"),
+        }
+    }
 }
 
 /// Whether `dir` is a PEFT adapter directory (an adapter config and no `config.json`).
@@ -405,6 +427,7 @@ pub fn read_adapter(
         config,
         tensors,
         base_model,
+        dir: Some(dir.to_path_buf()),
     })
 }
 

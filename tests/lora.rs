@@ -217,6 +217,27 @@ fn unsupported_adapters_are_refused_by_name() {
         "{message}"
     );
 
+    // A fresh adapter whose targets match no layer: the error names the recipe's table.
+    let train = dir.path().join("train.jsonl");
+    write_jsonl(&train, reference["train"].as_array().unwrap());
+    let refused = run(&[
+        "train",
+        "--model",
+        base.to_str().unwrap(),
+        "--train",
+        train.to_str().unwrap(),
+        "--output",
+        dir.path().join("out").to_str().unwrap(),
+        "--set",
+        "peft.target_modules=[\"nothing\"]",
+    ]);
+    assert!(!refused.status.success());
+    let message = stderr(&refused);
+    assert!(
+        message.contains("[peft]") && message.contains("[\"nothing\"] match no linear layer"),
+        "{message}"
+    );
+
     let narrowed = dir.path().join("narrowed");
     copy_tree(
         &fixture("models/tiny-qwen3-reranker-lora-trained"),

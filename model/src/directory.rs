@@ -180,6 +180,10 @@ pub(crate) fn check_adapter_used(
     adapter_names: &[String],
     varmap: &VarMap,
 ) -> Result<(), ModelError> {
+    let targets = match &adapter.config.target_modules {
+        Some(targets) => serde_json::to_string(targets).unwrap_or_default(),
+        None => "(PEFT's default: q_proj, v_proj)".into(),
+    };
     let trained: std::collections::HashSet<String> = varmap
         .data()
         .lock()
@@ -189,8 +193,8 @@ pub(crate) fn check_adapter_used(
         return Err(ModelError::BadFile {
             path: adapter.weights_path(),
             message: format!(
-                "{unused} belongs to no layer the adapter config targets ({:?})",
-                adapter.config.target_modules
+                "{unused} belongs to no layer the adapter config targets (target_modules {})",
+                targets
             ),
         });
     }
@@ -200,10 +204,7 @@ pub(crate) fn check_adapter_used(
     {
         return Err(ModelError::BadFile {
             path: adapter.config_path(),
-            message: format!(
-                "target_modules {:?} match no linear layer of the model",
-                adapter.config.target_modules
-            ),
+            message: format!("target_modules {targets} match no linear layer of the model"),
         });
     }
     Ok(())

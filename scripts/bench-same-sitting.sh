@@ -12,10 +12,16 @@ rounds=${2:-5}
 python=${3:-python3}
 binary=target/release/crosstrain
 [[ -x $binary ]] || cargo build --release
+# Causal-LM rerankers run at 256 tokens (their chat template alone is ~115), as
+# scripts/bench-reference.py runs them; the others at the reference's 128.
+max_length=128
+if grep -q 'ForCausalLM' "$model/config.json"; then
+    max_length=256
+fi
 results=$(mktemp)
 for round in $(seq "$rounds"); do
     for bench in train predict; do
-        "$binary" bench "$bench" --model "$model" --from-scratch --max-length 128 2>/dev/null |
+        "$binary" bench "$bench" --model "$model" --from-scratch --max-length "$max_length" 2>/dev/null |
             "$python" -c "import json,sys; d=json.load(sys.stdin); print('crosstrain', d['bench'], d['pairs_per_second'])" >>"$results"
     done
     "$python" scripts/bench-reference.py "$model" --from-config 2>/dev/null |

@@ -110,7 +110,7 @@ impl Dropout {
     /// from the stream exactly as [`Module::forward`] does), or `None` where it would be the
     /// identity (eval mode, or p = 0). For fused kernels that apply dropout themselves.
     pub fn mask_values(&self, count: usize) -> Option<Vec<f32>> {
-        if self.p == 0.0 {
+        if self.is_identity() {
             return None;
         }
         self.rng.scaled_mask_values(count, self.p)
@@ -119,7 +119,7 @@ impl Dropout {
 
 impl Module for Dropout {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        if self.p == 0.0 {
+        if self.is_identity() {
             return Ok(xs.clone());
         }
         match self.rng.scaled_mask(xs, self.p)? {

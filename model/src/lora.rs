@@ -408,10 +408,7 @@ pub fn read_adapter(
         })?;
     let mut tensors = HashMap::new();
     for (name, tensor) in stored {
-        let stripped = name.strip_prefix(PEFT_PREFIX).unwrap_or(&name);
-        let stripped = stripped
-            .replace(".modules_to_save.default.", ".")
-            .replace(".modules_to_save.", ".");
+        let stripped = base_name(&name);
         if !is_adapter_tensor(&stripped) && !config.saves_module(&stripped) {
             return Err(ModelError::BadFile {
                 path: weights_path.clone(),
@@ -448,6 +445,46 @@ pub fn resolve_base_model(adapter_dir: &Path, base_model: &str) -> String {
         }
     }
     base_model.to_string()
+}
+
+/// A tensor's name in the base model from its name in a PEFT adapter file
+/// (`base_model.model.` and a saved module's `.modules_to_save.` infix removed).
+pub fn base_name(peft_name: &str) -> String {
+    peft_name
+        .strip_prefix(PEFT_PREFIX)
+        .unwrap_or(peft_name)
+        .replace(".modules_to_save.default.", ".")
+        .replace(".modules_to_save.", ".")
+}
+
+/// Every parameter with each adapter merged into its layer (`W + scaling · B A`, in `W`'s
+/// dtype) and the adapter matrices gone, as PEFT's `merge_and_unload` leaves the model.
+pub fn merge_adapters(
+    parameters: &[(String, Tensor)],
+    scaling: f64,
+) -> Result<Vec<(String, Tensor)>> {
+    let by_name: HashMap<&str, &Tensor> = parameters
+        .iter()
+        .map(|(name, tensor)| (name.as_str(), tensor))
+        .collect();
+    let mut merged = Vec::new();
+    for (name, tensor) in parameters {
+        if is_adapter_tensor(name) {
+            continue;
+        }
+        let pair = name.strip_suffix(".weight").and_then(|module| {
+            Some((
+                *by_name.get(format!("{module}.lora_A.weight").as_str())?,
+                *by_name.get(format!("{module}.lora_B.weight").as_str())?,
+            ))
+        });
+        let value = match pair {
+            Some((a, b)) => merge_weight(tensor, a, b, scaling)?,
+            None => tensor.detach(),
+        };
+        merged.push((name.clone(), value));
+    }
+    Ok(merged)
 }
 
 /// The merged weight of one adapted layer: `W + scaling · B A`, in `W`'s dtype.

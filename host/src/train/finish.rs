@@ -367,12 +367,11 @@ impl Run<'_> {
 
     pub(super) fn load_weights(&self, checkpoint: &Path) -> Result<(), TrainError> {
         // A LoRA run's checkpoints hold the adapter (and saved modules) under PEFT's names.
-        let (file_name, prefix) = match self.model.lora() {
-            Some(_) => (
-                crosstrain_model::lora::ADAPTER_WEIGHTS,
-                crosstrain_model::lora::PEFT_PREFIX,
-            ),
-            None => ("model.safetensors", ""),
+        let lora = self.model.lora().is_some();
+        let file_name = if lora {
+            crosstrain_model::lora::ADAPTER_WEIGHTS
+        } else {
+            "model.safetensors"
         };
         let file = checkpoint.join(file_name);
         let tensors: std::collections::HashMap<String, candle_core::Tensor> =
@@ -382,11 +381,9 @@ impl Run<'_> {
                     message: e.to_string(),
                 })?
                 .into_iter()
-                .map(|(name, tensor)| {
-                    (
-                        name.strip_prefix(prefix).unwrap_or(&name).to_string(),
-                        tensor,
-                    )
+                .map(|(name, tensor)| match lora {
+                    true => (crosstrain_model::lora::base_name(&name), tensor),
+                    false => (name, tensor),
                 })
                 .collect();
         for trainable in self.model.trainable_parameters() {

@@ -32,7 +32,8 @@ fn write_eval_pairs(path: &Path, reference: &Value) {
     write_jsonl(path, &pairs);
 }
 
-/// Raw scores of `model` (plus more arguments) on the pairs file.
+/// Raw scores of `model` (plus more arguments; max length 192 unless they give one) on the
+/// pairs file.
 fn scores(model: &Path, pairs: &Path, more: &[&str]) -> Vec<f64> {
     let mut args = vec![
         "predict",
@@ -40,12 +41,13 @@ fn scores(model: &Path, pairs: &Path, more: &[&str]) -> Vec<f64> {
         model.to_str().unwrap(),
         "--pairs",
         pairs.to_str().unwrap(),
-        "--max-length",
-        "192",
         "--activation",
         "none",
         "--json",
     ];
+    if !more.contains(&"--max-length") {
+        args.extend(["--max-length", "192"]);
+    }
     args.extend_from_slice(more);
     let predicted = run(&args);
     assert!(predicted.status.success(), "{}", stderr(&predicted));
@@ -444,44 +446,135 @@ fn a_lora_run_loads_its_best_checkpoint_at_the_end() {
     );
 }
 
-/// `[peft]` on an encoder is refused before training, naming what is missing.
+/// `[peft]` on an encoder (BERT): PEFT's default targets for the family (`query`, `value`),
+/// only the adapter trains and is saved, the merged model scores as the adapter; LoRA dropout
+/// (which the encoders' folded weights cannot apply), `r = 0`, and ModernBERT without
+/// `target_modules` (PEFT has no default for it) are refused before training, by name.
 #[test]
-fn peft_on_an_encoder_is_refused() {
+fn peft_on_an_encoder_trains_the_adapter_and_refuses_what_it_cannot() {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("bert");
     copy_tree(&fixture("models/tiny-bert-ce"), &model);
     let data = dir.path().join("train.jsonl");
     support::write_pairs(&data);
-    let config = dir.path().join("recipe.toml");
-    std::fs::write(
+    let pairs = dir.path().join("pairs.jsonl");
+    let rows: Vec<Value> = std::fs::read_to_string(&data)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    write_jsonl(&pairs, &rows);
+    let recipe = |model: &Path, peft: &str| {
+        let config = dir.path().join("recipe.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "model = {:?}\nloss = \"BinaryCrossEntropyLoss\"\nmax_steps = 3\n\
+                 learning_rate = 5e-3\nexport_onnx = false\ntrain = {{ files = {:?} }}\n\n\
+                 [peft]\n{peft}\n",
+                model.to_str().unwrap(),
+                data.to_str().unwrap()
+            ),
+        )
+        .unwrap();
+        config
+    };
+    let output = dir.path().join("out");
+    let trained = train_cli(&recipe(&model, "r = 2\nlora_alpha = 4"), &output, &[]);
+    assert!(trained.status.success(), "{}", stderr(&trained));
+    let adapter_config = read_json(&output.join("adapter_config.json"));
+    assert_eq!(
+        adapter_config["target_modules"],
+        serde_json::json!(["query", "value"])
+    );
+    let adapter = tensors(&output.join("adapter_model.safetensors"));
+    // 2 layers × (query, value) × (A, B), under PEFT's names.
+    assert_eq!(adapter.len(), 8, "{:?}", adapter.keys());
+    assert!(adapter
+        .contains_key("base_model.model.bert.encoder.layer.1.attention.self.value.lora_B.weight"));
+    assert!(!output.join("model.safetensors").exists());
+    let adapter_scores = scores(&output, &pairs, &["--max-length", "64"]);
+    let base_scores = scores(&model, &pairs, &["--max-length", "64"]);
+    assert!(max_difference(&adapter_scores, &base_scores) > 1e-4);
+    let merged = dir.path().join("merged");
+    let merging = run(&[
+        "merge-adapter",
+        "--model",
+        output.to_str().unwrap(),
+        "--output",
+        merged.to_str().unwrap(),
+    ]);
+    assert!(merging.status.success(), "{}", stderr(&merging));
+    let merged_scores = scores(&merged, &pairs, &["--max-length", "64"]);
+    assert!(max_difference(&merged_scores, &adapter_scores) < 1e-5);
+    // ONNX: the adapter merged into the graph.
+    support::ensure_onnxruntime();
+    let exported = run(&[
+        "export-onnx",
+        "--model",
+        output.to_str().unwrap(),
+        "--check",
+    ]);
+    assert!(exported.status.success(), "{}", stderr(&exported));
+    let onnx_scores = scores(
+        &output,
+        &pairs,
+        &["--max-length", "64", "--backend", "onnx"],
+    );
+    assert!(max_difference(&onnx_scores, &adapter_scores) < 1e-5);
+    // Stopped after a checkpoint at step 2, then resumed: the same run.
+    let config = recipe(&model, "r = 2\nlora_alpha = 4");
+    let parted = dir.path().join("parted");
+    let stopped = train_cli(
         &config,
-        format!(
-            "model = {:?}\nloss = \"BinaryCrossEntropyLoss\"\nmax_steps = 1\ntrain = {{ files = {:?} }}\n\n[peft]\nr = 2\n",
-            model.to_str().unwrap(),
-            data.to_str().unwrap()
+        &parted,
+        &["--set", "stop_at_step=2", "--set", "save_steps=2"],
+    );
+    assert!(stopped.status.success(), "{}", stderr(&stopped));
+    assert!(parted
+        .join("checkpoint-2")
+        .join("adapter_model.safetensors")
+        .is_file());
+    let resumed = train_cli(&config, &parted, &["--resume", "--set", "save_steps=2"]);
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    assert_eq!(support::losses_of(&output), support::losses_of(&parted));
+    assert_eq!(tensors(&parted.join("adapter_model.safetensors")), adapter);
+    // The frozen base in bf16: the same run up to bf16's rounding.
+    let halved = dir.path().join("bf16");
+    let trained = train_cli(&config, &halved, &["--base-dtype", "bf16"]);
+    assert!(trained.status.success(), "{}", stderr(&trained));
+    for (full, half) in support::losses_of(&output)
+        .iter()
+        .zip(&support::losses_of(&halved))
+    {
+        assert!((full - half).abs() / full < 2e-2, "{full} vs {half}");
+    }
+
+    for (model, peft, expected) in [
+        (
+            &model,
+            "r = 2\nlora_dropout = 0.1",
+            ["[peft]", "lora_dropout"],
         ),
-    )
-    .unwrap();
-    let refused = train_cli(&config, &dir.path().join("out"), &[]);
+        (&model, "r = 0", ["peft", "r must be"]),
+    ] {
+        let refused = train_cli(&recipe(model, peft), &dir.path().join("refused"), &[]);
+        assert!(!refused.status.success(), "{peft}");
+        let message = stderr(&refused);
+        assert!(expected.iter().all(|e| message.contains(e)), "{message}");
+    }
+    let modernbert = dir.path().join("modernbert");
+    copy_tree(&fixture("models/tiny-modernbert-ce"), &modernbert);
+    let refused = train_cli(
+        &recipe(&modernbert, "r = 2"),
+        &dir.path().join("refused"),
+        &[],
+    );
     assert!(!refused.status.success());
     let message = stderr(&refused);
     assert!(
-        message.contains("LoRA") && message.contains("BERT"),
+        message.contains("target_modules") && message.contains("ModernBERT"),
         "{message}"
     );
-    let bad = dir.path().join("bad.toml");
-    std::fs::write(
-        &bad,
-        std::fs::read_to_string(&config)
-            .unwrap()
-            .replace("r = 2", "r = 0"),
-    )
-    .unwrap();
-    let refused = train_cli(&bad, &dir.path().join("out2"), &[]);
-    assert!(!refused.status.success());
-    let message = stderr(&refused);
-    assert!(
-        message.contains("peft") && message.contains("r must be"),
-        "{message}"
-    );
+    assert!(!dir.path().join("refused").exists());
 }

@@ -1024,6 +1024,28 @@ fn lora_training_trajectories_match_the_cross_encoder_trainer() {
     }
 }
 
+/// `trajectories_encoder_lora.json` (`scripts/make-encoder-lora-trajectories.py`): LoRA on
+/// every encoder family through `CrossEncoderTrainer` + PEFT (r 4, alpha 8, A and B drawn;
+/// PEFT's default targets, "all-linear" with the classifier, named layers, and
+/// `modules_to_save`), each continued by crosstrain from the adapter saved at the start.
+#[test]
+fn encoder_lora_trajectories_match_the_cross_encoder_trainer() {
+    for run_id in [
+        "tiny-bert-ce/lora",
+        "tiny-xlmr-ce/lora",
+        "tiny-electra-ce/lora",
+        "tiny-modernbert-ce/lora",
+        "tiny-deberta-v2-ce/lora",
+    ] {
+        let (loss_error, logit_error) = trajectory_errors("trajectories_encoder_lora.json", run_id);
+        assert!(loss_error < 1e-4, "{run_id}: loss rel err {loss_error}");
+        assert!(
+            logit_error < 1e-4,
+            "{run_id}: final logits err {logit_error}"
+        );
+    }
+}
+
 /// Issue 23: a dataset kept on disk (a memory-mapped Arrow cache) trains bit for bit as the
 /// same file read into memory, length grouping and an exact resume included; the second read
 /// is a cache hit, and `--json` reports the rows and the cache file.

@@ -90,6 +90,9 @@ pub struct CrossEncoder {
     lora: Option<crate::lora::LoraConfig>,
     /// A LoRA model's frozen base parameters, by name.
     frozen: Vec<(String, Tensor)>,
+    /// Where a LoRA model's adapter config came from (its `adapter_config.json`, or the
+    /// recipe's `[peft]` table), for errors.
+    lora_source: Option<PathBuf>,
     /// A LoRA model's base, as `adapter_config.json` names it.
     base_model: Option<String>,
 }
@@ -190,21 +193,41 @@ impl CrossEncoder {
     fn load_parts(
         dir: &Path,
         files_dir: &Path,
-        adapter: Option<crate::lora::AdapterFiles>,
+        mut adapter: Option<crate::lora::AdapterFiles>,
         options: &LoadOptions,
     ) -> Result<Self, ModelError> {
         // The family is decided (and an unsupported one refused) before anything else is read.
         let (config, raw_config) = read_model_config(dir)?;
-        if let Some(adapter) = &adapter {
-            if !matches!(config, FamilyConfig::Decoder(_)) {
+        let encoder = !matches!(config, FamilyConfig::Decoder(_));
+        if let Some(adapter) = &mut adapter {
+            if encoder && adapter.dir.is_none() && adapter.config.lora_dropout > 0.0 {
+                // A fresh adapter is for training, which cannot apply it (see
+                // `adapted_encoder_network`): refused before anything runs.
                 return Err(ModelError::BadFile {
-                    path: dir.join("config.json"),
-                    message: format!(
-                        "LoRA adapters are implemented for the decoder rerankers (Qwen3, Qwen2, \
-                         Llama), not yet for {}",
-                        config.family().display_name()
+                    path: adapter.config_path(),
+                    message: encoder_lora_dropout_message(
+                        adapter.config.lora_dropout,
+                        config.family(),
                     ),
                 });
+            }
+            if encoder && adapter.config.target_modules.is_none() {
+                // PEFT's default for the family, written out so a saved adapter names it.
+                let family = config.family();
+                let defaults =
+                    family
+                        .peft_default_targets()
+                        .ok_or_else(|| ModelError::BadFile {
+                            path: adapter.config_path(),
+                            message: format!(
+                                "target_modules is required for {} (PEFT has no default for it): \
+                             name the layers, e.g. [\"Wqkv\", \"Wo\"], or \"all-linear\"",
+                                family.display_name()
+                            ),
+                        })?;
+                adapter.config.target_modules = Some(crate::lora::TargetModules::Names(
+                    defaults.iter().map(|name| name.to_string()).collect(),
+                ));
             }
             adapter
                 .config
@@ -316,13 +339,19 @@ impl CrossEncoder {
         let backend_box: Box<dyn candle_nn::var_builder::SimpleBackend> = Box::new(backend);
         let vb = VarBuilder::from_backend(backend_box, options.dtype, options.device.clone());
         let dropout = DropoutRng::default();
-        let mut network =
-            SequenceClassifier::load(vb, &config, num_labels, &dropout).map_err(|e| {
-                ModelError::BadFile {
-                    path: weights_path.clone(),
-                    message: e.to_string(),
-                }
+        let mut network = SequenceClassifier::load(vb.clone(), &config, num_labels, &dropout)
+            .map_err(|e| ModelError::BadFile {
+                path: weights_path.clone(),
+                message: e.to_string(),
             })?;
+        if let (Some(adapter), true) = (&adapter, encoder) {
+            add_encoder_adapters(&vb, &adapter.config, config.family(), &frozen_handle).map_err(
+                |e| ModelError::BadFile {
+                    path: adapter.config_path(),
+                    message: e.to_string(),
+                },
+            )?;
+        }
         let frozen: Vec<(String, Tensor)> = frozen_handle
             .lock()
             .map(|mut frozen| std::mem::take(&mut *frozen))
@@ -355,7 +384,10 @@ impl CrossEncoder {
                 initialised.join(", ")
             );
         }
-        let (trainables, packed_layers) = pack_parameters(&mut network, &varmap)?;
+        // An adapted encoder's layers stay unpacked: their base is frozen, and they run on
+        // weights with the adapter folded in, rebuilt for every forward pass.
+        let (trainables, packed_layers) =
+            pack_parameters(&mut network, &varmap, adapter.is_none())?;
         let default_activation = default_activation(files_dir, num_labels);
         let (prompts, default_prompt_name) = read_prompts(files_dir)?;
         if let Some(name) = &default_prompt_name {
@@ -385,6 +417,7 @@ impl CrossEncoder {
             prompts,
             default_prompt_name,
             lora: adapter.as_ref().map(|adapter| adapter.config.clone()),
+            lora_source: adapter.as_ref().map(|adapter| adapter.config_path()),
             base_model: adapter.map(|adapter| adapter.base_model),
             frozen,
         })
@@ -560,7 +593,49 @@ impl CrossEncoder {
 
     /// `[batch, num_labels]` logits (with a graph; in training mode with dropout).
     pub fn forward(&self, tokens: &TokenTensors) -> Result<Tensor, ModelError> {
+        if self.adapts_encoder() {
+            return Ok(self.adapted_encoder_network()?.forward(tokens)?);
+        }
         Ok(self.network.forward(tokens)?)
+    }
+
+    /// Whether this is an encoder family with a LoRA adapter (see
+    /// [`crate::lora::fold_adapters`]).
+    fn adapts_encoder(&self) -> bool {
+        self.lora.is_some() && !matches!(self.config, FamilyConfig::Decoder(_))
+    }
+
+    /// An adapted encoder's network over its weights with the adapters folded in, built
+    /// from the current `Var`s (cheap: handles, and one `B·A` product per adapted layer),
+    /// so the gradients reach A and B and the optimiser's updates are seen.
+    fn adapted_encoder_network(&self) -> Result<SequenceClassifier, ModelError> {
+        let lora = self.lora.as_ref().ok_or_else(|| {
+            candle_core::Error::Msg("adapted_encoder_network on a model without an adapter".into())
+        })?;
+        if lora.lora_dropout > 0.0 && self.dropout.is_training() {
+            return Err(ModelError::BadFile {
+                path: self
+                    .lora_source
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from("[peft]")),
+                message: encoder_lora_dropout_message(lora.lora_dropout, self.family()),
+            });
+        }
+        let tensors: std::collections::HashMap<String, Tensor> =
+            crate::lora::fold_adapters(&self.named_parameters()?, lora.scaling())?
+                .into_iter()
+                .collect();
+        let vb = VarBuilder::from_backend(
+            Box::new(weights::AsStored(tensors)),
+            DType::F32,
+            self.device.clone(),
+        );
+        Ok(SequenceClassifier::load(
+            vb,
+            &self.config,
+            self.num_labels(),
+            &self.dropout,
+        )?)
     }
 
     /// Tokenizes and scores pairs in one call.
@@ -620,8 +695,16 @@ impl CrossEncoder {
     /// `predict` and evaluation. Built per call (it only clones handles), so it always sees
     /// the current weights.
     fn inference_network(&self) -> Result<SequenceClassifier, ModelError> {
-        let tensors: std::collections::HashMap<String, Tensor> = self
-            .named_parameters()?
+        // An adapted encoder runs on its merged weights (in f32, as it trains).
+        let parameters = if self.adapts_encoder() {
+            self.merged_parameters()?
+                .into_iter()
+                .map(|(name, value)| Ok((name, value.to_dtype(DType::F32)?)))
+                .collect::<candle_core::Result<Vec<_>>>()?
+        } else {
+            self.named_parameters()?
+        };
+        let tensors: std::collections::HashMap<String, Tensor> = parameters
             .into_iter()
             .map(|(name, value)| (name, value.detach()))
             .collect();
@@ -643,7 +726,9 @@ impl CrossEncoder {
             .iter()
             .map(|trainable| trainable.var.as_tensor().detach())
             .collect();
-        parameters::use_packed(network.packed_layers_mut(), packed)?;
+        if !self.adapts_encoder() {
+            parameters::use_packed(network.packed_layers_mut(), packed)?;
+        }
         Ok(network)
     }
 }
@@ -654,6 +739,7 @@ impl CrossEncoder {
 fn pack_parameters(
     network: &mut SequenceClassifier,
     varmap: &VarMap,
+    pack: bool,
 ) -> Result<(Vec<Trainable>, Vec<Trainable>), ModelError> {
     let vars: Vec<(String, candle_core::Var)> = varmap
         .data()
@@ -664,7 +750,11 @@ fn pack_parameters(
         .iter()
         .map(|(name, var)| (var.as_tensor().id(), name.clone()))
         .collect();
-    let packed_layers = parameters::pack_layers(network.packed_layers_mut(), &mut names_by_id)?;
+    let packed_layers = if pack {
+        parameters::pack_layers(network.packed_layers_mut(), &mut names_by_id)?
+    } else {
+        Vec::new()
+    };
     let mut trainables: Vec<Trainable> = vars
         .into_iter()
         .filter(|(_, var)| names_by_id.contains_key(&var.as_tensor().id()))
@@ -673,4 +763,52 @@ fn pack_parameters(
         .collect();
     trainables.sort_by(|a, b| a.parts[0].name.cmp(&b.parts[0].name));
     Ok((trainables, packed_layers))
+}
+
+/// Adds the LoRA matrices of an encoder's targeted linear layers (the frozen 2-D weights
+/// the network loaded, embeddings aside) through `vb`, so they become trainable `Var`s:
+/// read from the adapter's file, or drawn as PEFT draws them. An encoder's modules do not
+/// ask for them themselves: its layers run on weights with the adapter folded in
+/// ([`crate::lora::fold_adapters`]).
+fn add_encoder_adapters(
+    vb: &VarBuilder,
+    lora: &crate::lora::LoraConfig,
+    family: ModelFamily,
+    frozen: &std::sync::Arc<std::sync::Mutex<Vec<(String, Tensor)>>>,
+) -> candle_core::Result<()> {
+    let layers: Vec<(String, (usize, usize))> = frozen
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("frozen list lock poisoned".into()))?
+        .iter()
+        .filter_map(|(name, tensor)| {
+            let path = name.strip_suffix(".weight")?;
+            let leaf = path.rsplit('.').next().unwrap_or(path);
+            let linear = tensor.rank() == 2 && !leaf.ends_with("embeddings");
+            let defaults = family.peft_default_targets().unwrap_or(&[]);
+            (linear && lora.targets_encoder_layer(path, defaults))
+                .then(|| Some((path.to_string(), tensor.dims2().ok()?)))
+                .flatten()
+        })
+        .collect();
+    if layers.is_empty() {
+        candle_core::bail!(
+            "target_modules {} matches no linear layer of this {} model",
+            serde_json::to_string(&lora.target_modules).unwrap_or_default(),
+            family.display_name()
+        );
+    }
+    for (path, (outputs, inputs)) in layers {
+        lora.adapter_matrices(&vb.pp(path), inputs, outputs)?;
+    }
+    Ok(())
+}
+
+/// Why an encoder's adapter with LoRA dropout cannot train: its layers run on weights with
+/// the adapter folded in, and dropout on the adapter's input alone has no such form.
+fn encoder_lora_dropout_message(lora_dropout: f64, family: ModelFamily) -> String {
+    format!(
+        "lora_dropout = {lora_dropout} on {}: LoRA dropout is implemented for the decoder \
+         rerankers only; train the encoder families' adapters with lora_dropout = 0",
+        family.display_name()
+    )
 }

@@ -42,14 +42,15 @@ pub enum ModelFamily {
     /// ModernBERT (gte-reranker-modernbert, the ModernBERT rerankers): its own fused CPU
     /// layer, candle's ops elsewhere.
     ModernBert,
-    /// DeBERTa-v2 and v3 (mxbai-rerank-v1, the nli-deberta-v3 cross-encoders): candle's ops.
+    /// DeBERTa-v2 and v3 (mxbai-rerank-v1, the nli-deberta-v3 cross-encoders): BERT's fused
+    /// layer with its relative terms on the CPU, candle's ops elsewhere.
     DebertaV2,
     /// Qwen3 decoder rerankers (Qwen3-Reranker, zerank-2, jina-reranker-v3, the seq-cls
-    /// conversions): candle's ops.
+    /// conversions): the fused decoder layer on the CPU, candle's ops elsewhere.
     Qwen3,
-    /// Qwen2 decoder rerankers (mxbai-rerank-v2): candle's ops.
+    /// Qwen2 decoder rerankers (mxbai-rerank-v2): as Qwen3.
     Qwen2,
-    /// Llama-architecture decoder rerankers: candle's ops.
+    /// Llama-architecture decoder rerankers: as Qwen3.
     Llama,
 }
 
@@ -92,6 +93,20 @@ impl ModelFamily {
             ModelFamily::Qwen3 => "qwen3",
             ModelFamily::Qwen2 => "qwen2",
             ModelFamily::Llama => "llama",
+        }
+    }
+
+    /// The modules PEFT adapts when a `LoraConfig` names none (its
+    /// `TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING`): `None` where PEFT has no
+    /// default (ModernBERT: it asks for `target_modules`) or the family is a decoder (whose
+    /// layers decide for themselves, see [`crate::lora::LoraConfig::targets`]).
+    pub fn peft_default_targets(self) -> Option<&'static [&'static str]> {
+        match self {
+            ModelFamily::Bert | ModelFamily::XlmRoberta | ModelFamily::Electra => {
+                Some(&["query", "value"])
+            }
+            ModelFamily::DebertaV2 => Some(&["query_proj", "value_proj"]),
+            _ => None,
         }
     }
 

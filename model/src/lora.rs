@@ -463,34 +463,118 @@ pub fn merge_adapters(
     parameters: &[(String, Tensor)],
     scaling: f64,
 ) -> Result<Vec<(String, Tensor)>> {
+    with_adapters(parameters)
+        .map(|(name, tensor, pair)| {
+            let value = match pair {
+                Some((a, b)) => merge_weight(tensor, a, b, scaling)?,
+                None => tensor.detach(),
+            };
+            Ok((name.to_string(), value))
+        })
+        .collect()
+}
+
+/// Each parameter that is not an adapter matrix, with its layer's adapter `(A, B)` when
+/// it is an adapted weight.
+fn with_adapters(
+    parameters: &[(String, Tensor)],
+) -> impl Iterator<Item = (&str, &Tensor, Option<(&Tensor, &Tensor)>)> + '_ {
     let by_name: HashMap<&str, &Tensor> = parameters
         .iter()
         .map(|(name, tensor)| (name.as_str(), tensor))
         .collect();
-    let mut merged = Vec::new();
-    for (name, tensor) in parameters {
-        if is_adapter_tensor(name) {
-            continue;
-        }
-        let pair = name.strip_suffix(".weight").and_then(|module| {
-            Some((
-                *by_name.get(format!("{module}.lora_A.weight").as_str())?,
-                *by_name.get(format!("{module}.lora_B.weight").as_str())?,
-            ))
-        });
-        let value = match pair {
-            Some((a, b)) => merge_weight(tensor, a, b, scaling)?,
-            None => tensor.detach(),
-        };
-        merged.push((name.clone(), value));
-    }
-    Ok(merged)
+    parameters
+        .iter()
+        .filter(|(name, _)| !is_adapter_tensor(name))
+        .map(move |(name, tensor)| {
+            let pair = name.strip_suffix(".weight").and_then(|module| {
+                Some((
+                    *by_name.get(format!("{module}.lora_A.weight").as_str())?,
+                    *by_name.get(format!("{module}.lora_B.weight").as_str())?,
+                ))
+            });
+            (name.as_str(), tensor, pair)
+        })
 }
 
 /// The merged weight of one adapted layer: `W + scaling · B A`, in `W`'s dtype.
 pub fn merge_weight(weight: &Tensor, a: &Tensor, b: &Tensor, scaling: f64) -> Result<Tensor> {
     let update = (b.to_dtype(DType::F32)?.matmul(&a.to_dtype(DType::F32)?)? * scaling)?;
     (weight.to_dtype(DType::F32)? + update)?.to_dtype(weight.dtype())
+}
+
+impl LoraConfig {
+    /// The adapter matrices of the linear layer under `vb` (`lora_A.weight [r, in]` and
+    /// `lora_B.weight [out, r]` beside its weight), from the checkpoint or drawn as PEFT
+    /// draws them: A (and B with `init_lora_weights = false`) Kaiming-uniform, that is
+    /// uniform in ±1/√fan_in, B zero otherwise.
+    pub fn adapter_matrices(
+        &self,
+        vb: &VarBuilder,
+        inputs: usize,
+        outputs: usize,
+    ) -> Result<(Tensor, Tensor)> {
+        let uniform = |fan_in: usize| {
+            let bound = 1.0 / (fan_in as f64).sqrt();
+            Init::Uniform {
+                lo: -bound,
+                up: bound,
+            }
+        };
+        let a = vb
+            .pp("lora_A")
+            .get_with_hints((self.r, inputs), "weight", uniform(inputs))?;
+        let b_init = if self.init_lora_weights {
+            Init::Const(0.0)
+        } else {
+            uniform(self.r)
+        };
+        let b = vb
+            .pp("lora_B")
+            .get_with_hints((outputs, self.r), "weight", b_init)?;
+        Ok((a, b))
+    }
+
+    /// Whether an encoder's linear layer at `path` (`bert.encoder.layer.0.attention.self.query`)
+    /// gets an adapter, as PEFT decides on a sentence-transformers `CrossEncoder`: the named
+    /// modules (by default the family's, `default_targets`), or every linear layer for
+    /// `"all-linear"` (the classifier included: a `CrossEncoder`'s model reports no output
+    /// embeddings for PEFT to leave out), or a regex over the full path.
+    pub fn targets_encoder_layer(&self, path: &str, default_targets: &[&str]) -> bool {
+        let named = |name: &str| path == name || path.ends_with(&format!(".{name}"));
+        match &self.target_modules {
+            None => default_targets.iter().any(|name| named(name)),
+            Some(TargetModules::Names(names)) => names.iter().any(|name| named(name)),
+            Some(TargetModules::Pattern(pattern)) if pattern == "all-linear" => true,
+            Some(TargetModules::Pattern(pattern)) => regex::Regex::new(&format!("^(?:{pattern})$"))
+                .map(|re| re.is_match(path))
+                .unwrap_or(false),
+        }
+    }
+}
+
+/// Every parameter with each adapter folded into its layer's weight (`W + scaling · B A`), in
+/// f32 and still on the graph: the encoder families train an adapter through these merged
+/// weights, rebuilt on every forward pass, so the fused layers run unchanged and the
+/// gradient of each merged weight flows on to A and B (`dA = s·Bᵀ·dW`, `dB = s·dW·Aᵀ`). The
+/// adapter matrices themselves are left out; everything else passes as it is (a saved
+/// module's `Var` keeps its gradient).
+pub fn fold_adapters(
+    parameters: &[(String, Tensor)],
+    scaling: f64,
+) -> Result<Vec<(String, Tensor)>> {
+    with_adapters(parameters)
+        .map(|(name, tensor, pair)| {
+            let value = match pair {
+                Some((a, b)) => {
+                    (tensor.to_dtype(DType::F32)?
+                        + (b.matmul(a)? * scaling)?.to_dtype(DType::F32)?)?
+                }
+                None => tensor.to_dtype(DType::F32)?,
+            };
+            Ok((name.to_string(), value))
+        })
+        .collect()
 }
 
 /// A linear layer with an optional LoRA adapter (PEFT's `lora.Linear`).
@@ -530,26 +614,7 @@ impl LoraLinear {
         };
         let adapter = match lora {
             Some(config) if config.targets(&vb.prefix()) => {
-                let uniform = |fan_in: usize| {
-                    let bound = 1.0 / (fan_in as f64).sqrt();
-                    Init::Uniform {
-                        lo: -bound,
-                        up: bound,
-                    }
-                };
-                let a = vb.pp("lora_A").get_with_hints(
-                    (config.r, inputs),
-                    "weight",
-                    uniform(inputs),
-                )?;
-                let b_init = if config.init_lora_weights {
-                    Init::Const(0.0)
-                } else {
-                    uniform(config.r)
-                };
-                let b = vb
-                    .pp("lora_B")
-                    .get_with_hints((outputs, config.r), "weight", b_init)?;
+                let (a, b) = config.adapter_matrices(&vb, inputs, outputs)?;
                 Some(LoraAdapter {
                     a: Linear::new(a, None),
                     b: Linear::new(b, None),
@@ -565,6 +630,29 @@ impl LoraLinear {
     /// Whether the layer has an adapter.
     pub fn is_adapted(&self) -> bool {
         self.adapter.is_some()
+    }
+
+    /// The adapter's `A [r, in]`, `B [out, r]`, scaling, and whether its dropout is the
+    /// identity (p = 0), for the fused decoder layer.
+    pub fn adapter_parts(&self) -> Option<(&Tensor, &Tensor, f64, bool)> {
+        self.adapter.as_ref().map(|adapter| {
+            (
+                adapter.a.weight(),
+                adapter.b.weight(),
+                adapter.scaling,
+                adapter.dropout.is_identity(),
+            )
+        })
+    }
+
+    /// The base layer's weight `[out, in]`.
+    pub fn weight(&self) -> &Tensor {
+        self.base.weight()
+    }
+
+    /// The base layer's bias.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.base.bias()
     }
 }
 

@@ -159,6 +159,46 @@ pub fn gelu_derivative(x: f32) -> f32 {
     cdf + x * pdf
 }
 
+/// σ(x) = 1 / (1 + e^(−x)) (0 where e^(−x) overflows, never NaN).
+#[inline(always)]
+pub fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + exp(-x))
+}
+
+dispatch! {
+    /// SwiGLU's gated product: `out[i] = silu(gate[i]) · up[i]`, silu(x) = x·σ(x).
+    pub fn swiglu_slice(gate: &[f32], up: &[f32], out: &mut [f32]) {
+        for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+            *o = g * sigmoid(g) * u;
+        }
+    }
+}
+
+dispatch! {
+    /// The SwiGLU backward pass: from the gated product's gradient `d_out`, the gradients
+    /// of the gate (`d_out · up · σ(g)(1 + g(1 − σ(g)))`) and of the up projection
+    /// (`d_out · silu(g)`).
+    pub fn swiglu_backward_slice(
+        gate: &[f32],
+        up: &[f32],
+        d_out: &[f32],
+        d_gate: &mut [f32],
+        d_up: &mut [f32],
+    ) {
+        for ((((dg, du), &g), &u), &d) in d_gate
+            .iter_mut()
+            .zip(d_up.iter_mut())
+            .zip(gate)
+            .zip(up)
+            .zip(d_out)
+        {
+            let s = sigmoid(g);
+            *du = d * g * s;
+            *dg = d * u * s * (1.0 + g * (1.0 - s));
+        }
+    }
+}
+
 dispatch! {
     /// `out[i] = gelu(xs[i])`.
     pub fn gelu_slice(xs: &[f32], out: &mut [f32]) {

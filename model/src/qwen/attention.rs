@@ -12,7 +12,7 @@ use crate::lora::LoraLinear;
 
 /// What is added to a masked score: large and finite, so that a row with no key to attend (a
 /// left pad) softmaxes to a uniform row instead of NaN, as transformers' `finfo.min` does.
-const MASKED: f32 = -1e30;
+pub(crate) const MASKED: f32 = -1e30;
 
 /// The additive attention bias `[batch, 1, L, L]`: 0 where query `i` may attend key `j`
 /// (`j ≤ i` and `j` a real token), [`MASKED`] elsewhere.
@@ -41,17 +41,17 @@ pub fn causal_padding_bias(
 /// `Qwen3Attention` / `Qwen2Attention` / `LlamaAttention`.
 #[derive(Debug, Clone)]
 pub struct DecoderAttention {
-    q_proj: LoraLinear,
-    k_proj: LoraLinear,
-    v_proj: LoraLinear,
-    o_proj: LoraLinear,
+    pub(super) q_proj: LoraLinear,
+    pub(super) k_proj: LoraLinear,
+    pub(super) v_proj: LoraLinear,
+    pub(super) o_proj: LoraLinear,
     /// Qwen3's per-head RMSNorm of queries and keys.
-    q_norm: Option<RmsNorm>,
-    k_norm: Option<RmsNorm>,
-    heads: usize,
-    kv_heads: usize,
-    head_dim: usize,
-    dropout: Dropout,
+    pub(super) q_norm: Option<RmsNorm>,
+    pub(super) k_norm: Option<RmsNorm>,
+    pub(super) heads: usize,
+    pub(super) kv_heads: usize,
+    pub(super) head_dim: usize,
+    pub(super) dropout: Dropout,
 }
 
 impl DecoderAttention {

@@ -10,9 +10,9 @@ use crate::lora::LoraLinear;
 /// `Qwen3MLP` / `LlamaMLP` (no biases).
 #[derive(Debug, Clone)]
 pub struct DecoderMlp {
-    gate_proj: LoraLinear,
-    up_proj: LoraLinear,
-    down_proj: LoraLinear,
+    pub(super) gate_proj: LoraLinear,
+    pub(super) up_proj: LoraLinear,
+    pub(super) down_proj: LoraLinear,
 }
 
 impl DecoderMlp {

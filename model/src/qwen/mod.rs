@@ -3,7 +3,8 @@
 //! grouped-query causal attention with rotary embeddings and a SwiGLU MLP; the families differ
 //! only in the attention's biases and Qwen3's per-head query/key norms. Scored by the LM
 //! head's yes/no rows at the last position (sentence-transformers' LogitScore) or by a
-//! classification head at the last non-pad token. Composite candle ops on every device.
+//! classification head at the last non-pad token. On the CPU in f32 each layer is one fused
+//! op ([`crate::kernels::decoder_layer`]); composite candle ops on other devices.
 
 pub mod attention;
 pub mod config;

@@ -2,15 +2,18 @@
 //! hidden state: the LM head's true/false rows at the last position (LogitScore), or the
 //! classification `score` layer at the last non-pad token.
 
+use std::sync::Arc;
+
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Embedding, VarBuilder};
 
-use super::attention::causal_padding_bias;
+use super::attention::{causal_padding_bias, MASKED};
 use super::config::{DecoderConfig, DecoderHead};
-use super::layer::DecoderLayer;
+use super::layer::{DecoderLayer, LayerInputs};
 use super::rms_norm::RmsNorm;
-use super::rotary::Rotary;
+use super::rotary::{rotary_tables, Rotary};
 use crate::dropout::DropoutRng;
+use crate::kernels::decoder_layer::QueryRows;
 use crate::lora::LoraLinear;
 use crate::tokens::TokenTensors;
 
@@ -49,8 +52,15 @@ impl DecoderModel {
         self.embed_tokens.embeddings()
     }
 
-    /// `[batch, L, hidden]` final hidden states.
-    pub fn forward(&self, tokens: &TokenTensors) -> Result<Tensor> {
+    /// Whether the layers run as the fused CPU op on `hidden`.
+    fn runs_fused(&self, hidden: &Tensor) -> bool {
+        self.layers.iter().all(|layer| layer.runs_fused(hidden))
+    }
+
+    /// `[batch, L, hidden]` final hidden states. With [`QueryRows::Last`] only each
+    /// sequence's last real token is needed: the fused last layer computes only those rows
+    /// (the others come out as zeros).
+    pub fn forward(&self, tokens: &TokenTensors, queries: QueryRows) -> Result<Tensor> {
         let (batch, length) = tokens.input_ids.dims2()?;
         let mut hidden = self
             .embed_tokens
@@ -59,10 +69,35 @@ impl DecoderModel {
         let dtype = hidden.dtype();
         let device = hidden.device().clone();
         let mask: Vec<u32> = tokens.attention_mask.flatten_all()?.to_vec1()?;
-        let bias = causal_padding_bias(&mask, batch, length, dtype, &device)?;
-        let rotary = Rotary::new(length, self.head_dim, self.rope_theta, dtype, &device)?;
-        for layer in &self.layers {
-            hidden = layer.forward(&hidden, &rotary, &bias)?;
+        let inputs = if self.runs_fused(&hidden) {
+            let padding: Vec<f32> = mask
+                .iter()
+                .map(|&m| if m == 1 { 0.0 } else { MASKED })
+                .collect();
+            LayerInputs {
+                composite: None,
+                fused: Some((
+                    Tensor::from_vec(padding, (batch, length), &device)?,
+                    Arc::new(rotary_tables(length, self.head_dim, self.rope_theta)),
+                )),
+            }
+        } else {
+            LayerInputs {
+                composite: Some((
+                    Rotary::new(length, self.head_dim, self.rope_theta, dtype, &device)?,
+                    causal_padding_bias(&mask, batch, length, dtype, &device)?,
+                )),
+                fused: None,
+            }
+        };
+        let last = self.layers.len().saturating_sub(1);
+        for (index, layer) in self.layers.iter().enumerate() {
+            let rows = if index == last {
+                queries
+            } else {
+                QueryRows::All
+            };
+            hidden = layer.forward(&hidden, &inputs, rows)?;
         }
         self.norm.forward(&hidden)
     }
@@ -144,7 +179,12 @@ impl DecoderReranker {
 
     /// `[batch, num_labels]` scores.
     pub fn forward(&self, tokens: &TokenTensors) -> Result<Tensor> {
-        let hidden = self.model.forward(tokens)?;
+        let queries = if self.reads_only_last_tokens(tokens)? {
+            QueryRows::Last
+        } else {
+            QueryRows::All
+        };
+        let hidden = self.model.forward(tokens, queries)?;
         let (batch, length, width) = hidden.dims3()?;
         match &self.head {
             ScoreHead::LogitScore {
@@ -182,6 +222,25 @@ impl DecoderReranker {
                     .reshape((batch * length, width))?
                     .index_select(&index, 0)?;
                 score.forward(&pooled)
+            }
+        }
+    }
+
+    /// Whether the head reads only each row's last real token (so the last layer need
+    /// compute nothing else): LogitScore reads the last position, which is real when every
+    /// row is left-padded; the classification head reads the last token that is not the pad
+    /// id, which is the last real one unless a real token equals the pad id.
+    fn reads_only_last_tokens(&self, tokens: &TokenTensors) -> Result<bool> {
+        let mask: Vec<Vec<u32>> = tokens.attention_mask.to_vec2()?;
+        let last_real = |mask: &[u32]| mask.iter().rposition(|&m| m == 1);
+        match &self.head {
+            ScoreHead::LogitScore { .. } => Ok(mask.iter().all(|row| row.last() == Some(&1))),
+            ScoreHead::Classification { pad_token_id, .. } => {
+                let ids: Vec<Vec<u32>> = tokens.input_ids.to_vec2()?;
+                Ok(ids.iter().zip(&mask).all(|(ids, mask)| {
+                    let pooled = ids.iter().rposition(|id| id != pad_token_id);
+                    pooled.is_some() && pooled == last_real(mask)
+                }))
             }
         }
     }

@@ -21,6 +21,13 @@ impl RmsNorm {
     }
 }
 
+impl RmsNorm {
+    /// The scale.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+}
+
 impl Module for RmsNorm {
     fn forward(&self, hidden: &Tensor) -> Result<Tensor> {
         let dtype = hidden.dtype();

@@ -4,6 +4,35 @@
 
 use candle_core::{DType, Device, Result, Tensor, D};
 
+use crate::kernels::decoder_layer::RotaryTables;
+
+/// The cos and sin values `[length, head_dim]` row-major, computed in f64 and rounded once
+/// (transformers computes them in f32; f64 is the closer match to the exact reference); the
+/// fused CPU layer takes them as they are.
+pub fn rotary_tables(length: usize, head_dim: usize, theta: f64) -> RotaryTables {
+    let half = head_dim / 2;
+    let inverse: Vec<f64> = (0..half)
+        .map(|i| 1.0 / theta.powf((2 * i) as f64 / head_dim as f64))
+        .collect();
+    let mut cos = Vec::with_capacity(length * head_dim);
+    let mut sin = Vec::with_capacity(length * head_dim);
+    for position in 0..length {
+        // The two halves share the frequencies (`cat(freqs, freqs)`).
+        for _half in 0..2 {
+            for frequency in &inverse {
+                let angle = position as f64 * frequency;
+                cos.push(angle.cos() as f32);
+                sin.push(angle.sin() as f32);
+            }
+        }
+    }
+    RotaryTables {
+        cos,
+        sin,
+        head_size: head_dim,
+    }
+}
+
 /// The cos and sin tables `[L, head_dim]` of a sequence length.
 #[derive(Debug, Clone)]
 pub struct Rotary {
@@ -12,8 +41,7 @@ pub struct Rotary {
 }
 
 impl Rotary {
-    /// The tables for `length` positions, computed in f64 and rounded once (transformers
-    /// computes them in f32; f64 is the closer match to the exact reference).
+    /// The tables for `length` positions ([`rotary_tables`]).
     pub fn new(
         length: usize,
         head_dim: usize,
@@ -21,28 +49,13 @@ impl Rotary {
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
-        let half = head_dim / 2;
-        let inverse: Vec<f64> = (0..half)
-            .map(|i| 1.0 / theta.powf((2 * i) as f64 / head_dim as f64))
-            .collect();
-        let mut cos = Vec::with_capacity(length * head_dim);
-        let mut sin = Vec::with_capacity(length * head_dim);
-        for position in 0..length {
-            // The two halves share the frequencies (`cat(freqs, freqs)`).
-            for _half in 0..2 {
-                for frequency in &inverse {
-                    let angle = position as f64 * frequency;
-                    cos.push(angle.cos() as f32);
-                    sin.push(angle.sin() as f32);
-                }
-            }
-        }
+        let tables = rotary_tables(length, head_dim, theta);
         let table = |values: Vec<f32>| {
             Tensor::from_vec(values, (length, head_dim), device)?.to_dtype(dtype)
         };
         Ok(Self {
-            cos: table(cos)?,
-            sin: table(sin)?,
+            cos: table(tables.cos)?,
+            sin: table(tables.sin)?,
         })
     }
 

@@ -11,19 +11,34 @@
 /// the next layer's attention never looks at them, and their gradients are zero either way.
 ///
 /// The query rows are the rows the layer computes an output for: every real token, or only
-/// each sequence's first.
+/// each sequence's first (an encoder's last layer under `cls` pooling) or last (a decoder's
+/// last layer, whose head reads the last token).
 pub(crate) struct Packing {
     pub(crate) seq: usize,
     /// Per batch element, the positions of its real tokens.
     pub(crate) positions: Vec<Vec<usize>>,
     /// Per batch element, its first row among the packed rows (`batch + 1` entries).
     pub(crate) starts: Vec<usize>,
-    /// Per batch element, how many of its first real tokens are query rows (all or 1).
+    /// Per batch element, how many of its real tokens are query rows (all or 1).
     pub(crate) query_counts: Vec<usize>,
+    /// Per batch element, the index among its real tokens of its first query row (0, or
+    /// its last token's when only that one is a query).
+    pub(crate) query_offsets: Vec<usize>,
     /// Per batch element, its first row among the packed query rows (`batch + 1`).
     pub(crate) query_starts: Vec<usize>,
     /// Per batch element, where its `[heads, queries, len]` probabilities start (`batch + 1`).
     pub(crate) prob_starts: Vec<usize>,
+}
+
+/// Which of a sequence's real tokens a layer computes an output for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueryRows {
+    /// Every real token.
+    All,
+    /// Only the first.
+    First,
+    /// Only the last.
+    Last,
 }
 
 impl Packing {
@@ -36,6 +51,22 @@ impl Packing {
         heads: usize,
         first_token_only: bool,
     ) -> Self {
+        let queries = if first_token_only {
+            QueryRows::First
+        } else {
+            QueryRows::All
+        };
+        Self::with_queries(mask_bias, batch, seq, heads, queries)
+    }
+
+    /// As [`Packing::from_mask`], with the query rows chosen.
+    pub(crate) fn with_queries(
+        mask_bias: &[f32],
+        batch: usize,
+        seq: usize,
+        heads: usize,
+        queries: QueryRows,
+    ) -> Self {
         let positions: Vec<Vec<usize>> = (0..batch)
             .map(|b| {
                 (0..seq)
@@ -45,12 +76,17 @@ impl Packing {
             .collect();
         let query_counts: Vec<usize> = positions
             .iter()
-            .map(|p| {
-                if first_token_only {
-                    p.len().min(1)
-                } else {
-                    p.len()
-                }
+            .map(|p| match queries {
+                QueryRows::All => p.len(),
+                QueryRows::First | QueryRows::Last => p.len().min(1),
+            })
+            .collect();
+        let query_offsets: Vec<usize> = positions
+            .iter()
+            .zip(&query_counts)
+            .map(|(p, &count)| match queries {
+                QueryRows::Last => p.len() - count,
+                QueryRows::All | QueryRows::First => 0,
             })
             .collect();
         let running = |sizes: &mut dyn Iterator<Item = usize>| {
@@ -73,6 +109,7 @@ impl Packing {
             positions,
             starts,
             query_counts,
+            query_offsets,
             query_starts,
             prob_starts,
         }
@@ -102,9 +139,9 @@ impl Packing {
     pub(crate) fn query_positions(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
         self.positions
             .iter()
-            .zip(&self.query_counts)
+            .zip(self.query_counts.iter().zip(&self.query_offsets))
             .enumerate()
-            .flat_map(|(b, (p, &q))| p[..q].iter().map(move |&j| (b, j)))
+            .flat_map(|(b, (p, (&q, &o)))| p[o..o + q].iter().map(move |&j| (b, j)))
     }
 
     /// The rows at `positions` of a `[batch·seq, width]` matrix, packed.
@@ -138,14 +175,23 @@ impl Packing {
         full
     }
 
+    /// Per batch element, the range of its query rows among the packed real rows.
+    fn query_row_ranges(&self) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+        self.starts
+            .iter()
+            .zip(&self.query_counts)
+            .zip(&self.query_offsets)
+            .map(|((&start, &count), &offset)| start + offset..start + offset + count)
+    }
+
     /// The query rows among packed real rows (`None`: all of them, no copy needed).
     pub(crate) fn select_queries(&self, packed: &[f32], width: usize) -> Option<Vec<f32>> {
         if self.all_rows_are_queries() {
             return None;
         }
         let mut queries = Vec::with_capacity(self.query_rows() * width);
-        for (&start, &count) in self.starts.iter().zip(&self.query_counts) {
-            queries.extend_from_slice(&packed[start * width..(start + count) * width]);
+        for rows in self.query_row_ranges() {
+            queries.extend_from_slice(&packed[rows.start * width..rows.end * width]);
         }
         Some(queries)
     }
@@ -153,8 +199,9 @@ impl Packing {
     /// Adds packed query rows into their places among packed real rows.
     pub(crate) fn add_queries_into(&self, packed: &mut [f32], queries: &[f32], width: usize) {
         let mut next = 0;
-        for (&start, &count) in self.starts.iter().zip(&self.query_counts) {
-            let target = &mut packed[start * width..(start + count) * width];
+        for rows in self.query_row_ranges() {
+            let count = rows.len();
+            let target = &mut packed[rows.start * width..rows.end * width];
             for (t, &q) in target
                 .iter_mut()
                 .zip(&queries[next * width..(next + count) * width])

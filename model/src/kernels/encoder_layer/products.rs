@@ -184,17 +184,7 @@ pub(crate) fn linear_backward(
         }
     };
     let input_gradient = |dx: &mut [f32], accumulate, parallelism| {
-        matmul(
-            dx,
-            view(0, width_in, 1),
-            dy,
-            view(0, width_out, 1),
-            weight,
-            view(0, width_in, 1),
-            (rows, width_in, width_out),
-            accumulate,
-            parallelism,
-        )
+        input_gradient(dy, weight, rows, dx, accumulate, parallelism)
     };
     match dx {
         // The two products are independent: half the threads on each at the same time
@@ -216,6 +206,31 @@ pub(crate) fn linear_backward(
         }
         None => weight_gradient(threads()),
     }
+}
+
+/// `dx [+]= dy · weight` for `dy [rows, out]` and `weight [out, in]`: a linear layer's input
+/// gradient (alone, for a frozen layer).
+pub(crate) fn input_gradient(
+    dy: &[f32],
+    weight: &[f32],
+    rows: usize,
+    dx: &mut [f32],
+    accumulate: bool,
+    parallelism: Parallelism,
+) {
+    let width_out = dy.len() / rows.max(1);
+    let width_in = weight.len() / width_out.max(1);
+    matmul(
+        dx,
+        view(0, width_in, 1),
+        dy,
+        view(0, width_out, 1),
+        weight,
+        view(0, width_in, 1),
+        (rows, width_in, width_out),
+        accumulate,
+        parallelism,
+    )
 }
 
 /// Adds the column sums of a `[rows, width]` matrix to `sums`.

@@ -29,7 +29,7 @@ use super::ops::{contiguous_f32, layer_norm_backward, layer_norm_kept, with_cpu_
 use super::simd;
 
 mod attention;
-mod rotary;
+pub(crate) mod rotary;
 
 use attention::{blocks_of, Block};
 
@@ -243,8 +243,8 @@ fn apply_mask(values: &mut [f32], mask: Option<&[f32]>) {
     }
 }
 
-/// `a += b`.
-fn add_into(a: &mut [f32], b: &[f32]) {
+/// `a += b`, in parallel.
+pub(crate) fn add_into(a: &mut [f32], b: &[f32]) {
     a.par_chunks_mut(ELEMENTS_PER_TASK)
         .zip(b.par_chunks(ELEMENTS_PER_TASK))
         .for_each(|(a, b)| {

@@ -3,7 +3,7 @@
 
 use rayon::prelude::*;
 
-use super::{LayerPlan, ModernLayerOp};
+use super::{LayerPlan, ModernLayerOp, RotaryTables};
 
 impl ModernLayerOp {
     /// Positions of the packed query rows (`queries`) or of all real rows.
@@ -27,16 +27,37 @@ pub(super) fn rotate(
     queries: bool,
     transposed: bool,
 ) {
-    let head = op.dims.head_size();
-    let half = head / 2;
-    let hidden = op.dims.hidden;
     let positions = ModernLayerOp::row_positions(plan, queries);
+    rotate_rows(
+        &op.rotary,
+        rows,
+        row_width,
+        op.dims.hidden,
+        &positions,
+        transposed,
+    );
+}
+
+/// Rotates the first `rotated_width` columns (whole heads of the tables' width) of every
+/// `row_width`-wide row of `rows` by the position in `positions` (one per row), as
+/// transformers' `x · cos + rotate_half(x) · sin`; `transposed` applies the transposed
+/// rotation (the backward pass).
+pub(crate) fn rotate_rows(
+    tables: &RotaryTables,
+    rows: &mut [f32],
+    row_width: usize,
+    rotated_width: usize,
+    positions: &[usize],
+    transposed: bool,
+) {
+    let head = tables.head_size;
+    let half = head / 2;
     rows.par_chunks_mut(row_width)
         .zip(positions.par_iter())
         .for_each(|(row, &position)| {
-            let cos = &op.rotary.cos[position * head..(position + 1) * head];
-            let sin = &op.rotary.sin[position * head..(position + 1) * head];
-            for values in row[..hidden].chunks_mut(head) {
+            let cos = &tables.cos[position * head..(position + 1) * head];
+            let sin = &tables.sin[position * head..(position + 1) * head];
+            for values in row[..rotated_width].chunks_mut(head) {
                 let (first, second) = values.split_at_mut(half);
                 for i in 0..half {
                     let (x1, x2) = (first[i], second[i]);

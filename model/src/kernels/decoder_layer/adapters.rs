@@ -8,6 +8,7 @@ use candle_core::{DType, Result, Tensor};
 use super::DecoderLayerDims;
 use crate::kernels::encoder_layer::products::{matmul, project, view};
 use crate::kernels::encoder_layer::threads;
+use crate::kernels::ops::with_cpu_values;
 
 /// The seven projections of a decoder layer, in the order their adapters are packed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,12 +137,14 @@ pub(super) struct FrozenBase {
 impl FrozenBase {
     /// The base as one f32 vector, for the length of one forward or backward pass.
     pub(super) fn values(&self) -> Result<Vec<f32>> {
-        let pieces = self
-            .tensors
-            .iter()
-            .map(|t| t.to_dtype(DType::F32)?.flatten_all())
-            .collect::<Result<Vec<_>>>()?;
-        Tensor::cat(&pieces, 0)?.to_vec1()
+        // One copy of an f32 base (a bf16 one is widened tensor by tensor first).
+        let total = self.tensors.iter().map(Tensor::elem_count).sum();
+        let mut values = Vec::with_capacity(total);
+        for tensor in &self.tensors {
+            let wide = tensor.to_dtype(DType::F32)?.flatten_all()?.contiguous()?;
+            with_cpu_values(&wide, "frozen base", |part| values.extend_from_slice(part))?;
+        }
+        Ok(values)
     }
 }
 

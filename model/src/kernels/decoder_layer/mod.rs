@@ -628,20 +628,41 @@ impl DecoderLayerOp {
         let (query_width, kv_width) = (dims.query_width(), dims.kv_width());
         let o = dims.offsets();
         let (rows, query_rows) = (packing.rows(), packing.query_rows());
-        // A frozen base's weight gradients are never written; its slices stay zeros.
-        let mut grads = vec![0f32; o.total];
+        // A frozen base gets no weight gradients: its matrices' and biases' slices are empty
+        // (nothing writes them), only the norms' few values are computed and dropped.
+        let len = |range: &std::ops::Range<usize>, norm: bool| {
+            if self.train_base || norm {
+                range.len()
+            } else {
+                0
+            }
+        };
+        let sizes = [
+            len(&o.input_norm, true),
+            len(&o.query, false),
+            len(&o.key_value, false),
+            len(&o.query_bias, false),
+            len(&o.key_value_bias, false),
+            len(&o.output, false),
+            len(&o.output_bias, false),
+            len(&o.query_norm, true),
+            len(&o.key_norm, true),
+            len(&o.post_norm, true),
+            len(&o.gate_up, false),
+        ];
+        let mut grads = vec![0f32; sizes.iter().sum::<usize>() + len(&o.down, false)];
         let mut d_adapters = vec![0f32; adapters.map_or(0, |(a, _)| a.total(&dims))];
-        let (g_input_norm, rest) = grads.split_at_mut(o.input_norm.len());
-        let (g_query, rest) = rest.split_at_mut(o.query.len());
-        let (g_key_value, rest) = rest.split_at_mut(o.key_value.len());
-        let (g_query_bias, rest) = rest.split_at_mut(o.query_bias.len());
-        let (g_key_value_bias, rest) = rest.split_at_mut(o.key_value_bias.len());
-        let (g_output, rest) = rest.split_at_mut(o.output.len());
-        let (g_output_bias, rest) = rest.split_at_mut(o.output_bias.len());
-        let (g_query_norm, rest) = rest.split_at_mut(o.query_norm.len());
-        let (g_key_norm, rest) = rest.split_at_mut(o.key_norm.len());
-        let (g_post_norm, rest) = rest.split_at_mut(o.post_norm.len());
-        let (g_gate_up, g_down) = rest.split_at_mut(o.gate_up.len());
+        let (g_input_norm, rest) = grads.split_at_mut(sizes[0]);
+        let (g_query, rest) = rest.split_at_mut(sizes[1]);
+        let (g_key_value, rest) = rest.split_at_mut(sizes[2]);
+        let (g_query_bias, rest) = rest.split_at_mut(sizes[3]);
+        let (g_key_value_bias, rest) = rest.split_at_mut(sizes[4]);
+        let (g_output, rest) = rest.split_at_mut(sizes[5]);
+        let (g_output_bias, rest) = rest.split_at_mut(sizes[6]);
+        let (g_query_norm, rest) = rest.split_at_mut(sizes[7]);
+        let (g_key_norm, rest) = rest.split_at_mut(sizes[8]);
+        let (g_post_norm, rest) = rest.split_at_mut(sizes[9]);
+        let (g_gate_up, g_down) = rest.split_at_mut(sizes[10]);
 
         // out = h + Wd(silu(g) ⊙ u): the residual passes d_output to h.
         let mut d_gated = vec![0f32; query_rows * intermediate];

@@ -205,7 +205,7 @@ impl CrossEncoder {
                 // `adapted_encoder_network`): refused before anything runs.
                 return Err(ModelError::BadFile {
                     path: adapter.config_path(),
-                    message: encoder_lora_dropout_message(
+                    message: crate::lora::encoder_lora_dropout_message(
                         adapter.config.lora_dropout,
                         config.family(),
                     ),
@@ -345,12 +345,16 @@ impl CrossEncoder {
                 message: e.to_string(),
             })?;
         if let (Some(adapter), true) = (&adapter, encoder) {
-            add_encoder_adapters(&vb, &adapter.config, config.family(), &frozen_handle).map_err(
-                |e| ModelError::BadFile {
-                    path: adapter.config_path(),
-                    message: e.to_string(),
-                },
-            )?;
+            crate::lora::add_encoder_adapters(
+                &vb,
+                &adapter.config,
+                config.family(),
+                &frozen_handle,
+            )
+            .map_err(|e| ModelError::BadFile {
+                path: adapter.config_path(),
+                message: e.to_string(),
+            })?;
         }
         let frozen: Vec<(String, Tensor)> = frozen_handle
             .lock()
@@ -618,7 +622,10 @@ impl CrossEncoder {
                     .lora_source
                     .clone()
                     .unwrap_or_else(|| PathBuf::from("[peft]")),
-                message: encoder_lora_dropout_message(lora.lora_dropout, self.family()),
+                message: crate::lora::encoder_lora_dropout_message(
+                    lora.lora_dropout,
+                    self.family(),
+                ),
             });
         }
         let tensors: std::collections::HashMap<String, Tensor> =
@@ -763,52 +770,4 @@ fn pack_parameters(
         .collect();
     trainables.sort_by(|a, b| a.parts[0].name.cmp(&b.parts[0].name));
     Ok((trainables, packed_layers))
-}
-
-/// Adds the LoRA matrices of an encoder's targeted linear layers (the frozen 2-D weights
-/// the network loaded, embeddings aside) through `vb`, so they become trainable `Var`s:
-/// read from the adapter's file, or drawn as PEFT draws them. An encoder's modules do not
-/// ask for them themselves: its layers run on weights with the adapter folded in
-/// ([`crate::lora::fold_adapters`]).
-fn add_encoder_adapters(
-    vb: &VarBuilder,
-    lora: &crate::lora::LoraConfig,
-    family: ModelFamily,
-    frozen: &std::sync::Arc<std::sync::Mutex<Vec<(String, Tensor)>>>,
-) -> candle_core::Result<()> {
-    let layers: Vec<(String, (usize, usize))> = frozen
-        .lock()
-        .map_err(|_| candle_core::Error::Msg("frozen list lock poisoned".into()))?
-        .iter()
-        .filter_map(|(name, tensor)| {
-            let path = name.strip_suffix(".weight")?;
-            let leaf = path.rsplit('.').next().unwrap_or(path);
-            let linear = tensor.rank() == 2 && !leaf.ends_with("embeddings");
-            let defaults = family.peft_default_targets().unwrap_or(&[]);
-            (linear && lora.targets_encoder_layer(path, defaults))
-                .then(|| Some((path.to_string(), tensor.dims2().ok()?)))
-                .flatten()
-        })
-        .collect();
-    if layers.is_empty() {
-        candle_core::bail!(
-            "target_modules {} matches no linear layer of this {} model",
-            serde_json::to_string(&lora.target_modules).unwrap_or_default(),
-            family.display_name()
-        );
-    }
-    for (path, (outputs, inputs)) in layers {
-        lora.adapter_matrices(&vb.pp(path), inputs, outputs)?;
-    }
-    Ok(())
-}
-
-/// Why an encoder's adapter with LoRA dropout cannot train: its layers run on weights with
-/// the adapter folded in, and dropout on the adapter's input alone has no such form.
-fn encoder_lora_dropout_message(lora_dropout: f64, family: ModelFamily) -> String {
-    format!(
-        "lora_dropout = {lora_dropout} on {}: LoRA dropout is implemented for the decoder \
-         rerankers only; train the encoder families' adapters with lora_dropout = 0",
-        family.display_name()
-    )
 }

@@ -31,7 +31,7 @@ use rayon::prelude::*;
 pub use super::encoder_layer::packing::QueryRows;
 use super::encoder_layer::packing::{split, split_mut, Packing};
 use super::encoder_layer::products::{input_gradient, linear, linear_backward, project};
-use super::encoder_layer::{threads, ROWS_PER_TASK};
+use super::encoder_layer::threads;
 use super::modernbert_layer::add_into;
 use super::modernbert_layer::rotary::rotate_rows;
 pub use super::modernbert_layer::RotaryTables;
@@ -40,154 +40,13 @@ use super::simd;
 
 mod adapters;
 mod attention;
+mod params;
+mod rms_norm;
 
 use adapters::{add_update, update_backward, FrozenBase};
 pub use adapters::{AdapterDims, Projection};
-
-/// Sizes and settings of one layer.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct DecoderLayerDims {
-    /// Width of the hidden states.
-    pub hidden: usize,
-    /// Width of the SwiGLU inner layer.
-    pub intermediate: usize,
-    /// Query heads.
-    pub heads: usize,
-    /// Key/value heads (a divisor of `heads`).
-    pub kv_heads: usize,
-    /// Width of a head.
-    pub head_dim: usize,
-    /// RMSNorm epsilon.
-    pub eps: f32,
-    /// Whether q, k and v have biases (Qwen2).
-    pub qkv_bias: bool,
-    /// Whether the output projection has a bias (Llama's `attention_bias`).
-    pub output_bias: bool,
-    /// Whether queries and keys get per-head RMS norms (Qwen3).
-    pub qk_norm: bool,
-}
-
-impl DecoderLayerDims {
-    fn query_width(&self) -> usize {
-        self.heads * self.head_dim
-    }
-
-    fn kv_width(&self) -> usize {
-        self.kv_heads * self.head_dim
-    }
-
-    fn offsets(&self) -> Offsets {
-        let (h, i, q, k, d) = (
-            self.hidden,
-            self.intermediate,
-            self.query_width(),
-            self.kv_width(),
-            self.head_dim,
-        );
-        let mut next = 0;
-        let mut take = |len: usize| {
-            let start = next;
-            next += len;
-            start..next
-        };
-        let input_norm = take(h);
-        let query = take(q * h);
-        let key_value = take(2 * k * h);
-        let query_bias = take(if self.qkv_bias { q } else { 0 });
-        let key_value_bias = take(if self.qkv_bias { 2 * k } else { 0 });
-        let output = take(h * q);
-        let output_bias = take(if self.output_bias { h } else { 0 });
-        let query_norm = take(if self.qk_norm { d } else { 0 });
-        let key_norm = take(if self.qk_norm { d } else { 0 });
-        let post_norm = take(h);
-        let gate_up = take(2 * i * h);
-        let down = take(h * i);
-        Offsets {
-            input_norm,
-            query,
-            key_value,
-            query_bias,
-            key_value_bias,
-            output,
-            output_bias,
-            query_norm,
-            key_norm,
-            post_norm,
-            gate_up,
-            down,
-            total: next,
-        }
-    }
-}
-
-/// Where each parameter lies in the packed vector (empty ranges for absent ones).
-struct Offsets {
-    input_norm: std::ops::Range<usize>,
-    query: std::ops::Range<usize>,
-    key_value: std::ops::Range<usize>,
-    query_bias: std::ops::Range<usize>,
-    key_value_bias: std::ops::Range<usize>,
-    output: std::ops::Range<usize>,
-    output_bias: std::ops::Range<usize>,
-    query_norm: std::ops::Range<usize>,
-    key_norm: std::ops::Range<usize>,
-    post_norm: std::ops::Range<usize>,
-    gate_up: std::ops::Range<usize>,
-    down: std::ops::Range<usize>,
-    total: usize,
-}
-
-/// The parameters of one layer, as transformers names and shapes them (`[out, in]`).
-pub struct DecoderLayerParameters<'a> {
-    /// `input_layernorm.weight`.
-    pub input_norm: &'a Tensor,
-    /// `self_attn.q_proj.weight`.
-    pub query: &'a Tensor,
-    /// `self_attn.k_proj.weight`.
-    pub key: &'a Tensor,
-    /// `self_attn.v_proj.weight`.
-    pub value: &'a Tensor,
-    /// Their biases (Qwen2; all or none).
-    pub qkv_biases: Option<[&'a Tensor; 3]>,
-    /// `self_attn.o_proj.weight`.
-    pub output: &'a Tensor,
-    /// `self_attn.o_proj.bias` (Llama with `attention_bias`).
-    pub output_bias: Option<&'a Tensor>,
-    /// `self_attn.q_norm.weight`, `k_norm.weight` (Qwen3).
-    pub qk_norms: Option<[&'a Tensor; 2]>,
-    /// `post_attention_layernorm.weight`.
-    pub post_norm: &'a Tensor,
-    /// `mlp.gate_proj.weight`.
-    pub gate: &'a Tensor,
-    /// `mlp.up_proj.weight`.
-    pub up: &'a Tensor,
-    /// `mlp.down_proj.weight`.
-    pub down: &'a Tensor,
-}
-
-impl DecoderLayerParameters<'_> {
-    /// The tensors in the packed vector's order: the key and value weights (and the gate
-    /// and up weights) next to each other, so each pair is one product.
-    pub fn in_packing_order(&self) -> Vec<&Tensor> {
-        let mut order = vec![self.input_norm, self.query, self.key, self.value];
-        order.extend(self.qkv_biases.into_iter().flatten());
-        order.push(self.output);
-        order.extend(self.output_bias);
-        order.extend(self.qk_norms.into_iter().flatten());
-        order.extend([self.post_norm, self.gate, self.up, self.down]);
-        order
-    }
-}
-
-/// Concatenates a layer's parameters into one vector in the kernel's order.
-pub fn pack_parameters(parameters: &DecoderLayerParameters) -> Result<Tensor> {
-    let pieces = parameters
-        .in_packing_order()
-        .iter()
-        .map(|t| t.flatten_all())
-        .collect::<Result<Vec<_>>>()?;
-    Tensor::cat(&pieces, 0)
-}
+pub use params::{pack_parameters, DecoderLayerDims, DecoderLayerParameters};
+use rms_norm::{rms_norm_backward_in_place, rms_norm_in_place, rms_norm_output};
 
 /// What the forward pass keeps for the backward pass (`R` real rows, `Q` query rows).
 struct Saved {
@@ -287,113 +146,6 @@ pub fn decoder_layer(
     hidden
         .contiguous()?
         .apply_op3(&padding_bias.contiguous()?.detach(), trainable, op)
-}
-
-/// RMS-normalises in place each `width`-wide unit among the first `normed_width` columns of
-/// every `row_width`-wide row (`x / √(mean(x²) + eps) · weight`, as transformers computes
-/// it) and returns 1/rms of each unit, row by row.
-fn rms_norm_in_place(
-    values: &mut [f32],
-    weight: &[f32],
-    row_width: usize,
-    normed_width: usize,
-    eps: f32,
-) -> Vec<f32> {
-    let width = weight.len();
-    let units = normed_width / width;
-    let rows = values.len() / row_width.max(1);
-    let mut rstd = vec![0f32; rows * units];
-    values
-        .par_chunks_mut(row_width * ROWS_PER_TASK)
-        .zip(rstd.par_chunks_mut(units * ROWS_PER_TASK))
-        .for_each(|(values, rstd)| {
-            for (row, rstd) in values.chunks_mut(row_width).zip(rstd.chunks_mut(units)) {
-                for (unit, r) in row[..normed_width].chunks_mut(width).zip(rstd) {
-                    let root = (simd::dot(unit, unit) / width as f32 + eps).sqrt();
-                    *r = 1.0 / root;
-                    for (v, &w) in unit.iter_mut().zip(weight) {
-                        *v = *v / root * w;
-                    }
-                }
-            }
-        });
-    rstd
-}
-
-/// The norm's output again from its input and kept 1/rms (whole rows).
-fn rms_norm_output(x: &[f32], rstd: &[f32], weight: &[f32]) -> Vec<f32> {
-    let width = weight.len();
-    let mut out = vec![0f32; x.len()];
-    out.par_chunks_mut(width * ROWS_PER_TASK)
-        .zip(x.par_chunks(width * ROWS_PER_TASK))
-        .zip(rstd.par_chunks(ROWS_PER_TASK))
-        .for_each(|((out, x), rstd)| {
-            for ((out, x), &r) in out.chunks_mut(width).zip(x.chunks(width)).zip(rstd) {
-                for ((o, &x), &w) in out.iter_mut().zip(x).zip(weight) {
-                    *o = x * r * w;
-                }
-            }
-        });
-    out
-}
-
-/// The backward pass of [`rms_norm_in_place`]: turns the output gradient in `grad` into the
-/// input gradient in place (`r·(g − x̂·mean(x̂ ⊙ g))` with `g = weight ⊙ grad`, `x̂ = x·r`)
-/// and adds the weight's gradient (`Σ grad ⊙ x̂`) to `d_weight`; `x` is the norm's input in
-/// `grad`'s layout.
-fn rms_norm_backward_in_place(
-    grad: &mut [f32],
-    x: &[f32],
-    rstd: &[f32],
-    weight: &[f32],
-    row_width: usize,
-    normed_width: usize,
-    d_weight: &mut [f32],
-) {
-    let width = weight.len();
-    let units = normed_width / width;
-    let partials: Vec<Vec<f32>> = grad
-        .par_chunks_mut(row_width * ROWS_PER_TASK)
-        .zip(x.par_chunks(row_width * ROWS_PER_TASK))
-        .zip(rstd.par_chunks(units * ROWS_PER_TASK))
-        .map(|((grad, x), rstd)| {
-            let mut partial = vec![0f32; width];
-            let mut normed = vec![0f32; width];
-            let mut scaled = vec![0f32; width];
-            for ((grad, x), rstd) in grad
-                .chunks_mut(row_width)
-                .zip(x.chunks(row_width))
-                .zip(rstd.chunks(units))
-            {
-                for ((grad, x), &r) in grad[..normed_width]
-                    .chunks_mut(width)
-                    .zip(x[..normed_width].chunks(width))
-                    .zip(rstd)
-                {
-                    for (((n, s), (&x, &g)), (&w, p)) in normed
-                        .iter_mut()
-                        .zip(scaled.iter_mut())
-                        .zip(x.iter().zip(grad.iter()))
-                        .zip(weight.iter().zip(partial.iter_mut()))
-                    {
-                        *n = x * r;
-                        *s = w * g;
-                        *p += g * *n;
-                    }
-                    let mean = simd::dot(&normed, &scaled) / width as f32;
-                    for ((g, &n), &s) in grad.iter_mut().zip(&normed).zip(&scaled) {
-                        *g = r * (s - n * mean);
-                    }
-                }
-            }
-            partial
-        })
-        .collect();
-    for partial in partials {
-        for (d, p) in d_weight.iter_mut().zip(partial) {
-            *d += p;
-        }
-    }
 }
 
 /// `x · weightᵀ (+ bias)`.

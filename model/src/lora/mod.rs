@@ -17,6 +17,11 @@ use serde_json::Value;
 use crate::dropout::{Dropout, DropoutRng};
 use crate::error::ModelError;
 
+mod encoder;
+
+pub use encoder::fold_adapters;
+pub(crate) use encoder::{add_encoder_adapters, encoder_lora_dropout_message};
+
 /// The adapter's config file in an adapter directory.
 pub const ADAPTER_CONFIG: &str = "adapter_config.json";
 /// The adapter's weights in an adapter directory.
@@ -534,47 +539,6 @@ impl LoraConfig {
             .get_with_hints((outputs, self.r), "weight", b_init)?;
         Ok((a, b))
     }
-
-    /// Whether an encoder's linear layer at `path` (`bert.encoder.layer.0.attention.self.query`)
-    /// gets an adapter, as PEFT decides on a sentence-transformers `CrossEncoder`: the named
-    /// modules (by default the family's, `default_targets`), or every linear layer for
-    /// `"all-linear"` (the classifier included: a `CrossEncoder`'s model reports no output
-    /// embeddings for PEFT to leave out), or a regex over the full path.
-    pub fn targets_encoder_layer(&self, path: &str, default_targets: &[&str]) -> bool {
-        let named = |name: &str| path == name || path.ends_with(&format!(".{name}"));
-        match &self.target_modules {
-            None => default_targets.iter().any(|name| named(name)),
-            Some(TargetModules::Names(names)) => names.iter().any(|name| named(name)),
-            Some(TargetModules::Pattern(pattern)) if pattern == "all-linear" => true,
-            Some(TargetModules::Pattern(pattern)) => regex::Regex::new(&format!("^(?:{pattern})$"))
-                .map(|re| re.is_match(path))
-                .unwrap_or(false),
-        }
-    }
-}
-
-/// Every parameter with each adapter folded into its layer's weight (`W + scaling · B A`), in
-/// f32 and still on the graph: the encoder families train an adapter through these merged
-/// weights, rebuilt on every forward pass, so the fused layers run unchanged and the
-/// gradient of each merged weight flows on to A and B (`dA = s·Bᵀ·dW`, `dB = s·dW·Aᵀ`). The
-/// adapter matrices themselves are left out; everything else passes as it is (a saved
-/// module's `Var` keeps its gradient).
-pub fn fold_adapters(
-    parameters: &[(String, Tensor)],
-    scaling: f64,
-) -> Result<Vec<(String, Tensor)>> {
-    with_adapters(parameters)
-        .map(|(name, tensor, pair)| {
-            let value = match pair {
-                Some((a, b)) => {
-                    (tensor.to_dtype(DType::F32)?
-                        + (b.matmul(a)? * scaling)?.to_dtype(DType::F32)?)?
-                }
-                None => tensor.to_dtype(DType::F32)?,
-            };
-            Ok((name.to_string(), value))
-        })
-        .collect()
 }
 
 /// A linear layer with an optional LoRA adapter (PEFT's `lora.Linear`).

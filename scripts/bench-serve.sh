@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
-# Serving benchmark, same sitting: `crosstrain serve` (candle, and ONNX Runtime on float32 and
-# uint8 exports of a copy of the model) against infinity_emb's torch engine on the same cross-encoder, with the
+# Serving benchmark, same sitting: `crosstrain serve` (candle, and ONNX Runtime on float32,
+# uint8 and, where the CPU has AVX-512 VNNI, int8 exports of a copy of the model) against infinity_emb's torch engine on the same cross-encoder, with the
 # same requests (one query and 20 documents of ~70 words, POST /v1/rerank for crosstrain and
 # infinity's POST /rerank), load from oha. For each server and 1 and 64 concurrent clients:
 # documents/s and p50/p99 latency, one JSON line each. Then a soak of crosstrain at 64 clients
-# (SOAK_S seconds): failed and non-200 requests, and resident memory after 10 s and at the end.
+# (SOAK_S seconds; also of the int8 export on a CPU with AVX-512 VNNI): failed and non-200
+# requests, and resident memory after 10 s and at the end.
 #
 # Installs what it needs through cargo and pip: oha (cargo install) into .bench-tools/, and
 # infinity-emb 0.0.78 (with torch) into its own virtual environment .bench-tools/infinity/
 # (skip it with INFINITY=0).
 # Usage: bash scripts/bench-serve.sh MODEL_DIR [ROUNDS=2] [REQUESTS=2] [SOAK_S=60]
-# (REQUESTS: requests per client in each timed run.)
+# (REQUESTS: requests per client in each timed run; ROUNDS=0 runs only the soaks.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model=$(realpath "$1")
@@ -91,11 +92,17 @@ serve() { # PORT ARGS...
     wait_for "http://127.0.0.1:$port/health"
 }
 
-# A copy of the model with its ONNX exports (float32, and uint8 for AVX2 CPUs).
+# A copy of the model with its ONNX exports: float32, uint8 for AVX2 CPUs, and int8 where the
+# CPU has AVX-512 VNNI (the quantization ONNX Runtime's int8 kernels are made for there).
 served=$work/model
 cp -r "$model" "$served"
 "$binary" export-onnx --model "$served" >&2
 "$binary" export-onnx --model "$served" --quantize uint8 >&2
+vnni=0
+if grep -qw avx512_vnni /proc/cpuinfo; then
+    vnni=1
+    "$binary" export-onnx --model "$served" --quantize int8 >&2
+fi
 
 # All servers up at once (an idle one takes no CPU), then ROUNDS alternating rounds, so the
 # machine's drift falls on every server alike.
@@ -105,6 +112,10 @@ serve 18402 --backend onnx
 servers+=("crosstrain-onnx-float32 http://127.0.0.1:18402/v1/rerank")
 serve 18403 --backend onnx --onnx-file onnx/model_quint8_avx2.onnx
 servers+=("crosstrain-onnx-uint8 http://127.0.0.1:18403/v1/rerank")
+if [[ $vnni == 1 ]]; then
+    serve 18405 --backend onnx --onnx-file onnx/model_qint8_avx512_vnni.onnx
+    servers+=("crosstrain-onnx-int8 http://127.0.0.1:18405/v1/rerank")
+fi
 if [[ ${INFINITY:-1} == 1 ]]; then
     "$tools/infinity/bin/infinity_emb" v2 --model-id "$model" --served-model-name model \
         --engine torch --device cpu --port 18409 >"$work/infinity.log" 2>&1 &
@@ -112,6 +123,7 @@ if [[ ${INFINITY:-1} == 1 ]]; then
     wait_for http://127.0.0.1:18409/health
     servers+=("infinity-torch http://127.0.0.1:18409/rerank")
 fi
+: >"$work/results.jsonl"
 for round in $(seq "$rounds"); do
     for server in "${servers[@]}"; do
         for clients in 64 1; do
@@ -141,25 +153,31 @@ PY
 for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
 pids=()
 
-# Soak: 64 clients for SOAK_S seconds on a fresh candle server; resident memory after 10 s
-# and at the end.
-serve 18404
-pid=${pids[-1]}
-rss() { awk '/VmRSS/ {print $2}' "/proc/$pid/status"; }
-"$oha" --no-tui --output-format json -z "${soak}s" -c 64 -m POST -H 'content-type: application/json' \
-    -D "$work/request.json" http://127.0.0.1:18404/v1/rerank >"$work/soak.json" &
-oha_pid=$!
-sleep 10
-rss_10s=$(rss)
-wait "$oha_pid"
-rss_end=$(rss)
-python3 - "$work/soak.json" "$rss_10s" "$rss_end" "$soak" <<'PY'
+# Soak: 64 clients for SOAK_S seconds on a fresh server (candle, and the int8 export where the
+# CPU has VNNI); resident memory after 10 s and at the end.
+soak() { # NAME PORT ARGS...
+    local name=$1 port=$2
+    shift 2
+    serve "$port" "$@"
+    local pid=${pids[-1]}
+    rss() { awk '/VmRSS/ {print $2}' "/proc/$pid/status"; }
+    "$oha" --no-tui --output-format json -z "${soak}s" -c 64 -m POST -H 'content-type: application/json' \
+        -D "$work/request.json" "http://127.0.0.1:$port/v1/rerank" >"$work/soak.json" &
+    local oha_pid=$!
+    sleep 10
+    local rss_10s
+    rss_10s=$(rss)
+    wait "$oha_pid"
+    local rss_end
+    rss_end=$(rss)
+    kill "$pid" 2>/dev/null || true
+    python3 - "$work/soak.json" "$rss_10s" "$rss_end" "$soak" "$name" <<'PY'
 import json, sys
 run = json.load(open(sys.argv[1]))
 codes = run.get("statusCodeDistribution", {})
 rss_10s, rss_end = int(sys.argv[2]), int(sys.argv[3])
 print(json.dumps({
-    "soak_s": int(sys.argv[4]), "clients": 64,
+    "soak": sys.argv[5], "soak_s": int(sys.argv[4]), "clients": 64,
     "requests": sum(int(v) for v in codes.values()),
     "non_200": sum(int(v) for k, v in codes.items() if k != "200"),
     # oha ends a timed run by cancelling the requests still open: not the server's failures.
@@ -170,3 +188,8 @@ print(json.dumps({
     "rss_change": round(rss_end / rss_10s - 1, 4),
 }))
 PY
+}
+soak crosstrain-candle 18404
+if [[ $vnni == 1 ]]; then
+    soak crosstrain-onnx-int8 18406 --backend onnx --onnx-file onnx/model_qint8_avx512_vnni.onnx
+fi

@@ -451,7 +451,7 @@ fn a_lora_run_loads_its_best_checkpoint_at_the_end() {
 /// (which the encoders' folded weights cannot apply), `r = 0`, and ModernBERT without
 /// `target_modules` (PEFT has no default for it) are refused before training, by name.
 #[test]
-fn peft_on_an_encoder_trains_the_adapter_and_refuses_what_it_cannot() {
+fn peft_on_an_encoder_trains_the_adapter_with_or_without_dropout_and_refuses_what_it_cannot() {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("bert");
     copy_tree(&fixture("models/tiny-bert-ce"), &model);
@@ -550,19 +550,41 @@ fn peft_on_an_encoder_trains_the_adapter_and_refuses_what_it_cannot() {
         assert!((full - half).abs() / full < 2e-2, "{full} vs {half}");
     }
 
-    for (model, peft, expected) in [
-        (
-            &model,
-            "r = 2\nlora_dropout = 0.1",
-            ["[peft]", "lora_dropout"],
-        ),
-        (&model, "r = 0", ["peft", "r must be"]),
-    ] {
-        let refused = train_cli(&recipe(model, peft), &dir.path().join("refused"), &[]);
-        assert!(!refused.status.success(), "{peft}");
-        let message = stderr(&refused);
-        assert!(expected.iter().all(|e| message.contains(e)), "{message}");
-    }
+    // LoRA dropout, as PEFT applies it (on each adapter's input): another run than without
+    // it, saved with it, and stopped and resumed exactly (the masks come from the run's seed).
+    let config = recipe(&model, "r = 2\nlora_alpha = 4\nlora_dropout = 0.1");
+    let dropped = dir.path().join("dropout");
+    let trained = train_cli(&config, &dropped, &[]);
+    assert!(trained.status.success(), "{}", stderr(&trained));
+    assert_eq!(
+        read_json(&dropped.join("adapter_config.json"))["lora_dropout"],
+        0.1
+    );
+    let dropped_losses = support::losses_of(&dropped);
+    assert!(dropped_losses.iter().all(|loss| loss.is_finite()));
+    assert_ne!(dropped_losses, support::losses_of(&output));
+    let parted = dir.path().join("dropout-parted");
+    let stopped = train_cli(
+        &config,
+        &parted,
+        &["--set", "stop_at_step=2", "--set", "save_steps=2"],
+    );
+    assert!(stopped.status.success(), "{}", stderr(&stopped));
+    let resumed = train_cli(&config, &parted, &["--resume", "--set", "save_steps=2"]);
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    assert_eq!(dropped_losses, support::losses_of(&parted));
+    assert_eq!(
+        tensors(&parted.join("adapter_model.safetensors")),
+        tensors(&dropped.join("adapter_model.safetensors"))
+    );
+
+    let refused = train_cli(&recipe(&model, "r = 0"), &dir.path().join("refused"), &[]);
+    assert!(!refused.status.success());
+    let message = stderr(&refused);
+    assert!(
+        message.contains("peft") && message.contains("r must be"),
+        "{message}"
+    );
     let modernbert = dir.path().join("modernbert");
     copy_tree(&fixture("models/tiny-modernbert-ce"), &modernbert);
     let refused = train_cli(

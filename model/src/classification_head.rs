@@ -4,11 +4,12 @@
 //! part of the base model) and one dropout before its classifier.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 use crate::bert::{BertConfig, BertEncoder};
 use crate::dropout::{Dropout, DropoutRng};
 use crate::kernels::ops::gelu_erf;
+use crate::lora::{LoraConfig, LoraLinear};
 use crate::tokens::TokenTensors;
 
 /// The activation between the head's two projections.
@@ -23,26 +24,31 @@ pub enum HeadActivation {
 /// `classifier.dense` and `classifier.out_proj` with their dropouts.
 #[derive(Debug, Clone)]
 pub struct ClassificationHead {
-    dense: Linear,
-    out_proj: Linear,
+    dense: LoraLinear,
+    out_proj: LoraLinear,
     activation: HeadActivation,
     dropout: Dropout,
 }
 
 impl ClassificationHead {
     /// Loads `dense.*` and `out_proj.*` under `vb` (the caller passes `classifier`).
-    /// `dropout` is `classifier_dropout`, else `hidden_dropout_prob`, as transformers takes it.
+    /// `dropout` is `classifier_dropout`, else `hidden_dropout_prob`, as transformers takes it;
+    /// `lora` attaches the adapters stored beside the weights ([`LoraLinear::load_stored`]).
     pub fn load(
         vb: VarBuilder,
         hidden_size: usize,
         num_labels: usize,
         activation: HeadActivation,
         dropout: f64,
+        lora: Option<&LoraConfig>,
         rng: &DropoutRng,
     ) -> Result<Self> {
+        let linear = |name: &str, outputs| {
+            LoraLinear::load_stored(vb.pp(name), hidden_size, outputs, true, lora, rng)
+        };
         Ok(Self {
-            dense: candle_nn::linear(hidden_size, hidden_size, vb.pp("dense"))?,
-            out_proj: candle_nn::linear(hidden_size, num_labels, vb.pp("out_proj"))?,
+            dense: linear("dense", hidden_size)?,
+            out_proj: linear("out_proj", num_labels)?,
             activation,
             dropout: Dropout::new(dropout, rng.clone()),
         })
@@ -89,6 +95,7 @@ impl EncoderWithHead {
                 num_labels,
                 activation,
                 config.classifier_dropout(),
+                config.lora.as_ref(),
                 rng,
             )?,
             num_labels,

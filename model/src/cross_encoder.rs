@@ -23,6 +23,8 @@ use crate::tokenize::{score_longest_first_in_lanes, EncodedPairs, PairTokenizer}
 use crate::tokens::TokenTensors;
 use crate::weights::{self, CheckpointBackend};
 
+#[cfg(test)]
+mod encoder_lora_tests;
 mod save;
 
 /// How to load a model.
@@ -90,9 +92,6 @@ pub struct CrossEncoder {
     lora: Option<crate::lora::LoraConfig>,
     /// A LoRA model's frozen base parameters, by name.
     frozen: Vec<(String, Tensor)>,
-    /// Where a LoRA model's adapter config came from (its `adapter_config.json`, or the
-    /// recipe's `[peft]` table), for errors.
-    lora_source: Option<PathBuf>,
     /// A LoRA model's base, as `adapter_config.json` names it.
     base_model: Option<String>,
 }
@@ -200,17 +199,6 @@ impl CrossEncoder {
         let (config, raw_config) = read_model_config(dir)?;
         let encoder = !matches!(config, FamilyConfig::Decoder(_));
         if let Some(adapter) = &mut adapter {
-            if encoder && adapter.dir.is_none() && adapter.config.lora_dropout > 0.0 {
-                // A fresh adapter is for training, which cannot apply it (see
-                // `adapted_encoder_network`): refused before anything runs.
-                return Err(ModelError::BadFile {
-                    path: adapter.config_path(),
-                    message: crate::lora::encoder_lora_dropout_message(
-                        adapter.config.lora_dropout,
-                        config.family(),
-                    ),
-                });
-            }
             if encoder && adapter.config.target_modules.is_none() {
                 // PEFT's default for the family, written out so a saved adapter names it.
                 let family = config.family();
@@ -421,7 +409,6 @@ impl CrossEncoder {
             prompts,
             default_prompt_name,
             lora: adapter.as_ref().map(|adapter| adapter.config.clone()),
-            lora_source: adapter.as_ref().map(|adapter| adapter.config_path()),
             base_model: adapter.map(|adapter| adapter.base_model),
             frozen,
         })
@@ -609,37 +596,42 @@ impl CrossEncoder {
         self.lora.is_some() && !matches!(self.config, FamilyConfig::Decoder(_))
     }
 
-    /// An adapted encoder's network over its weights with the adapters folded in, built
-    /// from the current `Var`s (cheap: handles, and one `B·A` product per adapted layer),
-    /// so the gradients reach A and B and the optimiser's updates are seen.
+    /// An adapted encoder's network, built from the current `Var`s so the gradients reach
+    /// A and B and the optimiser's updates are seen. Without LoRA dropout (or outside
+    /// training) its layers run on their weights with the adapters folded in (cheap: one
+    /// `B·A` product per adapted layer, and the fused kernels run unchanged). With LoRA
+    /// dropout, which has no folded form, each adapted layer carries its adapter on candle's
+    /// ops, as PEFT's `lora.Linear` computes it.
     fn adapted_encoder_network(&self) -> Result<SequenceClassifier, ModelError> {
         let lora = self.lora.as_ref().ok_or_else(|| {
             candle_core::Error::Msg("adapted_encoder_network on a model without an adapter".into())
         })?;
-        if lora.lora_dropout > 0.0 && self.dropout.is_training() {
-            return Err(ModelError::BadFile {
-                path: self
-                    .lora_source
-                    .clone()
-                    .unwrap_or_else(|| PathBuf::from("[peft]")),
-                message: crate::lora::encoder_lora_dropout_message(
-                    lora.lora_dropout,
-                    self.family(),
-                ),
-            });
-        }
-        let tensors: std::collections::HashMap<String, Tensor> =
-            crate::lora::fold_adapters(&self.named_parameters()?, lora.scaling())?
-                .into_iter()
-                .collect();
+        let with_dropout = lora.lora_dropout > 0.0 && self.dropout.is_training();
+        self.encoder_network_with_adapters(lora, with_dropout)
+    }
+
+    /// [`Self::adapted_encoder_network`] with the adapters folded into the weights, or
+    /// attached to their layers (`attached`).
+    fn encoder_network_with_adapters(
+        &self,
+        lora: &crate::lora::LoraConfig,
+        attached: bool,
+    ) -> Result<SequenceClassifier, ModelError> {
+        let parameters = self.named_parameters()?;
+        let (tensors, config) = if attached {
+            (parameters, self.config.with_encoder_adapters(lora))
+        } else {
+            let folded = crate::lora::fold_adapters(&parameters, lora.scaling())?;
+            (folded, self.config.clone())
+        };
         let vb = VarBuilder::from_backend(
-            Box::new(weights::AsStored(tensors)),
+            Box::new(weights::AsStored(tensors.into_iter().collect())),
             DType::F32,
             self.device.clone(),
         );
         Ok(SequenceClassifier::load(
             vb,
-            &self.config,
+            &config,
             self.num_labels(),
             &self.dropout,
         )?)

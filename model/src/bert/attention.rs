@@ -1,18 +1,19 @@
 //! Multi-head self-attention with the padding mask, and its output projection.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 use super::config::BertConfig;
 use crate::dropout::{Dropout, DropoutRng};
 use crate::layer_norm::LayerNorm;
+use crate::lora::LoraLinear;
 
 /// `BertSelfAttention`: softmax(QKᵀ/√d + mask)·V per head.
 #[derive(Debug, Clone)]
 pub struct BertSelfAttention {
-    pub(super) query: Linear,
-    pub(super) key: Linear,
-    pub(super) value: Linear,
+    pub(super) query: LoraLinear,
+    pub(super) key: LoraLinear,
+    pub(super) value: LoraLinear,
     num_heads: usize,
     head_size: usize,
     pub(super) dropout: Dropout,
@@ -22,10 +23,13 @@ impl BertSelfAttention {
     /// Loads `attention.self.*`.
     pub fn load(vb: VarBuilder, config: &BertConfig, rng: &DropoutRng) -> Result<Self> {
         let hidden = config.hidden_size;
+        let linear = |name: &str| {
+            LoraLinear::load_stored(vb.pp(name), hidden, hidden, true, config.lora.as_ref(), rng)
+        };
         Ok(Self {
-            query: candle_nn::linear(hidden, hidden, vb.pp("query"))?,
-            key: candle_nn::linear(hidden, hidden, vb.pp("key"))?,
-            value: candle_nn::linear(hidden, hidden, vb.pp("value"))?,
+            query: linear("query")?,
+            key: linear("key")?,
+            value: linear("value")?,
             num_heads: config.num_attention_heads,
             head_size: config.head_size(),
             dropout: Dropout::new(config.attention_probs_dropout_prob, rng.clone()),
@@ -64,7 +68,7 @@ impl BertSelfAttention {
 #[derive(Debug, Clone)]
 pub struct BertAttention {
     pub(super) self_attention: BertSelfAttention,
-    pub(super) dense: Linear,
+    pub(super) dense: LoraLinear,
     pub(super) layer_norm: LayerNorm,
     pub(super) dropout: Dropout,
 }
@@ -76,7 +80,14 @@ impl BertAttention {
         let output = vb.pp("output");
         Ok(Self {
             self_attention: BertSelfAttention::load(vb.pp("self"), config, rng)?,
-            dense: candle_nn::linear(hidden, hidden, output.pp("dense"))?,
+            dense: LoraLinear::load_stored(
+                output.pp("dense"),
+                hidden,
+                hidden,
+                true,
+                config.lora.as_ref(),
+                rng,
+            )?,
             layer_norm: LayerNorm::load(output.pp("LayerNorm"), hidden, config.layer_norm_eps)?,
             dropout: Dropout::new(config.hidden_dropout_prob, rng.clone()),
         })

@@ -1,12 +1,13 @@
 //! `BertForSequenceClassification`: encoder, pooler, dropout, classifier.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 use super::config::BertConfig;
 use super::encoder::BertEncoder;
 use super::pooler::BertPooler;
 use crate::dropout::{Dropout, DropoutRng};
+use crate::lora::LoraLinear;
 use crate::tokens::TokenTensors;
 
 /// The cross-encoder network: pairs of token sequences to `[batch, num_labels]` logits.
@@ -15,7 +16,7 @@ pub struct BertForSequenceClassification {
     encoder: BertEncoder,
     pooler: BertPooler,
     dropout: Dropout,
-    classifier: Linear,
+    classifier: LoraLinear,
     num_labels: usize,
 }
 
@@ -31,9 +32,16 @@ impl BertForSequenceClassification {
         let bert = vb.pp("bert");
         Ok(Self {
             encoder: BertEncoder::load(bert.clone(), config, rng)?,
-            pooler: BertPooler::load(bert.pp("pooler"), config)?,
+            pooler: BertPooler::load(bert.pp("pooler"), config, rng)?,
             dropout: Dropout::new(config.classifier_dropout(), rng.clone()),
-            classifier: candle_nn::linear(config.hidden_size, num_labels, vb.pp("classifier"))?,
+            classifier: LoraLinear::load_stored(
+                vb.pp("classifier"),
+                config.hidden_size,
+                num_labels,
+                true,
+                config.lora.as_ref(),
+                rng,
+            )?,
             num_labels,
         })
     }

@@ -72,6 +72,10 @@ pub struct BertConfig {
     /// `embeddings_project` layer then maps it to the hidden size).
     #[serde(default)]
     pub embedding_size: Option<usize>,
+    /// LoRA adapters stored beside the weights, for the network of a training pass with
+    /// LoRA dropout (`CrossEncoder::adapted_encoder_network`); not part of `config.json`.
+    #[serde(skip)]
+    pub lora: Option<crate::lora::LoraConfig>,
 }
 
 fn default_dropout() -> f64 {

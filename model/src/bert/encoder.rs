@@ -3,12 +3,13 @@
 //! sentence embedder used for hard-negative mining mean-pools it.
 
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 use super::config::BertConfig;
 use super::embeddings::{BertEmbeddings, PositionIds};
 use super::layer::BertLayer;
 use crate::dropout::DropoutRng;
+use crate::lora::LoraLinear;
 use crate::tokens::TokenTensors;
 
 /// Embeddings plus encoder layers (transformers' `bert.embeddings` and `bert.encoder`; the
@@ -17,7 +18,7 @@ use crate::tokens::TokenTensors;
 pub struct BertEncoder {
     embeddings: BertEmbeddings,
     /// ELECTRA's `embeddings_project`, when its embeddings are narrower than the layers.
-    embeddings_project: Option<Linear>,
+    embeddings_project: Option<LoraLinear>,
     layers: Vec<BertLayer>,
 }
 
@@ -41,10 +42,13 @@ impl BertEncoder {
             .collect::<Result<_>>()?;
         let embeddings = BertEmbeddings::load(vb.pp("embeddings"), config, positions, rng)?;
         let embeddings_project = match config.embedding_width() {
-            width if width != config.hidden_size => Some(candle_nn::linear(
+            width if width != config.hidden_size => Some(LoraLinear::load_stored(
+                vb.pp("embeddings_project"),
                 width,
                 config.hidden_size,
-                vb.pp("embeddings_project"),
+                true,
+                config.lora.as_ref(),
+                rng,
             )?),
             _ => None,
         };

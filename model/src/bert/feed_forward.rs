@@ -2,18 +2,19 @@
 //! LayerNorm (`intermediate` and `output` in transformers' names).
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 use super::config::{BertConfig, HiddenAct};
 use crate::dropout::{Dropout, DropoutRng};
 use crate::layer_norm::LayerNorm;
+use crate::lora::{LoraConfig, LoraLinear};
 
 /// `BertIntermediate` + `BertOutput`.
 #[derive(Debug, Clone)]
 pub struct BertFeedForward {
-    pub(crate) intermediate: Linear,
+    pub(crate) intermediate: LoraLinear,
     pub(crate) activation: HiddenAct,
-    pub(crate) output: Linear,
+    pub(crate) output: LoraLinear,
     pub(crate) layer_norm: LayerNorm,
     pub(crate) dropout: Dropout,
 }
@@ -30,21 +31,27 @@ impl BertFeedForward {
                 layer_norm_eps: config.layer_norm_eps,
                 dropout: config.hidden_dropout_prob,
             },
+            config.lora.as_ref(),
             rng,
         )
     }
 
-    /// The same block for another family with BERT's (DeBERTa's), from its sizes.
+    /// The same block for another family with BERT's (DeBERTa's), from its sizes (and
+    /// the adapters stored beside its weights, see [`LoraLinear::load_stored`]).
     pub(crate) fn load_with(
         vb: VarBuilder,
         shape: FeedForwardShape,
+        lora: Option<&LoraConfig>,
         rng: &DropoutRng,
     ) -> Result<Self> {
         let (hidden, inner) = (shape.hidden, shape.intermediate);
+        let linear = |vb: VarBuilder, inputs, outputs| {
+            LoraLinear::load_stored(vb, inputs, outputs, true, lora, rng)
+        };
         Ok(Self {
-            intermediate: candle_nn::linear(hidden, inner, vb.pp("intermediate").pp("dense"))?,
+            intermediate: linear(vb.pp("intermediate").pp("dense"), hidden, inner)?,
             activation: shape.activation,
-            output: candle_nn::linear(inner, hidden, vb.pp("output").pp("dense"))?,
+            output: linear(vb.pp("output").pp("dense"), inner, hidden)?,
             layer_norm: LayerNorm::load(
                 vb.pp("output").pp("LayerNorm"),
                 hidden,
@@ -56,15 +63,21 @@ impl BertFeedForward {
 }
 
 impl BertFeedForward {
+    /// Whether a LoRA adapter is attached to either projection (the layer then runs on
+    /// candle's ops, see [`LoraLinear::load_stored`]).
+    pub(crate) fn is_adapted(&self) -> bool {
+        self.intermediate.is_adapted() || self.output.is_adapted()
+    }
+
     /// The parameters of the fused post-norm layer ([`crate::kernels::encoder_layer`])
     /// whose attention block has the projections `[query, key, value, output]` and the norm
     /// `attention_norm`, and whose feed-forward block is this one: BERT's and DeBERTa's.
     pub(crate) fn layer_parameters<'a>(
         &'a self,
-        [query, key, value, output]: [&'a Linear; 4],
+        [query, key, value, output]: [&'a LoraLinear; 4],
         attention_norm: &'a LayerNorm,
     ) -> Result<crate::kernels::encoder_layer::LayerParameters<'a>> {
-        fn weight_and_bias(linear: &Linear) -> Result<(&Tensor, &Tensor)> {
+        fn weight_and_bias(linear: &LoraLinear) -> Result<(&Tensor, &Tensor)> {
             match linear.bias() {
                 Some(bias) => Ok((linear.weight(), bias)),
                 None => candle_core::bail!("encoder layer: a linear layer without bias"),
@@ -86,7 +99,7 @@ impl BertFeedForward {
     /// packed).
     pub(crate) fn pack_layer(
         &self,
-        projections: [&Linear; 4],
+        projections: [&LoraLinear; 4],
         attention_norm: &LayerNorm,
     ) -> Result<Tensor> {
         crate::kernels::encoder_layer::pack_parameters(

@@ -1,7 +1,7 @@
 //! One transformer encoder layer: attention block, then feed-forward block.
 
 use candle_core::{DType, Module, Result, Shape, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 use super::attention::BertAttention;
 use super::config::{BertConfig, HiddenAct};
@@ -9,6 +9,7 @@ use super::feed_forward::BertFeedForward;
 use crate::dropout::DropoutRng;
 use crate::kernels::encoder_layer::{self as fused_layer, LayerDims, LayerDropoutMasks};
 use crate::layer_norm::LayerNorm;
+use crate::lora::LoraLinear;
 use crate::parameters::{packed_views, PackedLayer};
 
 /// `BertLayer`.
@@ -39,7 +40,7 @@ impl BertLayer {
     }
 
     /// The projections of the attention block in the fused op's order.
-    fn projections(&self) -> [&Linear; 4] {
+    fn projections(&self) -> [&LoraLinear; 4] {
         let self_attention = &self.attention.self_attention;
         [
             &self_attention.query,
@@ -49,8 +50,16 @@ impl BertLayer {
         ]
     }
 
+    /// Whether the fused kernel runs this layer: f32 on the CPU with exact GELU, and no
+    /// adapter in it (an adapter with LoRA dropout runs on candle's ops, see
+    /// [`LoraLinear::load_stored`]).
     fn is_fused_on(&self, device: &candle_core::Device, dtype: DType) -> bool {
-        device.is_cpu() && dtype == DType::F32 && self.feed_forward.activation == HiddenAct::Gelu
+        let adapted = self.projections().iter().any(|linear| linear.is_adapted())
+            || self.feed_forward.is_adapted();
+        device.is_cpu()
+            && dtype == DType::F32
+            && self.feed_forward.activation == HiddenAct::Gelu
+            && !adapted
     }
 
     /// One layer: the fused CPU kernel where it applies (f32 on the CPU, exact GELU),
@@ -149,14 +158,14 @@ impl PackedLayer for BertLayer {
             .map_err(|_| candle_core::Error::Msg("encoder layer: not 16 parameters".into()))?;
         let [qw, kw, vw, qb, kb, vb, ow, ob, n1w, n1b, iw, ib, fw, fb, n2w, n2b] = views;
         let attention = &mut self.attention;
-        attention.self_attention.query = Linear::new(qw, Some(qb));
-        attention.self_attention.key = Linear::new(kw, Some(kb));
-        attention.self_attention.value = Linear::new(vw, Some(vb));
-        attention.dense = Linear::new(ow, Some(ob));
+        attention.self_attention.query = LoraLinear::new(qw, Some(qb));
+        attention.self_attention.key = LoraLinear::new(kw, Some(kb));
+        attention.self_attention.value = LoraLinear::new(vw, Some(vb));
+        attention.dense = LoraLinear::new(ow, Some(ob));
         attention.layer_norm = LayerNorm::new(n1w, n1b, attention.layer_norm.eps());
         let feed_forward = &mut self.feed_forward;
-        feed_forward.intermediate = Linear::new(iw, Some(ib));
-        feed_forward.output = Linear::new(fw, Some(fb));
+        feed_forward.intermediate = LoraLinear::new(iw, Some(ib));
+        feed_forward.output = LoraLinear::new(fw, Some(fb));
         feed_forward.layer_norm = LayerNorm::new(n2w, n2b, feed_forward.layer_norm.eps());
         self.packed = Some(packed);
         Ok(())

@@ -1,21 +1,30 @@
 //! The pooler: dense + tanh on the [CLS] hidden state.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 use super::config::BertConfig;
+use crate::dropout::DropoutRng;
+use crate::lora::LoraLinear;
 
 /// `BertPooler`.
 #[derive(Debug, Clone)]
 pub struct BertPooler {
-    dense: Linear,
+    dense: LoraLinear,
 }
 
 impl BertPooler {
     /// Loads `pooler.dense`.
-    pub fn load(vb: VarBuilder, config: &BertConfig) -> Result<Self> {
+    pub fn load(vb: VarBuilder, config: &BertConfig, rng: &DropoutRng) -> Result<Self> {
         Ok(Self {
-            dense: candle_nn::linear(config.hidden_size, config.hidden_size, vb.pp("dense"))?,
+            dense: LoraLinear::load_stored(
+                vb.pp("dense"),
+                config.hidden_size,
+                config.hidden_size,
+                true,
+                config.lora.as_ref(),
+                rng,
+            )?,
         })
     }
 }

@@ -14,12 +14,13 @@ use std::cell::OnceCell;
 use std::sync::Arc;
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 use super::config::DebertaV2Config;
 use super::relative_position::RelativeIndex;
 use crate::dropout::{Dropout, DropoutRng};
 use crate::layer_norm::LayerNorm;
+use crate::lora::LoraLinear;
 
 /// What every layer attends with, for one batch: made once per forward pass.
 #[derive(Debug, Clone)]
@@ -85,12 +86,12 @@ impl AttentionInputs {
 /// `DebertaV2Attention`: `DisentangledSelfAttention` and `DebertaV2SelfOutput`.
 #[derive(Debug, Clone)]
 pub struct DisentangledAttention {
-    pub(super) query: Linear,
-    pub(super) key: Linear,
-    pub(super) value: Linear,
+    pub(super) query: LoraLinear,
+    pub(super) key: LoraLinear,
+    pub(super) value: LoraLinear,
     /// Own projections of the relative table when keys are not shared.
-    position_key: Option<Linear>,
-    position_query: Option<Linear>,
+    position_key: Option<LoraLinear>,
+    position_query: Option<LoraLinear>,
     pub(super) content_to_position: bool,
     pub(super) position_to_content: bool,
     pub(super) num_heads: usize,
@@ -98,7 +99,7 @@ pub struct DisentangledAttention {
     pub(super) scale: f64,
     pub(super) position_dropout: Dropout,
     pub(super) probabilities_dropout: Dropout,
-    pub(super) output: Linear,
+    pub(super) output: LoraLinear,
     pub(super) output_dropout: Dropout,
     pub(super) layer_norm: LayerNorm,
 }
@@ -112,25 +113,20 @@ impl DisentangledAttention {
         let separate = !config.share_att_key;
         let content_to_position = config.content_to_position();
         let position_to_content = config.position_to_content();
+        let linear = |vb: VarBuilder, inputs, outputs| {
+            LoraLinear::load_stored(vb, inputs, outputs, true, config.lora.as_ref(), rng)
+        };
         Ok(Self {
-            query: candle_nn::linear(hidden, heads_width, own.pp("query_proj"))?,
-            key: candle_nn::linear(hidden, heads_width, own.pp("key_proj"))?,
-            value: candle_nn::linear(hidden, heads_width, own.pp("value_proj"))?,
+            query: linear(own.pp("query_proj"), hidden, heads_width)?,
+            key: linear(own.pp("key_proj"), hidden, heads_width)?,
+            value: linear(own.pp("value_proj"), hidden, heads_width)?,
             position_key: if separate && content_to_position {
-                Some(candle_nn::linear(
-                    hidden,
-                    heads_width,
-                    own.pp("pos_key_proj"),
-                )?)
+                Some(linear(own.pp("pos_key_proj"), hidden, heads_width)?)
             } else {
                 None
             },
             position_query: if separate && position_to_content {
-                Some(candle_nn::linear(
-                    hidden,
-                    heads_width,
-                    own.pp("pos_query_proj"),
-                )?)
+                Some(linear(own.pp("pos_query_proj"), hidden, heads_width)?)
             } else {
                 None
             },
@@ -141,7 +137,7 @@ impl DisentangledAttention {
             scale: config.score_scale(),
             position_dropout: Dropout::new(config.hidden_dropout_prob, rng.clone()),
             probabilities_dropout: Dropout::new(config.attention_probs_dropout_prob, rng.clone()),
-            output: candle_nn::linear(heads_width, hidden, vb.pp("output").pp("dense"))?,
+            output: linear(vb.pp("output").pp("dense"), heads_width, hidden)?,
             output_dropout: Dropout::new(config.hidden_dropout_prob, rng.clone()),
             layer_norm: LayerNorm::load(
                 vb.pp("output").pp("LayerNorm"),
@@ -155,6 +151,16 @@ impl DisentangledAttention {
     /// as the fused CPU layer computes it, or there is no relative term.
     pub(super) fn shares_projections(&self) -> bool {
         self.position_key.is_none() && self.position_query.is_none()
+    }
+
+    /// Whether a LoRA adapter is attached to any of its projections (the layer then runs
+    /// on candle's ops, see [`LoraLinear::load_stored`]).
+    pub(super) fn is_adapted(&self) -> bool {
+        [&self.query, &self.key, &self.value, &self.output]
+            .into_iter()
+            .chain(self.position_key.iter())
+            .chain(self.position_query.iter())
+            .any(LoraLinear::is_adapted)
     }
 
     /// `[rows, heads · head_size]` to head-major `[heads, rows, head_size]`.

@@ -97,6 +97,10 @@ pub struct DebertaV2Config {
     /// Output names.
     #[serde(default)]
     pub id2label: Option<BTreeMap<String, String>>,
+    /// LoRA adapters stored beside the weights, for the network of a training pass with
+    /// LoRA dropout (`CrossEncoder::adapted_encoder_network`); not part of `config.json`.
+    #[serde(skip)]
+    pub lora: Option<crate::lora::LoraConfig>,
 }
 
 fn default_dropout() -> f64 {

@@ -4,11 +4,12 @@
 //! layer-normed, zeroed on padding, dropout.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Embedding, Linear, VarBuilder};
+use candle_nn::{Embedding, VarBuilder};
 
 use super::config::DebertaV2Config;
 use crate::dropout::{Dropout, DropoutRng};
 use crate::layer_norm::LayerNorm;
+use crate::lora::LoraLinear;
 
 /// The embedding block.
 #[derive(Debug, Clone)]
@@ -16,7 +17,7 @@ pub struct DebertaV2Embeddings {
     word_embeddings: Embedding,
     position_embeddings: Option<Embedding>,
     token_type_embeddings: Option<Embedding>,
-    project: Option<Linear>,
+    project: Option<LoraLinear>,
     layer_norm: LayerNorm,
     dropout: Dropout,
 }
@@ -50,10 +51,13 @@ impl DebertaV2Embeddings {
                 None
             },
             project: if width != config.hidden_size {
-                Some(candle_nn::linear_no_bias(
+                Some(LoraLinear::load_stored(
+                    vb.pp("embed_proj"),
                     width,
                     config.hidden_size,
-                    vb.pp("embed_proj"),
+                    false,
+                    config.lora.as_ref(),
+                    rng,
                 )?)
             } else {
                 None

@@ -40,6 +40,7 @@ impl DebertaV2Layer {
                     layer_norm_eps: config.layer_norm_eps,
                     dropout: config.hidden_dropout_prob,
                 },
+                config.lora.as_ref(),
                 rng,
             )?,
             dims: LayerDims {
@@ -64,7 +65,9 @@ impl DebertaV2Layer {
             && hidden.dtype() == DType::F32
             && self.feed_forward.activation == HiddenAct::Gelu
             && self.attention.shares_projections()
-            && self.attention.head_size * self.attention.num_heads == self.dims.hidden;
+            && self.attention.head_size * self.attention.num_heads == self.dims.hidden
+            && !self.attention.is_adapted()
+            && !self.feed_forward.is_adapted();
         if fused {
             self.forward_fused(hidden, inputs, first_token_only)
         } else {

@@ -3,7 +3,7 @@
 //! dense, activation on the first token; dropout; classifier).
 
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 use super::attention::AttentionInputs;
 use super::config::DebertaV2Config;
@@ -13,6 +13,7 @@ use super::relative_position::RelativePositions;
 use crate::bert::HiddenAct;
 use crate::dropout::{Dropout, DropoutRng};
 use crate::layer_norm::LayerNorm;
+use crate::lora::LoraLinear;
 use crate::tokens::TokenTensors;
 
 /// The encoder: one hidden state per token (sentence embeddings read it).
@@ -112,10 +113,10 @@ impl DebertaV2Model {
 pub struct DebertaV2ForSequenceClassification {
     model: DebertaV2Model,
     pooler_dropout: Dropout,
-    pooler: Linear,
+    pooler: LoraLinear,
     pooler_activation: HiddenAct,
     classifier_dropout: Dropout,
-    classifier: Linear,
+    classifier: LoraLinear,
     num_labels: usize,
 }
 
@@ -128,13 +129,16 @@ impl DebertaV2ForSequenceClassification {
         rng: &DropoutRng,
     ) -> Result<Self> {
         let width = config.hidden_size;
+        let linear = |name: &str, outputs| {
+            LoraLinear::load_stored(vb.pp(name), width, outputs, true, config.lora.as_ref(), rng)
+        };
         Ok(Self {
             model: DebertaV2Model::load(vb.pp("deberta"), config, rng)?,
             pooler_dropout: Dropout::new(config.pooler_dropout, rng.clone()),
-            pooler: candle_nn::linear(width, width, vb.pp("pooler.dense"))?,
+            pooler: linear("pooler.dense", width)?,
             pooler_activation: config.pooler_hidden_act,
             classifier_dropout: Dropout::new(config.classifier_dropout(), rng.clone()),
-            classifier: candle_nn::linear(width, num_labels, vb.pp("classifier"))?,
+            classifier: linear("classifier", num_labels)?,
             num_labels,
         })
     }

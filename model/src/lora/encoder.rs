@@ -1,8 +1,10 @@
-//! LoRA on the encoder families. Their modules know nothing of adapters: the adapter
+//! LoRA on the encoder families. Their modules do not create adapters: the adapter
 //! matrices are added as trainable `Var`s after the network loads
-//! ([`add_encoder_adapters`]), and the layers run on weights with the adapter folded in
-//! ([`fold_adapters`]), rebuilt every forward pass, so the fused encoder kernels run
-//! unchanged.
+//! ([`add_encoder_adapters`]), and the network is rebuilt every forward pass from the
+//! current `Var`s. Its layers run on weights with the adapter folded in
+//! ([`fold_adapters`]), so the fused encoder kernels run unchanged; in training with LoRA
+//! dropout, which has no folded form, each adapted linear layer finds its adapter beside
+//! its weight instead ([`super::LoraLinear::load_stored`]) and applies it as PEFT does.
 
 use std::sync::{Arc, Mutex};
 
@@ -91,14 +93,4 @@ pub(crate) fn add_encoder_adapters(
         lora.adapter_matrices(&vb.pp(path), inputs, outputs)?;
     }
     Ok(())
-}
-
-/// Why an encoder's adapter with LoRA dropout cannot train: its layers run on weights with
-/// the adapter folded in, and dropout on the adapter's input alone has no such form.
-pub(crate) fn encoder_lora_dropout_message(lora_dropout: f64, family: ModelFamily) -> String {
-    format!(
-        "lora_dropout = {lora_dropout} on {}: LoRA dropout is implemented for the decoder \
-         rerankers only; train the encoder families' adapters with lora_dropout = 0",
-        family.display_name()
-    )
 }

@@ -19,8 +19,8 @@ use crate::error::ModelError;
 
 mod encoder;
 
+pub(crate) use encoder::add_encoder_adapters;
 pub use encoder::fold_adapters;
-pub(crate) use encoder::{add_encoder_adapters, encoder_lora_dropout_message};
 
 /// The adapter's config file in an adapter directory.
 pub const ADAPTER_CONFIG: &str = "adapter_config.json";
@@ -571,13 +571,26 @@ impl LoraLinear {
         lora: Option<&LoraConfig>,
         rng: &DropoutRng,
     ) -> Result<Self> {
+        let targeted = lora.filter(|config| config.targets(&vb.prefix()));
+        Self::load_with_adapter(vb, inputs, outputs, bias, targeted, rng)
+    }
+
+    /// The layer under `vb`, with an adapter when `adapter` is given.
+    fn load_with_adapter(
+        vb: VarBuilder,
+        inputs: usize,
+        outputs: usize,
+        bias: bool,
+        adapter: Option<&LoraConfig>,
+        rng: &DropoutRng,
+    ) -> Result<Self> {
         let base = if bias {
             candle_nn::linear(inputs, outputs, vb.clone())?
         } else {
             candle_nn::linear_no_bias(inputs, outputs, vb.clone())?
         };
-        let adapter = match lora {
-            Some(config) if config.targets(&vb.prefix()) => {
+        let adapter = match adapter {
+            Some(config) => {
                 let (a, b) = config.adapter_matrices(&vb, inputs, outputs)?;
                 Some(LoraAdapter {
                     a: Linear::new(a, None),
@@ -586,9 +599,34 @@ impl LoraLinear {
                     dropout: Dropout::new(config.lora_dropout, rng.clone()),
                 })
             }
-            _ => None,
+            None => None,
         };
         Ok(Self { base, adapter })
+    }
+
+    /// An encoder's linear layer under `vb`, with the adapter stored beside its weight
+    /// when `lora` is given and there is one. An encoder's adapters are created once, when
+    /// the model loads (`add_encoder_adapters`); its modules only
+    /// find them, in the network built for a training pass with LoRA dropout (see
+    /// `CrossEncoder::adapted_encoder_network`).
+    pub fn load_stored(
+        vb: VarBuilder,
+        inputs: usize,
+        outputs: usize,
+        bias: bool,
+        lora: Option<&LoraConfig>,
+        rng: &DropoutRng,
+    ) -> Result<Self> {
+        let stored = vb.contains_tensor("lora_A.weight") && vb.contains_tensor("lora_B.weight");
+        Self::load_with_adapter(vb, inputs, outputs, bias, lora.filter(|_| stored), rng)
+    }
+
+    /// A linear layer without an adapter over these tensors (a packed layer's views).
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self {
+            base: Linear::new(weight, bias),
+            adapter: None,
+        }
     }
 
     /// Whether the layer has an adapter.
@@ -625,7 +663,7 @@ impl Module for LoraLinear {
         let weight = self.base.weight();
         if let Some(adapter) = &self.adapter {
             let training = x.track_op() || adapter.a.weight().track_op();
-            if training && !weight.is_variable() && adapter.dropout.is_identity() {
+            if training && !weight.track_op() && adapter.dropout.is_identity() {
                 // Training a frozen layer's adapter: one op, no weight gradient.
                 return crate::kernels::frozen_linear::frozen_lora_linear(
                     x,
@@ -637,7 +675,9 @@ impl Module for LoraLinear {
                 );
             }
         }
-        let output = if x.track_op() && !weight.is_variable() {
+        // A weight that tracks no op is frozen (a `Var`, or a weight computed from one, such
+        // as an encoder's folded weight, needs its gradient).
+        let output = if x.track_op() && !weight.track_op() {
             crate::kernels::frozen_linear::frozen_linear(x, weight, self.base.bias())?
         } else if weight.dtype() != x.dtype() {
             let weight = weight.to_dtype(x.dtype())?;

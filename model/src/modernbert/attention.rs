@@ -8,12 +8,13 @@ use std::cell::OnceCell;
 use std::sync::Arc;
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 use super::config::ModernBertConfig;
 use super::rotary;
 use crate::dropout::{Dropout, DropoutRng};
 use crate::kernels::modernbert_layer::RotaryTables;
+use crate::lora::LoraLinear;
 
 /// A masked position's score bias: large enough that its probability is exactly 0, finite
 /// so that a row with every position masked (a padding token far from any real one, in a
@@ -23,8 +24,8 @@ pub(super) const MASKED: f32 = -1e9;
 /// `ModernBertAttention`.
 #[derive(Debug, Clone)]
 pub struct ModernBertAttention {
-    pub(super) wqkv: Linear,
-    pub(super) wo: Linear,
+    pub(super) wqkv: LoraLinear,
+    pub(super) wo: LoraLinear,
     num_heads: usize,
     head_size: usize,
     pub(super) probabilities_dropout: Dropout,
@@ -35,9 +36,19 @@ impl ModernBertAttention {
     /// Loads `layers.N.attn`.
     pub fn load(vb: VarBuilder, config: &ModernBertConfig, rng: &DropoutRng) -> Result<Self> {
         let hidden = config.hidden_size;
+        let linear = |name: &str, outputs| {
+            LoraLinear::load_stored(
+                vb.pp(name),
+                hidden,
+                outputs,
+                false,
+                config.lora.as_ref(),
+                rng,
+            )
+        };
         Ok(Self {
-            wqkv: candle_nn::linear_no_bias(hidden, 3 * hidden, vb.pp("Wqkv"))?,
-            wo: candle_nn::linear_no_bias(hidden, hidden, vb.pp("Wo"))?,
+            wqkv: linear("Wqkv", 3 * hidden)?,
+            wo: linear("Wo", hidden)?,
             num_heads: config.num_attention_heads,
             head_size: config.head_size(),
             probabilities_dropout: Dropout::new(config.attention_dropout, rng.clone()),

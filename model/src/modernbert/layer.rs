@@ -4,7 +4,7 @@
 //! dtypes) as the composite candle ops below, which the tests hold the fused op to.
 
 use candle_core::{DType, Module, Result, Shape, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 use super::attention::{AttentionInputs, ModernBertAttention};
 use super::config::ModernBertConfig;
@@ -14,6 +14,7 @@ use crate::kernels::modernbert_layer::{
     self as fused_layer, ModernLayerDims, ModernLayerDropoutMasks, ModernLayerParameters,
 };
 use crate::layer_norm::LayerNorm;
+use crate::lora::LoraLinear;
 use crate::parameters::{packed_views, PackedLayer};
 
 /// `ModernBertEncoderLayer`.
@@ -85,11 +86,24 @@ impl ModernBertLayer {
         first_token_only: bool,
     ) -> Result<Tensor> {
         let _span = tracing::trace_span!("modernbert_layer").entered();
-        if hidden.device().is_cpu() && hidden.dtype() == DType::F32 {
+        if hidden.device().is_cpu() && hidden.dtype() == DType::F32 && !self.is_adapted() {
             self.forward_fused(hidden, attention, first_token_only)
         } else {
             self.forward_composite(hidden, attention)
         }
+    }
+
+    /// Whether a LoRA adapter is attached to any projection: the layer then runs on
+    /// candle's ops (see [`LoraLinear::load_stored`]).
+    fn is_adapted(&self) -> bool {
+        [
+            &self.attention.wqkv,
+            &self.attention.wo,
+            &self.mlp.wi,
+            &self.mlp.wo,
+        ]
+        .into_iter()
+        .any(LoraLinear::is_adapted)
     }
 
     /// The layer from candle ops.
@@ -178,12 +192,12 @@ impl PackedLayer for ModernBertLayer {
         if let Some(norm) = &mut self.attention_norm {
             *norm = LayerNorm::new(next()?, norm.bias().clone(), norm.eps());
         }
-        self.attention.wqkv = Linear::new(next()?, None);
-        self.attention.wo = Linear::new(next()?, None);
+        self.attention.wqkv = LoraLinear::new(next()?, None);
+        self.attention.wo = LoraLinear::new(next()?, None);
         let norm = &self.mlp_norm;
         self.mlp_norm = LayerNorm::new(next()?, norm.bias().clone(), norm.eps());
-        self.mlp.wi = Linear::new(next()?, None);
-        self.mlp.wo = Linear::new(next()?, None);
+        self.mlp.wi = LoraLinear::new(next()?, None);
+        self.mlp.wo = LoraLinear::new(next()?, None);
         self.packed = Some(packed);
         Ok(())
     }

@@ -1,16 +1,17 @@
 //! ModernBERT's GeGLU MLP: `Wi` gives input and gate side by side, `Wo(act(input) · gate)`.
 
 use candle_core::{Module, Result, Tensor, D};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 use super::config::ModernBertConfig;
 use crate::dropout::{Dropout, DropoutRng};
+use crate::lora::LoraLinear;
 
 /// `ModernBertMLP`.
 #[derive(Debug, Clone)]
 pub struct ModernBertMlp {
-    pub(super) wi: Linear,
-    pub(super) wo: Linear,
+    pub(super) wi: LoraLinear,
+    pub(super) wo: LoraLinear,
     intermediate: usize,
     pub(super) dropout: Dropout,
 }
@@ -19,9 +20,19 @@ impl ModernBertMlp {
     /// Loads `layers.N.mlp`.
     pub fn load(vb: VarBuilder, config: &ModernBertConfig, rng: &DropoutRng) -> Result<Self> {
         let (hidden, intermediate) = (config.hidden_size, config.intermediate_size);
+        let linear = |name: &str, inputs, outputs| {
+            LoraLinear::load_stored(
+                vb.pp(name),
+                inputs,
+                outputs,
+                false,
+                config.lora.as_ref(),
+                rng,
+            )
+        };
         Ok(Self {
-            wi: candle_nn::linear_no_bias(hidden, 2 * intermediate, vb.pp("Wi"))?,
-            wo: candle_nn::linear_no_bias(intermediate, hidden, vb.pp("Wo"))?,
+            wi: linear("Wi", hidden, 2 * intermediate)?,
+            wo: linear("Wo", intermediate, hidden)?,
             intermediate,
             dropout: Dropout::new(config.mlp_dropout, rng.clone()),
         })

@@ -3,13 +3,14 @@
 //! the classifier).
 
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{Embedding, Linear, VarBuilder};
+use candle_nn::{Embedding, VarBuilder};
 
 use super::attention::{AttentionInputs, MASKED};
 use super::config::{ClassifierPooling, ModernBertConfig};
 use super::layer::ModernBertLayer;
 use crate::dropout::{Dropout, DropoutRng};
 use crate::layer_norm::LayerNorm;
+use crate::lora::LoraLinear;
 
 /// The encoder: one hidden state per token (sentence embeddings read it).
 #[derive(Debug, Clone)]
@@ -115,10 +116,10 @@ impl ModernBertModel {
 #[derive(Debug, Clone)]
 pub struct ModernBertForSequenceClassification {
     model: ModernBertModel,
-    head_dense: Linear,
+    head_dense: LoraLinear,
     head_norm: LayerNorm,
     classifier_dropout: Dropout,
-    classifier: Linear,
+    classifier: LoraLinear,
     pooling: ClassifierPooling,
     num_labels: usize,
 }
@@ -132,12 +133,15 @@ impl ModernBertForSequenceClassification {
         rng: &DropoutRng,
     ) -> Result<Self> {
         let (width, eps) = (config.hidden_size, config.norm_eps);
+        let linear = |name: &str, outputs, bias| {
+            LoraLinear::load_stored(vb.pp(name), width, outputs, bias, config.lora.as_ref(), rng)
+        };
         Ok(Self {
             model: ModernBertModel::load(vb.pp("model"), config, rng)?,
-            head_dense: candle_nn::linear_no_bias(width, width, vb.pp("head.dense"))?,
+            head_dense: linear("head.dense", width, false)?,
             head_norm: LayerNorm::load_without_bias(vb.pp("head.norm"), width, eps)?,
             classifier_dropout: Dropout::new(config.classifier_dropout, rng.clone()),
-            classifier: candle_nn::linear(width, num_labels, vb.pp("classifier"))?,
+            classifier: linear("classifier", num_labels, true)?,
             pooling: config.classifier_pooling,
             num_labels,
         })

@@ -531,6 +531,30 @@ mod tests {
             );
             assert!(max_abs(b) > 0.0, "{what}: gradient of {name} is zero");
         }
+        // An input that needs no gradient (the first layer over frozen embeddings): the
+        // same adapter gradients, though the backward pass skips the input's.
+        let detached = case.hidden.as_tensor().detach();
+        let output = case
+            .fused(&detached, queries)
+            .unwrap()
+            .broadcast_mul(&rows)
+            .unwrap();
+        let upstream = random(output.dims(), 7, 1.0).broadcast_mul(&rows).unwrap();
+        let grads = (&output * &upstream)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        assert!(grads.get(&detached).is_none(), "{what}");
+        for (name, var) in &case.adapters {
+            let expected = &fused_grads.iter().find(|(n, _)| n == name).unwrap().1;
+            let diff = max_diff(grads.get(var.as_tensor()).unwrap(), expected);
+            assert!(
+                diff < 1e-6,
+                "{what}: {name} without the input's gradient: {diff}"
+            );
+        }
     }
 
     #[test]

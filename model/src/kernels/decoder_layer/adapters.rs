@@ -1,10 +1,14 @@
 //! LoRA adapters inside the fused decoder layer: `y = x·Wᵀ (+ b) + s·(x·Aᵀ)·Bᵀ` on any of the
 //! seven projections, with the frozen base taking no weight gradients. The adapters of a
-//! layer are packed into one vector (the op's trainable input); `x·Aᵀ` (r columns) is
-//! recomputed in the backward pass rather than kept.
+//! layer are packed into one vector (the op's trainable input). The fused layer's adapters
+//! have no dropout (a layer with LoRA dropout runs on candle's ops), so each pass runs on the
+//! base with the updates merged in, `W + s·B·A` ([`FrozenBase::values`]), as an unadapted
+//! layer runs: the merged weights give the outputs and the inputs' gradients, and only A's
+//! and B's own gradients need the low-rank products (`x·Aᵀ` recomputed, not kept).
 
 use candle_core::{DType, Result, Tensor};
 
+use super::params::Offsets;
 use super::DecoderLayerDims;
 use crate::kernels::encoder_layer::products::{matmul, project, view};
 use crate::kernels::encoder_layer::threads;
@@ -55,6 +59,19 @@ impl Projection {
             Projection::Output => (q, h),
             Projection::Gate | Projection::Up => (h, i),
             Projection::Down => (i, h),
+        }
+    }
+
+    /// Where the weight of the projection's packed matrix starts in the layer's parameters
+    /// (keys and values share one matrix, as do the gate and up projections; the
+    /// projection's rows start [`Self::placement`]'s column further on).
+    fn weight_start(self, offsets: &Offsets) -> usize {
+        match self {
+            Projection::Query => offsets.query.start,
+            Projection::Key | Projection::Value => offsets.key_value.start,
+            Projection::Output => offsets.output.start,
+            Projection::Gate | Projection::Up => offsets.gate_up.start,
+            Projection::Down => offsets.down.start,
         }
     }
 
@@ -135,57 +152,50 @@ pub(super) struct FrozenBase {
 }
 
 impl FrozenBase {
-    /// The base as one f32 vector, for the length of one forward or backward pass.
-    pub(super) fn values(&self) -> Result<Vec<f32>> {
-        // One copy of an f32 base (a bf16 one is widened tensor by tensor first).
+    /// The base as one f32 vector with each adapter's update added to its projection's
+    /// weight (`W + s·B·A`, in f32), for the length of one forward or backward pass: one copy
+    /// of an f32 base (a bf16 one is widened tensor by tensor first), and one `B·A` product
+    /// per adapted projection, a `1/r`-th of what the update costs per token in each pass.
+    pub(super) fn values(&self, layer: &DecoderLayerDims, adapters: &[f32]) -> Result<Vec<f32>> {
         let total = self.tensors.iter().map(Tensor::elem_count).sum();
         let mut values = Vec::with_capacity(total);
         for tensor in &self.tensors {
             let wide = tensor.to_dtype(DType::F32)?.flatten_all()?.contiguous()?;
             with_cpu_values(&wide, "frozen base", |part| values.extend_from_slice(part))?;
         }
+        let offsets = layer.offsets();
+        let rank = self.adapters.rank;
+        for projection in Projection::ALL {
+            let Some((a, b)) = self.adapters.ranges(layer, projection) else {
+                continue;
+            };
+            let (inputs, outputs) = projection.widths(layer);
+            let (_, first_row) = projection.placement(layer);
+            let start = projection.weight_start(&offsets) + first_row * inputs;
+            let scaled_b: Vec<f32> = adapters[b]
+                .iter()
+                .map(|v| v * self.adapters.scaling)
+                .collect();
+            // W [out, in] += (s·B) [out, r] · A [r, in].
+            matmul(
+                &mut values[start..start + outputs * inputs],
+                view(0, inputs, 1),
+                &scaled_b,
+                view(0, rank, 1),
+                &adapters[a],
+                view(0, inputs, 1),
+                (outputs, inputs, rank),
+                true,
+                threads(),
+            );
+        }
         Ok(values)
     }
 }
 
-/// Adds `s·(x·Aᵀ)·Bᵀ` of `projection` (when it has an adapter) into its columns of `out`;
-/// `x` is the projection's `[rows, in]` input.
-pub(super) fn add_update(
-    layer: &DecoderLayerDims,
-    adapters: Option<(&AdapterDims, &[f32])>,
-    projection: Projection,
-    x: &[f32],
-    rows: usize,
-    out: &mut [f32],
-) {
-    let Some((dims, values)) = adapters else {
-        return;
-    };
-    let Some((a, b)) = dims.ranges(layer, projection) else {
-        return;
-    };
-    let (inputs, outputs) = projection.widths(layer);
-    let (row_width, column) = projection.placement(layer);
-    let rank = dims.rank;
-    let mut low = project(x, &values[a], rows, rank);
-    low.iter_mut().for_each(|v| *v *= dims.scaling);
-    debug_assert_eq!(x.len(), rows * inputs);
-    matmul(
-        out,
-        view(column, row_width, 1),
-        &low,
-        view(0, rank, 1),
-        &values[b],
-        view(0, 1, rank),
-        (rows, outputs, rank),
-        true,
-        threads(),
-    );
-}
-
-/// The backward pass of [`add_update`]: from the gradient `dy` of the buffer the update was
-/// added to, adds A's and B's gradients into `d_adapters` and the input's into `dx`.
-#[allow(clippy::too_many_arguments)]
+/// The adapter's part of a projection's backward pass: from the gradient `dy` of the
+/// projection's output buffer and its input `x`, adds A's and B's gradients into
+/// `d_adapters` (the input's gradient comes from the merged weight, with the base's).
 pub(super) fn update_backward(
     layer: &DecoderLayerDims,
     adapters: Option<(&AdapterDims, &[f32])>,
@@ -194,7 +204,6 @@ pub(super) fn update_backward(
     x: &[f32],
     rows: usize,
     dy: &[f32],
-    dx: &mut [f32],
 ) {
     let Some((dims, values)) = adapters else {
         return;
@@ -219,7 +228,7 @@ pub(super) fn update_backward(
         true,
         threads(),
     );
-    // d_low = s·dy·B; dA += d_lowᵀ·x; dx += d_low·A.
+    // d_low = s·dy·B; dA += d_lowᵀ·x.
     let mut d_low = vec![0f32; rows * rank];
     matmul(
         &mut d_low,
@@ -234,24 +243,13 @@ pub(super) fn update_backward(
     );
     d_low.iter_mut().for_each(|v| *v *= dims.scaling);
     matmul(
-        &mut d_adapters[a.clone()],
+        &mut d_adapters[a],
         view(0, inputs, 1),
         &d_low,
         view(0, 1, rank),
         x,
         view(0, inputs, 1),
         (rank, inputs, rows),
-        true,
-        threads(),
-    );
-    matmul(
-        dx,
-        view(0, inputs, 1),
-        &d_low,
-        view(0, rank, 1),
-        &values[a],
-        view(0, inputs, 1),
-        (rows, inputs, rank),
         true,
         threads(),
     );

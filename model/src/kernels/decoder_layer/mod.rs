@@ -20,8 +20,10 @@
 //! only each sequence's last token ([`QueryRows::Last`]): the last layer under a head that
 //! reads only that token. Attention-probability dropout takes the mask the composite layer
 //! would draw, so both paths train identically. Under LoRA ([`LayerWeights::Adapted`]) the
-//! frozen base is read apart from the packed adapters, which alone get gradients: the
-//! backward pass skips every base weight product, a third of a full step's arithmetic.
+//! frozen base is read apart from the packed adapters, which alone get gradients: each pass
+//! runs on the base with the adapters' updates merged in (see `adapters.rs`), and the
+//! backward pass skips every base weight product, a third of a full step's arithmetic, and
+//! on a first layer over frozen embeddings also the input's gradient.
 
 use std::sync::{Arc, Mutex};
 
@@ -43,7 +45,7 @@ mod attention;
 mod params;
 mod rms_norm;
 
-use adapters::{add_update, update_backward, FrozenBase};
+use adapters::{update_backward, FrozenBase};
 pub use adapters::{AdapterDims, Projection};
 pub use params::{pack_parameters, DecoderLayerDims, DecoderLayerParameters};
 use rms_norm::{rms_norm_backward_in_place, rms_norm_in_place, rms_norm_output};
@@ -80,6 +82,9 @@ struct DecoderLayerOp {
     frozen: Option<FrozenBase>,
     /// Whether the base parameters get gradients (no weight products otherwise).
     train_base: bool,
+    /// Whether the input hidden states need a gradient: not the first layer's over frozen
+    /// embeddings (LoRA), whose backward pass then stops at the adapters' gradients.
+    input_gradient: bool,
     rotary: Arc<RotaryTables>,
     /// The scaled keep-mask `[batch, heads, seq, seq]` of the attention probabilities.
     attention_dropout: Option<Vec<f32>>,
@@ -137,6 +142,7 @@ pub fn decoder_layer(
         dims,
         frozen,
         train_base,
+        input_gradient: hidden.track_op(),
         rotary,
         attention_dropout,
         keep_activations,
@@ -163,14 +169,9 @@ fn bias_gradient(slice: &mut [f32]) -> Option<&mut [f32]> {
 }
 
 impl DecoderLayerOp {
-    /// The layer on packed real rows `x`; returns the packed query rows' output.
-    fn forward(
-        &self,
-        packing: &Packing,
-        x: &[f32],
-        params: &[f32],
-        adapters: Option<(&AdapterDims, &[f32])>,
-    ) -> (Vec<f32>, Saved) {
+    /// The layer on packed real rows `x`; returns the packed query rows' output. Under LoRA
+    /// `params` is the base with the adapters' updates merged in ([`FrozenBase::values`]).
+    fn forward(&self, packing: &Packing, x: &[f32], params: &[f32]) -> (Vec<f32>, Saved) {
         let dims = self.dims;
         let (hidden, intermediate) = (dims.hidden, dims.intermediate);
         let (query_width, kv_width) = (dims.query_width(), dims.kv_width());
@@ -194,14 +195,6 @@ impl DecoderLayerOp {
             query_rows,
             query_width,
         );
-        add_update(
-            &dims,
-            adapters,
-            Projection::Query,
-            query_input,
-            query_rows,
-            &mut query,
-        );
         drop(selected);
         let mut key_value = projection(
             &normed,
@@ -210,9 +203,6 @@ impl DecoderLayerOp {
             rows,
             2 * kv_width,
         );
-        for target in [Projection::Key, Projection::Value] {
-            add_update(&dims, adapters, target, &normed, rows, &mut key_value);
-        }
         drop(normed);
         let (query_raw, query_rstd, key_value_raw, key_rstd) = if dims.qk_norm {
             let query_raw = query.clone();
@@ -269,20 +259,12 @@ impl DecoderLayerOp {
         let mut attended = packing
             .select_queries(x, hidden)
             .unwrap_or_else(|| x.to_vec());
-        let mut output = projection(
+        let output = projection(
             &context,
             &params[o.output.clone()],
             &params[o.output_bias.clone()],
             query_rows,
             hidden,
-        );
-        add_update(
-            &dims,
-            adapters,
-            Projection::Output,
-            &context,
-            query_rows,
-            &mut output,
         );
         add_into(&mut attended, &output);
         drop(output);
@@ -295,15 +277,12 @@ impl DecoderLayerOp {
             hidden,
             dims.eps,
         );
-        let mut gate_up = project(
+        let gate_up = project(
             &normed,
             &params[o.gate_up.clone()],
             query_rows,
             2 * intermediate,
         );
-        for target in [Projection::Gate, Projection::Up] {
-            add_update(&dims, adapters, target, &normed, query_rows, &mut gate_up);
-        }
         drop(normed);
         let mut gated = vec![0f32; query_rows * intermediate];
         gated
@@ -314,14 +293,6 @@ impl DecoderLayerOp {
                 simd::swiglu_slice(gate, up, gated);
             });
         let mut output = project(&gated, &params[o.down.clone()], query_rows, hidden);
-        add_update(
-            &dims,
-            adapters,
-            Projection::Down,
-            &gated,
-            query_rows,
-            &mut output,
-        );
         add_into(&mut output, &attended);
         (
             output,
@@ -344,7 +315,7 @@ impl DecoderLayerOp {
     }
 
     /// A base projection's backward pass: its weight's (and bias's) gradient when the base
-    /// trains, and its input's gradient written into `dx`.
+    /// trains, and its input's gradient written into `dx` when there is one to write.
     #[allow(clippy::too_many_arguments)]
     fn projection_backward(
         &self,
@@ -354,11 +325,19 @@ impl DecoderLayerOp {
         rows: usize,
         d_weight: &mut [f32],
         d_bias: Option<&mut [f32]>,
-        dx: &mut [f32],
+        dx: Option<&mut [f32]>,
     ) {
         if self.train_base {
-            linear_backward(dy, x, weight, rows, d_weight, d_bias, Some((dx, false)));
-        } else {
+            linear_backward(
+                dy,
+                x,
+                weight,
+                rows,
+                d_weight,
+                d_bias,
+                dx.map(|dx| (dx, false)),
+            );
+        } else if let Some(dx) = dx {
             input_gradient(dy, weight, rows, dx, false, threads());
         }
     }
@@ -425,7 +404,7 @@ impl DecoderLayerOp {
             query_rows,
             g_down,
             None,
-            &mut d_gated,
+            Some(&mut d_gated),
         );
         update_backward(
             &dims,
@@ -435,7 +414,6 @@ impl DecoderLayerOp {
             &saved.gated,
             query_rows,
             d_output,
-            &mut d_gated,
         );
         let mut d_gate_up = vec![0f32; query_rows * 2 * intermediate];
         d_gate_up
@@ -461,7 +439,7 @@ impl DecoderLayerOp {
             query_rows,
             g_gate_up,
             None,
-            &mut d_attended,
+            Some(&mut d_attended),
         );
         for target in [Projection::Gate, Projection::Up] {
             update_backward(
@@ -472,7 +450,6 @@ impl DecoderLayerOp {
                 &post_normed,
                 query_rows,
                 &d_gate_up,
-                &mut d_attended,
             );
         }
         drop((d_gate_up, post_normed));
@@ -496,7 +473,7 @@ impl DecoderLayerOp {
             query_rows,
             g_output,
             bias_gradient(g_output_bias),
-            &mut d_context,
+            Some(&mut d_context),
         );
         update_backward(
             &dims,
@@ -506,7 +483,6 @@ impl DecoderLayerOp {
             &saved.context,
             query_rows,
             &d_attended,
-            &mut d_context,
         );
 
         let mut d_query = vec![0f32; query_rows * query_width];
@@ -573,8 +549,11 @@ impl DecoderLayerOp {
             );
         }
 
+        // The input's gradient, unless nothing needs it (nor the input norm's, which comes
+        // from it): then the q, k and v products for it are skipped.
+        let needs_d_x = self.input_gradient || self.train_base;
         let normed = rms_norm_output(x, &saved.input_rstd, &params[o.input_norm.clone()]);
-        let mut d_x = vec![0f32; rows * hidden];
+        let mut d_x = vec![0f32; if needs_d_x { rows * hidden } else { 0 }];
         self.projection_backward(
             &d_key_value,
             &normed,
@@ -582,7 +561,7 @@ impl DecoderLayerOp {
             rows,
             g_key_value,
             bias_gradient(g_key_value_bias),
-            &mut d_x,
+            needs_d_x.then_some(&mut d_x[..]),
         );
         for target in [Projection::Key, Projection::Value] {
             update_backward(
@@ -593,12 +572,11 @@ impl DecoderLayerOp {
                 &normed,
                 rows,
                 &d_key_value,
-                &mut d_x,
             );
         }
         drop(d_key_value);
         let selected = packing.select_queries(&normed, hidden);
-        let mut d_query_normed = vec![0f32; query_rows * hidden];
+        let mut d_query_normed = vec![0f32; if needs_d_x { query_rows * hidden } else { 0 }];
         let query_input = selected.as_deref().unwrap_or(&normed);
         self.projection_backward(
             &d_query,
@@ -607,7 +585,7 @@ impl DecoderLayerOp {
             query_rows,
             g_query,
             bias_gradient(g_query_bias),
-            &mut d_query_normed,
+            needs_d_x.then_some(&mut d_query_normed[..]),
         );
         update_backward(
             &dims,
@@ -617,20 +595,21 @@ impl DecoderLayerOp {
             query_input,
             query_rows,
             &d_query,
-            &mut d_query_normed,
         );
         drop((selected, normed));
-        packing.add_queries_into(&mut d_x, &d_query_normed, hidden);
-        rms_norm_backward_in_place(
-            &mut d_x,
-            x,
-            &saved.input_rstd,
-            &params[o.input_norm.clone()],
-            hidden,
-            hidden,
-            g_input_norm,
-        );
-        packing.add_queries_into(&mut d_x, &d_attended, hidden);
+        if needs_d_x {
+            packing.add_queries_into(&mut d_x, &d_query_normed, hidden);
+            rms_norm_backward_in_place(
+                &mut d_x,
+                x,
+                &saved.input_rstd,
+                &params[o.input_norm.clone()],
+                hidden,
+                hidden,
+                g_input_norm,
+            );
+            packing.add_queries_into(&mut d_x, &d_attended, hidden);
+        }
         (d_x, grads, d_adapters)
     }
 }
@@ -652,13 +631,17 @@ impl CustomOp3 for DecoderLayerOp {
         let x = contiguous_f32(s1, l1, "hidden states")?;
         let padding_bias = contiguous_f32(s2, l2, "padding bias")?;
         let trainable = contiguous_f32(s3, l3, "packed parameters")?;
-        let base = self.frozen.as_ref().map(FrozenBase::values).transpose()?;
+        let dims = self.dims;
+        let base = self
+            .frozen
+            .as_ref()
+            .map(|frozen| frozen.values(&dims, trainable))
+            .transpose()?;
         let (params, adapters) = match (&base, &self.frozen) {
             (Some(base), Some(frozen)) => (base.as_slice(), Some((&frozen.adapters, trainable))),
             _ => (trainable, None),
         };
         let (batch, seq, width) = l1.shape().dims3()?;
-        let dims = self.dims;
         if width != dims.hidden
             || padding_bias.len() != batch * seq
             || params.len() != dims.offsets().total
@@ -683,7 +666,7 @@ impl CustomOp3 for DecoderLayerOp {
         }
         let packing = Packing::with_queries(padding_bias, batch, seq, dims.heads, self.queries);
         let packed_x = packing.gather(x, width, packing.real_positions());
-        let (output, saved) = self.forward(&packing, &packed_x, params, adapters);
+        let (output, saved) = self.forward(&packing, &packed_x, params);
         let output = packing.scatter(&output, width, packing.query_positions());
         if self.keep_activations {
             *self.saved.lock().unwrap_or_else(|e| e.into_inner()) =
@@ -717,17 +700,23 @@ impl CustomOp3 for DecoderLayerOp {
         let d_output = with_cpu_values(&grad, "decoder layer gradient", |g| {
             packing.gather(g, width, packing.query_positions())
         })?;
-        let base = self.frozen.as_ref().map(FrozenBase::values).transpose()?;
         let (d_x, d_params, d_adapters) =
             with_cpu_values(trainable, "decoder layer parameters", |values| {
+                let base = self
+                    .frozen
+                    .as_ref()
+                    .map(|frozen| frozen.values(&self.dims, values))
+                    .transpose()?;
                 let (params, adapters) = match (&base, &self.frozen) {
                     (Some(base), Some(frozen)) => {
                         (base.as_slice(), Some((&frozen.adapters, values)))
                     }
                     _ => (values, None),
                 };
-                self.backward(&packing, &packed_x, params, adapters, &saved, &d_output)
-            })?;
+                Ok::<_, candle_core::Error>(
+                    self.backward(&packing, &packed_x, params, adapters, &saved, &d_output),
+                )
+            })??;
         let device = hidden.device();
         let d_trainable = if self.frozen.is_some() {
             Some(Tensor::from_vec(d_adapters, trainable.shape(), device)?)
@@ -736,14 +725,15 @@ impl CustomOp3 for DecoderLayerOp {
         } else {
             None
         };
-        Ok((
+        let d_hidden = if self.input_gradient {
             Some(Tensor::from_vec(
                 packing.scatter(&d_x, width, packing.real_positions()),
                 hidden.shape(),
                 device,
-            )?),
-            None,
-            d_trainable,
-        ))
+            )?)
+        } else {
+            None
+        };
+        Ok((d_hidden, None, d_trainable))
     }
 }

@@ -606,9 +606,8 @@ impl LoraLinear {
 
     /// An encoder's linear layer under `vb`, with the adapter stored beside its weight
     /// when `lora` is given and there is one. An encoder's adapters are created once, when
-    /// the model loads (`add_encoder_adapters`); its modules only
-    /// find them, in the network built for a training pass with LoRA dropout (see
-    /// `CrossEncoder::adapted_encoder_network`).
+    /// the model loads (`add_encoder_adapters`); its modules only find them, in the network
+    /// built for a training pass with LoRA dropout (`CrossEncoder::adapted_encoder_network`).
     pub fn load_stored(
         vb: VarBuilder,
         inputs: usize,

@@ -369,17 +369,7 @@ mod tests {
             path: impl Fn(&Tensor) -> Result<Tensor>,
             rows: &Tensor,
         ) -> (Tensor, Vec<(String, Tensor)>) {
-            let output = path(self.hidden.as_tensor())
-                .unwrap()
-                .broadcast_mul(rows)
-                .unwrap();
-            let upstream = random(output.dims(), 7, 1.0).broadcast_mul(rows).unwrap();
-            let grads = (&output * &upstream)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
+            let (output, grads) = output_and_gradients(path, self.hidden.as_tensor(), rows);
             let mut named = vec![(
                 "hidden".to_string(),
                 grads.get(self.hidden.as_tensor()).unwrap().clone(),
@@ -394,6 +384,24 @@ mod tests {
             named.sort_by(|a, b| a.0.cmp(&b.0));
             (output, named)
         }
+    }
+
+    /// `path`'s output on `input` at the compared rows, and the gradients of a random
+    /// projection of it.
+    fn output_and_gradients(
+        path: impl Fn(&Tensor) -> Result<Tensor>,
+        input: &Tensor,
+        rows: &Tensor,
+    ) -> (Tensor, candle_core::backprop::GradStore) {
+        let output = path(input).unwrap().broadcast_mul(rows).unwrap();
+        let upstream = random(output.dims(), 7, 1.0).broadcast_mul(rows).unwrap();
+        let grads = (&output * &upstream)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        (output, grads)
     }
 
     fn compare(config: &DecoderConfig, left_padded: bool, queries: QueryRows) {
@@ -534,18 +542,7 @@ mod tests {
         // An input that needs no gradient (the first layer over frozen embeddings): the
         // same adapter gradients, though the backward pass skips the input's.
         let detached = case.hidden.as_tensor().detach();
-        let output = case
-            .fused(&detached, queries)
-            .unwrap()
-            .broadcast_mul(&rows)
-            .unwrap();
-        let upstream = random(output.dims(), 7, 1.0).broadcast_mul(&rows).unwrap();
-        let grads = (&output * &upstream)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let (_, grads) = output_and_gradients(|h| case.fused(h, queries), &detached, &rows);
         assert!(grads.get(&detached).is_none(), "{what}");
         for (name, var) in &case.adapters {
             let expected = &fused_grads.iter().find(|(n, _)| n == name).unwrap().1;

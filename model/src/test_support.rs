@@ -28,3 +28,21 @@ pub fn max_abs(a: &Tensor) -> f32 {
 pub fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
     max_abs(&(a - b).unwrap())
 }
+
+/// `output` at the compared rows (`rows`, broadcast over it; zero elsewhere) and the
+/// gradients of a random projection of it: what the fused-against-composite layer tests
+/// compare, input and parameters alike.
+pub fn masked_output_and_gradients(
+    output: Tensor,
+    rows: &Tensor,
+) -> (Tensor, candle_core::backprop::GradStore) {
+    let output = output.broadcast_mul(rows).unwrap();
+    let upstream = random(output.dims(), 7, 1.0).broadcast_mul(rows).unwrap();
+    let grads = (&output * &upstream)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    (output, grads)
+}

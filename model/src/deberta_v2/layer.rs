@@ -146,7 +146,7 @@ impl DebertaV2Layer {
 mod tests {
     use super::*;
     use crate::deberta_v2::relative_position::RelativePositions;
-    use crate::test_support::{max_abs, max_diff, random};
+    use crate::test_support::{masked_output_and_gradients, max_abs, max_diff, random};
     use candle_core::{Device, Var};
     use candle_nn::VarMap;
 
@@ -233,19 +233,8 @@ mod tests {
         path: impl Fn(&Tensor) -> Result<Tensor>,
         setup: &Setup,
     ) -> (Tensor, Vec<(String, Option<Tensor>)>) {
-        let output = path(setup.hidden.as_tensor())
-            .unwrap()
-            .broadcast_mul(&setup.real)
-            .unwrap();
-        let upstream = random(output.dims(), 7, 1.0)
-            .broadcast_mul(&setup.real)
-            .unwrap();
-        let grads = (&output * &upstream)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let (output, grads) =
+            masked_output_and_gradients(path(setup.hidden.as_tensor()).unwrap(), &setup.real);
         let mut named = vec![
             (
                 "hidden".to_string(),

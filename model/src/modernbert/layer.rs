@@ -206,7 +206,7 @@ impl PackedLayer for ModernBertLayer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_support::{max_abs, max_diff, random};
+    use crate::test_support::{masked_output_and_gradients, max_abs, max_diff, random};
     use candle_core::{Device, Var};
     use candle_nn::VarMap;
 
@@ -277,17 +277,7 @@ mod tests {
         hidden: &Var,
         real: &Tensor,
     ) -> (Tensor, Vec<(String, Tensor)>) {
-        let output = path(hidden.as_tensor())
-            .unwrap()
-            .broadcast_mul(real)
-            .unwrap();
-        let upstream = random(output.dims(), 7, 1.0).broadcast_mul(real).unwrap();
-        let grads = (&output * &upstream)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let (output, grads) = masked_output_and_gradients(path(hidden.as_tensor()).unwrap(), real);
         let mut named = vec![(
             "hidden".to_string(),
             grads.get(hidden.as_tensor()).unwrap().clone(),

@@ -255,7 +255,7 @@ mod tests {
     use crate::qwen::attention::{causal_padding_bias, MASKED};
     use crate::qwen::config::DecoderKind;
     use crate::qwen::rotary::rotary_tables;
-    use crate::test_support::{max_abs, max_diff, random};
+    use crate::test_support::{masked_output_and_gradients, max_abs, max_diff, random};
     use candle_core::{Device, Var};
     use candle_nn::VarMap;
 
@@ -369,7 +369,8 @@ mod tests {
             path: impl Fn(&Tensor) -> Result<Tensor>,
             rows: &Tensor,
         ) -> (Tensor, Vec<(String, Tensor)>) {
-            let (output, grads) = output_and_gradients(path, self.hidden.as_tensor(), rows);
+            let (output, grads) =
+                masked_output_and_gradients(path(self.hidden.as_tensor()).unwrap(), rows);
             let mut named = vec![(
                 "hidden".to_string(),
                 grads.get(self.hidden.as_tensor()).unwrap().clone(),
@@ -384,24 +385,6 @@ mod tests {
             named.sort_by(|a, b| a.0.cmp(&b.0));
             (output, named)
         }
-    }
-
-    /// `path`'s output on `input` at the compared rows, and the gradients of a random
-    /// projection of it.
-    fn output_and_gradients(
-        path: impl Fn(&Tensor) -> Result<Tensor>,
-        input: &Tensor,
-        rows: &Tensor,
-    ) -> (Tensor, candle_core::backprop::GradStore) {
-        let output = path(input).unwrap().broadcast_mul(rows).unwrap();
-        let upstream = random(output.dims(), 7, 1.0).broadcast_mul(rows).unwrap();
-        let grads = (&output * &upstream)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        (output, grads)
     }
 
     fn compare(config: &DecoderConfig, left_padded: bool, queries: QueryRows) {
@@ -542,7 +525,8 @@ mod tests {
         // An input that needs no gradient (the first layer over frozen embeddings): the
         // same adapter gradients, though the backward pass skips the input's.
         let detached = case.hidden.as_tensor().detach();
-        let (_, grads) = output_and_gradients(|h| case.fused(h, queries), &detached, &rows);
+        let (_, grads) =
+            masked_output_and_gradients(case.fused(&detached, queries).unwrap(), &rows);
         assert!(grads.get(&detached).is_none(), "{what}");
         for (name, var) in &case.adapters {
             let expected = &fused_grads.iter().find(|(n, _)| n == name).unwrap().1;

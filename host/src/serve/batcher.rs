@@ -421,10 +421,12 @@ mod tests {
     use crosstrain_model::{DefaultActivation, ScoreError};
 
     /// Scores a pair by its document's length; fails on documents that say "fail" and
-    /// panics on "panic"; records every call's pair count.
+    /// panics on "panic"; records every call's pair count. Scoring waits while a test holds
+    /// `gate` for writing, so a request can be kept in flight for as long as a test needs.
     struct LengthScorer {
         calls: Mutex<Vec<usize>>,
         tokenizer: crosstrain_model::tokenize::PairTokenizer,
+        gate: std::sync::RwLock<()>,
     }
 
     impl LengthScorer {
@@ -435,6 +437,7 @@ mod tests {
                 calls: Mutex::new(Vec::new()),
                 tokenizer: crosstrain_model::tokenize::PairTokenizer::from_file(&tokenizer, 32)
                     .expect("tokenizer"),
+                gate: std::sync::RwLock::new(()),
             }
         }
     }
@@ -449,6 +452,7 @@ mod tests {
             pairs: &[(&str, &str)],
             _batch_size: usize,
         ) -> Result<Vec<Vec<f32>>, ScoreError> {
+            let _open = self.gate.read().unwrap();
             self.calls.lock().unwrap().push(pairs.len());
             if pairs.iter().any(|(_, d)| *d == "panic") {
                 panic!("a document says panic");
@@ -545,7 +549,10 @@ mod tests {
 
     #[test]
     fn a_full_queue_refuses_and_frees_its_room_once_answered() {
-        let (_, batcher, _) = start(300);
+        let (scorer, batcher, _) = start(300);
+        // The first request stays queued or in scoring until the gate opens: however the
+        // threads are scheduled, its pairs hold their room when the second one comes.
+        let closed = scorer.gate.write().unwrap();
         let (pairs, tokens) = request(&["a"; 10]);
         let first = batcher.submit(pairs, tokens).unwrap();
         let (pairs, tokens) = request(&["b"; 3]);
@@ -556,6 +563,7 @@ mod tests {
                 limit: 12
             }
         );
+        drop(closed);
         first.blocking_recv().unwrap().unwrap();
         let (pairs, tokens) = request(&["b"; 3]);
         let second = batcher.submit(pairs, tokens).unwrap();

@@ -155,7 +155,8 @@ impl FrozenBase {
     /// The base as one f32 vector with each adapter's update added to its projection's
     /// weight (`W + s·B·A`, in f32), for the length of one forward or backward pass: one copy
     /// of an f32 base (a bf16 one is widened tensor by tensor first), and one `B·A` product
-    /// per adapted projection, a `1/r`-th of what the update costs per token in each pass.
+    /// per adapted projection (`out·in·r` multiply-adds, fewer than the `rows·r·(in + out)`
+    /// of applying the update to a batch's every token).
     pub(super) fn values(&self, layer: &DecoderLayerDims, adapters: &[f32]) -> Result<Vec<f32>> {
         let total = self.tensors.iter().map(Tensor::elem_count).sum();
         let mut values = Vec::with_capacity(total);

@@ -320,22 +320,6 @@ impl FamilyConfig {
         }
     }
 
-    /// This config with an encoder's adapters attached to its layers: the modules then find
-    /// the adapters stored beside their weights ([`crate::lora::LoraLinear::load_stored`]).
-    /// A decoder's config carries its adapter already; it is returned as it is.
-    pub(crate) fn with_encoder_adapters(&self, lora: &crate::lora::LoraConfig) -> Self {
-        let mut config = self.clone();
-        match &mut config {
-            FamilyConfig::Bert(encoder)
-            | FamilyConfig::XlmRoberta(encoder)
-            | FamilyConfig::Electra(encoder) => encoder.lora = Some(lora.clone()),
-            FamilyConfig::ModernBert(encoder) => encoder.lora = Some(lora.clone()),
-            FamilyConfig::DebertaV2(encoder) => encoder.lora = Some(lora.clone()),
-            FamilyConfig::Decoder(_) => {}
-        }
-        config
-    }
-
     /// Whether the network reads `token_type_ids` (segment ids). Families without segments
     /// take only `input_ids` and `attention_mask`, which is also what their ONNX graph
     /// declares; DeBERTa-v2 reads them only when its config has token types (v2 and v3

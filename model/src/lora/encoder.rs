@@ -12,7 +12,7 @@ use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::{with_adapters, LoraConfig, TargetModules};
-use crate::family::ModelFamily;
+use crate::family::{FamilyConfig, ModelFamily};
 
 impl LoraConfig {
     /// Whether an encoder's linear layer at `path` (`bert.encoder.layer.0.attention.self.query`)
@@ -30,6 +30,24 @@ impl LoraConfig {
                 .map(|re| re.is_match(path))
                 .unwrap_or(false),
         }
+    }
+}
+
+impl FamilyConfig {
+    /// This config with an encoder's adapters attached to its layers: the modules then find
+    /// the adapters stored beside their weights ([`super::LoraLinear::load_stored`]).
+    /// A decoder's config carries its adapter already; it is returned as it is.
+    pub(crate) fn with_encoder_adapters(&self, lora: &LoraConfig) -> Self {
+        let mut config = self.clone();
+        match &mut config {
+            FamilyConfig::Bert(encoder)
+            | FamilyConfig::XlmRoberta(encoder)
+            | FamilyConfig::Electra(encoder) => encoder.lora = Some(lora.clone()),
+            FamilyConfig::ModernBert(encoder) => encoder.lora = Some(lora.clone()),
+            FamilyConfig::DebertaV2(encoder) => encoder.lora = Some(lora.clone()),
+            FamilyConfig::Decoder(_) => {}
+        }
+        config
     }
 }
 
